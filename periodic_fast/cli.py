@@ -1,0 +1,288 @@
+"""Command line: ``periodicd`` (the server) and ``periodic`` (``-d`` serves).
+
+``periodicd`` takes the reference server's flags where they apply
+(cli-and-http.md 4.3): ``-H/--host`` (repeatable or comma-separated),
+``-p/--path``, ``--log``, ``--name``, plus the config keys ``--timeout``,
+``--assign-wait``, ``--keepalive``, ``--lock-timeout`` and our
+``--max-frame``, ``--registration-timeout``, ``--max-output``, ``--loop``.
+
+``periodic -d [same options]`` starts the same server; the client
+sub-commands of ``periodic`` hang off :data:`app` (the callback keeps the
+global options in ``ctx.obj``).  Server code is imported inside the commands
+so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from .constants import ADDRESS_ENV, DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
+
+__all__ = ["app", "main", "periodicd_app", "periodicd_main"]
+
+PATH_ENV = "PERIODIC_PATH"
+_CONTEXT = {"help_option_names": ["-h", "--help"]}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "notice": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "alert": logging.CRITICAL,
+    "emergency": logging.CRITICAL,
+}
+
+# -- shared options ------------------------------------------------------------
+
+HostOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-H",
+        "--host",
+        help=(
+            "Listen address: tcp://HOST:PORT, tcp://:PORT, tcp://[::1]:PORT, "
+            "unix://PATH or PATH. Repeat or comma-separate for several. "
+            f"Default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS}."
+        ),
+        show_default=False,
+    ),
+]
+PathOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-p",
+        "--path",
+        help=f"Store URI (default: ${PATH_ENV}, else :memory:).",
+        show_default=False,
+    ),
+]
+LogOpt = Annotated[
+    str,
+    typer.Option(
+        "--log", help="Log level: debug, info, notice, warning, error, critical."
+    ),
+]
+NameOpt = Annotated[str, typer.Option("--name", help="Server name used in logs.")]
+TimeoutOpt = Annotated[
+    int | None,
+    typer.Option("--timeout", help="Config key timeout (s, default 600).", min=0),
+]
+AssignWaitOpt = Annotated[
+    int | None,
+    typer.Option("--assign-wait", help="Config key assign-wait (s, default 2).", min=0),
+]
+KeepaliveOpt = Annotated[
+    int | None,
+    typer.Option("--keepalive", help="Config key keepalive (s, default 120).", min=0),
+]
+LockTimeoutOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--lock-timeout", help="Config key lock-timeout (s, default 300).", min=0
+    ),
+]
+MaxFrameOpt = Annotated[
+    int,
+    typer.Option("--max-frame", help="Largest request frame body (bytes).", min=16),
+]
+RegTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--registration-timeout",
+        help="Seconds a connection may take to register (0: no limit).",
+        min=0,
+    ),
+]
+MaxOutputOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-output",
+        help="Unread output (bytes) after which a peer is dropped.",
+        min=1024,
+    ),
+]
+LoopOpt = Annotated[
+    str,
+    typer.Option(
+        "--loop", help="Event loop: auto (uvloop if installed), asyncio, uvloop."
+    ),
+]
+# reference flags that have no effect here, accepted so scripts keep working
+_NoopOpt = Annotated[int | None, typer.Option(hidden=True)]
+
+
+def _addresses(hosts: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for h in hosts or ():
+        out.extend(a.strip() for a in h.split(",") if a.strip())
+    if not out:
+        env = os.environ.get(ADDRESS_ENV, "")
+        out = [a.strip() for a in env.split(",") if a.strip()] or [DEFAULT_ADDRESS]
+    return out
+
+
+def _setup_logging(level: str, name: str) -> None:
+    lvl = _LEVELS.get(level.lower())
+    if lvl is None:
+        raise typer.BadParameter(
+            f"unknown level {level!r} (one of {', '.join(_LEVELS)})",
+            param_hint="--log",
+        )
+    logging.basicConfig(
+        level=lvl,
+        stream=sys.stderr,
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _serve(
+    *,
+    host: list[str] | None,
+    path: str | None,
+    log: str,
+    name: str,
+    config: dict[str, int | None],
+    max_frame: int,
+    registration_timeout: float,
+    max_output: int,
+    loop: str,
+) -> int:
+    from .server.app import Server, run  # noqa: PLC0415  # keep CLI start fast
+
+    _setup_logging(log, name)
+    if loop not in ("auto", "asyncio", "uvloop"):
+        raise typer.BadParameter(f"unknown loop {loop!r}", param_hint="--loop")
+    store = path or os.environ.get(PATH_ENV) or ":memory:"
+    try:
+        server = Server(
+            _addresses(host),
+            store=store,
+            config={k: v for k, v in config.items() if v is not None} or None,
+            max_frame=max_frame,
+            registration_timeout=registration_timeout,
+            max_output=max_output,
+            name=name,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--host") from None
+    return run(server, loop=loop)  # type: ignore[arg-type]
+
+
+# -- periodicd -----------------------------------------------------------------
+
+periodicd_app = typer.Typer(
+    name="periodicd",
+    add_completion=False,
+    context_settings=_CONTEXT,
+    help="The Periodic job server.",
+)
+
+
+@periodicd_app.command()
+def periodicd(
+    host: HostOpt = None,
+    path: PathOpt = None,
+    log: LogOpt = "info",
+    name: NameOpt = "periodicd",
+    timeout: TimeoutOpt = None,
+    assign_wait: AssignWaitOpt = None,
+    keepalive: KeepaliveOpt = None,
+    lock_timeout: LockTimeoutOpt = None,
+    max_frame: MaxFrameOpt = DEFAULT_MAX_FRAME,
+    registration_timeout: RegTimeoutOpt = 30.0,
+    max_output: MaxOutputOpt = 64 * 1024 * 1024,
+    loop: LoopOpt = "auto",
+    push_task_size: _NoopOpt = None,
+    sched_task_size: _NoopOpt = None,
+    max_cache_size: _NoopOpt = None,
+) -> None:
+    """Run the Periodic server until SIGTERM, SIGINT or a SHUTDOWN request."""
+    code = _serve(
+        host=host,
+        path=path,
+        log=log,
+        name=name,
+        config={
+            "timeout": timeout,
+            "assign-wait": assign_wait,
+            "keepalive": keepalive,
+            "lock-timeout": lock_timeout,
+        },
+        max_frame=max_frame,
+        registration_timeout=registration_timeout,
+        max_output=max_output,
+        loop=loop,
+    )
+    raise typer.Exit(code)
+
+
+def periodicd_main() -> None:
+    """Entry point of the ``periodicd`` script."""
+    periodicd_app(prog_name="periodicd")
+
+
+# -- periodic ------------------------------------------------------------------
+
+app = typer.Typer(
+    name="periodic",
+    add_completion=False,
+    context_settings=_CONTEXT,
+    help="Periodic: -d runs the server; sub-commands talk to one.",
+)
+
+
+@app.callback(invoke_without_command=True)
+def periodic(
+    ctx: typer.Context,
+    daemon: Annotated[
+        bool, typer.Option("-d", "--daemon", help="Run the server (foreground).")
+    ] = False,
+    host: HostOpt = None,
+    path: PathOpt = None,
+    log: LogOpt = "info",
+    name: NameOpt = "periodic",
+    timeout: TimeoutOpt = None,
+    assign_wait: AssignWaitOpt = None,
+    keepalive: KeepaliveOpt = None,
+    lock_timeout: LockTimeoutOpt = None,
+    max_frame: MaxFrameOpt = DEFAULT_MAX_FRAME,
+    registration_timeout: RegTimeoutOpt = 30.0,
+    max_output: MaxOutputOpt = 64 * 1024 * 1024,
+    loop: LoopOpt = "auto",
+) -> None:
+    """Periodic job server and client tool."""
+    if daemon:
+        code = _serve(
+            host=host,
+            path=path,
+            log=log,
+            name=name,
+            config={
+                "timeout": timeout,
+                "assign-wait": assign_wait,
+                "keepalive": keepalive,
+                "lock-timeout": lock_timeout,
+            },
+            max_frame=max_frame,
+            registration_timeout=registration_timeout,
+            max_output=max_output,
+            loop=loop,
+        )
+        raise typer.Exit(code)
+    obj: dict[str, Any] = {"addresses": _addresses(host)}
+    ctx.obj = obj
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    """Entry point of the ``periodic`` script and ``python -m periodic_fast``."""
+    app(prog_name="periodic")

@@ -1,0 +1,421 @@
+"""The server process: listeners, the event loop, the one scheduler timer.
+
+:class:`Server` binds any number of ``tcp://`` and ``unix://`` addresses,
+builds the scheduler (or takes one from a factory), and drives it with a single
+loop timer: ``scheduler.tick(time.time())``, then re-arm for
+``min(scheduler.next_wakeup(), now + 1.0)``.  After each batch of input the
+timer is pulled earlier if the scheduler now has earlier work.
+
+:func:`run` is the blocking entry point used by the CLI: it picks uvloop when
+it is importable (unless ``PERIODIC_FAST_NO_UVLOOP`` is set or asyncio is
+asked for), handles SIGTERM / SIGINT, and returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+from ..constants import DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
+from ..errors import PeriodicError
+from .protocol import (
+    DEFAULT_MAX_OUTPUT,
+    DEFAULT_REGISTRATION_TIMEOUT,
+    Hub,
+    SchedulerLike,
+)
+
+__all__ = [
+    "NO_UVLOOP_ENV",
+    "Address",
+    "AddressInUse",
+    "SchedulerFactory",
+    "Server",
+    "new_event_loop",
+    "parse_address",
+    "run",
+]
+
+log = logging.getLogger("periodic_fast.server")
+
+#: Environment variable that forces the stock asyncio loop (any non-empty value).
+NO_UVLOOP_ENV = "PERIODIC_FAST_NO_UVLOOP"
+
+#: ``factory(now, on_shutdown) -> scheduler``
+SchedulerFactory = Callable[[float, Callable[[], None]], SchedulerLike]
+
+LoopName = Literal["auto", "asyncio", "uvloop"]
+
+
+class AddressInUse(PeriodicError):
+    """Another live server already listens on a unix socket path."""
+
+
+class Address(NamedTuple):
+    """A parsed listen address: ``("tcp", host, port)`` or ``("unix", path, 0)``.
+
+    ``host`` is ``None`` for "all interfaces" (``tcp://:PORT``).
+    """
+
+    scheme: Literal["tcp", "unix"]
+    host: str | None
+    port: int
+
+
+def parse_address(addr: str) -> Address:
+    """Parse ``tcp://HOST:PORT``, ``tcp://[V6]:PORT``, ``tcp://:PORT``,
+    ``unix://PATH`` or a plain path (protocol.md 1.1)."""
+    if addr.startswith("tcp://"):
+        rest = addr[6:]
+        host, sep, port_s = rest.rpartition(":")
+        if not sep or not port_s.isdigit() or int(port_s) > 65535:
+            raise ValueError(f"bad tcp address {addr!r} (want tcp://HOST:PORT)")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise ValueError(f"bad tcp address {addr!r} (bracket IPv6 hosts)")
+        return Address("tcp", host or None, int(port_s))
+    _, sep, path = addr.partition("://")
+    if not sep:
+        path = addr
+    if not path:
+        raise ValueError(f"bad unix address {addr!r}")
+    return Address("unix", path, 0)
+
+
+def _format_sockname(family: int, name: Any) -> str:
+    if family == socket.AF_UNIX:
+        return f"unix://{name}"
+    host, port = name[0], name[1]
+    if family == socket.AF_INET6:
+        host = f"[{host}]"
+    return f"tcp://{host}:{port}"
+
+
+def _check_unix_path(path: str) -> None:
+    """Refuse a path a live server answers on; delete a stale socket file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise AddressInUse(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        log.info("removing stale socket file %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise AddressInUse(f"address in use: unix://{path} (a server answers there)")
+
+
+def _default_factory(
+    store_uri: str, config: Mapping[str, int] | None, owned: list[Any]
+) -> SchedulerFactory:
+    def factory(now: float, on_shutdown: Callable[[], None]) -> SchedulerLike:
+        from ..scheduler import Scheduler  # noqa: PLC0415  # L3 loaded on start
+        from ..store import open_store  # noqa: PLC0415  # L2 loaded on start
+
+        store = open_store(store_uri)
+        owned.append(store)
+        return Scheduler(store, now, config=config, on_shutdown=on_shutdown)
+
+    return factory
+
+
+class Server:
+    """A Periodic server on the running event loop.
+
+    Use ``async with Server([...]) as srv:`` (or :meth:`start` / :meth:`stop`),
+    and :meth:`serve_forever` to run until :meth:`request_stop` (SIGTERM,
+    SIGINT, or a SHUTDOWN frame).
+
+    :param addresses: listen addresses (see :func:`parse_address`).
+    :param store: store URI for the default scheduler (``":memory:"``).
+    :param config: initial config keys for the scheduler (protocol.md 4.14).
+    :param scheduler_factory: build the scheduler yourself:
+        ``factory(now, on_shutdown)``; the caller then owns its store.
+    :param max_frame: largest request frame body accepted.
+    :param registration_timeout: seconds to wait for a registration frame
+        (0 disables).
+    :param max_output: unread output after which a peer is dropped.
+    :param name: server name used in log lines.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str] = (DEFAULT_ADDRESS,),
+        *,
+        store: str = ":memory:",
+        config: Mapping[str, int] | None = None,
+        scheduler_factory: SchedulerFactory | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        registration_timeout: float = DEFAULT_REGISTRATION_TIMEOUT,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        name: str = "periodicd",
+    ) -> None:
+        if not addresses:
+            raise ValueError("no listen address")
+        self._requested = [parse_address(a) for a in addresses]
+        self._owned: list[Any] = []  # stores we opened and must close
+        self._factory = scheduler_factory or _default_factory(
+            store, config, self._owned
+        )
+        self._max_frame = max_frame
+        self._registration_timeout = registration_timeout
+        self._max_output = max_output
+        self.name = name
+        self._scheduler: SchedulerLike | None = None
+        self._hub: Hub | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._unix_files: list[tuple[str, int, int]] = []  # path, dev, inode
+        self._addresses: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
+        self._stop_requested: asyncio.Event | None = None
+        self._state: Literal["new", "running", "stopped"] = "new"
+
+    # -- properties --------------------------------------------------------------
+
+    @property
+    def addresses(self) -> list[str]:
+        """The bound addresses (real port numbers), one per listening socket."""
+        return list(self._addresses)
+
+    @property
+    def scheduler(self) -> SchedulerLike:
+        """The scheduler this server drives (after :meth:`start`)."""
+        if self._scheduler is None:
+            raise RuntimeError("server not started")
+        return self._scheduler
+
+    @property
+    def hub(self) -> Hub:
+        """The connection hub (after :meth:`start`)."""
+        if self._hub is None:
+            raise RuntimeError("server not started")
+        return self._hub
+
+    # -- life cycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build the scheduler, bind every address and start the timer."""
+        if self._state != "new":
+            raise RuntimeError("a Server can be started once")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop_requested = asyncio.Event()
+        self._state = "running"
+        try:
+            scheduler = self._factory(time.time(), self.request_stop)
+            self._scheduler = scheduler
+            hub = Hub(
+                scheduler,
+                loop,
+                max_frame=self._max_frame,
+                registration_timeout=self._registration_timeout,
+                max_output=self._max_output,
+            )
+            hub.on_input = self.input_done
+            self._hub = hub
+            for addr in self._requested:
+                await self._listen(loop, hub, addr)
+        except BaseException:
+            await self.stop()
+            raise
+        self._arm(time.time())
+        log.info("%s: listening on %s", self.name, ", ".join(self._addresses))
+
+    async def _listen(
+        self, loop: asyncio.AbstractEventLoop, hub: Hub, addr: Address
+    ) -> None:
+        srv: asyncio.AbstractServer
+        if addr.scheme == "tcp":
+            srv = await loop.create_server(
+                hub.factory,
+                host=addr.host,
+                port=addr.port,
+                reuse_address=True,
+                backlog=1024,
+            )
+        else:
+            path = addr.host
+            assert path is not None
+            _check_unix_path(path)
+            srv = await loop.create_unix_server(hub.factory, path=path, backlog=1024)
+            st = os.stat(path)
+            self._unix_files.append((path, st.st_dev, st.st_ino))
+        self._servers.append(srv)
+        for sock in srv.sockets:
+            self._addresses.append(_format_sockname(sock.family, sock.getsockname()))
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve_forever` to return (SIGTERM, SIGINT, SHUTDOWN)."""
+        if self._stop_requested is not None and not self._stop_requested.is_set():
+            log.info("%s: stopping", self.name)
+            self._stop_requested.set()
+
+    async def serve_forever(self) -> None:
+        """Serve until :meth:`request_stop`, then :meth:`stop`."""
+        if self._state == "new":
+            await self.start()
+        assert self._stop_requested is not None
+        try:
+            await self._stop_requested.wait()
+        finally:
+            await self.stop()
+
+    async def stop(self, *, grace: float = 2.0) -> None:
+        """Stop accepting, close every connection, close the store, remove
+        the unix socket files.  Idempotent."""
+        if self._state == "stopped":
+            return
+        self._state = "stopped"
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for srv in self._servers:
+            srv.close()
+        hub = self._hub
+        if hub is not None:
+            hub.close_all()
+            # let queued writes drain, bounded; then abort stragglers
+            deadline = time.monotonic() + grace
+            while hub.protocols and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            for proto in list(hub.protocols):
+                proto.abort()
+        for srv in self._servers:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(srv.wait_closed(), grace)
+        self._servers.clear()
+        self._remove_unix_files()
+        for store in self._owned:
+            close = getattr(store, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # pragma: no cover - store bug
+                    log.exception("%s: error closing the store", self.name)
+        self._owned.clear()
+        log.info("%s: stopped", self.name)
+
+    def _remove_unix_files(self) -> None:
+        for path, dev, ino in self._unix_files:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if (st.st_dev, st.st_ino) == (dev, ino):  # still ours
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        self._unix_files.clear()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- the one timer -----------------------------------------------------------
+
+    def _arm(self, now: float) -> None:
+        assert self._scheduler is not None and self._loop is not None
+        due = now + 1.0
+        nxt = self._scheduler.next_wakeup()
+        if nxt is not None and nxt < due:
+            due = nxt
+        loop = self._loop
+        self._timer_due = due
+        self._timer = loop.call_at(loop.time() + max(0.0, due - now), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._state != "running":
+            return
+        now = time.time()
+        assert self._scheduler is not None
+        try:
+            self._scheduler.tick(now)
+        except Exception:
+            log.exception("%s: internal error in tick", self.name)
+        if self._state == "running":
+            self._arm(time.time())
+
+    def input_done(self) -> None:
+        """Pull the timer earlier if the scheduler now has earlier work."""
+        if self._timer is None or self._scheduler is None:
+            return
+        nxt = self._scheduler.next_wakeup()
+        if nxt is not None and nxt < self._timer_due - 0.001:
+            self._timer.cancel()
+            self._arm(time.time())
+
+
+# -- blocking entry point --------------------------------------------------------
+
+
+def new_event_loop(loop: LoopName = "auto") -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop when importable (and not disabled), else asyncio.
+
+    ``loop="auto"`` honours :data:`NO_UVLOOP_ENV`; ``"uvloop"`` fails when uvloop
+    is missing; ``"asyncio"`` always gives the stock loop.
+    """
+    if loop == "asyncio" or (loop == "auto" and os.environ.get(NO_UVLOOP_ENV)):
+        return asyncio.new_event_loop()
+    try:
+        import uvloop  # noqa: PLC0415  # optional dependency
+    except ImportError:
+        if loop == "uvloop":
+            raise
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(server: Server, *, loop: LoopName = "auto") -> int:
+    """Run ``server`` until SIGTERM, SIGINT or SHUTDOWN; return the exit code."""
+    ev = new_event_loop(loop)
+    asyncio.set_event_loop(ev)
+
+    async def main() -> int:
+        try:
+            await server.start()
+        except (AddressInUse, OSError) as exc:
+            log.error("%s: cannot start: %s", server.name, exc)
+            return 1
+        running = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                running.add_signal_handler(sig, server.request_stop)
+        await server.serve_forever()
+        return 0
+
+    try:
+        return ev.run_until_complete(main())
+    except KeyboardInterrupt:  # pragma: no cover - signal raced the handler
+        ev.run_until_complete(server.stop())
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            ev.run_until_complete(ev.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        ev.close()
+        sys.stdout.flush()
