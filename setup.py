@@ -14,7 +14,7 @@ import os
 import pathlib
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = pathlib.Path(__file__).parent
@@ -59,12 +59,10 @@ def extensions() -> list:
         print("periodic_fast: PERIODIC_FAST_NO_EXTENSIONS set, pure-Python build")
         return []
     try:
-        from Cython.Build import cythonize
+        from Cython.Build import cythonize  # noqa: PLC0415 - optional at build
     except ImportError:
         print("periodic_fast: Cython missing, pure-Python build", file=sys.stderr)
         return []
-    from setuptools import Extension
-
     macros = [("CYTHON_TRACE_NOGIL", "1")] if TRACE else []
     cflags = ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O3"]
     exts = [

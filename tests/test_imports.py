@@ -1,0 +1,68 @@
+"""Every module imports on its own, and the layer table holds: the codec,
+the wheel, the store and the scheduler leave asyncio, sockets and typer out."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+PKG = pathlib.Path(__file__).resolve().parent.parent / "periodic_fast"
+
+
+def _modules() -> list[str]:
+    mods = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        mods.append(".".join(parts))
+    return mods
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_module_imports_alone(module: str) -> None:
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+
+
+# L0-L3: nothing here may pull in the networking or CLI layers.
+LOW_LAYERS = [
+    "periodic_fast",
+    "periodic_fast.constants",
+    "periodic_fast.errors",
+    "periodic_fast.job",
+    "periodic_fast.codec",
+    "periodic_fast.wheel",
+    "periodic_fast.store",
+    "periodic_fast.scheduler",
+]
+FORBIDDEN = ["asyncio", "socket", "typer", "uvloop", "periodic_fast.server"]
+
+
+@pytest.mark.parametrize("module", LOW_LAYERS)
+def test_low_layers_stay_sans_io(module: str) -> None:
+    code = (
+        f"import sys, {module}\n"
+        f"bad = [m for m in {FORBIDDEN!r} if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+CLIENT_SIDE = ["periodic_fast.client", "periodic_fast.worker"]
+
+
+@pytest.mark.parametrize("module", CLIENT_SIDE)
+def test_client_never_imports_the_server(module: str) -> None:
+    if not (PKG / (module.rsplit(".", 1)[1] + ".py")).exists():
+        pytest.skip(f"{module} not written yet")
+    code = (
+        f"import sys, {module}\n"
+        "bad = [m for m in ('periodic_fast.server', 'periodic_fast.scheduler',"
+        " 'periodic_fast.store', 'periodic_fast.wheel') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
