@@ -6,9 +6,18 @@ no more memory than one.  The wire encodings live in :mod:`periodic_fast.codec`.
 
 from __future__ import annotations
 
+import enum
 from typing import NamedTuple
 
-__all__ = ["FuncStat", "Job"]
+__all__ = ["FuncStat", "Job", "JobState"]
+
+
+class JobState(enum.IntEnum):
+    """State of a stored job; the values are the ones the reference stores."""
+
+    PENDING = 0  #: waiting for its time or for a grab slot
+    RUNNING = 1  #: assigned to a worker
+    LOCKED = 2  #: parked on a lock (ACQUIRE refused) until the lock is handed over
 
 
 class Job(NamedTuple):
@@ -22,7 +31,7 @@ class Job(NamedTuple):
     name: bytes
     workload: bytes = b""
     sched_at: int = 0
-    count: int = 0
+    count: int = 0  # type: ignore[assignment]  # shadows tuple.count
     timeout: int = 0
 
     @property

@@ -1,0 +1,1366 @@
+"""The sans-I/O Periodic scheduler (protocol.md sections 3-4).
+
+The server hands every decoded request to :meth:`Scheduler.handle` and calls
+:meth:`Scheduler.tick` from its single timer; the scheduler never reads a clock
+and never touches a socket: ``now`` (``time.time()``, float seconds) is passed
+in and frames leave through each connection's ``send`` callable.  The seam is
+specified in docs/architecture.md.
+
+Data layout (persistence-and-scale.md section 3)
+
+* Jobs live in :class:`_JobRec` records indexed two ways: by *handle*
+  (``str8(func) + str8(name)``, the bytes workers send back, so WORK_DONE needs
+  no decode) and by a dense integer id (free-list allocated) that the
+  :class:`~periodic_fast.wheel.TimerWheel` holds.  Future jobs sit in the
+  wheel; due ones bypass it and go to their func's ready deque.
+* Each func keeps a ready deque (dispatch order: ascending ``(sched_at, name)``
+  within each due batch, FIFO across batches) and ``avail``, an ordered set of
+  the connections that registered it and may have a free grab slot.  Dispatch
+  takes the first of ``avail`` and moves it to the end (round robin).
+  Invariant after every operation: for each func, ready is empty or no
+  connection in ``avail`` has a free slot.
+* Removal from a ready deque is lazy: a record is live there only while
+  ``where == _READY``; stale entries are skipped when popped (and compacted
+  when they outnumber the live ones).
+* Every JOB_ASSIGN creates an :class:`_Assign`.  Unconfirmed ones wait in a
+  FIFO deque ordered by their assign-wait deadline; confirmed ones live in the
+  connection's running set and in a second wheel keyed by a dense assignment
+  id (the per-assignment timeout, 4.7).  ``epoch`` ties an assignment to one
+  run of a job: it changes whenever the job goes back to pending, so late
+  events about an old run are ignored.
+
+Hot paths (SUBMIT_JOB, GRAB_JOB, JOB_ASSIGNED, WORK_DONE, dispatch) use a
+per-connection dispatch table, specific decoders and no logging.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from .codec import (
+    decode_job,
+    decode_job_list,
+    decode_payload,
+    encode_job,
+    encode_job_list,
+    encode_response,
+    encode_status,
+)
+from .constants import (
+    CONFIG_DEFAULTS,
+    MAX_COMMAND,
+    RESULT_EXPIRED,
+    RESULT_FAILED,
+    RESULT_REMOVED,
+    STREAM_EOF,
+    ClientType,
+)
+from .errors import TrailingBytes, TruncatedPayload, UnknownCommand
+from .job import FuncStat, Job, JobState
+from .store import Store
+from .wheel import TimerWheel
+
+__all__ = ["Scheduler", "WORKER_COMMANDS"]
+
+# Command codes as plain ints: IntEnum attribute lookups cost on hot paths.
+_NOOP: Final = 0
+_GRAB_JOB: Final = 1
+_SCHED_LATER: Final = 2
+_WORK_DONE: Final = 3
+_WORK_FAIL: Final = 4
+_JOB_ASSIGN: Final = 5
+_CAN_DO: Final = 7
+_CANT_DO: Final = 8
+_PING: Final = 9
+_PONG: Final = 10
+_SLEEP: Final = 11
+_UNKNOWN: Final = 12
+_SUBMIT_JOB: Final = 13
+_STATUS: Final = 14
+_DROP_FUNC: Final = 15
+_SUCCESS: Final = 16
+_REMOVE_JOB: Final = 17
+_DUMP: Final = 18
+_LOAD: Final = 19
+_SHUTDOWN: Final = 20
+_BROADCAST: Final = 21
+_CONFIG_GET: Final = 22
+_CONFIG_SET: Final = 23
+_CONFIG: Final = 24
+_RUN_JOB: Final = 25
+_ACQUIRED: Final = 26
+_ACQUIRE: Final = 27
+_RELEASE: Final = 28
+_NO_WORKER: Final = 29
+_DATA: Final = 30
+_RECV_DATA: Final = 31
+_WORK_DATA: Final = 32
+_JOB_ASSIGNED: Final = 33
+_JOB_UNASSIGNED: Final = 34
+
+#: Worker-class commands (protocol.md 3.1 class W): refused with NO_WORKER on
+#: client-role connections.
+WORKER_COMMANDS: Final = frozenset({1, 2, 3, 4, 7, 8, 11, 21, 27, 28, 32, 33, 34})
+
+_PENDING: Final = JobState.PENDING
+_RUNNING: Final = JobState.RUNNING
+_LOCKED: Final = JobState.LOCKED
+_DEAD: Final = -1  # record deleted (never stored)
+
+# _JobRec.where
+_NOWHERE: Final = 0
+_IN_WHEEL: Final = 1
+_READY: Final = 2
+
+_WORKER_TYPES: Final = (ClientType.WORKER, ClientType.AUTH_WORKER)
+
+_SWEEP_FAST: Final = 10.0  # keepalive, waiter expiry (protocol.md 4.15)
+_SWEEP_LOCKED: Final = 60.0  # locked jobs back to pending
+_SWEEP_SLOW: Final = 100.0  # lock-timeout purge, orphaned running jobs
+_WAITER_DEFAULT: Final = 60  # result-waiter expiry when the job timeout is 0
+_WHEEL_BATCH: Final = 50_000  # due ids moved per tick; the rest next tick
+_I32_MIN: Final = -(1 << 31)
+_I32_MAX: Final = (1 << 31) - 1
+_I64_MAX: Final = (1 << 63) - 1
+
+_SCHED_LATER_TAIL: Final = struct.Struct(">qh")
+_U32: Final = struct.Struct(">I")
+_GRANTED: Final = b"\x01"
+_REFUSED: Final = b"\x00"
+
+# NamedTuple's generated __new__ costs ~400 ns; tuple.__new__ ~120 ns.
+_new = tuple.__new__
+
+
+def _handle_end(payload: bytes) -> int:
+    """Index just past the job handle that starts ``payload``."""
+    n = len(payload)
+    if not n:
+        raise TruncatedPayload("payload too short for a job handle")
+    i = payload[0] + 1
+    if i >= n:
+        raise TruncatedPayload("payload too short for a job handle")
+    i += payload[i] + 1
+    if i > n:
+        raise TruncatedPayload("payload too short for a job handle")
+    return i
+
+
+def _exact_handle(payload: bytes) -> bytes:
+    """``payload`` when it is exactly one job handle."""
+    if _handle_end(payload) != len(payload):
+        raise TrailingBytes("trailing bytes after the job handle")
+    return payload
+
+
+def _str8(payload: bytes) -> bytes:
+    """Decode a payload that is exactly one ``str8``."""
+    if not payload:
+        raise TruncatedPayload("payload too short for a name")
+    n = payload[0] + 1
+    if n > len(payload):
+        raise TruncatedPayload("payload too short for a name")
+    if n < len(payload):
+        raise TrailingBytes("trailing bytes after the name")
+    return payload[1:]
+
+
+def _key(func: bytes, name: bytes) -> bytes:
+    """The job handle ``str8(func) + str8(name)`` (protocol.md 2.2)."""
+    return bytes((len(func),)) + func + bytes((len(name),)) + name
+
+
+def _due_order(rec: _JobRec) -> tuple[int, bytes]:
+    job = rec.job
+    return job.sched_at, job.name
+
+
+class _Func:
+    """A known func: worker count, broadcast flag, ready queue, counters."""
+
+    __slots__ = (
+        "avail",
+        "broadcast",
+        "jobs",
+        "n_locked",
+        "n_ready",
+        "n_running",
+        "name",
+        "ready",
+        "workers",
+    )
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.workers = 0  # connections that registered it
+        self.broadcast = False  # last first-registration wins (quirk kept)
+        self.ready: deque[_JobRec] = deque()  # due jobs, lazily cleaned
+        self.n_ready = 0  # live entries of ``ready``
+        self.avail: dict[_Conn, None] = {}  # registered conns, round-robin order
+        self.jobs: set[_JobRec] = set()  # every stored job of the func
+        self.n_running = 0
+        self.n_locked = 0
+
+
+class _JobRec:
+    """One stored job and its scheduling state."""
+
+    __slots__ = (
+        "confirmed",
+        "epoch",
+        "fs",
+        "id",
+        "job",
+        "key",
+        "run",
+        "state",
+        "where",
+    )
+
+    def __init__(self, jid: int, key: bytes, job: Job, fs: _Func) -> None:
+        self.id = jid  # dense id: the wheel key
+        self.key = key  # handle bytes: the index key
+        self.job = job  # as stored (timeout 0 = server default)
+        self.fs = fs
+        self.state: int = _PENDING
+        self.where = _NOWHERE  # wheel / ready queue / neither
+        self.epoch = 0  # bumped whenever the job (re)enters pending; -1 dead
+        self.run = 0  # live assignments of this epoch
+        self.confirmed = False  # some assignment of this epoch was confirmed
+
+
+class _Assign:
+    """One JOB_ASSIGN sent to one grab slot."""
+
+    __slots__ = ("aid", "conn", "deadline", "epoch", "msgid", "rec", "waiting")
+
+    def __init__(self, conn: _Conn, msgid: int, rec: _JobRec) -> None:
+        self.conn = conn
+        self.msgid = msgid
+        self.rec = rec
+        self.epoch = rec.epoch
+        self.waiting = False  # awaiting JOB_ASSIGNED / JOB_UNASSIGNED
+        self.deadline = 0.0  # assign-wait deadline while waiting
+        self.aid = -1  # id in the per-assignment timeout wheel, -1 if none
+
+
+_Handler = Callable[["_Conn", int, bytes], None]
+
+
+class _Conn:
+    """A registered connection."""
+
+    __slots__ = (
+        "alive",
+        "close",
+        "funcs",
+        "id",
+        "identity",
+        "last_seen",
+        "running",
+        "send",
+        "slots",
+        "table",
+        "unconfirmed",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        conn_id: int,
+        worker: bool,
+        identity: tuple[bytes, bytes] | None,
+        send: Callable[[bytes], None],
+        close: Callable[[], None],
+        now: float,
+    ) -> None:
+        self.id = conn_id
+        self.worker = worker
+        self.identity = identity  # kept for the auth issue; unused so far
+        self.send = send
+        self.close = close
+        self.last_seen = now
+        self.alive = True
+        self.funcs: dict[bytes, _Func] = {}  # registered funcs
+        self.slots: dict[int, None] = {}  # grab msgids; popitem() = most recent
+        self.unconfirmed: dict[int, _Assign] = {}  # msgid -> awaiting confirmation
+        self.running: dict[bytes, _Assign] = {}  # handle -> confirmed assignment
+        self.table: list[_Handler] = []
+
+
+class _Waiters:
+    """RUN_JOB result waiters and RECV_DATA stream waiters of one handle."""
+
+    __slots__ = ("expiry", "results", "streams")
+
+    def __init__(self) -> None:
+        self.results: list[tuple[_Conn, int]] = []
+        self.streams: list[tuple[_Conn, int]] = []
+        self.expiry = 0.0
+
+
+class _Lock:
+    """A named counting lock (protocol.md 4.11); values are entry times."""
+
+    __slots__ = ("holders", "max", "name", "queue")
+
+    def __init__(self, name: bytes, max_holders: int) -> None:
+        self.name = name
+        self.max = max_holders
+        self.holders: dict[bytes, float] = {}
+        self.queue: dict[bytes, float] = {}  # FIFO
+
+
+class Scheduler:
+    """Job states, func registry, grab slots, locks and waiters; no I/O.
+
+    :param store: persistence driver; loaded once here.  Running and locked
+        jobs come back as pending.
+    :param now: current time (``time.time()``).
+    :param config: config values overriding the defaults and the stored values
+        (operator options win); keys must be known (``CONFIG_DEFAULTS``).
+    :param on_shutdown: called (with no reply sent) when a client sends SHUTDOWN.
+
+    Not thread-safe: the server's event loop is the only caller.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        now: float,
+        *,
+        config: Mapping[str, int] | None = None,
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._on_shutdown = on_shutdown
+        self._now = now
+        snap = store.load()
+        cfg = dict(CONFIG_DEFAULTS)
+        for k, v in snap.config.items():
+            if k in cfg:
+                cfg[k] = int(v)
+        if config:
+            for k, v in config.items():
+                if k not in cfg:
+                    raise ValueError(f"unknown config key {k!r}")
+                cfg[k] = int(v)
+        self._config = cfg
+        self._timeout = 0
+        self._assign_wait = 0.0
+        self._keepalive = 0
+        self._lock_timeout = 0
+        self._apply_config()
+
+        t = int(now)
+        self._jobs: list[_JobRec | None] = []  # id -> record
+        self._free: list[int] = []  # free ids (LIFO keeps ids dense)
+        self._index: dict[bytes, _JobRec] = {}  # handle -> record
+        self._funcs: dict[bytes, _Func] = {}
+        self._conns: dict[int, _Conn] = {}
+        self._wheel = TimerWheel(t)  # future pending jobs, by job id
+        self._deadlines = TimerWheel(t)  # confirmed assignments, by assignment id
+        self._aslots: list[_Assign | None] = []  # assignment id -> assignment
+        self._afree: list[int] = []
+        self._awaiting: deque[_Assign] = deque()  # by assign-wait deadline
+        self._waiters: dict[bytes, _Waiters] = {}
+        self._locks: dict[bytes, _Lock] = {}
+        self._hlocks: dict[bytes, set[bytes]] = {}  # handle -> locks held/awaited
+        self._next_fast = now + _SWEEP_FAST
+        self._next_locked = now + _SWEEP_LOCKED
+        self._next_slow = now + _SWEEP_SLOW
+        self._tables: dict[bool, list[_Handler]] = {}
+
+        for func in snap.funcs:
+            self._func(func, persist=False)
+        for job, state in snap.jobs:
+            key = _key(job.func, job.name)
+            if key in self._index:  # a store should not hold duplicates
+                continue
+            rec = self._new_rec(key, job)
+            if state != _PENDING:  # protocol.md 4.16: all jobs pending at start
+                store.set_state(job.func, job.name, _PENDING)
+            self._place(rec, t)
+
+    # -- connection life cycle ------------------------------------------------
+
+    def connect(
+        self,
+        conn_id: int,
+        client_type: int,
+        identity: tuple[bytes, bytes] | None,
+        send: Callable[[bytes], None],
+        close: Callable[[], None],
+        now: float,
+    ) -> None:
+        """A connection finished registration (client_type 1-4).
+
+        ``send(frame)`` queues encoded frames for it; ``close()`` asks the
+        server to drop it (the scheduler has then already forgotten it, so the
+        following :meth:`disconnect` is a no-op).
+        """
+        self._now = now
+        old = self._conns.get(conn_id)
+        if old is not None:  # the server reuses ids only after disconnect()
+            self._drop(old)
+        conn = _Conn(conn_id, client_type in _WORKER_TYPES, identity, send, close, now)
+        conn.table = self._table_for(conn)
+        self._conns[conn_id] = conn
+
+    def disconnect(self, conn_id: int, now: float) -> None:
+        """The connection is gone: clean-up of protocol.md 4.8.  Idempotent."""
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._now = now
+            self._drop(conn)
+
+    # -- input ----------------------------------------------------------------
+
+    def handle(
+        self, conn_id: int, msgid: int, command: int, payload: bytes, now: float
+    ) -> None:
+        """One request frame from a registered connection.
+
+        Replies and pushes go out through the connections' ``send``.  Raises a
+        :class:`~periodic_fast.errors.ProtocolError` for a malformed payload
+        (the server closes that connection).  Frames for unknown (already
+        dropped) connections are ignored.
+        """
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        if command > MAX_COMMAND or command < 0:
+            raise UnknownCommand(f"unknown command {command}")
+        self._now = now
+        conn.last_seen = now
+        conn.table[command](conn, msgid, payload)
+
+    # -- time -----------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Advance time: due jobs, assign-wait, per-assignment timeouts,
+        waiter expiry, lock sweeps, idle connections."""
+        self._now = now
+        t = int(now)
+        ids = self._wheel.advance(t, _WHEEL_BATCH)
+        if ids:
+            self._make_ready(ids)
+
+        awaiting = self._awaiting
+        while awaiting and awaiting[0].deadline <= now:
+            a = awaiting.popleft()
+            if a.waiting and a.conn.alive:
+                # no confirmation: the reference assumes a broken worker;
+                # _drop re-queues this and every other assignment of it
+                self._kill(a.conn)
+
+        dl = self._deadlines
+        nd = dl.next_due()
+        if nd is not None and nd <= t:
+            for aid in dl.advance(t):
+                a2 = self._aslots[aid]
+                self._aslots[aid] = None
+                self._afree.append(aid)
+                if a2 is None:  # pragma: no cover - cancelled entries leave the wheel
+                    continue
+                a2.aid = -1
+                rec = a2.rec
+                running = a2.conn.running
+                if running.get(rec.key) is a2:
+                    del running[rec.key]
+                if a2.epoch == rec.epoch:  # treated like WORK_FAIL (4.7)
+                    rec.run -= 1
+                    self._fail(rec.key, rec)
+
+        if now >= self._next_fast:
+            self._next_fast = now + _SWEEP_FAST
+            self._sweep_fast(now)
+        if now >= self._next_locked:
+            self._next_locked = now + _SWEEP_LOCKED
+            self._sweep_locked()
+        if now >= self._next_slow:
+            self._next_slow = now + _SWEEP_SLOW
+            self._sweep_slow(now)
+
+    def next_wakeup(self) -> float | None:
+        """Earliest time at which :meth:`tick` has work.
+
+        Never None in practice: the periodic sweeps are always scheduled.
+        """
+        best = min(self._next_fast, self._next_locked, self._next_slow)
+        nd = self._wheel.next_due()
+        if nd is not None and nd < best:
+            best = float(nd)
+        nd = self._deadlines.next_due()
+        if nd is not None and nd < best:
+            best = float(nd)
+        if self._awaiting:
+            d = self._awaiting[0].deadline
+            if d < best:
+                best = d
+        return best
+
+    # -- introspection --------------------------------------------------------
+
+    def status(self, now: float) -> list[FuncStat]:
+        """One :class:`FuncStat` per known func, sorted by func (protocol.md 2.4)."""
+        t = int(now)
+        out = []
+        for name in sorted(self._funcs):
+            fs = self._funcs[name]
+            sched = [r.job.sched_at for r in fs.jobs if r.state == _PENDING]
+            out.append(
+                FuncStat(
+                    name,
+                    fs.workers,
+                    len(fs.jobs),
+                    fs.n_running,
+                    fs.n_locked,
+                    min(sched) if sched else t,
+                )
+            )
+        return out
+
+    def get_config(self, key: str) -> int:
+        """Current value of a config key (0 for unknown keys)."""
+        return self._config.get(key, 0)
+
+    def job(self, func: bytes, name: bytes) -> tuple[Job, JobState] | None:
+        """The stored job ``(func, name)`` with its state, or None."""
+        rec = self._index.get(_key(func, name))
+        if rec is None:
+            return None
+        return rec.job, JobState(rec.state)
+
+    def jobs(self) -> list[Job]:
+        """Every stored job, any state (what DUMP returns)."""
+        return [rec.job for rec in self._index.values()]
+
+    @property
+    def connection_count(self) -> int:
+        """Live registered connections."""
+        return len(self._conns)
+
+    # -- role check (the auth issue hooks in here) ----------------------------------
+
+    def _allowed(self, conn: _Conn, command: int) -> bool:
+        """May ``conn`` send ``command``?  protocol.md 5.3 without an auth file:
+        client-role connections may not send worker-class commands."""
+        return conn.worker or command not in WORKER_COMMANDS
+
+    def _table_for(self, conn: _Conn) -> list[_Handler]:
+        """The per-connection dispatch table: command code -> handler."""
+        cacheable = conn.identity is None
+        if cacheable:
+            table = self._tables.get(conn.worker)
+            if table is not None:
+                return table
+        table = [
+            h if self._allowed(conn, c) else self._make_reject(c)
+            for c, h in enumerate(self._handlers())
+        ]
+        if cacheable:
+            self._tables[conn.worker] = table
+        return table
+
+    def _handlers(self) -> list[_Handler]:
+        t: list[_Handler] = [self._make_ignore(c) for c in range(MAX_COMMAND + 1)]
+        t[_GRAB_JOB] = self._h_grab_job
+        t[_SCHED_LATER] = self._h_sched_later
+        t[_WORK_DONE] = self._h_work_done
+        t[_WORK_FAIL] = self._h_work_fail
+        t[_CAN_DO] = self._h_can_do
+        t[_CANT_DO] = self._h_cant_do
+        t[_PING] = self._h_ping
+        t[_SLEEP] = self._h_sleep
+        t[_UNKNOWN] = self._h_unknown
+        t[_SUBMIT_JOB] = self._h_submit_job
+        t[_STATUS] = self._h_status
+        t[_DROP_FUNC] = self._h_drop_func
+        t[_REMOVE_JOB] = self._h_remove_job
+        t[_DUMP] = self._h_dump
+        t[_LOAD] = self._h_load
+        t[_SHUTDOWN] = self._h_shutdown
+        t[_BROADCAST] = self._h_broadcast
+        t[_CONFIG_GET] = self._h_config_get
+        t[_CONFIG_SET] = self._h_config_set
+        t[_RUN_JOB] = self._h_run_job
+        t[_ACQUIRE] = self._h_acquire
+        t[_RELEASE] = self._h_release
+        t[_RECV_DATA] = self._h_recv_data
+        t[_WORK_DATA] = self._h_work_data
+        t[_JOB_ASSIGNED] = self._h_job_assigned
+        t[_JOB_UNASSIGNED] = self._h_job_unassigned
+        return t
+
+    # -- handlers: (conn, msgid, payload); self._now is the current time ------------
+
+    @staticmethod
+    def _make_reject(command: int) -> _Handler:
+        def reject(conn: _Conn, msgid: int, payload: bytes) -> None:
+            # a malformed payload still closes the connection, as in the
+            # reference (it decodes the whole frame before the role check)
+            decode_payload(command, payload)
+            conn.send(encode_response(msgid, _NO_WORKER))
+
+        return reject
+
+    @staticmethod
+    def _make_ignore(command: int) -> _Handler:
+        def ignore(conn: _Conn, msgid: int, payload: bytes) -> None:
+            decode_payload(command, payload)  # undecodable: close
+
+        return ignore
+
+    def _h_ping(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        if payload:
+            raise TrailingBytes("PING carries no payload")
+        conn.send(encode_response(msgid, _PONG))
+
+    def _h_sleep(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        if payload:
+            raise TrailingBytes("SLEEP carries no payload")
+        conn.send(encode_response(msgid, _NOOP))
+
+    def _h_unknown(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        if payload:
+            raise TrailingBytes("UNKNOWN carries no payload")
+        conn.send(encode_response(msgid, _UNKNOWN))
+
+    def _h_submit_job(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        job = decode_job(payload)
+        self._submit(job, payload[: 2 + len(job.func) + len(job.name)])
+        conn.send(encode_response(msgid, _SUCCESS))
+
+    def _h_run_job(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        job = decode_job(payload)
+        fs = self._funcs.get(job.func)
+        if fs is None or not fs.workers:
+            conn.send(encode_response(msgid, _NO_WORKER))
+            return
+        key = payload[: 2 + len(job.func) + len(job.name)]
+        self._add_waiter(key, conn, msgid, job.timeout, True)
+        # a running handle is not resubmitted: the caller waits for that run
+        self._submit(job, key)
+
+    def _h_recv_data(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        job = decode_job(payload)
+        fs = self._funcs.get(job.func)
+        if fs is None or not fs.workers:
+            conn.send(encode_response(msgid, _NO_WORKER))
+            return
+        key = payload[: 2 + len(job.func) + len(job.name)]
+        self._add_waiter(key, conn, msgid, job.timeout, False)
+        conn.send(encode_response(msgid, _SUCCESS))
+
+    def _h_status(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        if payload:
+            raise TrailingBytes("STATUS carries no payload")
+        conn.send(encode_response(msgid, _DATA, encode_status(self.status(self._now))))
+
+    def _h_drop_func(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        func = _str8(payload)
+        fs = self._funcs.get(func)
+        if fs is not None and not fs.workers:
+            hlocks = self._hlocks
+            for rec in list(fs.jobs):
+                self._delete(rec, persist=False)
+                if hlocks and rec.key in hlocks:
+                    self._release_all(rec.key)
+            del self._funcs[func]
+            self._store.delete_func_jobs(func)
+            self._store.delete_func(func)
+        conn.send(encode_response(msgid, _SUCCESS))
+
+    def _h_remove_job(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        key = _exact_handle(payload)
+        self._finish(key, self._index.get(key), RESULT_REMOVED)
+        conn.send(encode_response(msgid, _SUCCESS))
+
+    def _h_dump(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        if payload:
+            raise TrailingBytes("DUMP carries no payload")
+        data = encode_job_list([rec.job for rec in self._index.values()])
+        conn.send(encode_response(msgid, _DATA, data))
+
+    def _h_load(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        jobs = decode_job_list(payload)
+        for job in jobs:  # all funcs first (protocol.md 3.2)
+            if job.func not in self._funcs:
+                self._func(job.func)
+        for job in jobs:
+            self._submit(job, _key(job.func, job.name))
+        conn.send(encode_response(msgid, _SUCCESS))
+
+    def _h_shutdown(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        if payload:
+            raise TrailingBytes("SHUTDOWN carries no payload")
+        if self._on_shutdown is not None:
+            self._on_shutdown()  # no reply (protocol.md 3.2)
+
+    def _h_config_get(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        key = _str8(payload).decode("latin-1")
+        value = self._config.get(key, 0)
+        conn.send(encode_response(msgid, _CONFIG, _U32.pack(value & 0xFFFFFFFF)))
+
+    def _h_config_set(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        raw_key, value = decode_payload(_CONFIG_SET, payload)
+        key = raw_key.decode("latin-1")
+        if key in self._config:  # unknown keys: ignored, still SUCCESS
+            self._config[key] = value
+            self._apply_config()
+            self._store.save_config(key, value)
+        conn.send(encode_response(msgid, _SUCCESS))
+
+    # worker commands ---------------------------------------------------------
+
+    def _h_can_do(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        self._register(conn, _str8(payload), False)
+        conn.send(encode_response(msgid, _SUCCESS))
+        self._pump_conn(conn)
+
+    def _h_broadcast(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        self._register(conn, _str8(payload), True)
+        conn.send(encode_response(msgid, _SUCCESS))
+        self._pump_conn(conn)
+
+    def _h_cant_do(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        fs = conn.funcs.pop(_str8(payload), None)
+        if fs is not None:
+            fs.workers -= 1
+            fs.avail.pop(conn, None)
+        conn.send(encode_response(msgid, _SUCCESS))
+
+    def _h_grab_job(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        if payload:
+            raise TrailingBytes("GRAB_JOB carries no payload")
+        slots = conn.slots
+        # duplicates are ignored (AIO re-sends); a msgid awaiting confirmation
+        # gets no slot (protocol.md 4.5 rule 6)
+        new = msgid not in slots and msgid not in conn.unconfirmed
+        if new:
+            slots[msgid] = None
+        conn.send(encode_response(msgid, _SUCCESS))
+        if new and len(slots) == 1:
+            # 0 -> 1 free slot: the conn re-enters every func's avail set
+            for fs in conn.funcs.values():
+                fs.avail[conn] = None
+                if fs.n_ready:
+                    self._pump(fs)
+                    if not slots:
+                        break
+
+    def _h_job_assigned(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        if payload:
+            raise TrailingBytes("JOB_ASSIGNED carries no payload")
+        a = conn.unconfirmed.pop(msgid, None)
+        if a is not None:
+            a.waiting = False
+            self._confirm(a)
+
+    def _h_job_unassigned(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        if payload:
+            raise TrailingBytes("JOB_UNASSIGNED carries no payload")
+        a = conn.unconfirmed.pop(msgid, None)
+        if a is not None:
+            a.waiting = False
+            self._unassign(a)
+
+    def _h_work_done(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        end = _handle_end(payload)
+        key = payload[:end]
+        a = conn.running.pop(key, None)
+        if a is not None and a.aid >= 0:
+            self._cancel_deadline(a)
+        # delete whatever the state, whoever holds it (quirk kept, 3.3)
+        rec = self._index.get(key)
+        if rec is not None or self._waiters or self._hlocks:
+            self._finish(key, rec, payload[end:])
+        conn.send(encode_response(msgid, _SUCCESS))
+
+    def _h_work_fail(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        key = _exact_handle(payload)
+        a = conn.running.pop(key, None)
+        if a is not None:
+            self._cancel_deadline(a)
+            self._end_assignment(a)
+        self._fail(key, self._index.get(key))
+        conn.send(encode_response(msgid, _SUCCESS))
+
+    def _h_sched_later(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        end = _handle_end(payload)
+        if len(payload) - end != 10:
+            if len(payload) - end < 10:
+                raise TruncatedPayload("SCHED_LATER payload too short")
+            raise TrailingBytes("trailing bytes after SCHED_LATER")
+        delay, step = _SCHED_LATER_TAIL.unpack_from(payload, end)
+        key = payload[:end]
+        a = conn.running.pop(key, None)
+        if a is not None:
+            self._cancel_deadline(a)
+            self._end_assignment(a)
+        if self._hlocks and key in self._hlocks:
+            self._release_all(key)
+        rec = self._index.get(key)
+        w = self._waiters.get(key)
+        if w is not None and w.results:
+            self._finish(key, rec, RESULT_FAILED)
+        elif rec is not None and rec.state == _RUNNING:
+            job = rec.job
+            t = int(self._now)
+            when = t + delay
+            if when < t:
+                when = t
+            elif when > _I64_MAX:
+                when = _I64_MAX
+            count = job.count + step
+            if count > _I32_MAX:
+                count = _I32_MAX
+            elif count < _I32_MIN:
+                count = _I32_MIN
+            self._requeue(
+                rec,
+                _new(Job, (job.func, job.name, job.workload, when, count, job.timeout)),
+            )
+        conn.send(encode_response(msgid, _SUCCESS))
+
+    def _h_work_data(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        end = _handle_end(payload)
+        w = self._waiters.get(payload[:end])
+        if w is not None and w.streams:
+            chunk = payload[end:]
+            for c, m in w.streams:
+                if c.alive:
+                    c.send(encode_response(m, _DATA, chunk))
+        conn.send(encode_response(msgid, _SUCCESS))
+
+    def _h_acquire(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        lock, count, func, name = decode_payload(_ACQUIRE, payload)
+        granted = self._acquire(lock, count, _key(func, name))
+        conn.send(encode_response(msgid, _ACQUIRED, _GRANTED if granted else _REFUSED))
+
+    def _h_release(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        lock, func, name = decode_payload(_RELEASE, payload)
+        self._release(lock, _key(func, name))
+        conn.send(encode_response(msgid, _SUCCESS))
+
+    # -- config ---------------------------------------------------------------
+
+    def _apply_config(self) -> None:
+        cfg = self._config
+        self._timeout = cfg["timeout"]
+        self._assign_wait = float(cfg["assign-wait"])
+        self._keepalive = cfg["keepalive"]
+        self._lock_timeout = cfg["lock-timeout"]
+
+    # -- funcs ----------------------------------------------------------------
+
+    def _func(self, name: bytes, persist: bool = True) -> _Func:
+        """The func record, created (and persisted as known) on first use."""
+        fs = self._funcs.get(name)
+        if fs is None:
+            fs = self._funcs[name] = _Func(name)
+            if persist:
+                self._store.save_func(name)
+        return fs
+
+    def _register(self, conn: _Conn, func: bytes, broadcast: bool) -> None:
+        if func in conn.funcs:
+            return  # a second registration on one connection is a no-op
+        fs = self._func(func)
+        conn.funcs[func] = fs
+        fs.workers += 1
+        fs.broadcast = broadcast
+        if conn.slots:
+            fs.avail[conn] = None
+
+    def _pump_conn(self, conn: _Conn) -> None:
+        """After a registration: dispatch to the conn's free slots."""
+        if conn.slots:
+            for fs in conn.funcs.values():
+                if fs.n_ready and fs.avail:
+                    self._pump(fs)
+                    if not conn.slots:
+                        break
+
+    # -- jobs -----------------------------------------------------------------
+
+    def _new_rec(self, key: bytes, job: Job) -> _JobRec:
+        fs = self._funcs.get(job.func)
+        if fs is None:
+            fs = self._func(job.func)
+        free = self._free
+        if free:
+            jid = free.pop()
+            rec = _JobRec(jid, key, job, fs)
+            self._jobs[jid] = rec
+        else:
+            jid = len(self._jobs)
+            rec = _JobRec(jid, key, job, fs)
+            self._jobs.append(rec)
+        self._index[key] = rec
+        fs.jobs.add(rec)
+        return rec
+
+    def _submit(self, job: Job, key: bytes) -> None:
+        """SUBMIT_JOB / LOAD / RUN_JOB (protocol.md 4.3)."""
+        t = int(self._now)
+        if job.sched_at < t:
+            job = _new(
+                Job, (job.func, job.name, job.workload, t, job.count, job.timeout)
+            )
+        rec = self._index.get(key)
+        if rec is None:
+            rec = self._new_rec(key, job)
+        else:
+            state = rec.state
+            if state == _RUNNING:
+                return  # ignored; the running instance continues
+            rec.job = job  # latest version is what gets dispatched
+            if state == _LOCKED:
+                rec.state = _PENDING
+                rec.fs.n_locked -= 1
+            rec.epoch += 1
+            rec.run = 0
+            rec.confirmed = False
+        self._store.save_job(job, _PENDING)
+        self._place(rec, t)
+
+    def _place(self, rec: _JobRec, t: int) -> None:
+        """Put a pending job where it belongs: wheel (future) or ready (due)."""
+        when = rec.job.sched_at
+        if when > t:
+            if rec.where == _READY:
+                rec.fs.n_ready -= 1  # its deque entry goes stale
+            self._wheel.add(rec.id, when)
+            rec.where = _IN_WHEEL
+        else:
+            self._to_ready(rec, False)
+
+    def _to_ready(self, rec: _JobRec, front: bool) -> None:
+        fs = rec.fs
+        where = rec.where
+        if where != _READY:
+            if where == _IN_WHEEL:
+                self._wheel.cancel(rec.id)
+            rec.where = _READY
+            fs.n_ready += 1
+            ready = fs.ready
+            if front:
+                ready.appendleft(rec)
+            else:
+                ready.append(rec)
+                if len(ready) > 2 * fs.n_ready + 64:
+                    self._compact(fs)
+        if fs.avail:
+            self._pump(fs)
+
+    def _compact(self, fs: _Func) -> None:
+        seen: set[int] = set()
+        live: deque[_JobRec] = deque()
+        for rec in fs.ready:
+            if rec.where == _READY and rec.id not in seen and rec.state == _PENDING:
+                seen.add(rec.id)
+                live.append(rec)
+        fs.ready = live
+
+    def _make_ready(self, ids: list[int]) -> None:
+        """Wheel output: group per func, sort each batch by (sched_at, name)."""
+        jobs = self._jobs
+        if len(ids) == 1:
+            rec = jobs[ids[0]]
+            if rec is not None:
+                rec.where = _NOWHERE
+                self._to_ready(rec, False)
+            return
+        groups: dict[_Func, list[_JobRec]] = {}
+        for jid in ids:
+            rec = jobs[jid]
+            if rec is None:  # pragma: no cover - deleted jobs leave the wheel
+                continue
+            rec.where = _NOWHERE
+            batch = groups.get(rec.fs)
+            if batch is None:
+                groups[rec.fs] = [rec]
+            else:
+                batch.append(rec)
+        for fs, batch in groups.items():
+            if len(batch) > 1:
+                batch.sort(key=_due_order)
+            ready = fs.ready
+            for rec in batch:
+                rec.where = _READY
+                ready.append(rec)
+            fs.n_ready += len(batch)
+            if len(ready) > 2 * fs.n_ready + 64:
+                self._compact(fs)
+            if fs.avail:
+                self._pump(fs)
+
+    def _requeue(self, rec: _JobRec, job: Job) -> None:
+        """A running job goes back to pending with a new record (fail, later)."""
+        fs = rec.fs
+        rec.state = _PENDING
+        fs.n_running -= 1
+        rec.epoch += 1
+        rec.run = 0
+        rec.confirmed = False
+        rec.job = job
+        self._store.save_job(job, _PENDING)
+        self._place(rec, int(self._now))
+
+    def _repend_now(self, rec: _JobRec, front: bool) -> None:
+        """Running or locked -> pending, dispatchable at once (sched_at kept)."""
+        fs = rec.fs
+        if rec.state == _RUNNING:
+            fs.n_running -= 1
+        elif rec.state == _LOCKED:
+            fs.n_locked -= 1
+        rec.state = _PENDING
+        rec.epoch += 1
+        rec.run = 0
+        rec.confirmed = False
+        job = rec.job
+        self._store.set_state(job.func, job.name, _PENDING)
+        self._to_ready(rec, front)
+
+    def _delete(self, rec: _JobRec, persist: bool = True) -> None:
+        fs = rec.fs
+        state = rec.state
+        if state == _RUNNING:
+            fs.n_running -= 1
+        elif state == _LOCKED:
+            fs.n_locked -= 1
+        where = rec.where
+        if where == _IN_WHEEL:
+            self._wheel.cancel(rec.id)
+        elif where == _READY:
+            fs.n_ready -= 1
+        rec.where = _NOWHERE
+        rec.state = _DEAD
+        rec.epoch = -1  # every assignment of it is stale now
+        del self._index[rec.key]
+        fs.jobs.discard(rec)
+        self._jobs[rec.id] = None
+        self._free.append(rec.id)
+        if persist:
+            job = rec.job
+            self._store.delete_job(job.func, job.name)
+
+    def _finish(self, key: bytes, rec: _JobRec | None, result: bytes) -> None:
+        """The job ends: delete it, release its locks, EOF to streams, then
+        ``result`` to result waiters (WORK_DONE, removed, expired, failed)."""
+        if rec is not None:
+            self._delete(rec)
+        if self._hlocks and key in self._hlocks:
+            self._release_all(key)
+        if self._waiters:
+            w = self._waiters.pop(key, None)
+            if w is not None:
+                for c, m in w.streams:
+                    if c.alive:
+                        c.send(encode_response(m, _DATA, STREAM_EOF))
+                for c, m in w.results:
+                    if c.alive:
+                        c.send(encode_response(m, _DATA, result))
+
+    def _fail(self, key: bytes, rec: _JobRec | None) -> None:
+        """WORK_FAIL semantics (also timeouts and lost workers, 4.7-4.8)."""
+        if self._hlocks and key in self._hlocks:
+            self._release_all(key)
+        w = self._waiters.get(key) if self._waiters else None
+        if w is not None and w.results:
+            self._finish(key, rec, RESULT_FAILED)
+        elif rec is not None and rec.state == _RUNNING:
+            job = rec.job
+            self._requeue(
+                rec,
+                _new(
+                    Job,
+                    (
+                        job.func,
+                        job.name,
+                        job.workload,
+                        int(self._now) + 1,
+                        job.count,
+                        job.timeout,
+                    ),
+                ),
+            )
+
+    # -- dispatch -------------------------------------------------------------
+
+    def _pump(self, fs: _Func) -> None:
+        """Pair ready jobs of ``fs`` with free grab slots, round robin."""
+        ready = fs.ready
+        avail = fs.avail
+        while fs.n_ready and avail:
+            conn = next(iter(avail))
+            slots = conn.slots
+            if not slots:
+                del avail[conn]  # lazily dropped when its last slot went
+                continue
+            rec = ready.popleft()
+            if rec.where != _READY:
+                continue  # stale entry
+            rec.where = _NOWHERE
+            fs.n_ready -= 1
+            if fs.broadcast:
+                self._assign_all(fs, rec)
+                continue
+            msgid = slots.popitem()[0]  # most recent first
+            del avail[conn]
+            if slots:
+                avail[conn] = None  # to the back: round robin
+            self._assign(conn, msgid, rec)
+
+    def _assign_all(self, fs: _Func, rec: _JobRec) -> None:
+        """Broadcast: one assignment to every connection with a free slot."""
+        avail = fs.avail
+        for conn in list(avail):
+            slots = conn.slots
+            if not slots:
+                del avail[conn]
+                continue
+            msgid = slots.popitem()[0]
+            if not slots:
+                del avail[conn]
+            self._assign(conn, msgid, rec)
+
+    def _assign(self, conn: _Conn, msgid: int, rec: _JobRec) -> None:
+        job = rec.job
+        if rec.state == _PENDING:  # broadcast: only the first assignment
+            rec.state = _RUNNING
+            rec.fs.n_running += 1
+            self._store.set_state(job.func, job.name, _RUNNING)
+        rec.run += 1
+        a = _Assign(conn, msgid, rec)
+        wait = self._assign_wait
+        if wait > 0:
+            a.waiting = True
+            a.deadline = self._now + wait
+            conn.unconfirmed[msgid] = a
+            self._awaiting.append(a)
+        else:
+            self._confirm(a)  # extension: assign-wait 0 = accepted on send
+        if job.timeout <= 0:  # JOB_ASSIGN carries the effective timeout
+            job = _new(
+                Job,
+                (
+                    job.func,
+                    job.name,
+                    job.workload,
+                    job.sched_at,
+                    job.count,
+                    self._timeout,
+                ),
+            )
+        conn.send(encode_response(msgid, _JOB_ASSIGN, encode_job(job)))
+
+    def _confirm(self, a: _Assign) -> None:
+        """The assignment stands: record its per-assignment deadline (4.7)."""
+        rec = a.rec
+        if a.epoch != rec.epoch:
+            return  # the job ended or was re-queued meanwhile
+        rec.confirmed = True
+        running = a.conn.running
+        old = running.get(rec.key)
+        if old is not None:
+            self._cancel_deadline(old)
+        running[rec.key] = a
+        timeout = rec.job.timeout
+        if timeout <= 0:
+            timeout = self._timeout
+        afree = self._afree
+        if afree:
+            aid = afree.pop()
+            self._aslots[aid] = a
+        else:
+            aid = len(self._aslots)
+            self._aslots.append(a)
+        a.aid = aid
+        # +1: a whole-second wheel must never fire early
+        self._deadlines.add(aid, int(self._now) + timeout + 1)
+
+    def _cancel_deadline(self, a: _Assign) -> None:
+        aid = a.aid
+        if aid >= 0:
+            self._deadlines.cancel(aid)
+            self._aslots[aid] = None
+            self._afree.append(aid)
+            a.aid = -1
+
+    def _end_assignment(self, a: _Assign) -> None:
+        rec = a.rec
+        if a.epoch == rec.epoch:
+            rec.run -= 1
+
+    def _unassign(self, a: _Assign) -> None:
+        """Refused or unconfirmed: pending again unless another assignment of
+        this run (broadcast) was confirmed or is still open."""
+        rec = a.rec
+        if a.epoch != rec.epoch:
+            return
+        rec.run -= 1
+        if rec.run <= 0 and not rec.confirmed and rec.state == _RUNNING:
+            self._repend_now(rec, True)
+
+    def _kill(self, conn: _Conn) -> None:
+        """Forget ``conn`` and ask the server to close it."""
+        self._drop(conn)
+        conn.close()
+
+    def _drop(self, conn: _Conn) -> None:
+        """Connection clean-up (protocol.md 4.8)."""
+        if not conn.alive:
+            return
+        conn.alive = False
+        if self._conns.get(conn.id) is conn:
+            del self._conns[conn.id]
+        for fs in conn.funcs.values():
+            fs.workers -= 1
+            fs.avail.pop(conn, None)
+        conn.funcs.clear()
+        conn.slots.clear()
+        unconfirmed = list(conn.unconfirmed.values())
+        conn.unconfirmed.clear()
+        for a in unconfirmed:
+            a.waiting = False
+            self._unassign(a)
+        running = list(conn.running.values())
+        conn.running.clear()
+        index = self._index
+        for a in running:
+            self._cancel_deadline(a)
+            if a.epoch == a.rec.epoch:
+                a.rec.run -= 1
+                self._fail(a.rec.key, index.get(a.rec.key))
+
+    # -- waiters --------------------------------------------------------------
+
+    def _add_waiter(
+        self, key: bytes, conn: _Conn, msgid: int, timeout: int, result: bool
+    ) -> None:
+        w = self._waiters.get(key)
+        if w is None:
+            w = self._waiters[key] = _Waiters()
+        (w.results if result else w.streams).append((conn, msgid))
+        # every new waiter overwrites the expiry (protocol.md 4.7)
+        w.expiry = self._now + (timeout if timeout > 0 else _WAITER_DEFAULT)
+
+    # -- locks ----------------------------------------------------------------
+
+    def _acquire(self, lock: bytes, count: int, key: bytes) -> bool:
+        rec = self._index.get(key)
+        if rec is None or rec.state != _RUNNING:
+            return True  # not running: granted, nothing recorded
+        now = self._now
+        lk = self._locks.get(lock)
+        if lk is None:
+            lk = self._locks[lock] = _Lock(lock, count)
+            lk.holders[key] = now
+            self._hlocks.setdefault(key, set()).add(lock)
+            return True
+        if count > lk.max:
+            lk.max = count  # max holders only grows
+        if key in lk.holders:
+            return True
+        if key not in lk.queue:
+            if len(lk.holders) < lk.max:
+                lk.holders[key] = now
+                self._hlocks.setdefault(key, set()).add(lock)
+                return True
+            lk.queue[key] = now
+            self._hlocks.setdefault(key, set()).add(lock)
+        # refused: park the job until the lock is handed over
+        rec.state = _LOCKED
+        fs = rec.fs
+        fs.n_running -= 1
+        fs.n_locked += 1
+        job = rec.job
+        self._store.set_state(job.func, job.name, _LOCKED)
+        return False
+
+    def _release(self, lock: bytes, key: bytes) -> None:
+        lk = self._locks.get(lock)
+        if lk is None:
+            return
+        if key in lk.holders:
+            del lk.holders[key]
+            self._unlink_lock(key, lock)
+            self._handover(lk)
+        elif key in lk.queue:
+            del lk.queue[key]
+            self._unlink_lock(key, lock)
+        if not lk.holders and not lk.queue:
+            del self._locks[lock]
+
+    def _release_all(self, key: bytes) -> None:
+        for lock in list(self._hlocks.get(key, ())):
+            self._release(lock, key)
+
+    def _unlink_lock(self, key: bytes, lock: bytes) -> None:
+        locks = self._hlocks.get(key)
+        if locks is not None:
+            locks.discard(lock)
+            if not locks:
+                del self._hlocks[key]
+
+    def _handover(self, lk: _Lock) -> None:
+        """Promote queued handles while there is room; a promoted locked job
+        becomes pending (its ACQUIRE will then succeed at once)."""
+        queue = lk.queue
+        while queue and len(lk.holders) < lk.max:
+            key = next(iter(queue))
+            del queue[key]
+            rec = self._index.get(key)
+            if rec is not None and rec.state == _LOCKED:
+                lk.holders[key] = self._now
+                self._repend_now(rec, False)
+            else:
+                # gone or not parked: released on its behalf
+                self._unlink_lock(key, lk.name)
+
+    # -- sweeps ---------------------------------------------------------------
+
+    def _sweep_fast(self, now: float) -> None:
+        """Every 10 s: idle connections, expired waiters."""
+        keepalive = self._keepalive
+        if keepalive > 0:
+            limit = now - keepalive
+            for conn in [c for c in self._conns.values() if c.last_seen < limit]:
+                self._kill(conn)
+        if self._waiters:
+            expired = [k for k, w in self._waiters.items() if w.expiry <= now]
+            for key in expired:
+                # like REMOVE_JOB with reason "expired" (4.7)
+                self._finish(key, self._index.get(key), RESULT_EXPIRED)
+
+    def _sweep_locked(self) -> None:
+        """Every 60 s: some locked jobs back to pending (safety net, 4.11)."""
+        limit = max([10, *(lk.max for lk in self._locks.values())])
+        for fs in list(self._funcs.values()):
+            if fs.n_locked:
+                locked = [r for r in fs.jobs if r.state == _LOCKED][:limit]
+                for rec in locked:
+                    self._repend_now(rec, False)
+
+    def _sweep_slow(self, now: float) -> None:
+        """Every 100 s: purge old lock entries; re-queue running jobs that no
+        connection holds any more (a safety net; should not happen)."""
+        cutoff = now - self._lock_timeout
+        for name, lk in list(self._locks.items()):
+            for entries in (lk.holders, lk.queue):
+                for key in [k for k, since in entries.items() if since < cutoff]:
+                    del entries[key]
+                    self._unlink_lock(key, name)
+            if not lk.holders and not lk.queue:
+                del self._locks[name]
+        for fs in list(self._funcs.values()):
+            if fs.n_running:
+                orphans = [r for r in fs.jobs if r.state == _RUNNING and r.run <= 0]
+                for rec in orphans:
+                    self._fail(rec.key, rec)

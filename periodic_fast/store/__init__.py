@@ -1,0 +1,123 @@
+"""The persistence seam: the :class:`Store` protocol and :func:`open_store`.
+
+A store keeps what must survive a restart (protocol.md 4.16): every job with
+its state, the known func names and the config values.  Waiters, grab slots,
+locks and per-connection state are never persisted.
+
+Contract (every implementation, present and future):
+
+* **Load once.**  :meth:`Store.load` is called once, at start-up, before any
+  write.  The scheduler resets running/locked jobs to pending itself (and
+  writes that back with :meth:`Store.set_state`).
+* **Writes are enqueued, not awaited.**  Every mutating method is called on the
+  event loop, must be cheap and must not block on I/O.  A durable store appends
+  the change to an in-memory batch (coalescing by key is allowed: the last
+  write of a key wins) that a writer thread commits in groups.  Writes must be
+  applied in call order per key.
+* **Durability barrier.**  :meth:`Store.on_durable` registers a callback for
+  "everything written so far is committed"; a server that acknowledges only
+  durable state holds its output until then.  :meth:`Store.flush` is the
+  blocking form (shutdown, tests).  The memory store runs callbacks at once and
+  its ``flush`` is a no-op.
+* **Missing keys are not errors.**  ``set_state``/``delete_job`` of an unknown
+  job, ``delete_func`` of an unknown func do nothing.
+* After :meth:`Store.close` no other method is called; ``close`` is idempotent.
+
+Store URIs (cli-and-http.md): ``:memory:`` now; ``file://PATH`` (SQLite) and
+``postgres://...`` come later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple, Protocol, runtime_checkable
+
+from ..job import Job, JobState
+
+__all__ = ["Store", "StoreSnapshot", "open_store"]
+
+
+class StoreSnapshot(NamedTuple):
+    """Everything a store holds, as returned by :meth:`Store.load`."""
+
+    #: every stored job with its stored state (order unspecified)
+    jobs: Iterable[tuple[Job, JobState]]
+    #: known func names (order unspecified)
+    funcs: Iterable[bytes]
+    #: persisted config values (only keys that were set)
+    config: Mapping[str, int]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence driver used by the scheduler (like Go's ``StoreDriver``).
+
+    Jobs are keyed by ``(func, name)``.  See the module docstring for the
+    calling contract (enqueued writes, durability barrier).
+    """
+
+    def load(self) -> StoreSnapshot:
+        """Return everything stored; called once at start-up."""
+        ...
+
+    def save_job(self, job: Job, state: JobState) -> None:
+        """Insert or replace the job ``(job.func, job.name)`` with ``state``."""
+        ...
+
+    def set_state(self, func: bytes, name: bytes, state: JobState) -> None:
+        """Change the state of a stored job (no-op if it does not exist)."""
+        ...
+
+    def delete_job(self, func: bytes, name: bytes) -> None:
+        """Delete one job (no-op if it does not exist)."""
+        ...
+
+    def delete_func_jobs(self, func: bytes) -> None:
+        """Delete every job of ``func``, whatever its state."""
+        ...
+
+    def save_func(self, func: bytes) -> None:
+        """Remember ``func`` as known (idempotent)."""
+        ...
+
+    def delete_func(self, func: bytes) -> None:
+        """Forget ``func`` (its jobs are deleted separately)."""
+        ...
+
+    def save_config(self, key: str, value: int) -> None:
+        """Persist one config value (a u32)."""
+        ...
+
+    def flush(self) -> None:
+        """Block until every write enqueued so far is durable."""
+        ...
+
+    def on_durable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every write enqueued so far is durable.
+
+        A threaded store may call it from its writer thread; the caller
+        marshals it back to its loop (``loop.call_soon_threadsafe``).  It may
+        also be called synchronously, before ``on_durable`` returns.
+        """
+        ...
+
+    def close(self) -> None:
+        """Flush and release resources.  Idempotent."""
+        ...
+
+
+def open_store(uri: str) -> Store:
+    """Open the store named by ``uri``.
+
+    ``":memory:"`` is the only scheme implemented so far; ``file://`` (SQLite),
+    ``postgres://`` and the ``cache+`` variants raise :class:`ValueError` until
+    their issue lands, as does anything unrecognised.
+    """
+    if uri == ":memory:":
+        from .memory import MemoryStore  # noqa: PLC0415 - keep drivers lazy
+
+        return MemoryStore()
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme in ("file", "postgres", "postgresql", "cache+file", "cache+postgres"):
+        raise ValueError(f"store {uri!r}: the {scheme}:// store is not implemented yet")
+    raise ValueError(f"unknown store URI {uri!r} (expected ':memory:')")

@@ -1,0 +1,89 @@
+"""The ``:memory:`` store: plain dicts, nothing survives the process.
+
+It still honours the whole :class:`~periodic_fast.store.Store` contract, so a
+second scheduler built on the same instance sees what the first one wrote
+(that is how the tests simulate a restart).  Every write is "durable" at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..job import Job, JobState
+from . import StoreSnapshot
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Dict-backed :class:`~periodic_fast.store.Store`."""
+
+    __slots__ = ("_closed", "_config", "_funcs", "_jobs")
+
+    def __init__(self) -> None:
+        # func -> name -> (job, state): two levels so DROP_FUNC is one pop and
+        # the hot calls need no tuple key
+        self._jobs: dict[bytes, dict[bytes, tuple[Job, JobState]]] = {}
+        self._funcs: dict[bytes, None] = {}
+        self._config: dict[str, int] = {}
+        self._closed = False
+
+    def load(self) -> StoreSnapshot:
+        """Return a copy of everything stored."""
+        jobs = [entry for per in self._jobs.values() for entry in per.values()]
+        return StoreSnapshot(jobs, list(self._funcs), dict(self._config))
+
+    def save_job(self, job: Job, state: JobState) -> None:
+        """Insert or replace a job."""
+        per = self._jobs.get(job.func)
+        if per is None:
+            per = self._jobs[job.func] = {}
+        per[job.name] = (job, state)
+
+    def set_state(self, func: bytes, name: bytes, state: JobState) -> None:
+        """Change a stored job's state."""
+        per = self._jobs.get(func)
+        if per is not None:
+            entry = per.get(name)
+            if entry is not None:
+                per[name] = (entry[0], state)
+
+    def delete_job(self, func: bytes, name: bytes) -> None:
+        """Delete one job."""
+        per = self._jobs.get(func)
+        if per is not None:
+            per.pop(name, None)
+            if not per:
+                del self._jobs[func]
+
+    def delete_func_jobs(self, func: bytes) -> None:
+        """Delete every job of a func."""
+        self._jobs.pop(func, None)
+
+    def save_func(self, func: bytes) -> None:
+        """Remember a func."""
+        self._funcs[func] = None
+
+    def delete_func(self, func: bytes) -> None:
+        """Forget a func."""
+        self._funcs.pop(func, None)
+
+    def save_config(self, key: str, value: int) -> None:
+        """Keep a config value."""
+        self._config[key] = value
+
+    def flush(self) -> None:
+        """Nothing to wait for."""
+
+    def on_durable(self, callback: Callable[[], None]) -> None:
+        """Everything is durable already: run ``callback`` now."""
+        callback()
+
+    def close(self) -> None:
+        """Mark closed (the data stays readable for a following ``load``)."""
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
