@@ -497,8 +497,11 @@ class Scheduler:
         nd = self._deadlines.next_due()
         if nd is not None and nd < best:
             best = float(nd)
-        if self._awaiting:
-            d = self._awaiting[0].deadline
+        awaiting = self._awaiting
+        while awaiting and not awaiting[0].waiting:
+            awaiting.popleft()  # resolved: drop now so the wake-up is exact
+        if awaiting:
+            d = awaiting[0].deadline
             if d < best:
                 best = d
         return best
