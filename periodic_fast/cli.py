@@ -286,3 +286,9 @@ def periodic(
 def main() -> None:
     """Entry point of the ``periodic`` script and ``python -m periodic_fast``."""
     app(prog_name="periodic")
+
+
+# client sub-commands (status, submit, run, ...) live in cli_client.py
+from .cli_client import register as _register_client_commands  # noqa: E402
+
+_register_client_commands(app)

@@ -1,0 +1,447 @@
+"""Client sub-commands of ``periodic`` (cli-and-http.md 1.3, 4.4, 6.1).
+
+Registered onto :data:`periodic_fast.cli.app` by :func:`register`.  The
+global ``-H/--host`` (fallback ``$PERIODIC_PORT``, then
+``unix:///tmp/periodic.sock``) is parsed by the app's callback; an identity
+comes from ``$PERIODIC_CLIENT_NAME`` / ``$PERIODIC_CLIENT_TOKEN``.
+
+Both original syntaxes work where they do not clash:
+
+* ``submit -f F -n N --args W -t T --sched_later S`` (Go) and
+  ``submit F N -w DATA --later S --timeout T`` (HS); ``-w @FILE`` reads a file;
+* ``remove -f F -n N`` / ``remove F N [N...]``, ``drop -f F`` / ``drop F...``;
+* ``dump FILE`` / ``dump -o FILE``, ``load FILE`` / ``load -i FILE`` (the file
+  is the DUMP job-list bytes, protocol.md 2.3);
+* ``run -f F --exec CMD`` is the exec worker (:mod:`periodic_fast.exec_worker`),
+  ``run F N`` runs a job synchronously and prints its result.
+
+Exit status: 0 on success; 1 with a one-line ``Error: ...`` on stderr when the
+server cannot be reached, refuses, or a job fails; 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["register"]
+
+_T = TypeVar("_T")
+NAME_ENV = "PERIODIC_CLIENT_NAME"
+TOKEN_ENV = "PERIODIC_CLIENT_TOKEN"
+_FAILED_RESULTS = (b"failed", b"expired", b"removed")
+
+
+def _die(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _address(ctx: typer.Context) -> str:
+    obj = ctx.obj or {}
+    addrs = obj.get("addresses") or []
+    from .client import resolve_address  # noqa: PLC0415  # CLI starts fast
+
+    return str(addrs[0]) if addrs else resolve_address()
+
+
+def _identity() -> tuple[str | None, str | None]:
+    name = os.environ.get(NAME_ENV) or None
+    token = os.environ.get(TOKEN_ENV) or None
+    if (name is None) != (token is None):
+        _die(f"${NAME_ENV} and ${TOKEN_ENV} must be provided together")
+    return name, token
+
+
+def _with_client(
+    ctx: typer.Context,
+    body: Callable[[Client], Awaitable[_T]],
+    *,
+    timeout: float = 10.0,
+) -> _T:
+    """Connect, run ``body(client)``, close; any error -> one line, exit 1."""
+    from .client import Client, ClientError  # noqa: PLC0415
+    from .errors import PeriodicError  # noqa: PLC0415
+
+    address = _address(ctx)
+    try:
+        name, token = _identity()
+        client = Client(
+            address, reconnect=False, timeout=timeout, name=name, token=token
+        )
+    except ValueError as exc:
+        _die(str(exc))
+
+    async def main() -> _T:
+        try:
+            await client.connect()
+            return await body(client)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(main())
+    except ClientError as exc:
+        _die(str(exc) or type(exc).__name__)
+    except (PeriodicError, OSError) as exc:
+        _die(f"{address}: {exc}")
+
+
+def _read_workload(value: str | None) -> bytes:
+    if not value:
+        return b""
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).read_bytes()
+        except OSError as exc:
+            _die(f"cannot read workload file {value[1:]}: {exc.strerror}")
+    return value.encode()
+
+
+def _pick(
+    positional: str | None, option: str | None, what: str, ctx: typer.Context
+) -> str:
+    value = option if option is not None else positional
+    if not value:
+        typer.echo(ctx.get_help(), err=True)
+        _die(f"missing {what}", 2)
+    return value
+
+
+# -- commands ----------------------------------------------------------------------
+
+
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Show per-func statistics (workers, jobs, processing, locked, next run)."""
+    stats = _with_client(ctx, lambda c: c.status_list())
+    if as_json:
+        rows = [
+            {
+                "func": s.func.decode(errors="replace"),
+                "workers": s.workers,
+                "jobs": s.jobs,
+                "processing": s.processing,
+                "locked": s.locked,
+                "sched_at": s.sched_at,
+            }
+            for s in stats
+        ]
+        typer.echo(json.dumps(rows))
+        return
+    table = [["FUNCTIONS", "WORKERS", "JOBS", "PROCESSING", "LOCKED", "SCHEDAT"]]
+    for s in stats:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.sched_at))
+        table.append(
+            [
+                s.func.decode(errors="replace"),
+                str(s.workers),
+                str(s.jobs),
+                str(s.processing),
+                str(s.locked),
+                when,
+            ]
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        typer.echo(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def submit(
+    ctx: typer.Context,
+    func_arg: Annotated[str | None, typer.Argument(metavar="[FUNC]")] = None,
+    name_arg: Annotated[str | None, typer.Argument(metavar="[NAME]")] = None,
+    func: Annotated[str | None, typer.Option("-f", "--func", help="Func.")] = None,
+    name: Annotated[str | None, typer.Option("-n", "--name", help="Job name.")] = None,
+    workload: Annotated[
+        str | None,
+        typer.Option("-w", "--workload", "--args", help="Workload, or @FILE."),
+    ] = None,
+    later: Annotated[
+        int,
+        typer.Option(
+            "--later", "--sched_later", "--sched-later", help="Delay in seconds.", min=0
+        ),
+    ] = 0,
+    timeout: Annotated[
+        int,
+        typer.Option("-t", "--timeout", help="Run timeout (s, 0: server's).", min=0),
+    ] = 0,
+) -> None:
+    """Submit a job: ``submit F N`` or ``submit -f F -n N``."""
+    f = _pick(func_arg, func, "FUNC (-f)", ctx)
+    n = _pick(name_arg, name, "NAME (-n)", ctx)
+    data = _read_workload(workload)
+    sched_at = int(time.time()) + later if later else 0
+    ok = _with_client(ctx, lambda c: c.submit_job(f, n, data, sched_at, 0, timeout))
+    if not ok:
+        _die("server refused the job")
+
+
+def remove(
+    ctx: typer.Context,
+    args: Annotated[
+        list[str] | None, typer.Argument(metavar="[FUNC NAME...]", show_default=False)
+    ] = None,
+    func: Annotated[str | None, typer.Option("-f", "--func", help="Func.")] = None,
+    name: Annotated[str | None, typer.Option("-n", "--name", help="Job name.")] = None,
+) -> None:
+    """Remove jobs: ``remove F N [N...]`` or ``remove -f F -n N``."""
+    rest = list(args or [])
+    f = func if func is not None else (rest.pop(0) if rest else None)
+    names = ([name] if name is not None else []) + rest
+    if not f or not names:
+        typer.echo(ctx.get_help(), err=True)
+        _die("need FUNC and at least one NAME", 2)
+
+    async def body(c: Client) -> bool:
+        return all([await c.remove_job(f, n) for n in names])
+
+    if not _with_client(ctx, body):
+        _die("server refused the request")
+
+
+def drop(
+    ctx: typer.Context,
+    funcs: Annotated[
+        list[str] | None, typer.Argument(metavar="[FUNC...]", show_default=False)
+    ] = None,
+    func: Annotated[str | None, typer.Option("-f", "--func", help="Func.")] = None,
+) -> None:
+    """Drop funcs and their jobs (only funcs with no worker): ``drop F...``."""
+    names = ([func] if func else []) + list(funcs or [])
+    if not names:
+        typer.echo(ctx.get_help(), err=True)
+        _die("need at least one FUNC", 2)
+
+    async def body(c: Client) -> bool:
+        return all([await c.drop_func(f) for f in names])
+
+    if not _with_client(ctx, body):
+        _die("server refused the request")
+
+
+def dump(
+    ctx: typer.Context,
+    file_arg: Annotated[str | None, typer.Argument(metavar="[FILE]")] = None,
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Output file (dump.db).")
+    ] = None,
+) -> None:
+    """Write every job to FILE (the DUMP job list; default dump.db)."""
+    path = Path(output or file_arg or "dump.db")
+    data = _with_client(ctx, lambda c: c.dump_raw(timeout=60))
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        _die(f"failed to write dump file {path}: {exc.strerror}")
+
+
+def load(
+    ctx: typer.Context,
+    file_arg: Annotated[str | None, typer.Argument(metavar="[FILE]")] = None,
+    input_: Annotated[
+        str | None, typer.Option("-i", "--input", help="Input file (dump.db).")
+    ] = None,
+) -> None:
+    """Load the jobs of a dump FILE (default dump.db)."""
+    from .codec import decode_job_list  # noqa: PLC0415
+    from .errors import ProtocolError  # noqa: PLC0415
+
+    path = Path(input_ or file_arg or "dump.db")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        _die(f"failed to read dump file {path}: {exc.strerror}")
+    try:
+        jobs = decode_job_list(raw)
+    except ProtocolError as exc:
+        _die(f"invalid dump file {path}: {exc}")
+    if not _with_client(ctx, lambda c: c.load(jobs, timeout=60)):
+        _die("server refused the load")
+
+
+def recv(
+    ctx: typer.Context,
+    func: Annotated[str, typer.Argument(help="Func.")],
+    name: Annotated[str, typer.Argument(help="Job name.")],
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Max wait per chunk (s).", min=0.1)
+    ] = 120.0,
+) -> None:
+    """Print the data a worker streams for a job until it ends."""
+
+    async def body(c: Client) -> None:
+        async for chunk in c.recv_job_data(func, name, timeout):
+            sys.stdout.buffer.write(chunk + b"\n")
+            sys.stdout.flush()
+
+    _with_client(ctx, body, timeout=timeout)
+
+
+def ping(ctx: typer.Context) -> None:
+    """Exit 0 when the server answers (health check)."""
+    if not _with_client(ctx, lambda c: c.ping(), timeout=5.0):
+        _die("no PONG")
+
+
+def shutdown(ctx: typer.Context) -> None:
+    """Stop the server."""
+    _with_client(ctx, lambda c: c.shutdown())
+
+
+def run(
+    ctx: typer.Context,
+    func_arg: Annotated[str | None, typer.Argument(metavar="[FUNC]")] = None,
+    name_arg: Annotated[str | None, typer.Argument(metavar="[NAME]")] = None,
+    func: Annotated[
+        str | None, typer.Option("-f", "--func", help="Func to serve (worker).")
+    ] = None,
+    exec_: Annotated[
+        str | None,
+        typer.Option("--exec", "-e", help="Command per job (worker mode)."),
+    ] = None,
+    workload: Annotated[
+        str | None, typer.Option("-w", "--workload", help="Workload, or @FILE.")
+    ] = None,
+    timeout: Annotated[
+        int | None,
+        typer.Option(
+            "-t",
+            "--timeout",
+            help="Job run: job timeout (default 10). Worker: kill the command "
+            "after S s (default: the job's timeout; 0: never).",
+            min=0,
+        ),
+    ] = None,
+    thread: Annotated[
+        int, typer.Option("--thread", "-n", help="Worker: concurrent jobs.", min=1)
+    ] = 1,
+    broadcast: Annotated[
+        bool, typer.Option("--broadcast", help="Worker: broadcast func.")
+    ] = False,
+    no_name: Annotated[
+        bool, typer.Option("--no-name", help="Worker: do not append the job name.")
+    ] = False,
+    retry_secs: Annotated[
+        int, typer.Option("--retry-secs", help="Worker: on failure retry in S s.")
+    ] = 0,
+    skip_fail: Annotated[
+        bool, typer.Option("--skip-fail", help="Worker: report failures as done.")
+    ] = False,
+    lock_name: Annotated[
+        str | None, typer.Option("--lock-name", help="Worker: hold this lock.")
+    ] = None,
+    lock_count: Annotated[
+        int, typer.Option("--lock-count", help="Worker: lock holders.", min=1)
+    ] = 1,
+) -> None:
+    """``run -f F --exec CMD``: exec worker (job name appended, workload on
+    stdin, last stdout line SCHED_LATER N / FAIL / DONE decides).
+    ``run F N``: run a job now, print its result."""
+    if func is not None or exec_ is not None:
+        if func is None or not exec_:
+            _die("worker mode needs both -f FUNC and --exec CMD", 2)
+        _exec_worker(
+            ctx,
+            func,
+            exec_,
+            threads=thread,
+            timeout=timeout,
+            no_name=no_name,
+            broadcast=broadcast,
+            retry_secs=retry_secs,
+            skip_fail=skip_fail,
+            lock_name=lock_name,
+            lock_count=lock_count,
+        )
+        return
+    f = _pick(func_arg, None, "FUNC", ctx)
+    n = _pick(name_arg, None, "NAME", ctx)
+    data = _read_workload(workload)
+    job_timeout = timeout or 10
+
+    def chunk(data: bytes) -> None:
+        sys.stdout.buffer.write(data + b"\n")
+        sys.stdout.flush()
+
+    result = _with_client(
+        ctx,
+        lambda c: c.run_job(f, n, data, timeout=job_timeout, stream=chunk),
+        timeout=job_timeout + 5.0,
+    )
+    if result in _FAILED_RESULTS:
+        _die(f"job {f}/{n} {result.decode()}")
+    sys.stdout.buffer.write(result)
+    if result and not result.endswith(b"\n"):
+        sys.stdout.buffer.write(b"\n")
+    sys.stdout.flush()
+
+
+def _exec_worker(ctx: typer.Context, func: str, command: str, **kwargs: Any) -> None:
+    from .client import ClientError  # noqa: PLC0415
+    from .exec_worker import run_exec_worker  # noqa: PLC0415
+
+    address = _address(ctx)
+    name, token = _identity()
+    try:
+        asyncio.run(
+            run_exec_worker(address, func, command, name=name, token=token, **kwargs)
+        )
+    except ClientError as exc:
+        _die(str(exc))
+    except ValueError as exc:
+        _die(str(exc), 2)
+    except KeyboardInterrupt:  # pragma: no cover - signal handler drains first
+        raise typer.Exit(130) from None
+
+
+config_app = typer.Typer(
+    name="config",
+    help="Read or write server config keys.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@config_app.command("get")
+def config_get(
+    ctx: typer.Context, key: Annotated[str, typer.Argument(help="Config key.")]
+) -> None:
+    """Print the value of KEY (unknown keys read 0)."""
+    typer.echo(str(_with_client(ctx, lambda c: c.config_get(key))))
+
+
+@config_app.command("set")
+def config_set(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="Config key.")],
+    value: Annotated[int, typer.Argument(help="Integer value.", min=0)],
+) -> None:
+    """Set KEY to VALUE."""
+    if not _with_client(ctx, lambda c: c.config_set(key, value)):
+        _die("server refused the request")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the client sub-commands to ``app`` (the ``periodic`` app)."""
+    for fn in (status, submit, remove, drop, dump, load, recv, ping, shutdown, run):
+        app.command(fn.__name__)(fn)
+    app.add_typer(config_app, name="config")

@@ -1,0 +1,192 @@
+"""The exec worker: every job of a func runs a shell-less command.
+
+``periodic run -f FUNC --exec CMD`` (cli-and-http.md 2.1, 2.2, 6.3).  Per job:
+
+1. ``CMD`` is split like a shell would (``shlex``) without running a shell;
+   the job name is appended as the last argument (unless ``no_name``).
+2. The workload is written to the command's stdin, which is then closed.
+   stderr is inherited; stdout is captured.
+3. The command is killed (SIGTERM, then SIGKILL 5 s later) after ``timeout``
+   seconds; ``None`` uses the job's timeout as the server sent it, 0 never.
+4. Outcome, first match wins:
+
+   =============================================  ============================
+   condition                                      sent to the server
+   =============================================  ============================
+   could not start, killed, or exit status != 0   WORK_FAIL (``retry_secs`` >
+                                                  0: SCHED_LATER; ``skip_fail``:
+                                                  WORK_DONE)
+   last non-empty stdout line ``FAIL``            WORK_FAIL (same options)
+   last line ``SCHED_LATER N`` / ``SCHEDLATER N``  SCHED_LATER N (N > 0; else done)
+   last line ``DONE``, or anything else           WORK_DONE
+   =============================================  ============================
+
+   The result sent with WORK_DONE (what a ``run_job`` caller gets) is stdout
+   without a directive last line.  Non-directive stdout is echoed to the
+   worker's own stdout, so ``periodic run -f ls5 --exec ./ls5.sh`` shows what
+   the script printed.
+
+Unlike the Go original, an unterminated last line is honoured, a bare
+``SCHEDLATER`` does not crash, and both spellings of the directive work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from .worker import Done, Fail, SchedLater, Worker, WorkerJob
+
+__all__ = ["make_handler", "parse_output", "run_exec_worker"]
+
+logger = logging.getLogger(__name__)
+
+_Outcome = Done | Fail | SchedLater
+
+
+def parse_output(stdout: bytes, returncode: int | None) -> tuple[str, bytes, int]:
+    """Decide the outcome from the command's stdout and exit status.
+
+    Returns ``(kind, result, delay)`` with kind ``"done"``, ``"fail"`` or
+    ``"sched_later"``; ``result`` is stdout without a directive last line.
+    """
+    lines = stdout.splitlines(keepends=True)
+    idx = len(lines) - 1
+    while idx >= 0 and not lines[idx].strip():
+        idx -= 1
+    directive = lines[idx].strip() if idx >= 0 else b""
+    word, _, arg = directive.partition(b" ")
+    kind = "done"
+    delay = 0
+    is_directive = False
+    if word in (b"SCHED_LATER", b"SCHEDLATER"):
+        is_directive = True
+        try:
+            delay = int(arg.strip() or b"0")
+        except ValueError:
+            delay = 0
+        kind = "sched_later" if delay > 0 else "done"
+    elif directive == b"FAIL":
+        is_directive = True
+        kind = "fail"
+    elif directive == b"DONE":
+        is_directive = True
+    result = b"".join(lines[:idx]) if is_directive else stdout
+    if returncode != 0:
+        kind = "fail"
+    return kind, result, delay
+
+
+async def _run_command(
+    argv: Sequence[str], stdin: bytes, timeout: float | None
+) -> tuple[bytes, int | None]:
+    """Run one command; returns (stdout, exit status or None when killed)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        logger.error("cannot start %s: %s", argv[0], exc)
+        print(f"Error: cannot start {argv[0]}: {exc}", file=sys.stderr)
+        return b"", None
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        return out, proc.returncode
+    except asyncio.TimeoutError:
+        print(f"Error: {argv[0]} killed after {timeout:g} s", file=sys.stderr)
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5.0)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        return b"", None
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
+
+
+def make_handler(
+    command: Sequence[str],
+    *,
+    timeout: float | None = None,
+    no_name: bool = False,
+    retry_secs: int = 0,
+    skip_fail: bool = False,
+    echo: bool = True,
+) -> Callable[[WorkerJob], Awaitable[_Outcome]]:
+    """The async job handler that runs ``command`` (see the module doc)."""
+
+    async def handler(job: WorkerJob) -> _Outcome:
+        argv = list(command) if no_name else [*command, job.name]
+        limit = timeout if timeout is not None else float(job.timeout or 0)
+        out, code = await _run_command(argv, job.workload, limit or None)
+        kind, result, delay = parse_output(out, code)
+        if echo and result:
+            sys.stdout.buffer.write(result)
+            if not result.endswith(b"\n"):
+                sys.stdout.buffer.write(b"\n")
+            sys.stdout.flush()
+        if kind == "fail":
+            if skip_fail:
+                return Done(b"")
+            if retry_secs > 0:
+                return SchedLater(retry_secs)
+            return Fail()
+        if kind == "sched_later":
+            return SchedLater(delay)
+        return Done(result)
+
+    return handler
+
+
+async def run_exec_worker(
+    address: str,
+    func: str,
+    command: str | Sequence[str],
+    *,
+    threads: int = 1,
+    timeout: float | None = None,
+    no_name: bool = False,
+    broadcast: bool = False,
+    retry_secs: int = 0,
+    skip_fail: bool = False,
+    lock_name: str | None = None,
+    lock_count: int = 1,
+    name: str | None = None,
+    token: str | None = None,
+) -> None:
+    """Serve ``func`` with ``command`` until SIGTERM/SIGINT (graceful drain).
+
+    :raises periodic_fast.client.NotConnected: the first connect fails.
+    """
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    if not argv:
+        raise ValueError("empty command")
+    inner = make_handler(
+        argv,
+        timeout=timeout,
+        no_name=no_name,
+        retry_secs=retry_secs,
+        skip_fail=skip_fail,
+    )
+
+    async def locked(job: WorkerJob) -> Any:
+        assert lock_name is not None
+        return await job.with_lock(lock_name, lock_count, lambda: inner(job))
+
+    worker = Worker(address, name=name, token=token)
+    await worker.add_func(func, locked if lock_name else inner, broadcast=broadcast)
+    await worker.connect()
+    print("Worker started.", file=sys.stderr, flush=True)
+    await worker.work(threads)
