@@ -518,7 +518,7 @@ async def test_cluster_routes_like_aio_periodic() -> None:
             assert 0 < len(mine) < 40
 
 
-# -- mixed pairs with aio-periodic 1.0.0 -------------------------------------------------
+# -- mixed pairs with aio-periodic 1.0.0 ----------------------------------------
 
 
 @pytest.mark.interop

@@ -1,0 +1,357 @@
+"""The ``periodic`` client sub-commands and the exec worker, in real
+subprocesses against ``python -m periodic_fast -d`` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from periodic_fast.testing import ServerProcess, free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def _env(address: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (ROOT, env.get("PYTHONPATH", "")) if p
+    )
+    env.pop("PERIODIC_PORT", None)
+    if address is not None:
+        env["PERIODIC_PORT"] = address
+    return env
+
+
+def periodic(
+    *args: str, address: str | None = None, timeout: float = 30, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "periodic_fast", *args],
+        capture_output=True,
+        text=True,
+        env=_env(address),
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def wait_for(pred: object, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    # --loop asyncio: the server's protocol rejects uvloop transports (reported)
+    with ServerProcess(["--loop", "asyncio"]) as proc:
+        yield proc
+
+
+@pytest.fixture
+def addr(server: ServerProcess) -> str:
+    return server.address
+
+
+def status_json(addr: str) -> dict[str, dict[str, int]]:
+    r = periodic("status", "--json", address=addr)
+    assert r.returncode == 0, r.stderr
+    return {row["func"]: row for row in json.loads(r.stdout)}
+
+
+def start_worker(
+    addr: str, *args: str, cwd: str | None = None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "periodic_fast", "-H", addr, "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(None),
+        cwd=cwd,
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    proc.terminate()
+    try:
+        out, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return out, err
+
+
+# -- the classic walk-through ------------------------------------------------------
+
+
+def test_ls5_runs_again_every_5_seconds(addr: str, tmp_path: Path) -> None:
+    script = tmp_path / "ls5.sh"
+    script.write_text('#!/bin/sh\nls -l "$1"\necho "SCHED_LATER 5"\n')
+    script.chmod(0o755)
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "marker-file").write_text("x")
+    worker = start_worker(addr, "-f", "ls5", "--exec", "./ls5.sh", cwd=str(tmp_path))
+    try:
+        wait_for(lambda: status_json(addr).get("ls5", {}).get("workers") == 1)
+        t0 = time.monotonic()
+        r = periodic("submit", "-f", "ls5", "-n", f"{target}/", address=addr)
+        assert r.returncode == 0, r.stderr
+        runs: list[float] = []
+        assert worker.stdout is not None
+        os.set_blocking(worker.stdout.fileno(), False)
+        buf = b""
+        while len(runs) < 2 and time.monotonic() - t0 < 13:
+            chunk = worker.stdout.read() or b""
+            buf += chunk
+            runs = [0.0] * buf.count(b"marker-file")
+            time.sleep(0.1)
+        assert len(runs) >= 2, buf
+        elapsed = time.monotonic() - t0
+        assert 4 <= elapsed <= 13
+        st = status_json(addr)["ls5"]
+        assert st["jobs"] == 1  # still scheduled: periodic
+        assert st["sched_at"] > time.time()
+    finally:
+        stop_worker(worker)
+        periodic("remove", "ls5", f"{target}/", address=addr)
+
+
+# -- sub-commands: success paths ------------------------------------------------------
+
+
+def test_help_everywhere() -> None:
+    for cmd in [
+        [],
+        ["status"],
+        ["submit"],
+        ["remove"],
+        ["drop"],
+        ["dump"],
+        ["load"],
+        ["recv"],
+        ["config"],
+        ["config", "get"],
+        ["config", "set"],
+        ["shutdown"],
+        ["ping"],
+        ["run"],
+    ]:
+        r = periodic(*cmd, "--help")
+        assert r.returncode == 0, (cmd, r.stderr)
+        assert "Usage" in r.stdout
+
+
+def test_submit_both_syntaxes_status_remove_drop(addr: str) -> None:
+    r = periodic(
+        "submit", "-f", "cf", "-n", "go", "--args", "w1", "-t", "30",
+        "--sched_later", "100", address=addr,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = periodic(
+        "submit", "cf", "hs", "-w", "w2", "--later", "100", "--timeout", "20",
+        address=addr,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = periodic("status", address=addr)
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == [
+        "FUNCTIONS", "WORKERS", "JOBS", "PROCESSING", "LOCKED", "SCHEDAT",
+    ]  # fmt: skip
+    row = next(line.split() for line in lines if line.startswith("cf "))
+    assert row[1:5] == ["0", "2", "0", "0"]
+    assert status_json(addr)["cf"]["jobs"] == 2
+    assert periodic("remove", "-f", "cf", "-n", "go", address=addr).returncode == 0
+    assert status_json(addr)["cf"]["jobs"] == 1
+    assert periodic("remove", "cf", "hs", address=addr).returncode == 0
+    assert status_json(addr)["cf"]["jobs"] == 0
+    assert periodic("drop", "cf", address=addr).returncode == 0
+    assert "cf" not in status_json(addr)
+    assert periodic("submit", "cf2", "x", address=addr).returncode == 0
+    assert periodic("drop", "-f", "cf2", address=addr).returncode == 0
+    assert "cf2" not in status_json(addr)
+
+
+def test_workload_from_file_dump_load(addr: str, tmp_path: Path) -> None:
+    wl = tmp_path / "wl.bin"
+    wl.write_bytes(b"\x00binary\xff")
+    assert periodic("submit", "dl", "a", "-w", f"@{wl}", address=addr).returncode == 0
+    assert periodic("submit", "dl", "b", "--later", "50", address=addr).returncode == 0
+    dump = tmp_path / "dump.db"
+    r = periodic("dump", str(dump), address=addr)
+    assert r.returncode == 0, r.stderr
+    data = dump.read_bytes()
+    assert data[:8] != b"\x00" * 8  # a u64 count, then the jobs
+    assert b"\x00binary\xff" in data
+    assert periodic("remove", "dl", "a", "b", address=addr).returncode == 0
+    assert status_json(addr)["dl"]["jobs"] == 0
+    r = periodic("load", str(dump), address=addr)
+    assert r.returncode == 0, r.stderr
+    assert status_json(addr)["dl"]["jobs"] == 2
+    out2 = tmp_path / "dump2.db"
+    assert periodic("dump", "-o", str(out2), address=addr).returncode == 0
+    assert periodic("load", "-i", str(out2), address=addr).returncode == 0
+    periodic("remove", "dl", "a", "b", address=addr)
+    periodic("drop", "dl", address=addr)
+
+
+def test_config_ping(addr: str) -> None:
+    r = periodic("config", "get", "lock-timeout", address=addr)
+    assert (r.returncode, r.stdout.strip()) == (0, "300")
+    assert (
+        periodic("config", "set", "lock-timeout", "301", address=addr).returncode == 0
+    )
+    r = periodic("config", "get", "lock-timeout", address=addr)
+    assert r.stdout.strip() == "301"
+    assert (
+        periodic("config", "set", "lock-timeout", "300", address=addr).returncode == 0
+    )
+    r = periodic("ping", address=addr)
+    assert r.returncode == 0 and r.stdout == ""
+    r = periodic("-H", addr, "ping")  # -H beats the environment
+    assert r.returncode == 0
+
+
+def test_run_job_recv_and_exec_worker_outcomes(addr: str, tmp_path: Path) -> None:
+    script = tmp_path / "echo.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        '  fail*) echo "FAIL";;\n'
+        "  exit*) exit 3;;\n"
+        '  done*) echo "result for $1"; cat; echo; echo DONE;;\n'
+        '  *) echo "got $1"; cat;;\n'
+        "esac\n"
+    )
+    script.chmod(0o755)
+    worker = start_worker(addr, "-f", "ex", "--exec", str(script), "--thread", "2")
+    try:
+        wait_for(lambda: status_json(addr).get("ex", {}).get("workers") == 1)
+        r = periodic("run", "ex", "plain", "-w", "stdin-data", address=addr)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "got plain\nstdin-data\n"
+        r = periodic("run", "ex", "done1", "-w", "xyz", address=addr)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "result for done1\nxyz\n"
+        r = periodic("run", "ex", "fail1", address=addr)
+        assert r.returncode == 1
+        assert r.stderr.strip() == "Error: job ex/fail1 failed"
+        r = periodic("run", "ex", "exit1", address=addr)
+        assert r.returncode == 1 and "failed" in r.stderr
+        # recv: no chunks from an exec worker, ends when the job ends
+        rc = subprocess.Popen(
+            [sys.executable, "-m", "periodic_fast", "recv", "ex", "later1"],
+            env=_env(addr),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(1.0)
+        assert periodic("submit", "ex", "later1", address=addr).returncode == 0
+        out, err = rc.communicate(timeout=20)
+        assert rc.returncode == 0, err
+    finally:
+        out, err = stop_worker(worker)
+    assert b"Worker started." in err
+    assert worker.returncode == 0
+    assert "ex" not in status_json(addr) or status_json(addr)["ex"]["workers"] == 0
+
+
+def test_exec_worker_drains_on_sigterm(addr: str, tmp_path: Path) -> None:
+    script = tmp_path / "slow.sh"
+    script.write_text("#!/bin/sh\nsleep 2\necho slow-done\n")
+    script.chmod(0o755)
+    worker = start_worker(addr, "-f", "slow", "--exec", str(script))
+    try:
+        wait_for(lambda: status_json(addr).get("slow", {}).get("workers") == 1)
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "periodic_fast", "run", "slow", "j"],
+            env=_env(addr),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        wait_for(lambda: status_json(addr).get("slow", {}).get("processing") == 1)
+        worker.terminate()
+        out, err = runner.communicate(timeout=20)
+        assert runner.returncode == 0, err
+        assert out == b"slow-done\n"
+        assert worker.wait(15) == 0
+    finally:
+        stop_worker(worker)
+
+
+# -- error paths ----------------------------------------------------------------------
+
+
+def test_server_down_errors() -> None:
+    down = f"tcp://127.0.0.1:{free_port()}"
+    for cmd in [
+        ["status"],
+        ["submit", "f", "n"],
+        ["remove", "f", "n"],
+        ["drop", "f"],
+        ["dump", os.devnull],
+        ["recv", "f", "n"],
+        ["config", "get", "timeout"],
+        ["config", "set", "timeout", "1"],
+        ["shutdown"],
+        ["ping"],
+        ["run", "f", "n"],
+        ["run", "-f", "f", "--exec", "true"],
+    ]:
+        r = periodic(*cmd, address=down)
+        assert r.returncode == 1, (cmd, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: cannot connect"), (
+            cmd,
+            r.stderr,
+        )
+
+
+def test_bad_arguments(addr: str, tmp_path: Path) -> None:
+    assert periodic("submit", address=addr).returncode == 2
+    assert periodic("submit", "onlyfunc", address=addr).returncode == 2
+    assert periodic("remove", "f", address=addr).returncode == 2
+    assert periodic("drop", address=addr).returncode == 2
+    assert periodic("config", "set", "timeout", "abc", address=addr).returncode == 2
+    assert periodic("submit", "f", "n", "--later", "x", address=addr).returncode == 2
+    assert periodic("run", "-f", "f", address=addr).returncode == 2
+    r = periodic("status", address="http://nowhere:1")
+    assert r.returncode == 1 and r.stderr.startswith("Error: ")
+    r = periodic("load", str(tmp_path / "missing.db"), address=addr)
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("Error: failed to read dump file")
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"garbage!!")
+    r = periodic("load", str(bad), address=addr)
+    assert r.returncode == 1 and r.stderr.startswith("Error: invalid dump file")
+    r = periodic("submit", "f", "n", "-w", f"@{tmp_path}/nope", address=addr)
+    assert r.returncode == 1 and "cannot read workload file" in r.stderr
+
+
+def test_unknown_job_and_func(addr: str) -> None:
+    r = periodic("run", "nosuchfunc", "n", address=addr)
+    assert r.returncode == 1
+    assert r.stderr.strip() == "Error: no worker for nosuchfunc"
+    r = periodic("recv", "nosuchfunc", "n", address=addr)
+    assert r.returncode == 1 and "no worker" in r.stderr
+    # removing an unknown job is not an error on the wire (SUCCESS)
+    assert periodic("remove", "nosuchfunc", "n", address=addr).returncode == 0
+
+
+def test_shutdown_command() -> None:
+    with ServerProcess(["--loop", "asyncio"]) as proc:
+        r = periodic("shutdown", address=proc.address)
+        assert r.returncode == 0, r.stderr
+        assert proc.wait(10) == 0
