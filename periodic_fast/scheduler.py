@@ -237,13 +237,15 @@ class _Assign:
 
     __slots__ = ("aid", "conn", "deadline", "epoch", "msgid", "rec", "waiting")
 
-    def __init__(self, conn: _Conn, msgid: int, rec: _JobRec) -> None:
+    def __init__(
+        self, conn: _Conn, msgid: int, rec: _JobRec, waiting: bool, deadline: float
+    ) -> None:
         self.conn = conn
         self.msgid = msgid
         self.rec = rec
         self.epoch = rec.epoch
-        self.waiting = False  # awaiting JOB_ASSIGNED / JOB_UNASSIGNED
-        self.deadline = 0.0  # assign-wait deadline while waiting
+        self.waiting = waiting  # awaiting JOB_ASSIGNED / JOB_UNASSIGNED
+        self.deadline = deadline  # assign-wait deadline while waiting
         self.aid = -1  # id in the per-assignment timeout wheel, -1 if none
 
 
@@ -432,10 +434,9 @@ class Scheduler:
         conn = self._conns.get(conn_id)
         if conn is None:
             return
-        if command > MAX_COMMAND or command < 0:
-            raise UnknownCommand(f"unknown command {command}")
         self._now = now
         conn.last_seen = now
+        # 256 entries: codes 35-255 raise UnknownCommand (``command`` is a u8)
         conn.table[command](conn, msgid, payload)
 
     # -- time -----------------------------------------------------------------
@@ -562,7 +563,7 @@ class Scheduler:
             if table is not None:
                 return table
         table = [
-            h if self._allowed(conn, c) else self._make_reject(c)
+            h if c > MAX_COMMAND or self._allowed(conn, c) else self._make_reject(c)
             for c, h in enumerate(self._handlers())
         ]
         if cacheable:
@@ -571,6 +572,7 @@ class Scheduler:
 
     def _handlers(self) -> list[_Handler]:
         t: list[_Handler] = [self._make_ignore(c) for c in range(MAX_COMMAND + 1)]
+        t += [self._make_unknown(c) for c in range(MAX_COMMAND + 1, 256)]
         t[_GRAB_JOB] = self._h_grab_job
         t[_SCHED_LATER] = self._h_sched_later
         t[_WORK_DONE] = self._h_work_done
@@ -612,6 +614,13 @@ class Scheduler:
         return reject
 
     @staticmethod
+    def _make_unknown(command: int) -> _Handler:
+        def unknown(conn: _Conn, msgid: int, payload: bytes) -> None:
+            raise UnknownCommand(f"unknown command {command}")
+
+        return unknown
+
+    @staticmethod
     def _make_ignore(command: int) -> _Handler:
         def ignore(conn: _Conn, msgid: int, payload: bytes) -> None:
             decode_payload(command, payload)  # undecodable: close
@@ -635,7 +644,8 @@ class Scheduler:
 
     def _h_submit_job(self, conn: _Conn, msgid: int, payload: bytes) -> None:
         job = decode_job(payload)
-        self._submit(job, payload[: 2 + len(job.func) + len(job.name)])
+        # the payload starts with the handle: str8(func) + str8(name)
+        self._submit(job, payload[: 2 + payload[0] + payload[1 + payload[0]]])
         conn.send(encode_response(msgid, _SUCCESS))
 
     def _h_run_job(self, conn: _Conn, msgid: int, payload: bytes) -> None:
@@ -762,7 +772,13 @@ class Scheduler:
         a = conn.unconfirmed.pop(msgid, None)
         if a is not None:
             a.waiting = False
-            self._confirm(a)
+            if a.epoch == a.rec.epoch:
+                self._confirm(a)
+            # confirmations mostly come in order: keep the deque short so
+            # resolved assignments do not pile up (and age in the GC) until tick
+            awaiting = self._awaiting
+            while awaiting and not awaiting[0].waiting:
+                awaiting.popleft()
 
     def _h_job_unassigned(self, conn: _Conn, msgid: int, payload: bytes) -> None:
         if payload:
@@ -776,12 +792,19 @@ class Scheduler:
         end = _handle_end(payload)
         key = payload[:end]
         a = conn.running.pop(key, None)
-        if a is not None and a.aid >= 0:
-            self._cancel_deadline(a)
+        if a is not None:
+            aid = a.aid
+            if aid >= 0:  # _cancel_deadline, inlined
+                self._deadlines.cancel(aid)
+                self._aslots[aid] = None
+                self._afree.append(aid)
+                a.aid = -1
         # delete whatever the state, whoever holds it (quirk kept, 3.3)
         rec = self._index.get(key)
-        if rec is not None or self._waiters or self._hlocks:
+        if self._waiters or self._hlocks:
             self._finish(key, rec, payload[end:])
+        elif rec is not None:
+            self._delete(rec)
         conn.send(encode_response(msgid, _SUCCESS))
 
     def _h_work_fail(self, conn: _Conn, msgid: int, payload: bytes) -> None:
@@ -892,9 +915,9 @@ class Scheduler:
     # -- jobs -----------------------------------------------------------------
 
     def _new_rec(self, key: bytes, job: Job) -> _JobRec:
-        fs = self._funcs.get(job.func)
+        fs = self._funcs.get(job[0])
         if fs is None:
-            fs = self._func(job.func)
+            fs = self._func(job[0])
         free = self._free
         if free:
             jid = free.pop()
@@ -911,13 +934,26 @@ class Scheduler:
     def _submit(self, job: Job, key: bytes) -> None:
         """SUBMIT_JOB / LOAD / RUN_JOB (protocol.md 4.3)."""
         t = int(self._now)
-        if job.sched_at < t:
-            job = _new(
-                Job, (job.func, job.name, job.workload, t, job.count, job.timeout)
-            )
+        func, name, workload, sched_at, count, timeout = job
+        if sched_at < t:
+            sched_at = t
+            job = _new(Job, (func, name, workload, t, count, timeout))
         rec = self._index.get(key)
         if rec is None:
+            # hot path, inlined: a new job
             rec = self._new_rec(key, job)
+            self._store.save_job(job, _PENDING)
+            if sched_at > t:
+                self._wheel.add(rec.id, sched_at)
+                rec.where = _IN_WHEEL
+            else:
+                fs = rec.fs
+                rec.where = _READY
+                fs.n_ready += 1
+                fs.ready.append(rec)
+                if fs.avail:
+                    self._pump(fs)
+            return
         else:
             state = rec.state
             if state == _RUNNING:
@@ -1135,32 +1171,22 @@ class Scheduler:
 
     def _assign(self, conn: _Conn, msgid: int, rec: _JobRec) -> None:
         job = rec.job
+        func, name, workload, sched_at, count, timeout = job
         if rec.state == _PENDING:  # broadcast: only the first assignment
             rec.state = _RUNNING
             rec.fs.n_running += 1
-            self._store.set_state(job.func, job.name, _RUNNING)
+            self._store.set_state(func, name, _RUNNING)
         rec.run += 1
-        a = _Assign(conn, msgid, rec)
         wait = self._assign_wait
         if wait > 0:
-            a.waiting = True
-            a.deadline = self._now + wait
+            a = _Assign(conn, msgid, rec, True, self._now + wait)
             conn.unconfirmed[msgid] = a
             self._awaiting.append(a)
         else:
-            self._confirm(a)  # extension: assign-wait 0 = accepted on send
-        if job.timeout <= 0:  # JOB_ASSIGN carries the effective timeout
-            job = _new(
-                Job,
-                (
-                    job.func,
-                    job.name,
-                    job.workload,
-                    job.sched_at,
-                    job.count,
-                    self._timeout,
-                ),
-            )
+            # extension: assign-wait 0 = accepted on send
+            self._confirm(_Assign(conn, msgid, rec, False, 0.0))
+        if timeout <= 0:  # JOB_ASSIGN carries the effective timeout
+            job = _new(Job, (func, name, workload, sched_at, count, self._timeout))
         conn.send(encode_response(msgid, _JOB_ASSIGN, encode_job(job)))
 
     def _confirm(self, a: _Assign) -> None:
@@ -1170,11 +1196,12 @@ class Scheduler:
             return  # the job ended or was re-queued meanwhile
         rec.confirmed = True
         running = a.conn.running
-        old = running.get(rec.key)
+        key = rec.key
+        old = running.get(key)
         if old is not None:
             self._cancel_deadline(old)
-        running[rec.key] = a
-        timeout = rec.job.timeout
+        running[key] = a
+        timeout = rec.job[5]
         if timeout <= 0:
             timeout = self._timeout
         afree = self._afree

@@ -8,6 +8,7 @@ second scheduler built on the same instance sees what the first one wrote
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..job import Job, JobState
 from . import StoreSnapshot
@@ -21,16 +22,16 @@ class MemoryStore:
     __slots__ = ("_closed", "_config", "_funcs", "_jobs")
 
     def __init__(self) -> None:
-        # func -> name -> (job, state): two levels so DROP_FUNC is one pop and
-        # the hot calls need no tuple key
-        self._jobs: dict[bytes, dict[bytes, tuple[Job, JobState]]] = {}
+        # func -> name -> [job, state]: two levels so DROP_FUNC is one pop and
+        # the hot calls need no tuple key; a list so set_state allocates nothing
+        self._jobs: dict[bytes, dict[bytes, list[Any]]] = {}
         self._funcs: dict[bytes, None] = {}
         self._config: dict[str, int] = {}
         self._closed = False
 
     def load(self) -> StoreSnapshot:
         """Return a copy of everything stored."""
-        jobs = [entry for per in self._jobs.values() for entry in per.values()]
+        jobs = [(e[0], e[1]) for per in self._jobs.values() for e in per.values()]
         return StoreSnapshot(jobs, list(self._funcs), dict(self._config))
 
     def save_job(self, job: Job, state: JobState) -> None:
@@ -38,7 +39,12 @@ class MemoryStore:
         per = self._jobs.get(job.func)
         if per is None:
             per = self._jobs[job.func] = {}
-        per[job.name] = (job, state)
+        entry = per.get(job.name)
+        if entry is None:
+            per[job.name] = [job, state]
+        else:
+            entry[0] = job
+            entry[1] = state
 
     def set_state(self, func: bytes, name: bytes, state: JobState) -> None:
         """Change a stored job's state."""
@@ -46,15 +52,14 @@ class MemoryStore:
         if per is not None:
             entry = per.get(name)
             if entry is not None:
-                per[name] = (entry[0], state)
+                entry[1] = state
 
     def delete_job(self, func: bytes, name: bytes) -> None:
         """Delete one job."""
         per = self._jobs.get(func)
         if per is not None:
+            # an emptied per-func dict stays: the next save would recreate it
             per.pop(name, None)
-            if not per:
-                del self._jobs[func]
 
     def delete_func_jobs(self, func: bytes) -> None:
         """Delete every job of a func."""
