@@ -378,6 +378,7 @@ class Scheduler:
 
         for func in snap.funcs:
             self._func(func, persist=False)
+        due: list[int] = []
         for job, state in snap.jobs:
             key = _key(job.func, job.name)
             if key in self._index:  # a store should not hold duplicates
@@ -385,7 +386,13 @@ class Scheduler:
             rec = self._new_rec(key, job)
             if state != _PENDING:  # protocol.md 4.16: all jobs pending at start
                 store.set_state(job.func, job.name, _PENDING)
-            self._place(rec, t)
+            if job.sched_at > t:
+                self._wheel.add(rec.id, job.sched_at)
+                rec.where = _IN_WHEEL
+            else:
+                due.append(rec.id)
+        if due:
+            self._make_ready(due)  # sorted by (sched_at, name) per func
 
     # -- connection life cycle ------------------------------------------------
 
@@ -458,23 +465,22 @@ class Scheduler:
                 # _drop re-queues this and every other assignment of it
                 self._kill(a.conn)
 
-        dl = self._deadlines
-        nd = dl.next_due()
-        if nd is not None and nd <= t:
-            for aid in dl.advance(t):
-                a2 = self._aslots[aid]
-                self._aslots[aid] = None
-                self._afree.append(aid)
-                if a2 is None:  # pragma: no cover - cancelled entries leave the wheel
-                    continue
-                a2.aid = -1
-                rec = a2.rec
-                running = a2.conn.running
-                if running.get(rec.key) is a2:
-                    del running[rec.key]
-                if a2.epoch == rec.epoch:  # treated like WORK_FAIL (4.7)
-                    rec.run -= 1
-                    self._fail(rec.key, rec)
+        # advanced every tick (cheap when nothing is due) so new deadlines land
+        # in the wheel's low levels
+        for aid in self._deadlines.advance(t):
+            a2 = self._aslots[aid]
+            self._aslots[aid] = None
+            self._afree.append(aid)
+            if a2 is None:  # pragma: no cover - cancelled entries leave the wheel
+                continue
+            a2.aid = -1
+            rec = a2.rec
+            running = a2.conn.running
+            if running.get(rec.key) is a2:
+                del running[rec.key]
+            if a2.epoch == rec.epoch:  # treated like WORK_FAIL (4.7)
+                rec.run -= 1
+                self._fail(rec.key, rec)
 
         if now >= self._next_fast:
             self._next_fast = now + _SWEEP_FAST

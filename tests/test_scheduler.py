@@ -1463,3 +1463,107 @@ def test_many_due_jobs_spread_over_ticks() -> None:
     h.s.tick(h.now)
     assert h.s._funcs[b"f"].n_ready == 60_000
     assert h.s._wheel.next_due() is None
+
+
+# -- store ordering, restart order, identity, layering ------------------------
+
+
+class RecordingStore(MemoryStore):
+    """A memory store that logs its writes next to the frames sent."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    def save_job(self, job: Job, state: JobState) -> None:
+        self.log.append(f"save {job.name.decode()} {int(state)}")
+        super().save_job(job, state)
+
+    def set_state(self, func: bytes, name: bytes, state: JobState) -> None:
+        self.log.append(f"state {name.decode()} {int(state)}")
+        super().set_state(func, name, state)
+
+    def delete_job(self, func: bytes, name: bytes) -> None:
+        self.log.append(f"delete {name.decode()}")
+        super().delete_job(func, name)
+
+    def delete_func_jobs(self, func: bytes) -> None:
+        self.log.append(f"delete-func-jobs {func.decode()}")
+        super().delete_func_jobs(func)
+
+    def save_config(self, key: str, value: int) -> None:
+        self.log.append(f"config {key}")
+        super().save_config(key, value)
+
+
+def test_replies_are_sent_after_the_store_call() -> None:
+    log: list[str] = []
+    store = RecordingStore(log)
+    s = Scheduler(store, T0)
+
+    def sender(tag: str) -> Any:
+        def send(data: bytes) -> None:
+            for p in Parser(requests=False).feed(data):
+                log.append(f"{tag} {C(p.command).name}")
+
+        return send
+
+    s.connect(1, 1, None, sender("client"), lambda: None, T0)
+    s.connect(2, 2, None, sender("worker"), lambda: None, T0)
+    s.handle(2, 1, C.CAN_DO, encode_payload(C.CAN_DO, b"f"), T0)
+    s.handle(2, 2, C.GRAB_JOB, b"", T0)
+    log.clear()
+    s.handle(1, 3, C.SUBMIT_JOB, encode_payload(C.SUBMIT_JOB, Job(b"f", b"a")), T0)
+    assert log.index("save a 0") < log.index("client SUCCESS")
+    assert log.index("state a 1") < log.index("worker JOB_ASSIGN")
+    s.handle(2, 2, C.JOB_ASSIGNED, b"", T0)
+    log.clear()
+    s.handle(2, 4, C.WORK_DONE, encode_payload(C.WORK_DONE, b"f", b"a", b""), T0)
+    assert log == ["delete a", "worker SUCCESS"]
+    log.clear()
+    s.handle(1, 5, C.CONFIG_SET, encode_payload(C.CONFIG_SET, b"timeout", 9), T0)
+    assert log == ["config timeout", "client SUCCESS"]
+    log.clear()
+    s.handle(2, 6, C.CANT_DO, encode_payload(C.CANT_DO, b"f"), T0)
+    s.handle(1, 7, C.DROP_FUNC, encode_payload(C.DROP_FUNC, b"f"), T0)
+    assert log[-2:] == ["delete-func-jobs f", "client SUCCESS"]
+
+
+def test_restart_dispatches_due_jobs_in_order() -> None:
+    store = MemoryStore()
+    t = int(T0)
+    for name, at in [(b"c", 5), (b"a", 7), (b"b", 5), (b"d", 1)]:
+        store.save_job(Job(b"f", name, b"", t - at), JobState.PENDING)
+    h = Harness(store=store)
+    w = h.worker(b"f")
+    got = [j.name for m in range(1, 5) for _, j in assigns(w.grab(m))]
+    assert got == [b"a", b"b", b"c", b"d"]
+
+
+def test_identity_is_accepted_and_kept(h: Harness) -> None:
+    c = FakeConn(h, 50, 4)
+    h.s.connect(50, 4, (b"worker-a", b"token"), c.send, c.close, h.now)
+    assert cmds(c.req(C.CAN_DO, b"f")) == [C.SUCCESS]
+    assert h.s._conns[50].identity == (b"worker-a", b"token")
+    cl = FakeConn(h, 51, 3)
+    h.s.connect(51, 3, (b"client-a", b"token"), cl.send, cl.close, h.now)
+    assert cmds(cl.req(C.GRAB_JOB)) == [C.NO_WORKER]  # type 3 is a client
+
+
+def test_introspection(h: Harness) -> None:
+    h.submit(b"f", b"a", b"x")
+    assert h.s.jobs() == [Job(b"f", b"a", b"x", int(h.now))]
+    assert h.s.job(b"f", b"zz") is None
+    assert h.s.get_config("nope") == 0
+
+
+def test_scheduler_stays_sans_io() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, periodic_fast.scheduler, periodic_fast.store.memory\n"
+        "bad = [m for m in ('asyncio', 'socket', 'selectors') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
