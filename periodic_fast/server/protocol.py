@@ -30,7 +30,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, cast
 
 from ..codec import Packet, Parser, decode_identity, encode_registration_reply
 from ..constants import (
@@ -210,8 +210,8 @@ class ServerProtocol(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: cast, never assert
+        self._transport = cast(asyncio.Transport, transport)
         hub = self._hub
         hub.protocols.add(self)
         sock = transport.get_extra_info("socket")
