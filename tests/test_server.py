@@ -820,6 +820,23 @@ def test_shutdown_frame_stops_server(run: Runner[None]) -> None:
         os.rmdir(short)
 
 
+def test_shutdown_frame_stops_running_server(run: Runner[None]) -> None:
+    """No serve_forever: SHUTDOWN still stops the server by itself."""
+
+    async def main() -> None:
+        async with running_server(scheduler_factory=black_box_factory()) as srv:
+            conn = await Raw.open(srv.addresses[1])
+            await conn.register()
+            conn.send(codec.encode_request(1, Command.SHUTDOWN))
+            assert await conn.closed() == b""
+            with pytest.raises(OSError):
+                await Raw.open(srv.addresses[0])
+            path = parse_address(srv.addresses[1]).host
+            assert path is not None and not os.path.exists(path)
+
+    run(main())
+
+
 def test_server_stop_is_idempotent(run: Runner[None]) -> None:
     async def main() -> None:
         async with running_server(scheduler_factory=fake_factory()[0]) as srv:

@@ -187,8 +187,9 @@ class Server:
         self._addresses: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
-        self._stop_requested: asyncio.Event | None = None
-        self._state: Literal["new", "running", "stopped"] = "new"
+        self._done: asyncio.Event | None = None  # set when stop() has finished
+        self._stop_task: asyncio.Task[None] | None = None
+        self._state: Literal["new", "running", "stopping", "stopped"] = "new"
 
     # -- properties --------------------------------------------------------------
 
@@ -219,7 +220,7 @@ class Server:
             raise RuntimeError("a Server can be started once")
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._stop_requested = asyncio.Event()
+        self._done = asyncio.Event()
         self._state = "running"
         try:
             scheduler = self._factory(time.time(), self.request_stop)
@@ -265,34 +266,37 @@ class Server:
             self._addresses.append(_format_sockname(sock.family, sock.getsockname()))
 
     def request_stop(self) -> None:
-        """Ask :meth:`serve_forever` to return (SIGTERM, SIGINT, SHUTDOWN)."""
-        if self._stop_requested is not None and not self._stop_requested.is_set():
-            log.info("%s: stopping", self.name)
-            self._stop_requested.set()
+        """Stop the server soon (SIGTERM, SIGINT, SHUTDOWN): runs :meth:`stop`
+        in a task; :meth:`serve_forever` returns when it is done."""
+        if self._state == "running" and self._stop_task is None:
+            assert self._loop is not None
+            log.info("%s: stop requested", self.name)
+            self._stop_task = self._loop.create_task(self.stop())
 
     async def serve_forever(self) -> None:
-        """Serve until :meth:`request_stop`, then :meth:`stop`."""
+        """Serve until the server is stopped (:meth:`request_stop`, :meth:`stop`)."""
         if self._state == "new":
             await self.start()
-        assert self._stop_requested is not None
+        assert self._done is not None
         try:
-            await self._stop_requested.wait()
+            await self._done.wait()
         finally:
             await self.stop()
 
     async def stop(self, *, grace: float = 2.0) -> None:
         """Stop accepting, close every connection, close the store, remove
         the unix socket files.  Idempotent."""
-        if self._state == "stopped":
+        if self._state in ("stopping", "stopped"):
+            if self._done is not None:
+                await self._done.wait()
             return
-        self._state = "stopped"
-        if self._stop_requested is not None:
-            self._stop_requested.set()
+        self._state = "stopping"
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         for srv in self._servers:
             srv.close()
+        self._remove_unix_files()
         hub = self._hub
         if hub is not None:
             hub.close_all()
@@ -306,7 +310,6 @@ class Server:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(srv.wait_closed(), grace)
         self._servers.clear()
-        self._remove_unix_files()
         for store in self._owned:
             close = getattr(store, "close", None)
             if close is not None:
@@ -315,6 +318,9 @@ class Server:
                 except Exception:  # pragma: no cover - store bug
                     log.exception("%s: error closing the store", self.name)
         self._owned.clear()
+        self._state = "stopped"
+        if self._done is not None:
+            self._done.set()
         log.info("%s: stopped", self.name)
 
     def _remove_unix_files(self) -> None:

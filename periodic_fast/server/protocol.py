@@ -227,7 +227,9 @@ class ServerProtocol(asyncio.Protocol):
         else:
             name = transport.get_extra_info("sockname")
             self._peer = f"unix:{name}" if name else "unix"
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        self._transport.set_write_buffer_limits(
+            high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER
+        )
         if hub.registration_timeout > 0:
             self._reg_timer = hub.loop.call_later(
                 hub.registration_timeout, self._registration_timeout
