@@ -602,6 +602,36 @@ def test_peer_that_never_reads_is_dropped(run: Runner[None], transport: str) -> 
     run(main())
 
 
+def test_reading_paused_while_output_backs_up(
+    run: Runner[None], transport: str
+) -> None:
+    factory, made = fake_factory()
+
+    async def main() -> None:
+        async with running_server(scheduler_factory=factory) as srv:
+            conn = await Raw.open(pick(srv, transport))
+            cid = await conn.register()
+            proto = srv.hub.connections[cid]
+            assert proto._transport is not None
+            conn.reader._transport.pause_reading()  # type: ignore[attr-defined]
+            chunk = codec.encode_response(1, Command.DATA, b"x" * 65536)
+            total = 0
+            while proto._transport.is_reading():
+                assert total < 256 << 20, "reading never paused"
+                made[0].sends[cid](chunk)
+                total += len(chunk)
+                await asyncio.sleep(0)
+            # the peer catches up: reading resumes, everything arrives in order
+            conn.reader._transport.resume_reading()  # type: ignore[attr-defined]
+            for _ in range(total // len(chunk)):
+                assert (await conn.recv()).command == Command.DATA
+            assert proto._transport.is_reading()
+            assert (await conn.request(2, Command.PING)).command == Command.PONG
+            await conn.close()
+
+    run(main())
+
+
 class CountingTransport:
     """Delegates to a transport, recording the size of each write."""
 
@@ -908,6 +938,20 @@ def test_bad_address_exits_nonzero() -> None:
         env=_python_env(),
     )
     assert out.returncode != 0
+
+
+@needs_scheduler
+def test_bad_store_uri_exits_1() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "periodic_fast", "-d", "-H", "tcp://127.0.0.1:0"]
+        + ["-p", "bogus://x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_python_env(),
+    )
+    assert out.returncode == 1
+    assert "bogus://x" in out.stderr and "Traceback" not in out.stderr
 
 
 SUBPROCESS_LOOPS = [

@@ -404,7 +404,7 @@ def run(server: Server, *, loop: LoopName = "auto") -> int:
     async def main() -> int:
         try:
             await server.start()
-        except (AddressInUse, OSError) as exc:
+        except (AddressInUse, OSError, ValueError) as exc:  # bind / store URI
             log.error("%s: cannot start: %s", server.name, exc)
             return 1
         running = asyncio.get_running_loop()
