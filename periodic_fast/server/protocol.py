@@ -435,11 +435,16 @@ class ServerProtocol(asyncio.Protocol):
 
     def _shutdown(self, *, abort: bool, defer: bool) -> None:
         transport = self._transport
-        if not abort:
-            self.flush()
+        out = self._out
         self._closing = True
         self._out = []
         self._cancel_timer()
+        if transport is not None and not abort:
+            # send what is queued, unless the peer already sits on too much
+            if transport.get_write_buffer_size() > self._hub.max_output:
+                abort = True
+            elif out:
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
         if transport is not None:
             if abort:
                 transport.abort()
