@@ -39,7 +39,12 @@ from periodic_fast.server.app import (
     new_event_loop,
     parse_address,
 )
-from periodic_fast.testing import ServerProcess, running_server, wait_listening
+from periodic_fast.testing import (
+    ServerProcess,
+    free_port,
+    running_server,
+    wait_listening,
+)
 
 T = TypeVar("T")
 
@@ -1044,3 +1049,41 @@ def test_second_unix_server_refuses(tmp_path: Path) -> None:
             assert os.path.exists(path)
     finally:
         os.rmdir(short)
+
+
+@needs_scheduler
+def test_repeated_and_comma_separated_hosts() -> None:
+    short = tempfile.mkdtemp(prefix="pf-")
+    path = os.path.join(short, "p.sock")
+    second = f"tcp://127.0.0.1:{free_port()}"
+    proc = ServerProcess(args=["-H", f"{second},unix://{path}"])
+    try:
+        with proc:
+            for addr in (proc.address, second, f"unix://{path}"):
+                assert wait_listening(addr, timeout=5)
+                assert _sync_ping(addr) == bytes([Command.PONG])
+        assert not os.path.exists(path)
+    finally:
+        os.rmdir(short)
+
+
+@needs_scheduler
+def test_address_from_environment() -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    env = _python_env()
+    env["PERIODIC_PORT"] = address
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "periodic_fast", "-d"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_listening(address, timeout=15)
+        assert _sync_ping(address) == bytes([Command.PONG])
+        proc.terminate()
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
