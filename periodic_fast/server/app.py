@@ -351,7 +351,9 @@ class Server:
             due = nxt
         loop = self._loop
         self._timer_due = due
-        self._timer = loop.call_at(loop.time() + max(0.0, due - now), self._on_timer)
+        # floor of 1 ms: a wakeup already in the past must not spin the loop
+        delay = max(0.001, due - now)
+        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
