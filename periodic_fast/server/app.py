@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -398,6 +399,20 @@ def new_event_loop(loop: LoopName = "auto") -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def _tune_gc() -> None:
+    """Keep the cyclic GC off the hot path of a long-running daemon.
+
+    Jobs and connections are long-lived and rarely cyclic, yet every allocation
+    counts towards a generation-0 collection: with the default threshold the
+    collector took 25-50% of the scheduler's time in bench/bench_scheduler.py.
+    Objects alive after start-up are frozen out of collection, and young
+    collections run 70x less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def run(server: Server, *, loop: LoopName = "auto") -> int:
     """Run ``server`` until SIGTERM, SIGINT or SHUTDOWN; return the exit code."""
     ev = new_event_loop(loop)
@@ -409,6 +424,7 @@ def run(server: Server, *, loop: LoopName = "auto") -> int:
         except (AddressInUse, OSError, ValueError) as exc:  # bind / store URI
             log.error("%s: cannot start: %s", server.name, exc)
             return 1
+        _tune_gc()
         running = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
