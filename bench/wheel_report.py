@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gc
 import heapq
+import importlib.util
 import os
 import platform
 import random
@@ -232,14 +233,13 @@ def mixed(factory: Callable[..., Any], n: int, seed: int, rounds: int) -> float:
     return count / dt
 
 
-def cascade_worst(n: int) -> tuple[float, float]:
+def cascade_worst(n: int, factory: Callable[..., Any]) -> tuple[float, float]:
     """n entries all in one level-3 slot (72 h block): the first advance into
     it must cascade all of them.  Worst single advance(now, 100_000) and the
     total drain rate."""
-    assert _wheel_c is not None
     rng = random.Random(7)
     start = (BASE // 64**3 + 1) * 64**3
-    w = _wheel_c.TimerWheel(BASE)
+    w = factory(BASE)
     for i in range(n):
         w.add(i, start + rng.randrange(64**3))
     worst = 0.0
@@ -275,6 +275,37 @@ def memory(factory: Callable[..., Any], n: int, trace: bool) -> tuple[float, flo
     return per, traced
 
 
+def churn_memory(n: int, rounds: int) -> tuple[float, float]:
+    """Bytes per live entry (tracemalloc) of the C twin after heavy
+    rescheduling: n entries, then ``rounds`` x n random reschedules within
+    the 30 days.  Returns (after the adds, after the churn)."""
+    assert _wheel_c is not None
+    rng = random.Random(5)
+    tracemalloc.start()
+    w = _wheel_c.TimerWheel(BASE)
+    for i in range(n):
+        w.add(i, BASE + rng.randrange(SPAN))
+    before = tracemalloc.get_traced_memory()[0] / n
+    for _ in range(rounds * n):
+        w.add(rng.randrange(n), BASE + rng.randrange(SPAN))
+    after = tracemalloc.get_traced_memory()[0] / len(w)
+    tracemalloc.stop()
+    del w
+    return before, after
+
+
+def load_extra(spec: str) -> tuple[str, Callable[..., Any]]:
+    """``NAME=PATH``: a compiled wheel module file (e.g. an older build of
+    ``_wheel_c`` under another module name) run as one more implementation."""
+    name, path = spec.split("=", 1)
+    mod_name = os.path.basename(path).split(".", 1)[0]
+    ms = importlib.util.spec_from_file_location(mod_name, path)
+    assert ms is not None and ms.loader is not None
+    mod = importlib.util.module_from_spec(ms)
+    ms.loader.exec_module(mod)
+    return name, mod.TimerWheel
+
+
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -285,14 +316,34 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=1_000_000)
     ap.add_argument("--big", type=int, default=10_000_000)
     ap.add_argument("--days", type=int, default=30, help="expiry window")
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also run a compiled wheel module file (e.g. the previous build)",
+    )
+    ap.add_argument(
+        "--impls", default="", help="comma-separated subset of the impl names"
+    )
+    ap.add_argument(
+        "--churn", type=int, default=0, help="n for the rescheduling memory test"
+    )
     a = ap.parse_args()
 
     impls: dict[str, Callable[..., Any]] = {}
     if _wheel_c is not None:
         impls["wheel c"] = _wheel_c.TimerWheel
+    for spec in a.extra:
+        name, factory = load_extra(spec)
+        impls[name] = factory
     impls["wheel py"] = _wheel_py.TimerWheel
     impls["heapq"] = HeapWheel
     impls["SortedList"] = SortedWheel
+    if a.impls:
+        keep = a.impls.split(",")
+        impls = {k: v for k, v in impls.items() if k in keep}
+    compiled = [k for k in impls if k.startswith("wheel c")]
 
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -305,8 +356,9 @@ def main() -> None:
     cols = ["add", "reschedule", "cancel", "expire", "worst_ms"]
     for n, names, reps, days in (
         (a.small, list(impls), a.repeats, a.days),
-        (a.big, ["wheel c", "heapq"], 1, 3),
+        (a.big, [*compiled, "heapq"], 1, 3),
     ):
+        names = [x for x in names if x in impls]
         if not n:
             continue
         print(
@@ -332,13 +384,14 @@ def main() -> None:
                 + " |",
                 flush=True,
             )
-        if "wheel c" in rows and "heapq" in rows:
-            c, h = rows["wheel c"], rows["heapq"]
-            print(
-                "| c / heapq | "
-                + " | ".join(f"{c[x] / h[x]:.1f}x" for x in cols[:4])
-                + " | |"
-            )
+        for cname in compiled:
+            if cname in rows and "heapq" in rows:
+                c, h = rows[cname], rows["heapq"]
+                print(
+                    f"| {cname} / heapq | "
+                    + " | ".join(f"{c[x] / h[x]:.1f}x" for x in cols[:4])
+                    + " | |"
+                )
         print()
         mixed_rates = {}
         for name in names:
@@ -353,26 +406,38 @@ def main() -> None:
             + " | ".join(f"{mixed_rates[x] / 1e6:.2f}" for x in names)
             + " |"
         )
-        if "wheel c" in mixed_rates and "heapq" in mixed_rates:
-            print(
-                f"\nmixed: wheel c / heapq = "
-                f"{mixed_rates['wheel c'] / mixed_rates['heapq']:.1f}x"
-            )
+        for cname in compiled:
+            if cname in mixed_rates and "heapq" in mixed_rates:
+                print(
+                    f"\nmixed: {cname} / heapq = "
+                    f"{mixed_rates[cname] / mixed_rates['heapq']:.1f}x"
+                )
         print(flush=True)
 
-    if _wheel_c is not None and a.big:
-        worst, rate = cascade_worst(a.big)
+    if compiled and a.big:
         print(f"### Large cascade: {a.big:,} entries in one level-3 slot\n")
+        for name in compiled:
+            worst, rate = cascade_worst(a.big, impls[name])
+            print(
+                f"{name}: worst single advance(now, limit={LIMIT:,}): "
+                f"{worst:.2f} ms; drain {rate / 1e6:.2f} M ids/s\n",
+                flush=True,
+            )
+
+    if a.churn and _wheel_c is not None:
+        before, after = churn_memory(a.churn, 3)
+        print(f"### Memory under rescheduling: wheel c, {a.churn:,} entries\n")
         print(
-            f"worst single advance(now, limit={LIMIT:,}): {worst:.2f} ms; "
-            f"drain {rate / 1e6:.2f} M ids/s\n"
+            f"tracemalloc B/entry after the adds {before:.1f}, after "
+            f"{3 * a.churn:,} random reschedules {after:.1f}\n",
+            flush=True,
         )
 
     print("### Memory per entry\n")
     print("| impl | n | RSS B/entry | tracemalloc B/entry |")
     print("|---|---|---|---|")
     plan = [
-        ("wheel c", a.big, True),
+        *[(x, a.big, True) for x in compiled],
         ("heapq", a.big, False),
         ("wheel py", a.small, True),
         ("SortedList", a.small, False),
@@ -382,7 +447,15 @@ def main() -> None:
             continue
         # a fresh interpreter per measurement: RSS never shrinks after frees
         out = subprocess.run(
-            [sys.executable, __file__, "--memory-child", name, str(n), str(trace)],
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                name,
+                str(n),
+                str(trace),
+                *a.extra,
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -391,7 +464,7 @@ def main() -> None:
         print(f"| {name} | {n:,} | {per:.1f} | {traced:.1f} |", flush=True)
 
 
-def memory_child(name: str, n: int, trace: bool) -> None:
+def memory_child(name: str, n: int, trace: bool, extra: list[str]) -> None:
     impls: dict[str, Callable[..., Any]] = {
         "wheel py": _wheel_py.TimerWheel,
         "heapq": HeapWheel,
@@ -399,12 +472,15 @@ def memory_child(name: str, n: int, trace: bool) -> None:
     }
     if _wheel_c is not None:
         impls["wheel c"] = _wheel_c.TimerWheel
+    for spec in extra:
+        if spec.split("=", 1)[0] == name:
+            impls[name] = load_extra(spec)[1]
     per, traced = memory(impls[name], n, trace)
     print(per, traced)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--memory-child"]:
-        memory_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "True")
+        memory_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "True", sys.argv[5:])
     else:
         sys.exit(main())

@@ -2,10 +2,31 @@
 # first).  Same algorithm, same constants, same results call by call; the
 # entries live in C arrays instead of one Python object per entry.
 #
-# Memory ownership: dn, sn, sid and table are PyMem allocations owned by the
-# TimerWheel and freed in __dealloc__.  Pointers into dn/sn are only held
-# between growth points (alloc() may realloc; nothing keeps a node_t* across
-# it).
+# Layout (differs from the spec's linked lists, not in results): a slot list
+# is a FIFO array of node indexes (slot_t).  Cancel and reschedule are lazy:
+# the node's (lst, pos) back-pointer moves, the old array cell stays behind as
+# garbage and is skipped when its slot is popped or cascaded.  Popping and
+# cascading therefore scan arrays sequentially, prefetching the node of the
+# cell PREFETCH positions ahead so the random node reads overlap.  Garbage is
+# bounded: a list whose garbage (stale plus consumed cells) exceeds half its
+# live count + COMPACT_SLACK is compacted on the spot, a list whose live count
+# drops to 0 is reset, so add/cancel/reschedule are O(1) amortized (one call
+# may compact one list).  The "pending" list of the spec (the slot being
+# cascaded in chunks) is the detached slot's own array: pend_list names it,
+# entries that fall into its range are appended to it, behind the rest.
+#
+# Bounded work: a limited advance makes at most `limit` pops, `cascade_chunk`
+# cascade moves (both exactly as the spec) and skips at most
+# 2 * cascade_chunk + SKIP_SLACK stale cells; when that skip budget runs out
+# it returns early like a spent cascade budget (next_due() <= now says so).
+# The spec never returns early there (it has no stale cells); results differ
+# only then, and only in how the due ids are split over calls.
+#
+# Memory ownership: dn, sn, sid, table, obuf and every slots[k].a are PyMem
+# allocations owned by the TimerWheel and freed in __dealloc__.  Pointers into
+# dn/sn/slot arrays are only held between growth points (alloc() and link()
+# may realloc; nothing keeps a pointer across them, except that a node_t*
+# stays valid across link(): link grows slot arrays only).
 
 from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -37,13 +58,23 @@ __all__ = [
     "TimerWheel",
 ]
 
-cdef uint32_t NIL = 0xFFFFFFFF      # "no node"; dn[id].next == NIL: id absent
+cdef uint32_t NIL = 0xFFFFFFFF      # "no node"
 cdef uint32_t HI = 0x80000000       # node index tag: sparse pool
 cdef uint64_t SIGN = 0x8000000000000000   # t -> u is t ^ SIGN (t + 2**63)
 cdef uint64_t MASK = 63
 cdef Py_ssize_t NO_LIMIT = <Py_ssize_t>1 << 62
 # direct pool grows only while it stays at least ~1/4 dense (plus slack)
 cdef uint64_t DENSE_SLACK = 65536
+# prefetch distance (cells) of the array scans
+cdef uint32_t PREFETCH = 16
+# a list is compacted once its garbage exceeds live / 2 + COMPACT_SLACK
+cdef uint32_t COMPACT_SLACK = 64
+# emptied lists keep arrays up to this many cells, bigger ones are freed
+cdef uint32_t KEEP_CELLS = 1024
+# stale cells skipped per limited advance: 2 * chunk + SKIP_SLACK
+cdef Py_ssize_t SKIP_SLACK = 65536
+# the output buffer is freed after a call that needed more cells than this
+cdef Py_ssize_t KEEP_OUT = 1 << 18
 
 
 cdef inline int64_t _as_time(object o) except? -1:
@@ -75,6 +106,9 @@ cdef class TimerWheel:
         self.table = NULL
         self.tmask = 0
         self.tbits = 0
+        self.obuf = NULL
+        self.ocap = 0
+        memset(self.slots, 0, sizeof(self.slots))
         self.scap = 1024
         self.sn = <node_t*>PyMem_Malloc(self.scap * sizeof(node_t))
         self.sid = <uint32_t*>PyMem_Malloc(self.scap * sizeof(uint32_t))
@@ -91,19 +125,22 @@ cdef class TimerWheel:
         self.elapsed = (<uint64_t>self.now_) ^ SIGN
 
     def __dealloc__(self):
+        cdef uint32_t k
+        for k in range(WL_NLISTS):
+            PyMem_Free(self.slots[k].a)
         PyMem_Free(self.dn)
         PyMem_Free(self.sn)
         PyMem_Free(self.sid)
         PyMem_Free(self.table)
+        PyMem_Free(self.obuf)
 
     cdef void reset_lists(self) noexcept:
-        # empty sentinels, no sparse ids, empty bitmaps
+        # empty lists, no sparse ids, empty bitmaps
         cdef uint32_t k
-        for k in range(WL_NSENT):
-            self.sn[k].u = 0
-            self.sn[k].prev = HI | k
-            self.sn[k].next = HI | k
-        self.sused = WL_NSENT
+        self.pend_list = WL_NOLIST
+        for k in range(WL_NLISTS):
+            self.empty_list(k)
+        self.sused = 0
         self.sfree = NIL
         self.scount = 0
         if self.table != NULL:
@@ -126,14 +163,14 @@ cdef class TimerWheel:
     cdef uint32_t lookup(self, uint32_t job_id) noexcept:
         # an id can sit in the sparse pool even below dcap (added before the
         # direct array grew over it), so a direct miss falls through
-        if job_id < self.dcap and self.dn[job_id].next != NIL:
+        if job_id < self.dcap and self.dn[job_id].lst != WL_NOLIST:
             return job_id
         if self.scount:
             return self.hash_find(job_id)
         return NIL
 
     cdef uint32_t alloc(self, uint32_t job_id) except? 0xFFFFFFFF:
-        # a node for an id known to be absent
+        # a node for an id known to be absent; link() makes it present
         cdef uint64_t newcap
         cdef uint32_t idx
         if job_id < self.dcap:
@@ -152,27 +189,29 @@ cdef class TimerWheel:
             self.grow_table()
         if self.sfree != NIL:
             idx = self.sfree
-            self.sfree = self.sn[idx].next
+            self.sfree = self.sn[idx].pos
         else:
             if self.sused == self.scap:
                 self.grow_sparse()
             idx = self.sused
             self.sused += 1
+        self.sn[idx].lst = WL_NOLIST
         self.sid[idx] = job_id
         self.hash_insert(idx)
         self.scount += 1
         return idx | HI
 
     cdef void release(self, uint32_t i) noexcept:
-        # the node is already unlinked
+        # the node's list cell is already dropped or consumed
         if i & HI:
             i ^= HI
             self.hash_remove(self.sid[i])
-            self.sn[i].next = self.sfree
+            self.sn[i].lst = WL_NOLIST
+            self.sn[i].pos = self.sfree
             self.sfree = i
             self.scount -= 1
         else:
-            self.dn[i].next = NIL
+            self.dn[i].lst = WL_NOLIST
             self.dcount -= 1
 
     cdef int grow_direct(self, uint32_t need) except -1:
@@ -181,7 +220,7 @@ cdef class TimerWheel:
         if p == NULL:
             raise MemoryError()
         for k in range(self.dcap, need):
-            p[k].next = NIL
+            p[k].lst = WL_NOLIST
         self.dn = p
         self.dcap = need
         return 0
@@ -267,50 +306,123 @@ cdef class TimerWheel:
             self.table[j] = NIL
             i = j
 
-    # -- list primitives (see _wheel_py) ---------------------------------------
+    # -- slot lists --------------------------------------------------------------
 
-    cdef inline void link(self, uint32_t i, uint32_t lst) noexcept:
-        # append node i at the tail of list lst (FIFO)
-        cdef uint32_t s = HI | lst
-        cdef node_t* sent = &self.sn[lst]
-        cdef uint32_t tail = sent.prev
-        cdef node_t* n = self.node(i)
-        cdef uint64_t u = n.u
-        n.prev = tail
-        n.next = s
-        self.node(tail).next = i
-        sent.prev = i
-        if lst < WL_NLISTS:
-            if tail == s:
+    cdef int grow_slot(self, slot_t* s) except -1:
+        cdef uint64_t cap = <uint64_t>s.cap + (s.cap >> 1)
+        cdef uint32_t* a
+        if cap < 8:
+            cap = 8
+        if cap > 0xFFFFFFFF:
+            cap = 0xFFFFFFFF
+            if cap <= s.cap:
+                raise MemoryError("slot list too long")
+        a = <uint32_t*>PyMem_Realloc(s.a, <size_t>cap * sizeof(uint32_t))
+        if a == NULL:
+            raise MemoryError()
+        s.a = a
+        s.cap = <uint32_t>cap
+        return 0
+
+    cdef inline int link(self, uint32_t i, uint32_t lst) except -1:
+        # append node i at the tail of list lst (FIFO); the pending list has
+        # no bitmap bit and no slot_min (place() keeps pend_min)
+        cdef slot_t* s = &self.slots[lst]
+        cdef node_t* n
+        cdef uint64_t u
+        if s.len == s.cap:
+            self.grow_slot(s)
+        n = self.node(i)
+        s.a[s.len] = i
+        n.lst = <uint16_t>lst
+        n.pos = s.len
+        s.len += 1
+        if lst != self.pend_list:
+            u = n.u
+            if s.live == 0:
                 self.occupied[lst >> WL_BITS] |= (<uint64_t>1) << (lst & MASK)
                 self.slot_min[lst] = u
             elif u < self.slot_min[lst]:
                 self.slot_min[lst] = u
+        s.live += 1
+        return 0
 
-    cdef inline void unlink(self, uint32_t i) noexcept:
-        cdef node_t* n = self.node(i)
-        cdef uint32_t p = n.prev
-        cdef uint32_t q = n.next
-        cdef uint32_t lst
-        self.node(p).next = q
-        self.node(q).prev = p
-        if p == q:
-            # only the sentinel is left (p is a sentinel): list now empty
-            lst = p ^ HI
-            if lst < WL_NLISTS:
-                self.occupied[lst >> WL_BITS] &= ~((<uint64_t>1) << (lst & MASK))
+    cdef inline void drop(self, uint32_t i) noexcept:
+        # unlink node i lazily: its cell becomes garbage
+        cdef uint32_t lst = self.node(i).lst
+        cdef slot_t* s = &self.slots[lst]
+        s.live -= 1
+        if s.live == 0:
+            self.empty_list(lst)
+        elif s.len - s.live > (s.live >> 1) + COMPACT_SLACK:
+            self.compact(lst)
 
-    cdef inline void place(self, uint32_t i) noexcept:
+    cdef void empty_list(self, uint32_t lst) noexcept:
+        # live == 0: the spec's list is empty; so is the array now
+        cdef slot_t* s = &self.slots[lst]
+        s.head = 0
+        s.len = 0
+        s.live = 0
+        if s.cap > KEEP_CELLS:
+            PyMem_Free(s.a)
+            s.a = NULL
+            s.cap = 0
+        if lst == self.pend_list:
+            self.pend_list = WL_NOLIST
+        else:
+            self.occupied[lst >> WL_BITS] &= ~((<uint64_t>1) << (lst & MASK))
+
+    cdef void compact(self, uint32_t lst) noexcept:
+        # keep the live cells of [head, len), in order, at the front
+        cdef slot_t* s = &self.slots[lst]
+        cdef uint32_t* a = s.a
+        cdef uint32_t p, i, j = 0, end = s.len
+        cdef node_t* n
+        cdef uint64_t cap
+        for p in range(s.head, end):
+            if p + PREFETCH < end:
+                pf_prefetch(self.node(a[p + PREFETCH]))
+            i = a[p]
+            n = self.node(i)
+            if n.lst == lst and n.pos == p:
+                a[j] = i
+                n.pos = j
+                j += 1
+        s.head = 0
+        s.len = j
+        if s.cap > 4 * (<uint64_t>j) + KEEP_CELLS:
+            # give back most of a drained array (a failed shrink is harmless)
+            cap = 2 * (<uint64_t>j) + 8
+            a = <uint32_t*>PyMem_Realloc(s.a, <size_t>cap * sizeof(uint32_t))
+            if a != NULL:
+                s.a = a
+                s.cap = <uint32_t>cap
+
+    cdef inline int place(self, uint32_t i) except -1:
         cdef uint64_t u = self.node(i).u
         cdef int level
-        if u <= self.pend_hi and self.sn[WL_PENDING].next != (HI | WL_PENDING):
+        if u <= self.pend_hi and self.pend_list != WL_NOLIST:
             # inside the range being cascaded: queue behind it (FIFO)
-            self.link(i, WL_PENDING)
+            self.link(i, self.pend_list)
             if u < self.pend_min:
                 self.pend_min = u
-            return
+            return 0
         level = _level_for(self.elapsed, u)
         self.link(i, level * WL_SLOTS + ((u >> (WL_BITS * level)) & MASK))
+        return 0
+
+    cdef int reserve_out(self, Py_ssize_t need) except -1:
+        cdef Py_ssize_t cap
+        cdef uint32_t* p
+        if need <= self.ocap:
+            return 0
+        cap = max(need, self.ocap * 2, 1024)
+        p = <uint32_t*>PyMem_Realloc(self.obuf, <size_t>cap * sizeof(uint32_t))
+        if p == NULL:
+            raise MemoryError()
+        self.obuf = p
+        self.ocap = cap
+        return 0
 
     cdef inline bint earliest(self, uint32_t* lst, uint64_t* deadline) noexcept:
         cdef int level, slot, shift
@@ -343,16 +455,22 @@ cdef class TimerWheel:
             i = self.alloc(jid)
             self.length += 1
         else:
-            self.unlink(i)
+            self.drop(i)
         self.node(i).u = (<uint64_t>t) ^ SIGN
-        self.place(i)
+        try:
+            self.place(i)
+        except MemoryError:
+            # out of memory growing a slot array: the entry is gone
+            self.release(i)
+            self.length -= 1
+            raise
 
     def cancel(self, job_id):
         """Remove job_id; False if it was not in the wheel."""
         cdef uint32_t i = self.lookup(_as_id(job_id))
         if i == NIL:
             return False
-        self.unlink(i)
+        self.drop(i)
         self.release(i)
         self.length -= 1
         return True
@@ -367,88 +485,121 @@ cdef class TimerWheel:
     def advance(self, now, limit=None):
         """Ids due at or before now, in due order (FIFO within a second)."""
         cdef int64_t tnow = _as_time(now)
-        cdef Py_ssize_t remaining, budget
+        cdef Py_ssize_t remaining, budget, skips, popped, cnt = 0
         cdef uint64_t u_now, deadline, u
-        cdef uint32_t lst, i, q, s, first, last
+        cdef uint32_t lst, i, p, end
         cdef int level
-        cdef node_t* sent
-        cdef node_t* psent
-        cdef list out = []
+        cdef slot_t* s
+        cdef node_t* n
+        cdef uint32_t* a
         if limit is None:
-            remaining = budget = NO_LIMIT
+            remaining = budget = skips = NO_LIMIT
         else:
             limit = PyNumber_Index(limit)
             if limit < 0:
                 raise ValueError("limit must be >= 0")
             remaining = limit if limit < NO_LIMIT else NO_LIMIT
             budget = self.chunk
+            skips = 2 * budget + SKIP_SLACK if budget < NO_LIMIT // 4 else NO_LIMIT
         if tnow > self.now_:
             self.now_ = tnow
         u_now = (<uint64_t>tnow) ^ SIGN
-        psent = &self.sn[WL_PENDING]
-        while remaining:
-            if psent.next != (HI | WL_PENDING):
-                # finish the cascade of the detached slot, in chunks
-                if self.elapsed > u_now:
-                    return out
-                while budget and psent.next != (HI | WL_PENDING):
-                    i = psent.next
-                    self.unlink(i)
-                    u = self.node(i).u
-                    level = _level_for(self.elapsed, u)
-                    self.link(i, level * WL_SLOTS + ((u >> (WL_BITS * level)) & MASK))
-                    budget -= 1
-                if psent.next != (HI | WL_PENDING):
-                    return out     # budget spent; the rest on the next call
-                continue
-            if not self.earliest(&lst, &deadline) or deadline > u_now:
-                break
-            self.elapsed = deadline
-            sent = &self.sn[lst]
-            s = HI | lst
-            if lst < WL_SLOTS:
-                # level 0: every entry is due exactly at deadline
-                # pop from the head; the sentinel's bitmap bit is fixed once
-                # after the loop (the pop loop is memory-latency bound)
-                i = sent.next
-                while remaining and i != s:
-                    q = self.node(i).next
-                    out.append(self.job_of(i))
-                    self.release(i)
-                    self.length -= 1
-                    remaining -= 1
-                    i = q
-                sent.next = i
-                self.node(i).prev = s
-                if i == s:
-                    self.occupied[0] &= ~((<uint64_t>1) << lst)
-                continue
-            # upper level: detach the whole slot onto the pending list, O(1)
-            level = lst >> WL_BITS
-            first = sent.next
-            last = sent.prev
-            psent.next = first
-            psent.prev = last
-            self.node(first).prev = HI | WL_PENDING
-            self.node(last).next = HI | WL_PENDING
-            sent.next = s
-            sent.prev = s
-            self.occupied[level] &= ~((<uint64_t>1) << (lst & MASK))
-            self.pend_hi = deadline + ((<uint64_t>1) << (WL_BITS * level)) - 1
-            self.pend_min = self.slot_min[lst]
-        else:
-            return out     # limit reached: due entries may remain
-        # nothing due is left: the position catches up with now
-        if u_now > self.elapsed:
-            self.elapsed = u_now
-        return out
+        try:
+            while remaining:
+                if self.pend_list != WL_NOLIST:
+                    # finish the cascade of the detached slot, in chunks
+                    if self.elapsed > u_now:
+                        return pf_ids_to_list(self.obuf, cnt)
+                    lst = self.pend_list
+                    s = &self.slots[lst]
+                    p = s.head
+                    # link() grows other lists only: a and end stay valid
+                    a = s.a
+                    end = s.len
+                    while budget and s.live:
+                        if p + PREFETCH < end:
+                            pf_prefetch(self.node(a[p + PREFETCH]))
+                        i = a[p]
+                        n = self.node(i)
+                        p += 1
+                        if n.lst != lst or n.pos != p - 1:
+                            skips -= 1
+                            if not skips:
+                                break
+                            continue
+                        u = n.u
+                        level = _level_for(self.elapsed, u)
+                        self.link(
+                            i, level * WL_SLOTS + ((u >> (WL_BITS * level)) & MASK)
+                        )
+                        s.head = p     # an exception in link() leaves a sane list
+                        s.live -= 1
+                        budget -= 1
+                    s.head = p
+                    if s.live:
+                        # budget spent; the rest on the next call
+                        return pf_ids_to_list(self.obuf, cnt)
+                    self.empty_list(lst)
+                    continue
+                if not self.earliest(&lst, &deadline) or deadline > u_now:
+                    break
+                self.elapsed = deadline
+                s = &self.slots[lst]
+                if lst < WL_SLOTS:
+                    # level 0: every entry is due exactly at deadline
+                    self.reserve_out(cnt + min(remaining, <Py_ssize_t>s.live))
+                    a = s.a
+                    end = s.len
+                    p = s.head
+                    popped = cnt
+                    while remaining and s.live:
+                        if p + PREFETCH < end:
+                            pf_prefetch(self.node(a[p + PREFETCH]))
+                        i = a[p]
+                        n = self.node(i)
+                        p += 1
+                        if n.lst != lst or n.pos != p - 1:
+                            skips -= 1
+                            if not skips:
+                                break
+                            continue
+                        self.obuf[cnt] = self.job_of(i)
+                        cnt += 1
+                        self.release(i)
+                        s.live -= 1
+                        remaining -= 1
+                    s.head = p
+                    self.length -= cnt - popped
+                    if not s.live:
+                        self.empty_list(lst)
+                    elif not skips:
+                        return pf_ids_to_list(self.obuf, cnt)
+                    continue
+                # upper level: detach the whole slot as the pending list, O(1)
+                level = lst >> WL_BITS
+                self.occupied[level] &= ~((<uint64_t>1) << (lst & MASK))
+                self.pend_list = lst
+                self.pend_hi = deadline + ((<uint64_t>1) << (WL_BITS * level)) - 1
+                self.pend_min = self.slot_min[lst]
+            else:
+                # limit reached: due entries may remain
+                return pf_ids_to_list(self.obuf, cnt)
+            # nothing due is left: the position catches up with now
+            if u_now > self.elapsed:
+                self.elapsed = u_now
+            return pf_ids_to_list(self.obuf, cnt)
+        finally:
+            if self.ocap > KEEP_OUT:
+                PyMem_Free(self.obuf)
+                self.obuf = NULL
+                self.ocap = 0
 
     def next_due(self):
         """Earliest due time (never later than it), or None when empty."""
         cdef bint have = False
         cdef uint64_t best = 0, m, deadline
         cdef uint32_t lst
-        if self.sn[WL_PENDING].next != (HI | WL_PENDING):
+        if self.pend_list != WL_NOLIST:
             best = self.pend_min
             have = True
         if self.earliest(&lst, &deadline):
@@ -464,7 +615,7 @@ cdef class TimerWheel:
         """Remove every entry (the wheel's time is kept)."""
         cdef uint32_t k
         for k in range(self.dcap):
-            self.dn[k].next = NIL
+            self.dn[k].lst = WL_NOLIST
         self.dcount = 0
         self.reset_lists()
 
