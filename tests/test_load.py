@@ -12,16 +12,18 @@
   empty; a job may run twice only if a worker went away holding it.
 
 The server is the in-process one of :func:`periodic_fast.testing.running_server`
-on 127.0.0.1, sharing the event loop with the clients.  Time bounds are
-deadlines, never timing assertions.
+on 127.0.0.1, sharing the event loop with the clients; each test runs on the
+stock asyncio loop and on uvloop.  Time bounds are deadlines, never timing
+assertions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.util
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -38,9 +40,35 @@ from periodic_fast.codec import (
 from periodic_fast.constants import ClientType, Command
 from periodic_fast.errors import ProtocolError
 from periodic_fast.job import Job
+from periodic_fast.server.app import new_event_loop
 from periodic_fast.testing import running_server
 
 pytestmark = pytest.mark.timeout(90)
+
+HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+LOOPS = [
+    "asyncio",
+    pytest.param(
+        "uvloop", marks=pytest.mark.skipif(not HAVE_UVLOOP, reason="no uvloop")
+    ),
+]
+
+
+def run_on(kind: str, check: Callable[[], Awaitable[None]], timeout: float) -> None:
+    """Run ``check()`` on a fresh loop of ``kind`` (server and clients share it);
+    bounded by ``timeout`` (pytest-timeout cannot interrupt loop callbacks)."""
+    loop = new_event_loop(kind)  # type: ignore[arg-type]
+    try:
+        loop.run_until_complete(asyncio.wait_for(check(), timeout))
+    finally:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=5))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
 
 FUNC = b"load"
 CTRL_BASE = 0x10000000  # msgids of control requests; slots use 1..nslots
@@ -84,8 +112,7 @@ class RawConn(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop: no subclass
         self.out += encode_registration(self.client_type)
         self.on_connected()
         self.flush()
@@ -360,7 +387,7 @@ async def wait_store_empty(admin: Admin, timeout: float) -> None:
     assert await admin.dump() == []
 
 
-async def test_every_job_runs_exactly_once() -> None:
+async def check_every_job_runs_exactly_once() -> None:
     n_jobs, n_workers, n_slots = 100_000, 8, 16
     names = [b"j%06d" % i for i in range(n_jobs)]
     tr = Tracker()
@@ -403,7 +430,7 @@ async def test_every_job_runs_exactly_once() -> None:
         await close_all(conns)
 
 
-async def test_jobs_survive_disconnecting_workers() -> None:
+async def check_jobs_survive_disconnecting_workers() -> None:
     n_jobs, n_slots = 30_000, 16
     names = [b"d%06d" % i for i in range(n_jobs)]
     all_names = set(names)
@@ -473,3 +500,13 @@ async def test_jobs_survive_disconnecting_workers() -> None:
             f"jobs; {sum(tr.assigned.values()) - n_jobs} re-runs"
         )
         await close_all([w for w in workers if w not in dead] + [sub, admin])
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_every_job_runs_exactly_once(loop_kind: str) -> None:
+    run_on(loop_kind, check_every_job_runs_exactly_once, 75)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_jobs_survive_disconnecting_workers(loop_kind: str) -> None:
+    run_on(loop_kind, check_jobs_survive_disconnecting_workers, 75)
