@@ -1,6 +1,7 @@
 """The real aio-periodic 1.0.0 Client and Worker against our server.
 
-Every test runs over TCP and over a unix socket.  The server is the in-process
+Every test runs over TCP and over a unix socket, on the stock asyncio loop and
+on uvloop (each on a fresh loop, see :func:`run_on`).  The server is the in-process
 one from :func:`periodic_fast.testing.running_server`, except for the restart
 test, which needs a process it can kill (:class:`~periodic_fast.testing.ServerProcess`).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import shutil
 import tempfile
 import time
@@ -35,11 +37,19 @@ from aio_periodic import Client, Transport, Worker
 from aio_periodic.job import Job as AioJob
 from aio_periodic.rsp import DoneResponse, FailResponse, SchedLaterResponse
 
+from periodic_fast.server.app import new_event_loop
 from periodic_fast.testing import ServerProcess, running_server
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
 TRANSPORTS = ["tcp", "unix"]
+HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+LOOPS = [
+    "asyncio",
+    pytest.param(
+        "uvloop", marks=pytest.mark.skipif(not HAVE_UVLOOP, reason="no uvloop")
+    ),
+]
 
 
 # -- helpers -------------------------------------------------------------------
@@ -141,19 +151,53 @@ async def no_jobs_left(client: Client, func: str) -> bool:
     return s is not None and s["job_count"] == 0 and s["processing"] == 0
 
 
+@pytest.fixture(params=LOOPS)
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(params=TRANSPORTS)
-async def address(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    kind = request.param
-    async with running_server(tcp=kind == "tcp", unix=kind == "unix") as srv:
-        (addr,) = srv.addresses
-        assert addr.startswith(f"{kind}://")
-        yield addr
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def run_on(kind: str, main: Callable[[], Awaitable[None]], timeout: float = 50) -> None:
+    """Run ``main()`` on a fresh loop of ``kind``, bounded by ``timeout``
+    (pytest-timeout cannot interrupt callbacks running inside a loop)."""
+    loop = new_event_loop(kind)  # type: ignore[arg-type]
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), timeout))
+    finally:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=5))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+
+def with_server(
+    kind: str, transport: str, check: Callable[[str], Awaitable[None]]
+) -> None:
+    """``check(address)`` against an in-process server on ``transport``."""
+
+    async def main() -> None:
+        async with running_server(
+            tcp=transport == "tcp", unix=transport == "unix"
+        ) as srv:
+            (addr,) = srv.addresses
+            assert addr.startswith(f"{transport}://")
+            await check(addr)
+
+    run_on(kind, main)
 
 
 # -- tests -----------------------------------------------------------------------
 
 
-async def test_submit_then_done(address: str) -> None:
+async def check_submit_then_done(address: str) -> None:
     seen: list[tuple[str, bytes]] = []
 
     async def echo(job: AioJob) -> DoneResponse:
@@ -168,7 +212,7 @@ async def test_submit_then_done(address: str) -> None:
         assert seen == [("a1", b"hi")]
 
 
-async def test_sched_later_repeats_with_count(address: str) -> None:
+async def check_sched_later_repeats_with_count(address: str) -> None:
     runs: list[tuple[int, float]] = []
 
     async def repeat(job: AioJob) -> Any:
@@ -191,7 +235,7 @@ async def test_sched_later_repeats_with_count(address: str) -> None:
             assert t1 - t0 < 4, runs
 
 
-async def test_fail_then_retry(address: str) -> None:
+async def check_fail_then_retry(address: str) -> None:
     runs: list[tuple[int, float]] = []
 
     async def flaky(job: AioJob) -> Any:
@@ -215,7 +259,7 @@ async def test_fail_then_retry(address: str) -> None:
         assert t1 - t0 < 4, runs
 
 
-async def test_run_job_returns_worker_data(address: str) -> None:
+async def check_run_job_returns_worker_data(address: str) -> None:
     async def upper(job: AioJob) -> bytes:
         return b"result:" + job.workload.upper()
 
@@ -230,7 +274,7 @@ async def test_run_job_returns_worker_data(address: str) -> None:
         assert await no_jobs_left(client, "upper")
 
 
-async def test_run_job_without_worker_raises(address: str) -> None:
+async def check_run_job_without_worker_raises(address: str) -> None:
     async with aio_client(address) as client:
         with pytest.raises(Exception, match="no worker"):
             await client.run_job("nobody", "n1", b"x", timeout=5)
@@ -238,7 +282,7 @@ async def test_run_job_without_worker_raises(address: str) -> None:
         assert st is None or st["job_count"] == 0, st
 
 
-async def test_remove_job(address: str) -> None:
+async def check_remove_job(address: str) -> None:
     ran: list[str] = []
 
     async def task(job: AioJob) -> bytes:
@@ -261,7 +305,7 @@ async def test_remove_job(address: str) -> None:
         assert ran == ["z-sentinel"]
 
 
-async def test_drop_func(address: str) -> None:
+async def check_drop_func(address: str) -> None:
     async def task(job: AioJob) -> bytes:
         return b""
 
@@ -284,7 +328,7 @@ async def test_drop_func(address: str) -> None:
             assert (st["worker_count"], st["job_count"]) == (1, 1)
 
 
-async def test_status_as_aio_parses_it(address: str) -> None:
+async def check_status_as_aio_parses_it(address: str) -> None:
     release = asyncio.Event()
     started = asyncio.Event()
 
@@ -329,7 +373,7 @@ async def test_status_as_aio_parses_it(address: str) -> None:
         await wait_until(running_done, 5, "the running job to finish")
 
 
-async def test_lock_limits_concurrency(address: str) -> None:
+async def check_lock_limits_concurrency(address: str) -> None:
     active = 0
     max_active = 0
     done: list[tuple[int, str]] = []
@@ -365,7 +409,7 @@ async def test_lock_limits_concurrency(address: str) -> None:
         assert max_active == 1, done
 
 
-async def test_broadcast_reaches_every_worker(address: str) -> None:
+async def check_broadcast_reaches_every_worker(address: str) -> None:
     got: list[tuple[int, str]] = []
 
     def make(wid: int) -> Callable[[AioJob], Awaitable[bytes]]:
@@ -393,10 +437,10 @@ async def test_broadcast_reaches_every_worker(address: str) -> None:
 # -- restart ---------------------------------------------------------------------
 
 
-@pytest.fixture(params=TRANSPORTS)
-def server_process(request: pytest.FixtureRequest) -> Any:
+@pytest.fixture
+def server_process(transport: str) -> Any:
     tmpdir = tempfile.mkdtemp(prefix="pf-rs-")
-    address = f"unix://{tmpdir}/p.sock" if request.param == "unix" else None
+    address = f"unix://{tmpdir}/p.sock" if transport == "unix" else None
     proc = ServerProcess(["-p", ":memory:"], address=address)
     proc.start()
     try:
@@ -406,9 +450,7 @@ def server_process(request: pytest.FixtureRequest) -> Any:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-@pytest.mark.parametrize("how", ["stop", "kill"])
-async def test_worker_survives_server_restart(server_process: Any, how: str) -> None:
-    proc = server_process
+async def check_worker_survives_server_restart(proc: ServerProcess, how: str) -> None:
     address = proc.address
     ran: list[str] = []
 
@@ -453,3 +495,53 @@ async def test_worker_survives_server_restart(server_process: Any, how: str) -> 
             await wait_until(lambda: no_jobs_left(client, "survive"), 5, "WORK_DONE")
         assert ran == ["before", "after"]
         assert worker.connected
+
+
+# -- the tests: every check on both loops and both transports ----------------
+
+
+def test_submit_then_done(loop_kind: str, transport: str) -> None:
+    with_server(loop_kind, transport, check_submit_then_done)
+
+
+def test_sched_later_repeats_with_count(loop_kind: str, transport: str) -> None:
+    with_server(loop_kind, transport, check_sched_later_repeats_with_count)
+
+
+def test_fail_then_retry(loop_kind: str, transport: str) -> None:
+    with_server(loop_kind, transport, check_fail_then_retry)
+
+
+def test_run_job_returns_worker_data(loop_kind: str, transport: str) -> None:
+    with_server(loop_kind, transport, check_run_job_returns_worker_data)
+
+
+def test_run_job_without_worker_raises(loop_kind: str, transport: str) -> None:
+    with_server(loop_kind, transport, check_run_job_without_worker_raises)
+
+
+def test_remove_job(loop_kind: str, transport: str) -> None:
+    with_server(loop_kind, transport, check_remove_job)
+
+
+def test_drop_func(loop_kind: str, transport: str) -> None:
+    with_server(loop_kind, transport, check_drop_func)
+
+
+def test_status_as_aio_parses_it(loop_kind: str, transport: str) -> None:
+    with_server(loop_kind, transport, check_status_as_aio_parses_it)
+
+
+def test_lock_limits_concurrency(loop_kind: str, transport: str) -> None:
+    with_server(loop_kind, transport, check_lock_limits_concurrency)
+
+
+def test_broadcast_reaches_every_worker(loop_kind: str, transport: str) -> None:
+    with_server(loop_kind, transport, check_broadcast_reaches_every_worker)
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_worker_survives_server_restart(
+    loop_kind: str, server_process: ServerProcess, how: str
+) -> None:
+    run_on(loop_kind, lambda: check_worker_survives_server_restart(server_process, how))
