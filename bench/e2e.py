@@ -521,10 +521,10 @@ def machine_facts(server_impl: dict[str, str]) -> dict[str, Any]:
     except OSError:
         pass
     try:
-        import uvloop
+        from importlib.metadata import version
 
-        uv = uvloop.__version__
-    except ImportError:
+        uv = version("uvloop")
+    except Exception:  # PackageNotFoundError
         uv = "not installed"
     try:
         commit = subprocess.run(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import importlib.util
 import time
 from collections.abc import Awaitable, Callable
@@ -311,10 +312,10 @@ class RawWorker(RawConn):
             return
         if msgid <= self.nslots:
             return  # GRAB_JOB acknowledged
-        name = self.pending_done.pop(msgid, None)
-        if name is not None:
-            self.held.discard(name)
-            tr.done.add(name)
+        done = self.pending_done.pop(msgid, None)
+        if done is not None:
+            self.held.discard(done)
+            tr.done.add(done)
             tr.progress.set()
         elif msgid in self.pending_ctrl:
             self.pending_ctrl.discard(msgid)
@@ -396,11 +397,13 @@ async def check_every_job_runs_exactly_once() -> None:
         conns: list[RawConn] = []
         workers: list[RawWorker] = []
         for i in range(n_workers):
-            _, w = await connect(address, lambda i=i: RawWorker(tr, f"w{i}", n_slots))
+            _, w = await connect(
+                address, functools.partial(RawWorker, tr, f"w{i}", n_slots)
+            )
             workers.append(w)
         subs: list[Submitter] = []
         for i in range(2):
-            _, s = await connect(address, lambda i=i: Submitter(tr, f"s{i}"))
+            _, s = await connect(address, functools.partial(Submitter, tr, f"s{i}"))
             subs.append(s)
         _, admin = await connect(address, lambda: Admin(tr, "admin"))
         conns += [*workers, *subs, admin]
