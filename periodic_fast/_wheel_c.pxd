@@ -24,6 +24,25 @@ cdef extern from *:
     static inline void pf_prefetch(const void* p) { __builtin_prefetch(p, 1, 3); }
     #endif
 
+    /* Give the pages wholly inside [lo, hi) back to the OS (their contents
+       become undefined).  Used on the consumed head of a long slot array, so
+       that freeing the array later is cheap: unmapping 40 MB of touched pages
+       at once takes milliseconds.  A no-op where madvise is not available. */
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    #include <unistd.h>
+    static inline void pf_discard(void* lo, void* hi) {
+        static uintptr_t pg = 0;
+        uintptr_t a, b;
+        if (pg == 0) pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+        a = ((uintptr_t)lo + pg - 1) & ~(pg - 1);
+        b = (uintptr_t)hi & ~(pg - 1);
+        if (b > a) (void)madvise((void*)a, b - a, MADV_DONTNEED);
+    }
+    #else
+    static inline void pf_discard(void* lo, void* hi) { (void)lo; (void)hi; }
+    #endif
+
     /* a new list of n ints from buf[0..n) (NULL with an exception set) */
     static PyObject* pf_ids_to_list(const uint32_t* buf, Py_ssize_t n) {
         Py_ssize_t k;
@@ -31,7 +50,9 @@ cdef extern from *:
         PyObject* out = PyList_New(n);
         if (out == NULL) return NULL;
         for (k = 0; k < n; k++) {
-            v = PyLong_FromUnsignedLong(buf[k]);
+            /* the common case skips the digit count of the unsigned path */
+            v = buf[k] < (1u << 30) ? PyLong_FromLong((long)buf[k])
+                                    : PyLong_FromUnsignedLong(buf[k]);
             if (v == NULL) { Py_DECREF(out); return NULL; }
             PyList_SET_ITEM(out, k, v);
         }
@@ -44,6 +65,7 @@ cdef extern from *:
     # a hint only: any address is fine, nothing is read
     void pf_prefetch(const void* p) noexcept nogil
     list pf_ids_to_list(const uint32_t* buf, Py_ssize_t n)
+    void pf_discard(void* lo, void* hi) noexcept nogil
 
 
 # One wheel entry.  16 bytes, plus its 4-byte index in a slot array: the whole
@@ -67,6 +89,7 @@ ctypedef struct slot_t:
     uint32_t len     # cells in use
     uint32_t cap     # allocated cells
     uint32_t live    # live entries in [head, len)
+    uint32_t trimmed # cells [0, trimmed) were given back (pf_discard)
 
 
 cdef enum:
@@ -118,6 +141,7 @@ cdef class TimerWheel:
     cdef inline void drop(self, uint32_t i) noexcept
     cdef void compact(self, uint32_t lst) noexcept
     cdef void empty_list(self, uint32_t lst) noexcept
+    cdef inline void trim_head(self, slot_t* s) noexcept
     cdef int grow_slot(self, slot_t* s) except -1
     cdef int reserve_out(self, Py_ssize_t need) except -1
     cdef inline int place(self, uint32_t i) except -1

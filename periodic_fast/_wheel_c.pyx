@@ -73,6 +73,8 @@ cdef uint32_t COMPACT_SLACK = 64
 cdef uint32_t KEEP_CELLS = 1024
 # stale cells skipped per limited advance: 2 * chunk + SKIP_SLACK
 cdef Py_ssize_t SKIP_SLACK = 65536
+# consumed head cells are given back to the OS in steps of this many
+cdef uint32_t TRIM_CELLS = 1 << 16
 # the output buffer is freed after a call that needed more cells than this
 cdef Py_ssize_t KEEP_OUT = 1 << 18
 
@@ -363,6 +365,7 @@ cdef class TimerWheel:
         s.head = 0
         s.len = 0
         s.live = 0
+        s.trimmed = 0
         if s.cap > KEEP_CELLS:
             PyMem_Free(s.a)
             s.a = NULL
@@ -371,6 +374,14 @@ cdef class TimerWheel:
             self.pend_list = WL_NOLIST
         else:
             self.occupied[lst >> WL_BITS] &= ~((<uint64_t>1) << (lst & MASK))
+
+    cdef inline void trim_head(self, slot_t* s) noexcept:
+        # a long list consumed from its head (a big cascade or pop run):
+        # give the consumed pages back now, a step per call, rather than all
+        # at once when the array is freed
+        if s.head - s.trimmed >= TRIM_CELLS:
+            pf_discard(&s.a[s.trimmed], &s.a[s.head])
+            s.trimmed = s.head
 
     cdef void compact(self, uint32_t lst) noexcept:
         # keep the live cells of [head, len), in order, at the front
@@ -390,6 +401,7 @@ cdef class TimerWheel:
                 j += 1
         s.head = 0
         s.len = j
+        s.trimmed = 0
         if s.cap > 4 * (<uint64_t>j) + KEEP_CELLS:
             # give back most of a drained array (a failed shrink is harmless)
             cap = 2 * (<uint64_t>j) + 8
@@ -536,6 +548,7 @@ cdef class TimerWheel:
                         s.live -= 1
                         budget -= 1
                     s.head = p
+                    self.trim_head(s)
                     if s.live:
                         # budget spent; the rest on the next call
                         return pf_ids_to_list(self.obuf, cnt)
@@ -569,6 +582,7 @@ cdef class TimerWheel:
                         s.live -= 1
                         remaining -= 1
                     s.head = p
+                    self.trim_head(s)
                     self.length -= cnt - popped
                     if not s.live:
                         self.empty_list(lst)
