@@ -143,6 +143,7 @@ cdef class TimerWheel:
     cdef void empty_list(self, uint32_t lst) noexcept
     cdef inline void trim_head(self, slot_t* s) noexcept
     cdef int grow_slot(self, slot_t* s) except -1
+    cdef void reserve_level(self, int level, uint32_t n) noexcept
     cdef int reserve_out(self, Py_ssize_t need) except -1
     cdef inline int place(self, uint32_t i) except -1
     cdef inline bint earliest(self, uint32_t* lst, uint64_t* deadline) noexcept

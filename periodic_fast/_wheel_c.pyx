@@ -73,6 +73,8 @@ cdef uint32_t COMPACT_SLACK = 64
 cdef uint32_t KEEP_CELLS = 1024
 # stale cells skipped per limited advance: 2 * chunk + SKIP_SLACK
 cdef Py_ssize_t SKIP_SLACK = 65536
+# a detached slot with this many live entries pre-sizes the level below
+cdef uint32_t RESERVE_MIN = 1 << 16
 # consumed head cells are given back to the OS in steps of this many
 cdef uint32_t TRIM_CELLS = 1 << 16
 # the output buffer is freed after a call that needed more cells than this
@@ -325,6 +327,25 @@ cdef class TimerWheel:
         s.a = a
         s.cap = <uint32_t>cap
         return 0
+
+    cdef void reserve_level(self, int level, uint32_t n) noexcept:
+        # before cascading n entries into `level` (empty: the detached slot
+        # was the earliest), give its 64 arrays room for an even share plus
+        # 1/8, so the chunked cascade does not regrow (copy) 64 arrays at
+        # once; best effort, and untouched room costs no RSS
+        cdef uint64_t want = (<uint64_t>n >> WL_BITS) + (<uint64_t>n >> 9)
+        cdef uint32_t* a
+        cdef slot_t* s
+        cdef int k
+        for k in range(WL_SLOTS):
+            s = &self.slots[level * WL_SLOTS + k]
+            if s.cap - s.len >= want or s.len + want > 0xFFFFFFFF:
+                continue
+            a = <uint32_t*>PyMem_Realloc(s.a, <size_t>(s.len + want) * sizeof(uint32_t))
+            if a == NULL:
+                return
+            s.a = a
+            s.cap = <uint32_t>(s.len + want)
 
     cdef inline int link(self, uint32_t i, uint32_t lst) except -1:
         # append node i at the tail of list lst (FIFO); the pending list has
@@ -595,6 +616,8 @@ cdef class TimerWheel:
                 self.pend_list = lst
                 self.pend_hi = deadline + ((<uint64_t>1) << (WL_BITS * level)) - 1
                 self.pend_min = self.slot_min[lst]
+                if s.live >= RESERVE_MIN:
+                    self.reserve_level(level - 1, s.live)
             else:
                 # limit reached: due entries may remain
                 return pf_ids_to_list(self.obuf, cnt)
