@@ -20,6 +20,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from typer.exceptions import Abort, TyperException
 
 from .constants import ADDRESS_ENV, DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 
@@ -223,9 +224,28 @@ def periodicd(
     raise typer.Exit(code)
 
 
+def _run(application: typer.Typer, prog_name: str) -> None:
+    """Run a typer app; a usage error becomes one line on stderr, exit 2.
+
+    Click's standalone mode prints a usage block and a boxed message; scripts
+    and health checks want one line they can log, and the exit status.
+    """
+    try:
+        code = application(prog_name=prog_name, standalone_mode=False)
+    except TyperException as exc:  # usage errors and the like (click's, vendored)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (try '{ctx.command_path} -h')" if ctx is not None else ""
+        print(f"Error: {exc.format_message()}{hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Abort:
+        print("Error: aborted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 def periodicd_main() -> None:
     """Entry point of the ``periodicd`` script."""
-    periodicd_app(prog_name="periodicd")
+    _run(periodicd_app, "periodicd")
 
 
 # -- periodic ------------------------------------------------------------------
@@ -285,7 +305,7 @@ def periodic(
 
 def main() -> None:
     """Entry point of the ``periodic`` script and ``python -m periodic_fast``."""
-    app(prog_name="periodic")
+    _run(app, "periodic")
 
 
 # client sub-commands (status, submit, run, ...) live in cli_client.py

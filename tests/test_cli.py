@@ -355,3 +355,20 @@ def test_shutdown_command() -> None:
         r = periodic("shutdown", address=proc.address)
         assert r.returncode == 0, r.stderr
         assert proc.wait(10) == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["submit", "--bogus"],
+        ["config", "set", "timeout", "abc"],
+        ["submit", "f", "n", "--later", "x"],
+        ["-d", "--no-such-flag"],
+        ["no-such-command"],
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str]) -> None:
+    r = periodic(*args, address="tcp://127.0.0.1:1")
+    assert r.returncode == 2, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
