@@ -1,6 +1,6 @@
 """Our Client vs aio-periodic 1.0.0 on the same server, in the same run.
 
-Starts one server subprocess (``python -m periodic_fast -d --loop asyncio`` on
+Starts one server subprocess (``python -m periodic_fast -d``, uvloop, on
 127.0.0.1) and measures, for each client:
 
 * submits/s: N ``submit_job`` calls, ``--concurrency`` at a time (aio and
@@ -11,6 +11,10 @@ Starts one server subprocess (``python -m periodic_fast -d --loop asyncio`` on
 Usage::
 
     python bench/bench_clients.py [--n 20000] [--runs 2000] [--concurrency 100]
+        [--repeats 3] [--loop uvloop|asyncio]
+
+Each figure is the median of ``--repeats`` rounds; both clients run on the
+same event loop kind in the same round.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import statistics
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -101,15 +106,27 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000, help="submits per client")
     ap.add_argument("--runs", type=int, default=2000, help="run_job calls")
     ap.add_argument("--concurrency", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds; medians")
+    ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     args = ap.parse_args()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    with ServerProcess(["--loop", "asyncio", "--log", "warning"]) as proc:
-        res = asyncio.run(bench(proc.address, args.n, args.runs, args.concurrency))
+    rounds: list[dict[str, float]] = []
+    with ServerProcess(["--log", "warning"]) as proc:
+        for _ in range(args.repeats):
+            coro = bench(proc.address, args.n, args.runs, args.concurrency)
+            if args.loop == "uvloop":
+                import uvloop
+
+                rounds.append(uvloop.run(coro))
+            else:
+                rounds.append(asyncio.run(coro))
+    res = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     print(
         f"commit {commit}, Python {platform.python_version()}, codec {IMPLEMENTATION}, "
-        f"n={args.n} runs={args.runs} concurrency={args.concurrency}"
+        f"n={args.n} runs={args.runs} concurrency={args.concurrency} "
+        f"client loop {args.loop}, median of {args.repeats}"
     )
     print("| measure | ops/s |")
     print("|---|---:|")
