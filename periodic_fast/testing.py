@@ -48,7 +48,8 @@ async def running_server(
 
     Listens on ``tcp://127.0.0.1:0`` (when ``tcp``) and on a socket in a fresh
     temporary directory (when ``unix``); ``server.addresses`` lists the real
-    addresses, TCP first.  Extra keyword arguments go to :class:`Server`.
+    addresses, TCP first.  Extra keyword arguments go to :class:`Server`
+    (e.g. ``clock=`` a movable clock; then ``server.poke()`` runs its timer).
     """
     if not (tcp or unix):
         raise ValueError("need tcp, unix or both")

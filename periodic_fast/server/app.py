@@ -2,9 +2,10 @@
 
 :class:`Server` binds any number of ``tcp://`` and ``unix://`` addresses,
 builds the scheduler (or takes one from a factory), and drives it with a single
-loop timer: ``scheduler.tick(time.time())``, then re-arm for
-``min(scheduler.next_wakeup(), now + 1.0)``.  After each batch of input the
-timer is pulled earlier if the scheduler now has earlier work.
+loop timer: ``scheduler.tick(clock())`` (``clock`` is ``time.time`` unless
+injected), then re-arm for ``min(scheduler.next_wakeup(), now + 1.0)``.  After
+each batch of input the timer is pulled earlier if the scheduler now has
+earlier work.
 
 :func:`run` is the blocking entry point used by the CLI: it picks uvloop when
 it is importable (unless ``PERIODIC_FAST_NO_UVLOOP`` is set or asyncio is
@@ -155,6 +156,9 @@ class Server:
         (0 disables).
     :param max_output: unread output after which a peer is dropped.
     :param name: server name used in log lines.
+    :param clock: wall clock in float seconds (``time.time``); every "now"
+        the scheduler sees comes from it.  Tests inject a movable clock and
+        call :meth:`poke` after moving it.
     """
 
     def __init__(
@@ -168,6 +172,7 @@ class Server:
         registration_timeout: float = DEFAULT_REGISTRATION_TIMEOUT,
         max_output: int = DEFAULT_MAX_OUTPUT,
         name: str = "periodicd",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not addresses:
             raise ValueError("no listen address")
@@ -180,6 +185,7 @@ class Server:
         self._registration_timeout = registration_timeout
         self._max_output = max_output
         self.name = name
+        self._clock = clock
         self._scheduler: SchedulerLike | None = None
         self._hub: Hub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -224,7 +230,7 @@ class Server:
         self._done = asyncio.Event()
         self._state = "running"
         try:
-            scheduler = self._factory(time.time(), self.request_stop)
+            scheduler = self._factory(self._clock(), self.request_stop)
             self._scheduler = scheduler
             hub = Hub(
                 scheduler,
@@ -232,6 +238,7 @@ class Server:
                 max_frame=self._max_frame,
                 registration_timeout=self._registration_timeout,
                 max_output=self._max_output,
+                clock=self._clock,
             )
             hub.on_input = self.input_done
             self._hub = hub
@@ -240,7 +247,7 @@ class Server:
         except BaseException:
             await self.stop()
             raise
-        self._arm(time.time())
+        self._arm(self._clock())
         log.info("%s: listening on %s", self.name, ", ".join(self._addresses))
 
     async def _listen(
@@ -360,14 +367,25 @@ class Server:
         self._timer = None
         if self._state != "running":
             return
-        now = time.time()
+        now = self._clock()
         assert self._scheduler is not None
         try:
             self._scheduler.tick(now)
         except Exception:
             log.exception("%s: internal error in tick", self.name)
         if self._state == "running":
-            self._arm(time.time())
+            self._arm(self._clock())
+
+    def poke(self) -> None:
+        """Run the timer now: ``scheduler.tick(clock())``, then re-arm.
+
+        For tests that move an injected clock; a no-op unless running.
+        """
+        if self._state != "running" or self._scheduler is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._on_timer()
 
     def input_done(self) -> None:
         """Pull the timer earlier if the scheduler now has earlier work."""
@@ -376,7 +394,7 @@ class Server:
         nxt = self._scheduler.next_wakeup()
         if nxt is not None and nxt < self._timer_due - 0.001:
             self._timer.cancel()
-            self._arm(time.time())
+            self._arm(self._clock())
 
 
 # -- blocking entry point --------------------------------------------------------

@@ -105,6 +105,7 @@ class Hub:
         "_dirty",
         "_flush_scheduled",
         "_next_id",
+        "clock",
         "connections",
         "loop",
         "max_frame",
@@ -123,9 +124,12 @@ class Hub:
         max_frame: int = DEFAULT_MAX_FRAME,
         registration_timeout: float = DEFAULT_REGISTRATION_TIMEOUT,
         max_output: int = DEFAULT_MAX_OUTPUT,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.scheduler = scheduler
         self.loop = loop
+        #: wall clock (float seconds) for every "now" handed to the scheduler
+        self.clock = clock
         self.max_frame = max_frame
         self.registration_timeout = registration_timeout
         self.max_output = max_output
@@ -314,7 +318,7 @@ class ServerProtocol(asyncio.Protocol):
     def _handle_packets(self, packets: Iterable[Packet]) -> None:
         scheduler = self._hub.scheduler
         cid = self._conn_id
-        now = time.time()  # one clock read per batch of input
+        now = self._hub.clock()  # one clock read per batch of input
         for packet in packets:
             if self._closing:
                 return
@@ -468,6 +472,6 @@ class ServerProtocol(asyncio.Protocol):
         if conns.get(cid) is self:
             del conns[cid]
         try:
-            self._hub.scheduler.disconnect(cid, time.time())
+            self._hub.scheduler.disconnect(cid, self._hub.clock())
         except Exception:  # pragma: no cover - scheduler bug
             log.exception("%s: internal error in disconnect", self._peer)
