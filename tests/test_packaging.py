@@ -47,6 +47,12 @@ def _run(cmd: list[str], **kw: object) -> str:
     return str(out.stdout)
 
 
+def _pip_wheel(source: pathlib.Path, out: pathlib.Path, env: dict[str, str]) -> None:
+    """Build one wheel of ``source`` into ``out`` with extra build ``env``."""
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps"]
+    _run([*pip, "-w", str(out), str(source)], env=env)
+
+
 def _fresh_python(where: pathlib.Path) -> str:
     venv.create(where, with_pip=True, clear=True)
     return str(where / "bin" / "python")
@@ -99,20 +105,7 @@ def test_pure_build_with_env_var(
     source_copy: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
     out = tmp_path / "dist"
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "-w",
-            str(out),
-            str(source_copy),
-        ],
-        env={"PERIODIC_FAST_NO_EXTENSIONS": "1"},
-    )
+    _pip_wheel(source_copy, out, {"PERIODIC_FAST_NO_EXTENSIONS": "1"})
     (wheel,) = out.glob("*.whl")
     assert wheel.name.endswith("py3-none-any.whl")
     assert _install_and_check(tmp_path, wheel) == ["python", "python"]
@@ -123,19 +116,6 @@ def test_build_without_a_c_compiler(
 ) -> None:
     out = tmp_path / "dist"
     # 'false' stands in for a missing compiler: every compile step fails
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "-w",
-            str(out),
-            str(source_copy),
-        ],
-        env={"CC": "false", "CXX": "false", "LDSHARED": "false"},
-    )
+    _pip_wheel(source_copy, out, {"CC": "false", "CXX": "false", "LDSHARED": "false"})
     (wheel,) = out.glob("*.whl")
     assert _install_and_check(tmp_path, wheel) == ["python", "python"]
