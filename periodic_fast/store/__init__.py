@@ -15,10 +15,20 @@ Contract (every implementation, present and future):
   write of a key wins) that a writer thread commits in groups.  Writes must be
   applied in call order per key.
 * **Durability barrier.**  :meth:`Store.on_durable` registers a callback for
-  "everything written so far is committed"; a server that acknowledges only
-  durable state holds its output until then.  :meth:`Store.flush` is the
-  blocking form (shutdown, tests).  The memory store runs callbacks at once and
-  its ``flush`` is a no-op.
+  "everything written so far is committed"; the server holds every reply (and
+  every push) of a loop turn until the barrier registered after that turn
+  fires, so nothing a peer sees is ever ahead of the disk.  Callbacks fire in
+  registration order, exactly once each, with ``None`` on success or the
+  exception when the commit covering them failed (the server then turns the
+  held SUCCESS replies into NO_WORKER, the protocol's generic refusal).  A
+  failed batch is *not* forgotten: the store keeps it and retries it with the
+  next commit, so memory and disk converge once the disk recovers; a failed
+  fsync is never treated as done.  :meth:`Store.flush` is the blocking form
+  (shutdown, tests) and raises the commit error.
+* **Deferred or immediate.**  ``Store.deferred`` is True for a store whose
+  writes become durable later (SQLite, PostgreSQL): the server holds output
+  behind :meth:`Store.on_durable`.  The memory store is immediate
+  (``deferred = False``): callbacks run at once and ``flush`` is a no-op.
 * **Missing keys are not errors.**  ``set_state``/``delete_job`` of an unknown
   job, ``delete_func`` of an unknown func do nothing.
 * After :meth:`Store.close` no other method is called; ``close`` is idempotent.
@@ -56,6 +66,10 @@ class Store(Protocol):
     calling contract (enqueued writes, durability barrier).
     """
 
+    #: True when writes become durable later (the server must hold replies
+    #: behind :meth:`on_durable`); False for an immediate store (memory).
+    deferred: bool
+
     def load(self) -> StoreSnapshot:
         """Return everything stored; called once at start-up."""
         ...
@@ -89,15 +103,18 @@ class Store(Protocol):
         ...
 
     def flush(self) -> None:
-        """Block until every write enqueued so far is durable."""
+        """Block until every write enqueued so far is durable; raise the
+        commit error if it is not."""
         ...
 
-    def on_durable(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once every write enqueued so far is durable.
+    def on_durable(self, callback: Callable[[BaseException | None], None]) -> None:
+        """Call ``callback(error)`` once every write enqueued so far is durable
+        (``error`` is None) or its commit failed (``error`` is the exception).
 
-        A threaded store may call it from its writer thread; the caller
-        marshals it back to its loop (``loop.call_soon_threadsafe``).  It may
-        also be called synchronously, before ``on_durable`` returns.
+        Callbacks fire in registration order.  A threaded store may call it
+        from its writer thread; the caller marshals it back to its loop
+        (``loop.call_soon_threadsafe``).  It may also be called synchronously,
+        before ``on_durable`` returns, when nothing is pending or in flight.
         """
         ...
 

@@ -21,6 +21,9 @@ class MemoryStore:
 
     __slots__ = ("_closed", "_config", "_funcs", "_jobs")
 
+    #: writes are "durable" at once: the server need not hold replies
+    deferred = False
+
     def __init__(self) -> None:
         # func -> name -> [job, state]: two levels so DROP_FUNC is one pop and
         # the hot calls need no tuple key; a list so set_state allocates nothing
@@ -80,9 +83,9 @@ class MemoryStore:
     def flush(self) -> None:
         """Nothing to wait for."""
 
-    def on_durable(self, callback: Callable[[], None]) -> None:
-        """Everything is durable already: run ``callback`` now."""
-        callback()
+    def on_durable(self, callback: Callable[[BaseException | None], None]) -> None:
+        """Everything is durable already: run ``callback(None)`` now."""
+        callback(None)
 
     def close(self) -> None:
         """Mark closed (the data stays readable for a following ``load``)."""
