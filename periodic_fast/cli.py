@@ -224,14 +224,16 @@ def periodicd(
     raise typer.Exit(code)
 
 
-def _run(application: typer.Typer, prog_name: str) -> None:
+def _run(
+    application: typer.Typer, prog_name: str, args: list[str] | None = None
+) -> None:
     """Run a typer app; a usage error becomes one line on stderr, exit 2.
 
     Click's standalone mode prints a usage block and a boxed message; scripts
     and health checks want one line they can log, and the exit status.
     """
     try:
-        code = application(prog_name=prog_name, standalone_mode=False)
+        code = application(args=args, prog_name=prog_name, standalone_mode=False)
     except TyperException as exc:  # usage errors and the like (click's, vendored)
         ctx = getattr(exc, "ctx", None)
         hint = f" (try '{ctx.command_path} -h')" if ctx is not None else ""
@@ -262,40 +264,26 @@ app = typer.Typer(
 def periodic(
     ctx: typer.Context,
     daemon: Annotated[
-        bool, typer.Option("-d", "--daemon", help="Run the server (foreground).")
+        bool,
+        typer.Option(
+            "-d",
+            "--daemon",
+            help="Run the server (foreground); takes every periodicd option.",
+        ),
     ] = False,
-    host: HostOpt = None,
-    path: PathOpt = None,
-    log: LogOpt = "info",
-    name: NameOpt = "periodic",
-    timeout: TimeoutOpt = None,
-    assign_wait: AssignWaitOpt = None,
-    keepalive: KeepaliveOpt = None,
-    lock_timeout: LockTimeoutOpt = None,
-    max_frame: MaxFrameOpt = DEFAULT_MAX_FRAME,
-    registration_timeout: RegTimeoutOpt = 30.0,
-    max_output: MaxOutputOpt = 64 * 1024 * 1024,
-    loop: LoopOpt = "auto",
+    host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-H",
+            "--host",
+            help=f"Server address (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS}).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Periodic job server and client tool."""
-    if daemon:
-        code = _serve(
-            host=host,
-            path=path,
-            log=log,
-            name=name,
-            config={
-                "timeout": timeout,
-                "assign-wait": assign_wait,
-                "keepalive": keepalive,
-                "lock-timeout": lock_timeout,
-            },
-            max_frame=max_frame,
-            registration_timeout=registration_timeout,
-            max_output=max_output,
-            loop=loop,
-        )
-        raise typer.Exit(code)
+    if daemon:  # only reached through --help paths; main() forwards -d
+        raise typer.Exit(periodicd_main_args([]))
     obj: dict[str, Any] = {"addresses": _addresses(host)}
     ctx.obj = obj
     if ctx.invoked_subcommand is None:
@@ -303,8 +291,35 @@ def periodic(
         raise typer.Exit(0)
 
 
+def periodicd_main_args(args: list[str]) -> int:
+    """Run ``periodicd`` with ``args``; return its exit status."""
+    try:
+        _run(periodicd_app, "periodic -d", args)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+def _daemon_args(argv: list[str]) -> list[str] | None:
+    """``periodic [-H A] -d [server options]`` -> the periodicd arguments, or
+    None when ``-d``/``--daemon`` is not among the global options."""
+    for i, arg in enumerate(argv):
+        if arg in ("-d", "--daemon"):
+            return argv[:i] + argv[i + 1 :]
+        if not arg.startswith("-") and (i == 0 or argv[i - 1] not in ("-H", "--host")):
+            return None  # a sub-command name: its own options follow
+    return None
+
+
 def main() -> None:
-    """Entry point of the ``periodic`` script and ``python -m periodic_fast``."""
+    """Entry point of the ``periodic`` script and ``python -m periodic_fast``.
+
+    ``periodic -d ...`` is ``periodicd ...``: the server options are declared
+    once, on :func:`periodicd`.
+    """
+    daemon = _daemon_args(sys.argv[1:])
+    if daemon is not None:
+        _run(periodicd_app, "periodic -d", daemon)
     _run(app, "periodic")
 
 
