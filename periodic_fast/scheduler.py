@@ -554,6 +554,12 @@ class Scheduler:
         """Live registered connections."""
         return len(self._conns)
 
+    @property
+    def store(self) -> Store:
+        """The store this scheduler writes to (the server holds replies
+        behind its durability barrier when ``store.deferred``)."""
+        return self._store
+
     # -- role check (the auth issue hooks in here) ----------------------------------
 
     def _allowed(self, conn: _Conn, command: int) -> bool:

@@ -126,15 +126,21 @@ def _check_unix_path(path: str) -> None:
 
 
 def _default_factory(
-    store_uri: str, config: Mapping[str, int] | None, owned: list[Any]
+    store: Any,
+    durability: str,
+    config: Mapping[str, int] | None,
+    owned: list[Any],
 ) -> SchedulerFactory:
     def factory(now: float, on_shutdown: Callable[[], None]) -> SchedulerLike:
         from ..scheduler import Scheduler  # noqa: PLC0415  # L3 loaded on start
         from ..store import open_store  # noqa: PLC0415  # L2 loaded on start
 
-        store = open_store(store_uri)
-        owned.append(store)
-        return Scheduler(store, now, config=config, on_shutdown=on_shutdown)
+        if isinstance(store, str):
+            opened = open_store(store, durability=durability)
+            owned.append(opened)
+        else:  # a Store instance: the caller owns it
+            opened = store
+        return Scheduler(opened, now, config=config, on_shutdown=on_shutdown)
 
     return factory
 
@@ -147,7 +153,9 @@ class Server:
     SIGINT, or a SHUTDOWN frame).
 
     :param addresses: listen addresses (see :func:`parse_address`).
-    :param store: store URI for the default scheduler (``":memory:"``).
+    :param store: store URI for the default scheduler (``":memory:"``), or a
+        :class:`~periodic_fast.store.Store` instance (the caller closes it).
+    :param durability: ``"strict"`` or ``"relaxed"`` (durable stores only).
     :param config: initial config keys for the scheduler (protocol.md 4.14).
     :param scheduler_factory: build the scheduler yourself:
         ``factory(now, on_shutdown)``; the caller then owns its store.
@@ -165,7 +173,8 @@ class Server:
         self,
         addresses: Sequence[str] = (DEFAULT_ADDRESS,),
         *,
-        store: str = ":memory:",
+        store: Any = ":memory:",
+        durability: str = "strict",
         config: Mapping[str, int] | None = None,
         scheduler_factory: SchedulerFactory | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
@@ -179,7 +188,7 @@ class Server:
         self._requested = [parse_address(a) for a in addresses]
         self._owned: list[Any] = []  # stores we opened and must close
         self._factory = scheduler_factory or _default_factory(
-            store, config, self._owned
+            store, durability, config, self._owned
         )
         self._max_frame = max_frame
         self._registration_timeout = registration_timeout
@@ -239,6 +248,8 @@ class Server:
                 registration_timeout=self._registration_timeout,
                 max_output=self._max_output,
                 clock=self._clock,
+                # replies wait for the store's commits (durable stores)
+                store=getattr(scheduler, "store", None),
             )
             hub.on_input = self.input_done
             self._hub = hub

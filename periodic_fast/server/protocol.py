@@ -26,18 +26,29 @@ unread output exceeds ``max_output`` bytes is dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import struct
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
-from ..codec import Packet, Parser, decode_identity, encode_registration_reply
+from ..codec import (
+    Packet,
+    Parser,
+    decode_identity,
+    encode_registration_reply,
+    encode_response,
+)
 from ..constants import (
     DEFAULT_MAX_FRAME,
     MAGIC_REQUEST,
     MAGIC_RESPONSE,
     ClientType,
+    Command,
 )
 from ..errors import ProtocolError
 
@@ -61,6 +72,9 @@ WRITE_HIGH_WATER = 1024 * 1024
 WRITE_LOW_WATER = 256 * 1024
 
 _MAGICS = (MAGIC_REQUEST, MAGIC_RESPONSE)
+_SUCCESS = int(Command.SUCCESS)
+_NO_WORKER = int(Command.NO_WORKER)
+_U32 = struct.Struct(">I")
 _U32_MASK = 0xFFFFFFFF
 # pause/resume_reading may raise on transports that are closing (uvloop) or
 # that do not support it; neither matters to us.
@@ -104,7 +118,10 @@ class Hub:
     __slots__ = (
         "_dirty",
         "_flush_scheduled",
+        "_held",
+        "_loop_thread",
         "_next_id",
+        "_store",
         "clock",
         "connections",
         "loop",
@@ -125,9 +142,14 @@ class Hub:
         registration_timeout: float = DEFAULT_REGISTRATION_TIMEOUT,
         max_output: int = DEFAULT_MAX_OUTPUT,
         clock: Callable[[], float] = time.time,
+        store: Any = None,
     ) -> None:
         self.scheduler = scheduler
         self.loop = loop
+        # A deferred (durable) store: output waits behind its barrier.
+        self._store = store if getattr(store, "deferred", False) else None
+        self._held: deque[_HeldTurn] = deque()
+        self._loop_thread = threading.get_ident()
         #: wall clock (float seconds) for every "now" handed to the scheduler
         self.clock = clock
         self.max_frame = max_frame
@@ -168,12 +190,73 @@ class Hub:
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write every dirty connection's pending frames (one write each)."""
+        """Write every dirty connection's pending frames (one write each).
+
+        With a deferred store the frames of this loop turn are held instead,
+        behind one ``store.on_durable`` barrier: they leave when everything
+        the scheduler wrote so far is committed (see :meth:`_durable`).
+        """
         self._flush_scheduled = False
         dirty = self._dirty
         self._dirty = []
+        store = self._store
+        if store is None:
+            for proto in dirty:
+                proto.flush()
+            return
+        held: list[tuple[ServerProtocol, list[bytes]]] = []
         for proto in dirty:
-            proto.flush()
+            frames = proto.take_output()
+            if frames:
+                held.append((proto, frames))
+        if held:
+            self.hold(held)
+
+    def hold(self, held: list[tuple[ServerProtocol, list[bytes]]]) -> None:
+        """Queue ``held`` output behind a new durability barrier."""
+        turn = _HeldTurn(held)
+        for proto, frames in held:
+            proto.held_add(frames)
+        self._held.append(turn)
+        assert self._store is not None
+        self._store.on_durable(lambda error: self._durable(turn, error))
+
+    def holding_for(self, proto: ServerProtocol, out: list[bytes]) -> bool:
+        """A closing connection: hold its last frames ``out`` too; True when
+        it has output waiting for a barrier (close it after the release)."""
+        if self._store is None:
+            return False
+        if out:
+            self.hold([(proto, out)])
+        return proto.held_turns > 0
+
+    @property
+    def holding(self) -> bool:
+        """True while output waits for a durability barrier."""
+        return bool(self._held)
+
+    def _durable(self, turn: _HeldTurn, error: BaseException | None) -> None:
+        # called by the store: on its writer thread, or synchronously here
+        if threading.get_ident() == self._loop_thread:
+            self._release(turn, error)
+        else:
+            with contextlib.suppress(RuntimeError):  # loop closed: output is moot
+                self.loop.call_soon_threadsafe(self._release, turn, error)
+
+    def _release(self, turn: _HeldTurn, error: BaseException | None) -> None:
+        """Mark ``turn`` durable (or failed); write every finished turn in
+        order, so a connection's frames never overtake each other."""
+        turn.done = True
+        turn.error = error
+        if error is not None:
+            log.error("store commit failed; refusing the affected requests: %s", error)
+        held = self._held
+        while held and held[0].done:
+            head = held.popleft()
+            for proto, frames in head.output:
+                if head.error is not None:
+                    frames = [_refuse_successes(f) for f in frames]
+                proto.held_release(frames)
 
     def close_all(self) -> None:
         """Close every connection (server shutdown); output queued so far is sent."""
@@ -181,13 +264,47 @@ class Hub:
             proto.drop(None)
 
 
+class _HeldTurn:
+    """One loop turn's output waiting for its durability barrier."""
+
+    __slots__ = ("done", "error", "output")
+
+    def __init__(self, output: list[tuple[ServerProtocol, list[bytes]]]) -> None:
+        self.output = output
+        self.done = False
+        self.error: BaseException | None = None
+
+
+def _refuse_successes(chunk: bytes) -> bytes:
+    """Rewrite every SUCCESS frame in ``chunk`` as NO_WORKER (same msgid).
+
+    Used when the commit a SUCCESS depended on failed: the protocol has no
+    error reply, and NO_WORKER is its generic refusal (protocol.md 5.3).
+    """
+    out: list[bytes] = []
+    pos, end = 0, len(chunk)
+    while pos + 12 <= end:
+        size = _U32.unpack_from(chunk, pos + 4)[0]
+        stop = pos + 12 + size
+        if size == 5 and chunk[pos + 16] == _SUCCESS:
+            msgid = _U32.unpack_from(chunk, pos + 12)[0]
+            out.append(encode_response(msgid, _NO_WORKER))
+        else:
+            out.append(chunk[pos:stop])
+        pos = stop
+    return b"".join(out) if len(out) != 1 else out[0]
+
+
 class ServerProtocol(asyncio.Protocol):
     """One client or worker connection (see the module docstring)."""
 
     __slots__ = (
+        "_close_when_released",
         "_closing",
         "_conn_id",
         "_head",
+        "_held_bytes",
+        "_held_turns",
         "_hub",
         "_out",
         "_parser",
@@ -210,6 +327,10 @@ class ServerProtocol(asyncio.Protocol):
         self._reg_timer: asyncio.TimerHandle | None = None
         self._peer = "?"
         self._send = self._queue  # bound once; handed to the scheduler
+        # output held behind durability barriers (deferred stores only)
+        self._held_turns = 0
+        self._held_bytes = 0
+        self._close_when_released = False
 
     # -- asyncio callbacks -------------------------------------------------------
 
@@ -387,6 +508,47 @@ class ServerProtocol(asyncio.Protocol):
             self._hub.mark_dirty(self)
         out.append(frame)
 
+    def take_output(self) -> list[bytes]:
+        """Hand over the pending frames (the hub holds them for durability)."""
+        out = self._out
+        if not out or self._closing:
+            return []
+        self._out = []
+        return out
+
+    def held_add(self, frames: list[bytes]) -> None:
+        """``frames`` now wait for a barrier: count them for flow control."""
+        self._held_turns += 1
+        self._held_bytes += sum(map(len, frames))
+        if self._held_bytes > WRITE_HIGH_WATER and self._transport is not None:
+            try:  # a slow disk slows the peers that write, not the server
+                self._transport.pause_reading()
+            except _PAUSE_RESUME_ERRORS:  # pragma: no cover
+                pass
+
+    def held_release(self, frames: list[bytes]) -> None:
+        """The barrier for ``frames`` passed: write them (one write)."""
+        self._held_turns -= 1
+        before = self._held_bytes
+        self._held_bytes = before - sum(map(len, frames))
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._closing and not self._close_when_released:
+            return  # dropped meanwhile
+        if transport.get_write_buffer_size() > self._hub.max_output:
+            self.abort()
+            return
+        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        if self._close_when_released:
+            if self._held_turns == 0:
+                transport.close()
+        elif before > WRITE_HIGH_WATER >= self._held_bytes and not self._write_paused:
+            try:
+                transport.resume_reading()
+            except _PAUSE_RESUME_ERRORS:  # pragma: no cover
+                pass
+
     def flush(self) -> None:
         """Write the pending frames with one ``transport.write``."""
         out = self._out
@@ -401,6 +563,11 @@ class ServerProtocol(asyncio.Protocol):
         transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     # -- closing -----------------------------------------------------------------
+
+    @property
+    def held_turns(self) -> int:
+        """Barriers this connection's output still waits for."""
+        return self._held_turns
 
     @property
     def conn_id(self) -> int | None:
@@ -447,6 +614,11 @@ class ServerProtocol(asyncio.Protocol):
             # send what is queued, unless the peer already sits on too much
             if transport.get_write_buffer_size() > self._hub.max_output:
                 abort = True
+            elif self._hub.holding_for(self, out):
+                # output still waits for durability: close once it is out
+                self._close_when_released = True
+                self._release(defer=defer)
+                return
             elif out:
                 transport.write(out[0] if len(out) == 1 else b"".join(out))
         if transport is not None:

@@ -123,7 +123,7 @@ class Store(Protocol):
         ...
 
 
-def open_store(uri: str) -> Store:
+def open_store(uri: str, *, durability: str = "strict") -> Store:
     """Open the store named by ``uri``.
 
     ``":memory:"`` is the only scheme implemented so far; ``file://`` (SQLite),

@@ -1,0 +1,223 @@
+"""Replies wait for the store: the server's durability barrier (issue 5).
+
+A :class:`GateStore` is a memory store that says it is deferred and fires its
+``on_durable`` callbacks only when the test opens the gate (from another
+thread, as a real writer thread does), optionally with an error.  Nothing a
+peer sees may be ahead of the "disk".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from test_server import Raw, Runner, dump, pick, submit_frame
+from test_server import run as run  # noqa: F401  (the loop fixture)
+
+from periodic_fast import codec
+from periodic_fast.constants import ClientType, Command
+from periodic_fast.job import Job
+from periodic_fast.store.memory import MemoryStore
+from periodic_fast.testing import running_server
+
+SHORT = 0.2  # how long "nothing arrives" is watched
+
+
+class GateStore(MemoryStore):
+    """A deferred memory store whose barriers the test releases."""
+
+    __slots__ = ("_lock", "_waiting", "writes")
+    deferred = True  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._waiting: list[Callable[[BaseException | None], None]] = []
+        self.writes = 0
+
+    def save_job(self, job, state):  # type: ignore[no-untyped-def]
+        self.writes += 1
+        super().save_job(job, state)
+
+    def on_durable(self, callback: Callable[[BaseException | None], None]) -> None:
+        with self._lock:
+            self._waiting.append(callback)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    def open(self, error: BaseException | None = None) -> None:
+        """Fire every waiting callback from a foreign thread, in order."""
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+
+        def fire() -> None:
+            for cb in waiting:
+                cb(error)
+
+        t = threading.Thread(target=fire)
+        t.start()
+        t.join()
+
+
+async def _nothing(conn: Raw) -> None:
+    """Assert that no frame arrives for a moment."""
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(conn.recv(), SHORT)
+
+
+async def _open_until(store: GateStore, conn: Raw) -> codec.Packet:
+    """Open the gate until a frame arrives (registration and replies may
+    ride on separate barriers)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        store.open()
+        try:
+            return await asyncio.wait_for(conn.recv(), 0.05)
+        except asyncio.TimeoutError:
+            continue
+    raise AssertionError("no frame after opening the gate")
+
+
+async def _registered(store: GateStore, address: str, ctype: int) -> Raw:
+    conn = await Raw.open(address)
+    conn.send(codec.encode_registration(ctype))
+    reply = await _open_until(store, conn)
+    assert reply.msgid is None
+    return conn
+
+
+def test_success_waits_for_the_commit(run: Runner[None]) -> None:
+    async def main() -> None:
+        store = GateStore()
+        async with running_server(store=store) as srv:
+            conn = await _registered(store, pick(srv, "tcp"), ClientType.CLIENT)
+            conn.send(submit_frame(7, b"f", b"a"))
+            await _nothing(conn)  # the job is applied, the reply is held
+            assert store.writes == 1
+            assert store.pending() >= 1
+            store.open()
+            reply = await conn.recv()
+            assert (reply.msgid, reply.command) == (7, Command.SUCCESS)
+            await conn.close()
+
+    run(main())
+
+
+def test_failed_commit_turns_success_into_refusal(run: Runner[None]) -> None:
+    async def main() -> None:
+        store = GateStore()
+        async with running_server(store=store) as srv:
+            conn = await _registered(store, pick(srv, "unix"), ClientType.CLIENT)
+            conn.send(submit_frame(1, b"f", b"a") + submit_frame(2, b"f", b"b"))
+            await _nothing(conn)
+            store.open(OSError(28, "No space left on device"))
+            got = [await conn.recv(), await conn.recv()]
+            assert [(p.msgid, p.command) for p in got] == [
+                (1, Command.NO_WORKER),
+                (2, Command.NO_WORKER),
+            ]
+            # the server keeps serving: the next commit succeeds
+            conn.send(submit_frame(3, b"f", b"c"))
+            reply = await _open_until(store, conn)
+            assert (reply.msgid, reply.command) == (3, Command.SUCCESS)
+            await conn.close()
+
+    run(main())
+
+
+def test_turns_release_in_order(run: Runner[None]) -> None:
+    async def main() -> None:
+        store = GateStore()
+        async with running_server(store=store) as srv:
+            conn = await _registered(store, pick(srv, "tcp"), ClientType.CLIENT)
+            for msgid in range(1, 6):  # one loop turn each
+                conn.send(submit_frame(msgid, b"f", b"j%d" % msgid))
+                await asyncio.sleep(0.02)
+            waiting = store._waiting
+            assert len(waiting) >= 2
+            # fire the later barriers first: output must still come in order
+            later = waiting[1:]
+            first = waiting[0]
+            store._waiting = []
+            for cb in reversed(later):
+                threading.Thread(target=cb, args=(None,)).start()
+            await _nothing(conn)
+            first(None)  # from the loop thread: synchronous path
+            ids = [(await conn.recv()).msgid for _ in range(5)]
+            assert ids == [1, 2, 3, 4, 5]
+            await conn.close()
+
+    run(main())
+
+
+def test_job_assign_waits_for_the_submit_commit(run: Runner[None]) -> None:
+    async def main() -> None:
+        store = GateStore()
+        async with running_server(store=store) as srv:
+            worker = await _registered(store, pick(srv, "tcp"), ClientType.WORKER)
+            worker.send(codec.encode_request(1, Command.CAN_DO, b"\x01f"))
+            worker.send(codec.encode_request(2, Command.GRAB_JOB))
+            client = await _registered(store, pick(srv, "tcp"), ClientType.CLIENT)
+            store.open()
+            await asyncio.sleep(0.05)
+            store.open()
+            while worker.packets or not worker.reader.at_eof():
+                try:
+                    await asyncio.wait_for(worker.recv(), 0.05)
+                except asyncio.TimeoutError:
+                    break
+            job = Job(b"f", b"now", b"", 0)
+            client.send(
+                codec.encode_request(3, Command.SUBMIT_JOB, codec.encode_job(job))
+            )
+            await _nothing(worker)  # dispatched in memory, not yet on the wire
+            await _nothing(client)
+            store.open()
+            assign = await worker.recv()
+            assert assign.command == Command.JOB_ASSIGN
+            assert codec.decode_job(assign.payload).name == b"now"
+            assert (await client.recv()).command == Command.SUCCESS
+            await worker.close()
+            await client.close()
+
+    run(main())
+
+
+def test_close_waits_for_held_output(run: Runner[None]) -> None:
+    """A connection closed by the server (here: shutdown) still gets the
+    replies that were waiting for the commit, and only after it."""
+
+    async def main() -> None:
+        store = GateStore()
+        async with running_server(store=store) as srv:
+            conn = await _registered(store, pick(srv, "tcp"), ClientType.CLIENT)
+            conn.send(submit_frame(9, b"f", b"a"))
+            await asyncio.sleep(0.05)
+            srv.hub.close_all()
+            await _nothing(conn)
+            store.open()
+            got = await conn.closed()
+            packets = codec.Parser(requests=False).feed(got)
+            assert [(p.msgid, p.command) for p in packets] == [(9, Command.SUCCESS)]
+
+    run(main())
+
+
+def test_memory_store_replies_at_once(run: Runner[None]) -> None:
+    async def main() -> None:
+        async with running_server() as srv:
+            conn = await Raw.open(pick(srv, "tcp"))
+            await conn.register()
+            conn.send(submit_frame(1, b"f", b"a"))
+            reply = await conn.recv()
+            assert (reply.msgid, reply.command) == (1, Command.SUCCESS)
+            assert not srv.hub.holding
+            assert [j.name for j in await dump(conn, 2)] == [b"a"]
+            await conn.close()
+
+    run(main())
