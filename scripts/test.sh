@@ -3,6 +3,17 @@
 # twice: with the compiled Cython twins, then with PERIODIC_FAST_NO_EXTENSIONS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian packages the tests drive: a throwaway PostgreSQL cluster (the
+# PostgreSQL store's tests), headless Chromium (the status page test), curl
+# (the seed's curl lines). Without them those tests skip with the reason,
+# except under CI=true, where they fail. SKIP_APT=1 skips this step.
+if [ -z "${SKIP_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== apt-get install postgresql chromium curl =="
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends \
+        postgresql chromium curl >/dev/null
+fi
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
