@@ -40,6 +40,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Final
 
+from .auth import AuthRules, Identity, Role
 from .codec import (
     decode_job,
     decode_job_list,
@@ -63,7 +64,7 @@ from .job import FuncStat, Job, JobState
 from .store import Store
 from .wheel import TimerWheel
 
-__all__ = ["Scheduler", "WORKER_COMMANDS"]
+__all__ = ["ADMIN_COMMANDS", "Scheduler", "WORKER_COMMANDS"]
 
 # Command codes as plain ints: IntEnum attribute lookups cost on hot paths.
 _NOOP: Final = 0
@@ -105,6 +106,17 @@ _JOB_UNASSIGNED: Final = 34
 #: client-role connections.
 WORKER_COMMANDS: Final = frozenset({1, 2, 3, 4, 7, 8, 11, 21, 27, 28, 32, 33, 34})
 
+#: With an auth file only ``admin`` identities may send these (stricter than
+#: the reference, which lets any identity): SHUTDOWN, CONFIG_SET, DUMP, LOAD,
+#: DROP_FUNC.
+ADMIN_COMMANDS: Final = frozenset({20, 23, 18, 19, 15})
+
+# With an auth file: commands whose func must be in the identity's list
+# (protocol.md 5.3), and commands about a job handle that only the connection
+# holding that job may send (stricter than the reference).
+_FUNC_CHECKED: Final = frozenset({13, 25, 31, 15, 17, 19, 7, 21})
+_OWNED: Final = frozenset({3, 4, 2, 32, 27, 28})
+
 _PENDING: Final = JobState.PENDING
 _RUNNING: Final = JobState.RUNNING
 _LOCKED: Final = JobState.LOCKED
@@ -116,6 +128,7 @@ _IN_WHEEL: Final = 1
 _READY: Final = 2
 
 _WORKER_TYPES: Final = (ClientType.WORKER, ClientType.AUTH_WORKER)
+_ADMIN: Final = Role.ADMIN
 
 _SWEEP_FAST: Final = 10.0  # keepalive, waiter expiry (protocol.md 4.15)
 _SWEEP_LOCKED: Final = 60.0  # locked jobs back to pending
@@ -257,6 +270,7 @@ class _Conn:
 
     __slots__ = (
         "alive",
+        "auth",
         "close",
         "funcs",
         "id",
@@ -281,7 +295,8 @@ class _Conn:
     ) -> None:
         self.id = conn_id
         self.worker = worker
-        self.identity = identity  # kept for the auth issue; unused so far
+        self.identity = identity  # (name, token) as registered, or None
+        self.auth: Identity | None = None  # its auth-file entry (auth on)
         self.send = send
         self.close = close
         self.last_seen = now
@@ -325,6 +340,10 @@ class Scheduler:
     :param config: config values overriding the defaults and the stored values
         (operator options win); keys must be known (``CONFIG_DEFAULTS``).
     :param on_shutdown: called (with no reply sent) when a client sends SHUTDOWN.
+    :param auth: auth-file rules (docs/security.md); None = no auth.  Replace
+        them with :meth:`set_auth`.
+    :param max_jobs_per_func: refuse (NO_WORKER) a SUBMIT_JOB, RUN_JOB or
+        LOAD that would store more jobs than this for one func; 0 = no limit.
 
     Not thread-safe: the server's event loop is the only caller.
     """
@@ -336,9 +355,16 @@ class Scheduler:
         *,
         config: Mapping[str, int] | None = None,
         on_shutdown: Callable[[], None] | None = None,
+        auth: AuthRules | None = None,
+        max_jobs_per_func: int = 0,
     ) -> None:
+        if max_jobs_per_func < 0:
+            raise ValueError("max_jobs_per_func must be >= 0")
         self._store = store
         self._on_shutdown = on_shutdown
+        self._auth = auth
+        self._max_jobs = max_jobs_per_func
+        self._auth_tables: dict[tuple[bool, bool, bool], list[_Handler]] = {}
         self._now = now
         snap = store.load()
         cfg = dict(CONFIG_DEFAULTS)
@@ -410,12 +436,22 @@ class Scheduler:
         ``send(frame)`` queues encoded frames for it; ``close()`` asks the
         server to drop it (the scheduler has then already forgotten it, so the
         following :meth:`disconnect` is a no-op).
+
+        With auth on, a connection without a valid identity (unknown name,
+        wrong token, or none) is not registered: ``close()`` is called at once.
+        The server refuses those before registering (:meth:`admit`).
         """
         self._now = now
         old = self._conns.get(conn_id)
         if old is not None:  # the server reuses ids only after disconnect()
             self._drop(old)
         conn = _Conn(conn_id, client_type in _WORKER_TYPES, identity, send, close, now)
+        if self._auth is not None:
+            ident = self._authenticate(identity)
+            if ident is None:
+                close()
+                return
+            conn.auth = ident
         conn.table = self._table_for(conn)
         self._conns[conn_id] = conn
 
@@ -425,6 +461,73 @@ class Scheduler:
         if conn is not None:
             self._now = now
             self._drop(conn)
+
+    # -- authentication ---------------------------------------------------------
+
+    @property
+    def auth(self) -> AuthRules | None:
+        """The auth rules in force (None: auth off)."""
+        return self._auth
+
+    def admit(
+        self, client_type: int, identity: tuple[bytes, bytes] | None
+    ) -> str | None:
+        """Why a registration must be refused (the server closes the
+        connection without a reply), or None to accept it.
+
+        Auth off: everything is accepted (an identity is ignored).  Auth on:
+        the identity must exist and carry its token; a registration without
+        identity (types 1, 2) is refused.  A role that does not fit the
+        connection type is *not* refused here: every command then gets
+        NO_WORKER, as in the reference (protocol.md 5.3).
+        """
+        if self._auth is None:
+            return None
+        if identity is None:
+            return f"no identity (type {client_type}) and auth is on"
+        if self._authenticate(identity) is None:
+            name = identity[0].decode("utf-8", "replace")
+            return f"unknown identity or wrong token for {name!r}"
+        return None
+
+    def _authenticate(self, identity: tuple[bytes, bytes] | None) -> Identity | None:
+        auth = self._auth
+        if auth is None or identity is None:
+            return None
+        return auth.authenticate(identity[0], identity[1])
+
+    def set_auth(self, rules: AuthRules | None, now: float) -> list[int]:
+        """New auth rules (the auth file was reloaded); returns the ids of the
+        connections closed because of them.
+
+        Live connections are checked again: one whose identity is gone or
+        whose token changed is closed (``close()``); the others get the new
+        role and func rules, and funcs they may no longer use are
+        unregistered (like CANT_DO).  ``None`` turns auth off.
+        """
+        self._now = now
+        self._auth = rules
+        self._auth_tables.clear()
+        closed: list[int] = []
+        for conn in list(self._conns.values()):
+            if rules is None:
+                conn.auth = None
+            else:
+                ident = self._authenticate(conn.identity)
+                if ident is None:
+                    closed.append(conn.id)
+                    self._kill(conn)
+                    continue
+                conn.auth = ident
+                fits = ident.may_connect_as(conn.worker)
+                for func in [
+                    f for f in conn.funcs if not fits or not ident.func_allowed(f)
+                ]:
+                    fs = conn.funcs.pop(func)
+                    fs.workers -= 1
+                    fs.avail.pop(conn, None)
+            conn.table = self._table_for(conn)
+        return closed
 
     # -- input ----------------------------------------------------------------
 
@@ -563,23 +666,64 @@ class Scheduler:
     # -- role check (the auth issue hooks in here) ----------------------------------
 
     def _allowed(self, conn: _Conn, command: int) -> bool:
-        """May ``conn`` send ``command``?  protocol.md 5.3 without an auth file:
-        client-role connections may not send worker-class commands."""
+        """May ``conn`` send ``command`` at all (protocol.md 5.3)?
+
+        Without an auth file: client-role connections may not send
+        worker-class commands.  With one: the identity's role must fit the
+        connection (else nothing is allowed); admins may send everything;
+        others follow the class rule and may not send :data:`ADMIN_COMMANDS`.
+        Func and job-ownership checks are done per request (wrappers).
+        """
+        ident = conn.auth
+        if ident is not None:
+            if not ident.may_connect_as(conn.worker):
+                return False
+            if ident.role is _ADMIN:
+                return True
+            if command in ADMIN_COMMANDS:
+                return False
         return conn.worker or command not in WORKER_COMMANDS
 
     def _table_for(self, conn: _Conn) -> list[_Handler]:
-        """The per-connection dispatch table: command code -> handler."""
-        cacheable = conn.identity is None
-        if cacheable:
+        """The per-connection dispatch table: command code -> handler.
+
+        Tables depend only on the connection role and (auth on) on the
+        identity's role, so they are shared; per-identity func lists are read
+        from ``conn.auth`` by the wrappers.
+        """
+        ident = conn.auth
+        if ident is None:
             table = self._tables.get(conn.worker)
-            if table is not None:
-                return table
-        table = [
-            h if c > MAX_COMMAND or self._allowed(conn, c) else self._make_reject(c)
-            for c, h in enumerate(self._handlers())
-        ]
-        if cacheable:
-            self._tables[conn.worker] = table
+            if table is None:
+                table = [
+                    h
+                    if c > MAX_COMMAND or self._allowed(conn, c)
+                    else self._make_reject(c)
+                    for c, h in enumerate(self._handlers())
+                ]
+                self._tables[conn.worker] = table
+            return table
+        admin = ident.role is _ADMIN
+        key = (conn.worker, admin, ident.may_connect_as(conn.worker))
+        table = self._auth_tables.get(key)
+        if table is None:
+            table = []
+            for c, h in enumerate(self._handlers()):
+                if c > MAX_COMMAND:
+                    table.append(h)
+                elif not self._allowed(conn, c):
+                    table.append(self._make_reject(c))
+                elif c in _OWNED:
+                    table.append(self._make_owned(c, h))
+                elif admin:
+                    table.append(h)
+                elif c in _FUNC_CHECKED:
+                    table.append(self._make_func_checked(c, h))
+                elif c == _STATUS:
+                    table.append(self._h_status_filtered)
+                else:
+                    table.append(h)
+            self._auth_tables[key] = table
         return table
 
     def _handlers(self) -> list[_Handler]:
@@ -611,7 +755,109 @@ class Scheduler:
         t[_WORK_DATA] = self._h_work_data
         t[_JOB_ASSIGNED] = self._h_job_assigned
         t[_JOB_UNASSIGNED] = self._h_job_unassigned
+        if self._max_jobs:
+            t[_SUBMIT_JOB] = self._make_limited(_SUBMIT_JOB, t[_SUBMIT_JOB])
+            t[_RUN_JOB] = self._make_limited(_RUN_JOB, t[_RUN_JOB])
+            t[_LOAD] = self._make_load_limited(t[_LOAD])
         return t
+
+    # -- wrappers: job limit, auth (installed only when configured) -----------------
+
+    def _make_limited(self, command: int, inner: _Handler) -> _Handler:
+        """SUBMIT_JOB / RUN_JOB: a new job beyond ``max_jobs_per_func`` of its
+        func gets NO_WORKER and changes nothing."""
+        limit = self._max_jobs
+        index = self._index
+        funcs = self._funcs
+
+        def limited(conn: _Conn, msgid: int, payload: bytes) -> None:
+            try:
+                n = payload[0]
+                key = payload[: 2 + n + payload[1 + n]]
+            except IndexError:  # malformed: the handler closes the connection
+                key = b""
+            if key and key not in index:
+                fs = funcs.get(payload[1 : 1 + n])
+                if fs is not None and len(fs.jobs) >= limit:
+                    decode_job(payload)  # a malformed payload still closes
+                    conn.send(encode_response(msgid, _NO_WORKER))
+                    return
+            inner(conn, msgid, payload)
+
+        return limited
+
+    def _make_load_limited(self, inner: _Handler) -> _Handler:
+        """LOAD: refused as a whole (NO_WORKER, nothing stored) when any func
+        would end up with more than ``max_jobs_per_func`` jobs."""
+        limit = self._max_jobs
+
+        def limited(conn: _Conn, msgid: int, payload: bytes) -> None:
+            new: dict[bytes, set[bytes]] = {}
+            for job in decode_job_list(payload):
+                key = _key(job.func, job.name)
+                if key not in self._index:
+                    new.setdefault(job.func, set()).add(key)
+            for func, keys in new.items():
+                fs = self._funcs.get(func)
+                if len(keys) + (len(fs.jobs) if fs is not None else 0) > limit:
+                    conn.send(encode_response(msgid, _NO_WORKER))
+                    return
+            inner(conn, msgid, payload)
+
+        return limited
+
+    @staticmethod
+    def _make_func_checked(command: int, inner: _Handler) -> _Handler:
+        """Auth on, non-admin: the func named by the request must be in the
+        identity's list, else NO_WORKER (protocol.md 5.3)."""
+
+        def checked(conn: _Conn, msgid: int, payload: bytes) -> None:
+            ident = conn.auth
+            assert ident is not None
+            fields = decode_payload(command, payload)  # malformed: close
+            value = fields[0]
+            if command == _LOAD:
+                funcs = {job.func for job in value}
+            elif command in (_SUBMIT_JOB, _RUN_JOB, _RECV_DATA):
+                funcs = {value[0]}  # the job's func
+            else:  # CAN_DO, BROADCAST, DROP_FUNC, REMOVE_JOB: str8 func first
+                funcs = {value}
+            if all(ident.func_allowed(f) for f in funcs):
+                inner(conn, msgid, payload)
+            else:
+                conn.send(encode_response(msgid, _NO_WORKER))
+
+        return checked
+
+    @staticmethod
+    def _make_owned(command: int, inner: _Handler) -> _Handler:
+        """Auth on: WORK_DONE, WORK_FAIL, SCHED_LATER, WORK_DATA, ACQUIRE and
+        RELEASE only for a job assigned to this connection, else NO_WORKER
+        (stricter than the reference, which lets any worker end any job)."""
+
+        def owned(conn: _Conn, msgid: int, payload: bytes) -> None:
+            fields = decode_payload(command, payload)  # malformed: close
+            if command in (_ACQUIRE, _RELEASE):
+                key = _key(fields[-2], fields[-1])
+            else:
+                key = _key(fields[0], fields[1])
+            if key in conn.running or any(
+                a.rec.key == key for a in conn.unconfirmed.values()
+            ):
+                inner(conn, msgid, payload)
+            else:
+                conn.send(encode_response(msgid, _NO_WORKER))
+
+        return owned
+
+    def _h_status_filtered(self, conn: _Conn, msgid: int, payload: bytes) -> None:
+        """STATUS for a non-admin identity: only the funcs it may use."""
+        if payload:
+            raise TrailingBytes("STATUS carries no payload")
+        ident = conn.auth
+        assert ident is not None
+        stats = [s for s in self.status(self._now) if ident.func_allowed(s.func)]
+        conn.send(encode_response(msgid, _DATA, encode_status(stats)))
 
     # -- handlers: (conn, msgid, payload); self._now is the current time ------------
 
