@@ -2,9 +2,10 @@
 
 ``periodicd`` takes the reference server's flags where they apply
 (cli-and-http.md 4.3): ``-H/--host`` (repeatable or comma-separated),
-``-p/--path``, ``--log``, ``--name``, plus the config keys ``--timeout``,
-``--assign-wait``, ``--keepalive``, ``--lock-timeout`` and our
-``--max-frame``, ``--registration-timeout``, ``--max-output``, ``--loop``.
+``-p/--path``, ``--log``, ``--name``, ``--auth-file``, plus the config keys
+``--timeout``, ``--assign-wait``, ``--keepalive``, ``--lock-timeout`` and our
+``--max-frame``, ``--registration-timeout``, ``--max-output``, ``--loop``,
+``--unix-mode``, ``--max-connections``, ``--max-jobs-per-func``.
 
 ``periodic -d [same options]`` starts the same server; the client
 sub-commands of ``periodic`` hang off :data:`app` (the callback keeps the
@@ -115,6 +116,49 @@ LoopOpt = Annotated[
         "--loop", help="Event loop: auto (uvloop if installed), asyncio, uvloop."
     ),
 ]
+AuthFileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--auth-file",
+        help=(
+            "Auth file: '<role> <name> <token> <func1,func2>' per line; "
+            "reloaded when it changes (docs/security.md)."
+        ),
+        show_default=False,
+    ),
+]
+UnixModeOpt = Annotated[
+    str,
+    typer.Option("--unix-mode", help="Permissions of the unix socket file (octal)."),
+]
+MaxConnectionsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-connections",
+        help="Open connections allowed at once; extra ones are closed (0: no limit).",
+        min=0,
+    ),
+]
+MaxJobsPerFuncOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-jobs-per-func",
+        help="Stored jobs per func; submissions beyond get NO_WORKER (0: no limit).",
+        min=0,
+    ),
+]
+
+
+def _unix_mode(value: str) -> int:
+    """Parse an octal mode such as ``0600``, ``660`` or ``0o660``."""
+    digits = value[2:] if value.lower().startswith("0o") else value
+    if not digits or any(c not in "01234567" for c in digits) or int(digits, 8) > 0o777:
+        raise typer.BadParameter(
+            f"{value!r} is not an octal mode like 0600", param_hint="--unix-mode"
+        )
+    return int(digits, 8)
+
+
 # reference flags that have no effect here, accepted so scripts keep working
 _NoopOpt = Annotated[int | None, typer.Option(hidden=True)]
 
@@ -154,12 +198,17 @@ def _serve(
     registration_timeout: float,
     max_output: int,
     loop: str,
+    auth_file: str | None = None,
+    unix_mode: str = "0600",
+    max_connections: int = 0,
+    max_jobs_per_func: int = 0,
 ) -> int:
     from .server.app import Server, run  # noqa: PLC0415  # keep CLI start fast
 
     _setup_logging(log, name)
     if loop not in ("auto", "asyncio", "uvloop"):
         raise typer.BadParameter(f"unknown loop {loop!r}", param_hint="--loop")
+    mode = _unix_mode(unix_mode)
     store = path or os.environ.get(PATH_ENV) or ":memory:"
     try:
         server = Server(
@@ -170,6 +219,10 @@ def _serve(
             registration_timeout=registration_timeout,
             max_output=max_output,
             name=name,
+            auth_file=auth_file,
+            unix_mode=mode,
+            max_connections=max_connections,
+            max_jobs_per_func=max_jobs_per_func,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--host") from None
@@ -200,6 +253,10 @@ def periodicd(
     registration_timeout: RegTimeoutOpt = 30.0,
     max_output: MaxOutputOpt = 64 * 1024 * 1024,
     loop: LoopOpt = "auto",
+    auth_file: AuthFileOpt = None,
+    unix_mode: UnixModeOpt = "0600",
+    max_connections: MaxConnectionsOpt = 0,
+    max_jobs_per_func: MaxJobsPerFuncOpt = 0,
     push_task_size: _NoopOpt = None,
     sched_task_size: _NoopOpt = None,
     max_cache_size: _NoopOpt = None,
@@ -220,6 +277,10 @@ def periodicd(
         registration_timeout=registration_timeout,
         max_output=max_output,
         loop=loop,
+        auth_file=auth_file,
+        unix_mode=unix_mode,
+        max_connections=max_connections,
+        max_jobs_per_func=max_jobs_per_func,
     )
     raise typer.Exit(code)
 

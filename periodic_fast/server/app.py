@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
+from ..auth import AuthFile
 from ..constants import DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 from ..errors import PeriodicError
 from .protocol import (
@@ -65,7 +67,9 @@ class AddressInUse(PeriodicError):
 class Address(NamedTuple):
     """A parsed listen address: ``("tcp", host, port)`` or ``("unix", path, 0)``.
 
-    ``host`` is ``None`` for "all interfaces" (``tcp://:PORT``).
+    ``host`` is ``None`` for ``tcp://:PORT``: the server binds it to the
+    loopback address (a safe default; the reference binds every interface),
+    a client connects to the local host.
     """
 
     scheme: Literal["tcp", "unix"]
@@ -125,11 +129,35 @@ def _check_unix_path(path: str) -> None:
     raise AddressInUse(f"address in use: unix://{path} (a server answers there)")
 
 
+def _bind_unix(path: str, mode: int) -> socket.socket:
+    """A listening unix socket at ``path`` whose file has ``mode``.
+
+    The mode is set between bind() and listen(): nobody can connect before
+    the file has its final permissions.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        try:
+            os.chmod(path, mode)
+            sock.listen(1024)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
 def _default_factory(
     store: Any,
     durability: str,
     config: Mapping[str, int] | None,
     owned: list[Any],
+    max_jobs_per_func: int = 0,
 ) -> SchedulerFactory:
     def factory(now: float, on_shutdown: Callable[[], None]) -> SchedulerLike:
         from ..scheduler import Scheduler  # noqa: PLC0415  # L3 loaded on start
@@ -140,7 +168,13 @@ def _default_factory(
             owned.append(opened)
         else:  # a Store instance: the caller owns it
             opened = store
-        return Scheduler(opened, now, config=config, on_shutdown=on_shutdown)
+        return Scheduler(
+            opened,
+            now,
+            config=config,
+            on_shutdown=on_shutdown,
+            max_jobs_per_func=max_jobs_per_func,
+        )
 
     return factory
 
@@ -167,6 +201,17 @@ class Server:
     :param clock: wall clock in float seconds (``time.time``); every "now"
         the scheduler sees comes from it.  Tests inject a movable clock and
         call :meth:`poke` after moving it.
+    :param auth_file: path of an auth file (docs/security.md); read at
+        start (a missing or malformed file stops the start with
+        :class:`~periodic_fast.auth.AuthFileError`), then checked for changes
+        every ``auth_poll`` seconds.  None: no authentication.
+    :param auth_poll: seconds between two checks of the auth file.
+    :param unix_mode: permission bits of the unix socket files (0o600: only
+        the server's user may connect).
+    :param max_connections: open connections allowed at once; an extra one
+        is closed at once and logged (0: no limit).
+    :param max_jobs_per_func: stored jobs allowed per func; a submission
+        beyond it gets NO_WORKER (0: no limit; default scheduler only).
     """
 
     def __init__(
@@ -182,14 +227,31 @@ class Server:
         max_output: int = DEFAULT_MAX_OUTPUT,
         name: str = "periodicd",
         clock: Callable[[], float] = time.time,
+        auth_file: str | os.PathLike[str] | None = None,
+        auth_poll: float = 1.0,
+        unix_mode: int = 0o600,
+        max_connections: int = 0,
+        max_jobs_per_func: int = 0,
     ) -> None:
         if not addresses:
             raise ValueError("no listen address")
+        if not 0 <= unix_mode <= 0o777:
+            raise ValueError(f"bad unix socket mode {unix_mode:#o}")
+        if max_connections < 0 or max_jobs_per_func < 0:
+            raise ValueError("limits must be >= 0")
+        if max_jobs_per_func and scheduler_factory is not None:
+            raise ValueError("max_jobs_per_func needs the default scheduler")
         self._requested = [parse_address(a) for a in addresses]
         self._owned: list[Any] = []  # stores we opened and must close
         self._factory = scheduler_factory or _default_factory(
-            store, durability, config, self._owned
+            store, durability, config, self._owned, max_jobs_per_func
         )
+        self._auth_path = auth_file
+        self._auth_poll = auth_poll
+        self._auth: AuthFile | None = None
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self._unix_mode = unix_mode
+        self._max_connections = max_connections
         self._max_frame = max_frame
         self._registration_timeout = registration_timeout
         self._max_output = max_output
@@ -239,8 +301,15 @@ class Server:
         self._done = asyncio.Event()
         self._state = "running"
         try:
+            if self._auth_path is not None:
+                self._auth = AuthFile(self._auth_path)  # malformed: no start
             scheduler = self._factory(self._clock(), self.request_stop)
             self._scheduler = scheduler
+            if self._auth is not None:
+                set_auth = getattr(scheduler, "set_auth", None)
+                if set_auth is None:
+                    raise ValueError("auth_file needs a scheduler with set_auth()")
+                set_auth(self._auth.rules, self._clock())
             hub = Hub(
                 scheduler,
                 loop,
@@ -250,6 +319,7 @@ class Server:
                 clock=self._clock,
                 # replies wait for the store's commits (durable stores)
                 store=getattr(scheduler, "store", None),
+                max_connections=self._max_connections,
             )
             hub.on_input = self.input_done
             self._hub = hub
@@ -259,7 +329,55 @@ class Server:
             await self.stop()
             raise
         self._arm(self._clock())
+        if self._auth is not None:
+            self._auth_timer = loop.call_later(self._auth_poll, self._poll_auth)
         log.info("%s: listening on %s", self.name, ", ".join(self._addresses))
+        self._warn_exposed()
+
+    def _warn_exposed(self) -> None:
+        """Warn when TCP listens beyond loopback and nobody must authenticate."""
+        if self._auth is not None:
+            return
+        for bound in self._addresses:
+            addr = parse_address(bound)
+            if addr.scheme != "tcp" or addr.host is None:
+                continue
+            try:
+                ip = ipaddress.ip_address(addr.host.split("%", 1)[0])
+                loopback = ip.is_loopback
+            except ValueError:  # pragma: no cover - bound names are numeric
+                loopback = False
+            if not loopback:
+                log.warning(
+                    "%s: listening on %s without --auth-file: anyone who "
+                    "reaches this address can submit, remove and dump jobs "
+                    "and shut the server down",
+                    self.name,
+                    bound,
+                )
+
+    def _poll_auth(self) -> None:
+        """Every ``auth_poll`` s: reload the auth file if it changed."""
+        self._auth_timer = None
+        if self._state != "running" or self._auth is None:
+            return
+        try:
+            rules = self._auth.poll()
+            if rules is not None and self._scheduler is not None:
+                closed = self._scheduler.set_auth(  # type: ignore[attr-defined]
+                    rules, self._clock()
+                )
+                if closed:
+                    log.warning(
+                        "%s: auth file changed: closed %d connection(s) whose "
+                        "identity is no longer valid",
+                        self.name,
+                        len(closed),
+                    )
+        except Exception:  # pragma: no cover - keep polling whatever happens
+            log.exception("%s: error reloading the auth file", self.name)
+        assert self._loop is not None
+        self._auth_timer = self._loop.call_later(self._auth_poll, self._poll_auth)
 
     async def _listen(
         self, loop: asyncio.AbstractEventLoop, hub: Hub, addr: Address
@@ -268,7 +386,8 @@ class Server:
         if addr.scheme == "tcp":
             srv = await loop.create_server(
                 hub.factory,
-                host=addr.host,
+                # tcp://:PORT -> loopback only (safe default, docs/security.md)
+                host=addr.host or "127.0.0.1",
                 port=addr.port,
                 reuse_address=True,
                 backlog=1024,
@@ -277,7 +396,14 @@ class Server:
             path = addr.host
             assert path is not None
             _check_unix_path(path)
-            srv = await loop.create_unix_server(hub.factory, path=path, backlog=1024)
+            sock = _bind_unix(path, self._unix_mode)
+            try:
+                srv = await loop.create_unix_server(hub.factory, sock=sock)
+            except BaseException:
+                sock.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                raise
             st = os.stat(path)
             self._unix_files.append((path, st.st_dev, st.st_ino))
         self._servers.append(srv)
@@ -313,6 +439,9 @@ class Server:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
         for srv in self._servers:
             srv.close()
         self._remove_unix_files()

@@ -125,6 +125,7 @@ class Hub:
         "clock",
         "connections",
         "loop",
+        "max_connections",
         "max_frame",
         "max_output",
         "on_input",
@@ -143,6 +144,7 @@ class Hub:
         max_output: int = DEFAULT_MAX_OUTPUT,
         clock: Callable[[], float] = time.time,
         store: Any = None,
+        max_connections: int = 0,
     ) -> None:
         self.scheduler = scheduler
         self.loop = loop
@@ -155,6 +157,8 @@ class Hub:
         self.max_frame = max_frame
         self.registration_timeout = registration_timeout
         self.max_output = max_output
+        #: open connections allowed at once (0: no limit); extra ones are closed
+        self.max_connections = max_connections
         #: registered connections by connection id
         self.connections: dict[int, ServerProtocol] = {}
         #: every open connection, registered or not
@@ -295,6 +299,14 @@ def _refuse_successes(chunk: bytes) -> bytes:
     return b"".join(out) if len(out) != 1 else out[0]
 
 
+def _peer_name(transport: asyncio.BaseTransport) -> str:
+    """Printable peer address of a fresh transport, for logs."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return "unix"
+
+
 class ServerProtocol(asyncio.Protocol):
     """One client or worker connection (see the module docstring)."""
 
@@ -338,6 +350,15 @@ class ServerProtocol(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses: cast, never assert
         self._transport = cast(asyncio.Transport, transport)
         hub = self._hub
+        if hub.max_connections and len(hub.protocols) >= hub.max_connections:
+            self._closing = True  # refused: read nothing, close at once
+            log.warning(
+                "refusing a connection from %s: %d connections open (max-connections)",
+                _peer_name(transport),
+                len(hub.protocols),
+            )
+            transport.close()
+            return
         hub.protocols.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -472,6 +493,14 @@ class ServerProtocol(asyncio.Protocol):
                 self.drop(f"bad registration: {exc}")
                 return None
         hub = self._hub
+        # auth on: unknown identity, wrong token or none -> closed, no reply
+        # (the reference refuses per command instead; docs/security.md)
+        admit = getattr(hub.scheduler, "admit", None)
+        if admit is not None:
+            refused = admit(client_type, identity)
+            if refused is not None:
+                self.drop(f"registration refused: {refused}")
+                return None
         cid = hub.allocate_id(self)
         self._conn_id = cid
         self._queue(encode_registration_reply(cid))
