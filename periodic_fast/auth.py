@@ -43,6 +43,7 @@ __all__ = [
     "AuthRules",
     "Identity",
     "Role",
+    "load_auth_file",
     "parse_auth_file",
 ]
 
