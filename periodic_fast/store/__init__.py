@@ -135,6 +135,12 @@ def open_store(uri: str, *, durability: str = "strict") -> Store:
 
         return MemoryStore()
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if scheme in ("file", "postgres", "postgresql", "cache+file", "cache+postgres"):
+    if scheme in ("postgres", "postgresql"):
+        # postgres://URL or postgres://key=value conninfo, optional prefix=
+        from .postgres import PostgresStore, parse_postgres_uri  # noqa: PLC0415
+
+        connect, prefix = parse_postgres_uri(uri)
+        return PostgresStore(connect, prefix=prefix, durability=durability)
+    if scheme in ("file", "cache+file", "cache+postgres"):
         raise ValueError(f"store {uri!r}: the {scheme}:// store is not implemented yet")
     raise ValueError(f"unknown store URI {uri!r} (expected ':memory:')")

@@ -1,0 +1,786 @@
+"""The PostgreSQL store (``-p postgres://...``): asyncpg on a writer thread.
+
+The :class:`~periodic_fast.store.Store` calls arrive on the server's event
+loop and must not block, so they only record the change in an in-memory batch
+(under a lock; a few hundred nanoseconds).  A writer thread runs its own event
+loop with one asyncpg connection and commits batches one after the other:
+everything that arrived while a commit was in flight goes into the next one
+(group commit), so the commit rate adapts to the load without a timer.
+
+Batching and coalescing (the same rules as the SQLite store):
+
+* per job key ``(func, name)`` only the net effect is kept: a save followed by
+  ``set_state`` is a save with the new state, anything followed by a delete is
+  a delete, a delete followed by ``set_state`` stays a delete (the row is gone);
+* ``delete_func_jobs(f)`` forgets the batch's earlier changes to jobs of ``f``
+  and is applied before the batch's job changes (which all came after it);
+* funcs and config values: the last write wins.
+
+Each batch is one transaction.  Without a ``delete_func_jobs`` it is a
+single statement (data-modifying CTEs over ``unnest`` arrays: one round trip,
+one commit); the keys of its parts are disjoint, so their order inside the
+statement does not matter.
+
+Durability: ``on_durable`` callbacks belong to the batch that is open when they
+are registered and fire, in order, after that batch's commit, with ``None`` or
+the exception.  A failed batch is kept and merged in front of the next one, and
+the writer retries with a bounded exponential backoff (``retry_min`` ..
+``retry_max``) until it commits, reconnecting when the connection was lost.
+Every statement only sets final states, so replaying a batch whose COMMIT
+outcome is unknown is harmless.  ``durability="strict"`` runs with
+``synchronous_commit=on`` (a commit is on disk before it is reported),
+``"relaxed"`` with ``synchronous_commit=off`` (a crash of the PostgreSQL server
+may lose the last fraction of a second; a crash of periodicd loses nothing
+acknowledged).
+
+Layout (``prefix`` is prepended to every table name so several deployments can
+share a database): ``jobs(func BYTEA, name BYTEA, workload BYTEA,
+sched_at BIGINT, count INTEGER, timeout INTEGER, state SMALLINT,
+PRIMARY KEY (func, name))``, ``funcs(func BYTEA PRIMARY KEY)``,
+``configs(name TEXT PRIMARY KEY, value BIGINT)``.  Times are 64-bit; there is
+no time index (the scheduler's wheel is rebuilt from a full read at start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import asyncpg
+
+from ..job import Job, JobState
+from . import StoreSnapshot
+
+__all__ = ["PostgresStore", "PostgresStoreError", "parse_postgres_uri"]
+
+log = logging.getLogger("periodic_fast.store.postgres")
+
+_T = TypeVar("_T")
+Callback = Callable[[BaseException | None], None]
+
+# job op markers in a batch: a (job, state) tuple is a save, an int a state
+# change, _DELETE a delete
+_DELETE = None
+
+_PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+_CONNINFO_RE = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
+# libpq conninfo keywords we understand -> asyncpg.connect keyword
+_CONNINFO_KEYS = {
+    "host": "host",
+    "hostaddr": "host",
+    "port": "port",
+    "dbname": "database",
+    "user": "user",
+    "password": "password",
+    "sslmode": "ssl",
+    "connect_timeout": "timeout",
+    "application_name": "application_name",
+    "prefix": "prefix",
+}
+
+
+def _check_prefix(prefix: str) -> str:
+    if prefix and not _PREFIX_RE.fullmatch(prefix):
+        raise ValueError(
+            f"table prefix {prefix!r}: use letters, digits and _ "
+            "(not starting with a digit, at most 40 characters)"
+        )
+    return prefix
+
+
+def _parse_conninfo(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pos = 0
+    text = text.rstrip()
+    while pos < len(text):
+        m = _CONNINFO_RE.match(text, pos)
+        if m is None:
+            raise ValueError(f"bad conninfo near {text[pos:]!r} (expected key=value)")
+        key, value = m.group(1), m.group(2)
+        if value.startswith("'"):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        if key not in _CONNINFO_KEYS:
+            known = ", ".join(sorted(_CONNINFO_KEYS))
+            raise ValueError(f"conninfo key {key!r} is not supported (known: {known})")
+        out[key] = value
+        pos = m.end()
+    return out
+
+
+def parse_postgres_uri(uri: str) -> tuple[dict[str, Any], str]:
+    """Split a store URI into ``asyncpg.connect`` keyword arguments and the
+    table prefix.
+
+    Accepted forms (``postgres://`` or ``postgresql://``):
+
+    * a URL: ``postgresql://user:pw@host:5432/db?sslmode=require&prefix=x_``;
+      a unix socket directory as the host, percent-encoded
+      (``postgresql://user@%2Frun%2Fpostgresql/db``) or as a ``host=``
+      parameter (``postgresql:///db?host=/run/postgresql``);
+    * a libpq key=value string, as the reference takes it:
+      ``postgres://host=/run/postgresql dbname=periodic user=me prefix='x_'``.
+
+    ``prefix`` (letters, digits, ``_``) is taken out before connecting.
+    Raises :class:`ValueError` for anything else.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"not a postgres:// URI: {uri!r}")
+    if re.match(r"\s*[A-Za-z_]+\s*=", rest):
+        info = _parse_conninfo(rest)
+        prefix = info.pop("prefix", "")
+        kwargs: dict[str, Any] = {}
+        settings: dict[str, str] = {}
+        for key, value in info.items():
+            target = _CONNINFO_KEYS[key]
+            if target == "application_name":
+                settings["application_name"] = value
+            elif target == "timeout":
+                try:
+                    kwargs["timeout"] = float(value)
+                except ValueError:
+                    raise ValueError(
+                        f"connect_timeout {value!r} is not a number"
+                    ) from None
+            elif target == "host" and "host" in kwargs and key == "hostaddr":
+                continue  # host wins over hostaddr
+            else:
+                kwargs[target] = value
+        if settings:
+            kwargs["server_settings"] = settings
+        return kwargs, _check_prefix(prefix)
+    parts = urllib.parse.urlsplit(uri)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [v for k, v in query if k == "prefix"]
+    rest_query = urllib.parse.urlencode([(k, v) for k, v in query if k != "prefix"])
+    dsn = urllib.parse.urlunsplit(
+        ("postgresql", parts.netloc, parts.path, rest_query, parts.fragment)
+    )
+    return {"dsn": dsn}, _check_prefix(prefixes[-1] if prefixes else "")
+
+
+class PostgresStoreError(ConnectionError):
+    """The PostgreSQL store could not be opened (an ``OSError``, so the
+    server reports it like any other start-up I/O error)."""
+
+
+class _Batch:
+    """Net effect of a run of writes, plus the barriers registered after them."""
+
+    __slots__ = ("callbacks", "config", "dropped", "funcs", "jobs", "writes")
+
+    def __init__(self) -> None:
+        #: (func, name) -> (job, state) save | int state | None delete
+        self.jobs: dict[tuple[bytes, bytes], Any] = {}
+        #: funcs whose jobs are all deleted before ``jobs`` is applied
+        self.dropped: set[bytes] = set()
+        #: func -> True (save) / False (delete)
+        self.funcs: dict[bytes, bool] = {}
+        self.config: dict[str, int] = {}
+        self.callbacks: list[Callback] = []
+        #: store calls folded into this batch (for metrics)
+        self.writes = 0
+
+    def empty(self) -> bool:
+        return not self.writes
+
+    def merge_newer(self, newer: _Batch) -> None:
+        """Apply ``newer`` (written after this batch) on top of this one."""
+        if newer.dropped:
+            dropped = newer.dropped
+            self.dropped |= dropped
+            for key in [k for k in self.jobs if k[0] in dropped]:
+                del self.jobs[key]
+        jobs = self.jobs
+        for key, op in newer.jobs.items():
+            if type(op) is int:
+                old = jobs.get(key, 0)
+                if type(old) is tuple:
+                    jobs[key] = (old[0], op)
+                elif old is not _DELETE:
+                    jobs[key] = op
+            else:
+                jobs[key] = op
+        self.funcs.update(newer.funcs)
+        self.config.update(newer.config)
+        self.writes += newer.writes
+        self.callbacks.extend(newer.callbacks)
+
+
+class PostgresStore:
+    """:class:`~periodic_fast.store.Store` on PostgreSQL (see the module doc).
+
+    :param connect: ``asyncpg.connect`` keyword arguments (``dsn=`` or
+        ``host=``/``database=``/...), e.g. from :func:`parse_postgres_uri`.
+    :param prefix: prepended to the table names.
+    :param durability: ``"strict"`` (``synchronous_commit=on``) or
+        ``"relaxed"`` (``off``).
+    :param connect_timeout: seconds for one connection attempt.
+    :param command_timeout: seconds one statement may take before it counts
+        as failed (the batch is then retried).
+    :param retry_min: first delay (s) before a failed batch is retried; it
+        doubles up to ``retry_max``.
+    :param close_timeout: how long :meth:`close` waits for the last commit.
+
+    Opening connects, creates the tables when missing and checks their layout
+    (raises :class:`ValueError` for a table of another layout, e.g. the
+    reference server's, and the connection error when the server cannot be
+    reached).
+    """
+
+    #: writes become durable later: the server holds replies for on_durable
+    deferred = True
+
+    def __init__(
+        self,
+        connect: dict[str, Any],
+        *,
+        prefix: str = "",
+        durability: str = "strict",
+        connect_timeout: float = 10.0,
+        command_timeout: float = 60.0,
+        retry_min: float = 0.05,
+        retry_max: float = 2.0,
+        close_timeout: float = 30.0,
+    ) -> None:
+        if durability not in ("strict", "relaxed"):
+            raise ValueError(f"durability {durability!r}: expected strict or relaxed")
+        self.prefix = _check_prefix(prefix)
+        self.durability = durability
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self.close_timeout = close_timeout
+        kwargs = dict(connect)
+        settings = dict(kwargs.pop("server_settings", None) or {})
+        settings.setdefault("application_name", "periodic_fast")
+        settings["synchronous_commit"] = "on" if durability == "strict" else "off"
+        kwargs["server_settings"] = settings
+        kwargs.setdefault("timeout", connect_timeout)
+        kwargs.setdefault("command_timeout", command_timeout)
+        self._connect_kwargs = kwargs
+        self._t_jobs = f"{self.prefix}jobs"
+        self._t_funcs = f"{self.prefix}funcs"
+        self._t_configs = f"{self.prefix}configs"
+        self._sql_commit = self._commit_sql()
+
+        self._lock = threading.Lock()
+        self._pending = _Batch()
+        self._inflight: _Batch | None = None  # being committed by the writer
+        self._retained: _Batch | None = None  # failed, to retry (no callbacks)
+        self._idle = True  # the writer waits for a kick
+        self._closed = False
+        self._stopping = False
+        self._conn: asyncpg.Connection | None = None
+        # metrics
+        self._commits = 0
+        self._rows = 0
+        self._errors = 0
+        self._commit_seconds = 0.0
+        self._last_commit_seconds = 0.0
+        self._healthy = True
+        self._failures = 0  # consecutive failed attempts
+
+        self._wloop = _new_loop()
+        self._wake: asyncio.Event | None = None
+        self._thread = threading.Thread(
+            target=self._thread_main, name="periodic-pg-writer", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._call(self._open())
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                self._call(self._drop_connection(), timeout=10)
+            self._shutdown_thread()
+            if isinstance(exc, (ValueError, OSError)) or not isinstance(exc, Exception):
+                raise
+            raise PostgresStoreError(
+                f"cannot open the PostgreSQL store: {exc}"
+            ) from exc
+        asyncio.run_coroutine_threadsafe(self._writer(), self._wloop)
+
+    # writer thread plumbing ------------------------------------------------------
+    def _thread_main(self) -> None:
+        loop = self._wloop
+        asyncio.set_event_loop(loop)
+        self._wake = asyncio.Event()
+        self._conn_lock = asyncio.Lock()  # the writer and load() share one connection
+        try:
+            loop.run_forever()
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def _call(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        """Run ``coro`` on the writer loop and wait for its result."""
+        fut: Future[_T] = asyncio.run_coroutine_threadsafe(coro, self._wloop)
+        return fut.result(timeout)
+
+    def _kick(self) -> None:
+        # called with the lock held, when the writer sleeps and work arrived
+        self._idle = False
+        self._wloop.call_soon_threadsafe(self._wake_writer)
+
+    def _wake_writer(self) -> None:
+        assert self._wake is not None
+        self._wake.set()
+
+    def _shutdown_thread(self) -> None:
+        if self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):
+                self._wloop.call_soon_threadsafe(self._wloop.stop)
+            self._thread.join(10)
+
+    # connection and schema -----------------------------------------------------
+    async def _connection(self) -> asyncpg.Connection:
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            conn = await asyncpg.connect(**self._connect_kwargs)
+            self._conn = conn
+        return conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5)
+            if not conn.is_closed():
+                conn.terminate()
+
+    async def _open(self) -> None:
+        conn = await self._connection()
+        jobs, funcs, configs = self._t_jobs, self._t_funcs, self._t_configs
+        async with conn.transaction():
+            # two servers creating the tables at once would race in the catalog
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", jobs)
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {jobs} ("
+                " func BYTEA NOT NULL, name BYTEA NOT NULL,"
+                " workload BYTEA NOT NULL DEFAULT '',"
+                " sched_at BIGINT NOT NULL DEFAULT 0,"
+                " count INTEGER NOT NULL DEFAULT 0,"
+                " timeout INTEGER NOT NULL DEFAULT 0,"
+                " state SMALLINT NOT NULL DEFAULT 0,"
+                " PRIMARY KEY (func, name))"
+            )
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {funcs} (func BYTEA PRIMARY KEY)"
+            )
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {configs}"
+                " (name TEXT PRIMARY KEY, value BIGINT NOT NULL)"
+            )
+        expected = {
+            jobs: {
+                "func": "bytea",
+                "name": "bytea",
+                "workload": "bytea",
+                "sched_at": "bigint",
+                "count": "integer",
+                "timeout": "integer",
+                "state": "smallint",
+            },
+            funcs: {"func": "bytea"},
+            configs: {"name": "text", "value": "bigint"},
+        }
+        rows = await conn.fetch(
+            "SELECT table_name::text, column_name::text, data_type::text"
+            " FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ANY($1::text[])",
+            [t.lower() for t in expected],
+        )
+        found: dict[str, dict[str, str]] = {}
+        for table, column, dtype in rows:
+            found.setdefault(table, {})[column] = dtype
+        for table, columns in expected.items():
+            have = found.get(table.lower(), {})
+            missing = {c: t for c, t in columns.items() if have.get(c) != t}
+            if missing:
+                raise ValueError(
+                    f"table {table} exists with another layout (columns {sorted(have)},"
+                    f" need {columns}); is it the reference server's? "
+                    "Choose another database or a table prefix (prefix=...)"
+                )
+
+    def _commit_sql(self) -> str:
+        jobs, funcs, configs = self._t_jobs, self._t_funcs, self._t_configs
+        # one statement, one implicit transaction; the CTEs touch disjoint keys
+        return (
+            "WITH"
+            f" d AS (DELETE FROM {jobs} j"
+            " USING unnest($1::bytea[], $2::bytea[]) AS x(func, name)"
+            " WHERE j.func = x.func AND j.name = x.name),"
+            f" u AS (INSERT INTO {jobs}"
+            " (func, name, workload, sched_at, count, timeout, state)"
+            " SELECT * FROM unnest($3::bytea[], $4::bytea[], $5::bytea[],"
+            " $6::int8[], $7::int4[], $8::int4[], $9::int2[])"
+            " ON CONFLICT (func, name) DO UPDATE SET workload = EXCLUDED.workload,"
+            " sched_at = EXCLUDED.sched_at, count = EXCLUDED.count,"
+            " timeout = EXCLUDED.timeout, state = EXCLUDED.state),"
+            f" s AS (UPDATE {jobs} j SET state = x.state"
+            " FROM unnest($10::bytea[], $11::bytea[], $12::int2[])"
+            " AS x(func, name, state)"
+            " WHERE j.func = x.func AND j.name = x.name),"
+            f" fa AS (INSERT INTO {funcs} (func) SELECT unnest($13::bytea[])"
+            " ON CONFLICT DO NOTHING),"
+            f" fd AS (DELETE FROM {funcs} WHERE func = ANY($14::bytea[])),"
+            f" c AS (INSERT INTO {configs} (name, value)"
+            " SELECT * FROM unnest($15::text[], $16::int8[])"
+            " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value)"
+            " SELECT 1"
+        )
+
+    # the writer ------------------------------------------------------------------
+    async def _writer(self) -> None:
+        """Commit batches until close() (runs on the writer loop)."""
+        wake = self._wake
+        assert wake is not None
+        lock = self._lock
+        while True:
+            work: _Batch | None = None
+            barriers: list[Callback] = []
+            with lock:
+                batch = self._pending
+                retained = self._retained
+                if not batch.empty() or retained is not None:
+                    self._pending = _Batch()
+                    if retained is not None:
+                        self._retained = None
+                        retained.merge_newer(batch)
+                        batch = retained
+                    self._inflight = work = batch
+                elif batch.callbacks:
+                    # barriers registered behind a commit that has finished
+                    self._pending = _Batch()
+                    barriers = batch.callbacks
+                else:
+                    self._idle = True
+            if work is None:
+                if barriers:
+                    self._fire(barriers, None)
+                    continue
+                if self._stopping:
+                    return
+                await wake.wait()
+                wake.clear()
+                continue
+            async with self._conn_lock:
+                error = await self._commit(work)
+            with lock:
+                self._inflight = None
+                callbacks, work.callbacks = work.callbacks, []
+                if error is not None:
+                    self._retained = work
+            self._fire(callbacks, error)
+            if error is not None:
+                if self._stopping:
+                    return
+                delay = min(self.retry_max, self.retry_min * 2 ** (self._failures - 1))
+                await asyncio.sleep(delay)
+
+    async def _commit(self, batch: _Batch) -> BaseException | None:
+        del_f: list[bytes] = []
+        del_n: list[bytes] = []
+        up_f: list[bytes] = []
+        up_n: list[bytes] = []
+        up_w: list[bytes] = []
+        up_t: list[int] = []
+        up_c: list[int] = []
+        up_o: list[int] = []
+        up_s: list[int] = []
+        st_f: list[bytes] = []
+        st_n: list[bytes] = []
+        st_s: list[int] = []
+        for (func, name), op in batch.jobs.items():
+            if op is _DELETE:
+                del_f.append(func)
+                del_n.append(name)
+            elif type(op) is int:
+                st_f.append(func)
+                st_n.append(name)
+                st_s.append(op)
+            else:
+                job, state = op
+                up_f.append(func)
+                up_n.append(name)
+                up_w.append(job.workload)
+                up_t.append(job.sched_at)
+                up_c.append(job.count)
+                up_o.append(job.timeout)
+                up_s.append(state)
+        fadd = [f for f, keep in batch.funcs.items() if keep]
+        fdel = [f for f, keep in batch.funcs.items() if not keep]
+        cfg_k = list(batch.config)
+        cfg_v = list(batch.config.values())
+        args = (
+            del_f, del_n, up_f, up_n, up_w, up_t, up_c, up_o, up_s,
+            st_f, st_n, st_s, fadd, fdel, cfg_k, cfg_v,
+        )  # fmt: skip
+        started = time.perf_counter()
+        try:
+            conn = await self._connection()
+            if batch.dropped:
+                async with conn.transaction():
+                    await conn.execute(
+                        f"DELETE FROM {self._t_jobs} WHERE func = ANY($1::bytea[])",
+                        list(batch.dropped),
+                    )
+                    await conn.execute(self._sql_commit, *args)
+            else:
+                await conn.execute(self._sql_commit, *args)
+        except Exception as exc:  # every failure is reported and retried
+            self._errors += 1
+            self._failures += 1
+            self._healthy = False
+            if self._failures == 1 or self._failures % 100 == 0:
+                log.error(
+                    "PostgreSQL commit of %d writes failed (try %d), will retry: %r",
+                    batch.writes,
+                    self._failures,
+                    exc,
+                )
+            live = self._conn
+            if live is None or live.is_closed() or not _is_data_error(exc):
+                await self._drop_connection()
+            return exc
+        elapsed = time.perf_counter() - started
+        if self._failures:
+            log.warning(
+                "PostgreSQL commits work again after %d failures", self._failures
+            )
+        self._failures = 0
+        self._healthy = True
+        self._commits += 1
+        self._rows += len(batch.jobs) + len(batch.funcs) + len(batch.config)
+        self._commit_seconds += elapsed
+        self._last_commit_seconds = elapsed
+        return None
+
+    def _fire(self, callbacks: list[Callback], error: BaseException | None) -> None:
+        for cb in callbacks:
+            try:
+                cb(error)
+            except Exception:  # a broken callback must not stop the writer
+                log.exception("on_durable callback failed")
+
+    # Store API (event-loop thread) --------------------------------------------
+    def load(self) -> StoreSnapshot:
+        """Read every job, func and config value (one pass over each table)."""
+        self._check_open()
+        return self._call(self._load())
+
+    async def _load(self) -> StoreSnapshot:
+        async with self._conn_lock:
+            return await self._load_locked()
+
+    async def _load_locked(self) -> StoreSnapshot:
+        conn = await self._connection()
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(
+                "SELECT func, name, workload, sched_at, count, timeout, state"
+                f" FROM {self._t_jobs}"
+            )
+            funcs = [
+                r[0] for r in await conn.fetch(f"SELECT func FROM {self._t_funcs}")
+            ]
+            config = {
+                r[0]: r[1]
+                for r in await conn.fetch(f"SELECT name, value FROM {self._t_configs}")
+            }
+        states = (JobState.PENDING, JobState.RUNNING, JobState.LOCKED)
+        jobs = [
+            (Job(f, n, w, t, c, o), states[s] if 0 <= s < 3 else JobState(s))
+            for f, n, w, t, c, o, s in rows
+        ]
+        del rows
+        return StoreSnapshot(jobs, funcs, config)
+
+    def save_job(self, job: Job, state: JobState) -> None:
+        """Insert or replace a job (enqueued)."""
+        with self._lock:
+            batch = self._pending
+            batch.jobs[(job.func, job.name)] = (job, int(state))
+            batch.writes += 1
+            if self._idle:
+                self._kick()
+
+    def set_state(self, func: bytes, name: bytes, state: JobState) -> None:
+        """Change a stored job's state (enqueued; no-op for a missing job)."""
+        key = (func, name)
+        with self._lock:
+            batch = self._pending
+            jobs = batch.jobs
+            old = jobs.get(key, 0)
+            if type(old) is tuple:
+                jobs[key] = (old[0], int(state))
+            elif old is not _DELETE:
+                jobs[key] = int(state)
+            batch.writes += 1
+            if self._idle:
+                self._kick()
+
+    def delete_job(self, func: bytes, name: bytes) -> None:
+        """Delete a job (enqueued)."""
+        with self._lock:
+            batch = self._pending
+            batch.jobs[(func, name)] = _DELETE
+            batch.writes += 1
+            if self._idle:
+                self._kick()
+
+    def delete_func_jobs(self, func: bytes) -> None:
+        """Delete every job of ``func`` (enqueued)."""
+        with self._lock:
+            batch = self._pending
+            jobs = batch.jobs
+            for key in [k for k in jobs if k[0] == func]:
+                del jobs[key]
+            batch.dropped.add(func)
+            batch.writes += 1
+            if self._idle:
+                self._kick()
+
+    def save_func(self, func: bytes) -> None:
+        """Remember a func (enqueued)."""
+        with self._lock:
+            batch = self._pending
+            batch.funcs[func] = True
+            batch.writes += 1
+            if self._idle:
+                self._kick()
+
+    def delete_func(self, func: bytes) -> None:
+        """Forget a func (enqueued)."""
+        with self._lock:
+            batch = self._pending
+            batch.funcs[func] = False
+            batch.writes += 1
+            if self._idle:
+                self._kick()
+
+    def save_config(self, key: str, value: int) -> None:
+        """Persist a config value (enqueued)."""
+        with self._lock:
+            batch = self._pending
+            batch.config[key] = int(value)
+            batch.writes += 1
+            if self._idle:
+                self._kick()
+
+    def on_durable(self, callback: Callback) -> None:
+        """Call ``callback(error)`` after the commit of everything written so
+        far (from the writer thread), or at once when nothing is outstanding."""
+        with self._lock:
+            batch = self._pending
+            if (
+                batch.empty()
+                and not batch.callbacks
+                and self._inflight is None
+                and self._retained is None
+            ):
+                now = True
+            else:
+                now = False
+                batch.callbacks.append(callback)
+                if self._idle:
+                    self._kick()
+        if now:
+            callback(None)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything written so far is committed; raise the
+        commit error (or :class:`TimeoutError` after ``timeout`` seconds)."""
+        self._check_open()
+        self._flush(timeout)
+
+    def _flush(self, timeout: float | None) -> None:
+        done = threading.Event()
+        box: list[BaseException | None] = []
+
+        def cb(error: BaseException | None) -> None:
+            box.append(error)
+            done.set()
+
+        self.on_durable(cb)
+        if not done.wait(timeout):
+            raise TimeoutError(f"PostgreSQL store: no commit within {timeout} s")
+        if box[0] is not None:
+            raise box[0]
+
+    def metrics(self) -> dict[str, float]:
+        """Counters for monitoring: ``commits``, ``rows`` (net rows written),
+        ``commit_seconds_sum``, ``last_commit_seconds``, ``errors`` (failed
+        commit attempts), ``pending`` (writes not yet committed) and
+        ``healthy`` (1 when the last commit attempt succeeded)."""
+        with self._lock:
+            pending = self._pending.writes
+            if self._inflight is not None:
+                pending += self._inflight.writes
+            if self._retained is not None:
+                pending += self._retained.writes
+        return {
+            "commits": float(self._commits),
+            "rows": float(self._rows),
+            "commit_seconds_sum": self._commit_seconds,
+            "last_commit_seconds": self._last_commit_seconds,
+            "errors": float(self._errors),
+            "pending": float(pending),
+            "healthy": 1.0 if self._healthy else 0.0,
+        }
+
+    def close(self) -> None:
+        """Commit what is pending (waiting at most ``close_timeout``), stop
+        the writer and disconnect.  Raises the last commit error, if the
+        final commit failed.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        error: BaseException | None = None
+        try:
+            self._flush(self.close_timeout)
+        except Exception as exc:
+            error = exc
+            log.error("PostgreSQL store closed with uncommitted writes: %r", exc)
+        self._stopping = True
+        with contextlib.suppress(Exception):
+            self._wloop.call_soon_threadsafe(self._wake_writer)
+            self._call(self._drop_connection(), timeout=10)
+        self._shutdown_thread()
+        if error is not None:
+            raise error
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the PostgreSQL store is closed")
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """True for an error the server reported on a live connection (a dropped
+    table, a constraint): the connection can be reused."""
+    return isinstance(exc, asyncpg.PostgresError) and not isinstance(
+        exc,
+        (asyncpg.PostgresConnectionError, asyncpg.exceptions.AdminShutdownError),
+    )
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # noqa: PLC0415 - optional accelerator
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
