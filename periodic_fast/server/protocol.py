@@ -132,6 +132,7 @@ class Hub:
         "protocols",
         "registration_timeout",
         "scheduler",
+        "secure",
     )
 
     def __init__(
@@ -169,9 +170,16 @@ class Hub:
         #: called after each batch of input was handled (the server re-arms
         #: its timer if the scheduler now has earlier work)
         self.on_input: Callable[[], None] | None = None
+        #: RSA/AES transport config (a server.secure.SecureConfig) or None
+        self.secure: Any = None
 
-    def factory(self) -> ServerProtocol:
-        """Protocol factory for ``loop.create_server`` / ``create_unix_server``."""
+    def factory(self) -> asyncio.Protocol:
+        """Protocol factory for ``loop.create_server`` / ``create_unix_server``
+        (wrapped in the RSA/AES transport when :attr:`secure` is set)."""
+        if self.secure is not None:
+            from .secure import SecureProtocol  # noqa: PLC0415  # optional dep
+
+            return SecureProtocol(ServerProtocol(self), self.secure)
         return ServerProtocol(self)
 
     def allocate_id(self, proto: ServerProtocol) -> int:
