@@ -212,6 +212,13 @@ class Server:
         is closed at once and logged (0: no limit).
     :param max_jobs_per_func: stored jobs allowed per func; a submission
         beyond it gets NO_WORKER (0: no limit; default scheduler only).
+    :param rsa_private_path: the server's RSA private key (PEM); set, every
+        connection must start with the RSA/AES handshake (docs/transport.md).
+    :param rsa_public_path: allowed client public keys: a PEM file (several
+        keys allowed) or a directory of ``*.pem`` files.
+    :param rsa_modes: stream modes clients may pick: ``"Plain,RSA,AES"``.
+    :param rsa_legacy: also serve aio-periodic 1.0.0's legacy handshake
+        (which does not prove the client holds its private key).
     """
 
     def __init__(
@@ -232,6 +239,10 @@ class Server:
         unix_mode: int = 0o600,
         max_connections: int = 0,
         max_jobs_per_func: int = 0,
+        rsa_private_path: str | os.PathLike[str] | None = None,
+        rsa_public_path: str | os.PathLike[str] = "public_keys.pem",
+        rsa_modes: str | Sequence[str] = "Plain,RSA,AES",
+        rsa_legacy: bool = True,
     ) -> None:
         if not addresses:
             raise ValueError("no listen address")
@@ -246,6 +257,7 @@ class Server:
         self._factory = scheduler_factory or _default_factory(
             store, durability, config, self._owned, max_jobs_per_func
         )
+        self._rsa = (rsa_private_path, rsa_public_path, rsa_modes, rsa_legacy)
         self._auth_path = auth_file
         self._auth_poll = auth_poll
         self._auth: AuthFile | None = None
@@ -323,6 +335,13 @@ class Server:
             )
             hub.on_input = self.input_done
             self._hub = hub
+            private, public, modes, legacy = self._rsa
+            if private is not None:
+                from .secure import SecureConfig  # noqa: PLC0415  # optional dep
+
+                hub.secure = SecureConfig.load(
+                    private, public, modes=modes, legacy=legacy
+                )
             for addr in self._requested:
                 await self._listen(loop, hub, addr)
         except BaseException:

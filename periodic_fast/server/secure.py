@@ -67,7 +67,7 @@ from ..errors import PeriodicError
 __all__ = [
     "AES_CHUNK",
     "MAX_RECORD",
-    "KeyError_",
+    "KeyFileError",
     "KeyRing",
     "RSAMode",
     "SecureConfig",
@@ -113,7 +113,7 @@ class RSAMode(enum.IntEnum):
     AES = 2
 
 
-class KeyError_(PeriodicError):  # noqa: N801 - KeyError is a builtin
+class KeyFileError(PeriodicError, ValueError):
     """A key file is missing, unreadable, not PEM or not RSA."""
 
 
@@ -146,17 +146,21 @@ def load_private_key(path: str | os.PathLike[str]) -> rsa.RSAPrivateKey:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise KeyError_(f"cannot read private key {os.fspath(path)!r}: {exc}") from None
+        raise KeyFileError(
+            f"cannot read private key {os.fspath(path)!r}: {exc}"
+        ) from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise KeyError_(
+        raise KeyFileError(
             f"{os.fspath(path)}: not an unencrypted PEM key: {exc}"
         ) from None
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise KeyError_(f"{os.fspath(path)}: not an RSA key")
+        raise KeyFileError(f"{os.fspath(path)}: not an RSA key")
     if key.key_size < 1024:
-        raise KeyError_(f"{os.fspath(path)}: RSA key too small ({key.key_size} bits)")
+        raise KeyFileError(
+            f"{os.fspath(path)}: RSA key too small ({key.key_size} bits)"
+        )
     return key
 
 
@@ -168,9 +172,9 @@ def _public_keys_in(data: bytes, where: str) -> list[rsa.RSAPublicKey]:
         try:
             key = serialization.load_pem_public_key(match.group(0))
         except ValueError as exc:
-            raise KeyError_(f"{where}: bad public key: {exc}") from None
+            raise KeyFileError(f"{where}: bad public key: {exc}") from None
         if not isinstance(key, rsa.RSAPublicKey):
-            raise KeyError_(f"{where}: not an RSA public key")
+            raise KeyFileError(f"{where}: not an RSA public key")
         keys.append(key)
     return keys
 
@@ -188,7 +192,9 @@ def load_public_keys(path: str | os.PathLike[str]) -> list[rsa.RSAPublicKey]:
             return keys
         return _public_keys_in(p.read_bytes(), str(p))
     except OSError as exc:
-        raise KeyError_(f"cannot read public keys {os.fspath(path)!r}: {exc}") from None
+        raise KeyFileError(
+            f"cannot read public keys {os.fspath(path)!r}: {exc}"
+        ) from None
 
 
 class KeyRing:
@@ -231,7 +237,7 @@ class KeyRing:
             if stamp and stamp != self._stamp:
                 try:
                     keys = load_public_keys(self.path)
-                except KeyError_ as exc:
+                except KeyFileError as exc:
                     log.error(
                         "public keys not reloaded (keeping the old ones): %s", exc
                     )
@@ -284,14 +290,14 @@ class SecureConfig:
         legacy: bool = True,
         max_record: int = MAX_RECORD,
     ) -> SecureConfig:
-        """Read the keys (raises :class:`KeyError_`) and build the config.
+        """Read the keys (raises :class:`KeyFileError`) and build the config.
 
         No allowed public key at all is an error: nobody could connect.
         """
         key = load_private_key(private_path)
         ring = KeyRing(public_path)
         if not len(ring):
-            raise KeyError_(f"no RSA public key in {os.fspath(public_path)!r}")
+            raise KeyFileError(f"no RSA public key in {os.fspath(public_path)!r}")
         return cls(
             key, ring, modes=parse_modes(modes), legacy=legacy, max_record=max_record
         )
