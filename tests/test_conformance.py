@@ -5,7 +5,8 @@ and read from a real socket (TCP; a few over a unix socket as well) of an
 in-process server, on the stock asyncio loop and on uvloop (the ``run``
 fixture, as in tests/test_server.py).  Request frames are built by hand and
 every server frame is checked by hand (magic, length, CRC-32): the codec under
-test is only the server's.  Items 71-78 (auth, RSA) belong to a later issue.
+test is only the server's.  Items 71-76 (auth) run against a server with an
+auth file (at the end); 77-78 (RSA) belong to a later issue.
 
 Time: the server gets a movable clock (real time plus an offset, see
 :class:`Clock`); :meth:`Env.jump` moves it forward second by second and runs
@@ -26,6 +27,7 @@ import math
 import os
 import re
 import struct
+import tempfile
 import time
 import zlib
 from collections import deque
@@ -1805,5 +1807,151 @@ def test_item_79_assign_wait_zero_accepts_on_send(run: Runner) -> None:
             await w.done(b"f", b"j", b"ok")
             await w.done(b"f", b"k", b"ok")
             assert await c.dump() == []
+
+    run(main())
+
+
+# -- authorization (items 71-76; server started with an auth file) --
+
+AUTH_FILE = b"""\
+client  alice  a-tok  f,g
+worker  wally  w-tok  f
+admin   root   r-tok  -
+"""
+
+
+def identity(name: bytes, token: bytes) -> bytes:
+    """``hsbytes(name) + hsbytes(token)`` (protocol.md 1.4)."""
+    return struct.pack(">q", len(name)) + name + struct.pack(">q", len(token)) + token
+
+
+class AuthEnv(Env):
+    """An :class:`Env` whose server reads the auth file at ``auth_path``."""
+
+    def __init__(self, server: Server, clock: Clock, auth_path: str) -> None:
+        super().__init__(server, clock)
+        self.auth_path = auth_path
+
+
+@contextlib.asynccontextmanager
+async def serve_auth(text: bytes = AUTH_FILE) -> AsyncIterator[AuthEnv]:
+    """Like :func:`serve`, with an auth file holding ``text``."""
+    with tempfile.TemporaryDirectory(prefix="pf-auth-") as tmp:
+        path = os.path.join(tmp, "auth")
+        with open(path, "wb") as f:
+            f.write(text)
+        clock = Clock()
+        async with running_server(unix=False, clock=clock, auth_file=path) as srv:
+            env = AuthEnv(srv, clock, path)
+            try:
+                yield env
+            finally:
+                await env.close()
+
+
+async def auth_conn(env: Env, ctype: int, name: bytes, token: bytes) -> Conn:
+    conn = await env.open()
+    await conn.register(ctype, identity(name, token))
+    return conn
+
+
+def test_item_71_no_identity_is_refused(run: Runner) -> None:
+    # [deviation] the reference registers a type-1 connection and answers every
+    # command (PING included) with NO_WORKER; we close it at registration,
+    # without a reply, and likewise an unknown name or a wrong token.
+    async def main() -> None:
+        async with serve_auth() as env:
+            for ctype, extra in (
+                (ClientType.CLIENT, b""),
+                (ClientType.WORKER, b""),
+                (ClientType.AUTH_CLIENT, identity(b"alice", b"wrong")),
+                (ClientType.AUTH_CLIENT, identity(b"nobody", b"a-tok")),
+            ):
+                conn = await env.open()
+                conn.send(registration(ctype, extra))
+                conn.send(req(1, C.PING))
+                assert await conn.closed() == [], (ctype, extra)
+            ok = await auth_conn(env, ClientType.AUTH_CLIENT, b"alice", b"a-tok")
+            await ok.ping()
+
+    run(main())
+
+
+def test_item_72_client_identity_as_worker(run: Runner) -> None:
+    async def main() -> None:
+        async with serve_auth() as env:
+            w = await auth_conn(env, ClientType.AUTH_WORKER, b"alice", b"a-tok")
+            f = await w.call(C.CAN_DO, s8(b"f"))
+            assert (f.command, f.payload) == (C.NO_WORKER, b"")
+            f = await w.call(C.PING)  # the role check covers every command
+            assert f.command == C.NO_WORKER
+            root = await auth_conn(env, ClientType.AUTH_CLIENT, b"root", b"r-tok")
+            assert await root.status() == {}
+
+    run(main())
+
+
+def test_item_73_func_check_on_submit(run: Runner) -> None:
+    async def main() -> None:
+        async with serve_auth() as env:
+            c = await auth_conn(env, ClientType.AUTH_CLIENT, b"alice", b"a-tok")
+            await c.submit(b"f", b"j")
+            f = await c.call(C.SUBMIT_JOB, job_bytes(b"h", b"j"))
+            assert (f.command, f.payload) == (C.NO_WORKER, b"")
+            assert list(await c.status()) == [b"f"]
+            root = await auth_conn(env, ClientType.AUTH_CLIENT, b"root", b"r-tok")
+            assert [(j.func, j.name) for j in await root.dump()] == [(b"f", b"j")]
+
+    run(main())
+
+
+def test_item_74_status_filtered(run: Runner) -> None:
+    async def main() -> None:
+        async with serve_auth() as env:
+            root = await auth_conn(env, ClientType.AUTH_CLIENT, b"root", b"r-tok")
+            for func in (b"f", b"g", b"h"):
+                await root.submit(func, b"j")
+            c = await auth_conn(env, ClientType.AUTH_CLIENT, b"alice", b"a-tok")
+            assert list(await c.status()) == [b"f", b"g"]
+            w = await auth_conn(env, ClientType.AUTH_WORKER, b"wally", b"w-tok")
+            assert list(await w.status()) == [b"f"]
+            assert list(await root.status()) == [b"f", b"g", b"h"]
+
+    run(main())
+
+
+def test_item_75_admin_as_client_may_can_do(run: Runner) -> None:
+    async def main() -> None:
+        async with serve_auth() as env:
+            root = await auth_conn(env, ClientType.AUTH_CLIENT, b"root", b"r-tok")
+            await root.can_do(b"anything")
+            assert (await root.status())[b"anything"][0] == 1
+            await root.grab(7)
+            await root.submit(b"anything", b"j")
+            m, job = await root.assignment()
+            assert (m, job.name) == (7, b"j")
+
+    run(main())
+
+
+def test_item_76_auth_file_reloaded(run: Runner) -> None:
+    async def main() -> None:
+        async with serve_auth() as env:  # checked every second (the default)
+            c = await auth_conn(env, ClientType.AUTH_CLIENT, b"alice", b"a-tok")
+            f = await c.call(C.SUBMIT_JOB, job_bytes(b"h", b"j"))
+            assert f.command == C.NO_WORKER
+            path = env.auth_path
+            before = os.stat(path).st_mtime_ns
+            with open(path, "wb") as fh:
+                fh.write(AUTH_FILE.replace(b"f,g", b"f,g,h"))
+            os.utime(path, ns=(before + 10**9, before + 10**9))  # a new mtime
+            t0 = time.monotonic()
+
+            async def allowed() -> bool:
+                f = await c.call(C.SUBMIT_JOB, job_bytes(b"h", b"j"))
+                return bool(f.command == C.SUCCESS)
+
+            await eventually(allowed, timeout=3.0)
+            assert time.monotonic() - t0 < 2.5  # within ~1-2 s
 
     run(main())
