@@ -394,6 +394,10 @@ class SecureProtocol(asyncio.Protocol):
         except ValueError as exc:  # cryptography: undecryptable block
             self._fail(f"bad ciphertext ({exc.__class__.__name__})")
             return
+        except Exception:  # a bug here must not take the loop's logger down
+            log.exception("%s: rsa transport error", getattr(self._inner, "peer", "?"))
+            self._fail("internal error")
+            return
         if plain and not self._dead:
             self._inner.data_received(plain)
 
@@ -516,12 +520,8 @@ class SecureProtocol(asyncio.Protocol):
             k = self._cfg.block
             decrypt = self._cfg.decrypt
             n = len(buf) - len(buf) % k
-            view = memoryview(buf)
-            try:
-                for pos in range(0, n, k):
-                    out.append(decrypt(bytes(view[pos : pos + k])))
-            finally:
-                view.release()
+            for pos in range(0, n, k):
+                out.append(decrypt(bytes(buf[pos : pos + k])))
             del buf[:n]
             return b"".join(out)
         # AES records
@@ -531,30 +531,24 @@ class SecureProtocol(asyncio.Protocol):
         high = self._cfg.max_record
         pos = 0
         end = len(buf)
-        view = memoryview(buf)
-        try:
-            while end - pos >= 8:
-                (size,) = _U64.unpack_from(buf, pos)
-                if not low <= size <= high:
-                    raise _BadStream(
-                        f"AES record of {size} bytes (allowed {low}-{high})"
-                    )
-                if end - pos - 8 < size:
-                    break
-                body = view[pos + 8 : pos + 8 + size]
-                iv = bytes(body[:IV_SIZE])
-                if v1:
-                    ct = body[IV_SIZE:-TAG_SIZE]
-                    mac = hmac.new(key, body[:-TAG_SIZE], hashlib.sha256).digest()
-                    if not hmac.compare_digest(mac, body[-TAG_SIZE:]):
-                        raise _BadStream("bad AES record tag")
-                else:
-                    ct = body[IV_SIZE:]
-                dec = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor()
-                out.append(dec.update(ct) + dec.finalize())
-                pos += 8 + size
-        finally:
-            view.release()
+        while end - pos >= 8:
+            (size,) = _U64.unpack_from(buf, pos)
+            if not low <= size <= high:  # before buffering the record
+                raise _BadStream(f"AES record of {size} bytes (allowed {low}-{high})")
+            if end - pos - 8 < size:
+                break
+            start = pos + 8
+            pos = start + size
+            iv = bytes(buf[start : start + IV_SIZE])
+            if v1:
+                ct = bytes(buf[start + IV_SIZE : pos - TAG_SIZE])
+                mac = hmac.new(key, iv + ct, hashlib.sha256).digest()
+                if not hmac.compare_digest(mac, bytes(buf[pos - TAG_SIZE : pos])):
+                    raise _BadStream("bad AES record tag")
+            else:
+                ct = bytes(buf[start + IV_SIZE : pos])
+            dec = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor()
+            out.append(dec.update(ct) + dec.finalize())
         if pos:
             del buf[:pos]
         return b"".join(out)
