@@ -5,7 +5,9 @@
 ``-p/--path``, ``--log``, ``--name``, ``--auth-file``, plus the config keys
 ``--timeout``, ``--assign-wait``, ``--keepalive``, ``--lock-timeout`` and our
 ``--max-frame``, ``--registration-timeout``, ``--max-output``, ``--loop``,
-``--unix-mode``, ``--max-connections``, ``--max-jobs-per-func``.
+``--unix-mode``, ``--max-connections``, ``--max-jobs-per-func``; the RSA/AES
+transport: ``--rsa-private-path``, ``--rsa-public-path``, ``--rsa-mode``,
+``--no-rsa-legacy`` (docs/transport.md).
 
 ``periodic -d [same options]`` starts the same server; the client
 sub-commands of ``periodic`` hang off :data:`app` (the callback keeps the
@@ -149,6 +151,39 @@ MaxJobsPerFuncOpt = Annotated[
 ]
 
 
+RsaPrivateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rsa-private-path",
+        help="Server RSA private key (PEM): every connection must then start "
+        "with the RSA/AES handshake (docs/transport.md).",
+        show_default=False,
+    ),
+]
+RsaPublicOpt = Annotated[
+    str,
+    typer.Option(
+        "--rsa-public-path",
+        help="Allowed client public keys: a PEM file or a directory of *.pem.",
+    ),
+]
+RsaModeOpt = Annotated[
+    str,
+    typer.Option(
+        "--rsa-mode",
+        help="Stream modes clients may choose, comma-separated: Plain, RSA, AES.",
+    ),
+]
+RsaLegacyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--rsa-legacy/--no-rsa-legacy",
+        help="Serve aio-periodic 1.0.0's legacy handshake (no proof that the "
+        "client holds its private key).",
+    ),
+]
+
+
 def _unix_mode(value: str) -> int:
     """Parse an octal mode such as ``0600``, ``660`` or ``0o660``."""
     digits = value[2:] if value.lower().startswith("0o") else value
@@ -202,6 +237,7 @@ def _serve(
     unix_mode: str = "0600",
     max_connections: int = 0,
     max_jobs_per_func: int = 0,
+    rsa: tuple[str | None, str, str, bool] = (None, "public_keys.pem", "", True),
 ) -> int:
     from .server.app import Server, run  # noqa: PLC0415  # keep CLI start fast
 
@@ -223,6 +259,10 @@ def _serve(
             unix_mode=mode,
             max_connections=max_connections,
             max_jobs_per_func=max_jobs_per_func,
+            rsa_private_path=rsa[0],
+            rsa_public_path=rsa[1],
+            rsa_modes=rsa[2] or "Plain,RSA,AES",
+            rsa_legacy=rsa[3],
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--host") from None
@@ -257,6 +297,10 @@ def periodicd(
     unix_mode: UnixModeOpt = "0600",
     max_connections: MaxConnectionsOpt = 0,
     max_jobs_per_func: MaxJobsPerFuncOpt = 0,
+    rsa_private_path: RsaPrivateOpt = None,
+    rsa_public_path: RsaPublicOpt = "public_keys.pem",
+    rsa_mode: RsaModeOpt = "Plain,RSA,AES",
+    rsa_legacy: RsaLegacyOpt = True,
     push_task_size: _NoopOpt = None,
     sched_task_size: _NoopOpt = None,
     max_cache_size: _NoopOpt = None,
@@ -281,6 +325,7 @@ def periodicd(
         unix_mode=unix_mode,
         max_connections=max_connections,
         max_jobs_per_func=max_jobs_per_func,
+        rsa=(rsa_private_path, rsa_public_path, rsa_mode, rsa_legacy),
     )
     raise typer.Exit(code)
 
@@ -388,3 +433,7 @@ def main() -> None:
 from .cli_client import register as _register_client_commands  # noqa: E402
 
 _register_client_commands(app)
+
+from .cli_keygen import register as _register_keygen  # noqa: E402
+
+_register_keygen(app)
