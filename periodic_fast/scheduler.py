@@ -814,17 +814,19 @@ class Scheduler:
         def checked(conn: _Conn, msgid: int, payload: bytes) -> None:
             ident = conn.auth
             assert ident is not None
-            fields = decode_payload(command, payload)  # malformed: close
-            value = fields[0]
             if command == _LOAD:
-                funcs = {job.func for job in value}
-            elif command in (_SUBMIT_JOB, _RUN_JOB, _RECV_DATA):
-                funcs = {value[0]}  # the job's func
-            else:  # CAN_DO, BROADCAST, DROP_FUNC, REMOVE_JOB: str8 func first
-                funcs = {value}
-            if all(ident.func_allowed(f) for f in funcs):
+                jobs = decode_job_list(payload)  # malformed: close
+                allowed = all(ident.func_allowed(job.func) for job in jobs)
+            elif payload and payload[0] < len(payload):
+                # every other checked payload starts with str8(func); the
+                # handler decodes (and refuses) the whole payload
+                allowed = ident.func_allowed(payload[1 : 1 + payload[0]])
+            else:
+                allowed = False
+            if allowed:
                 inner(conn, msgid, payload)
             else:
+                decode_payload(command, payload)  # a malformed payload closes
                 conn.send(encode_response(msgid, _NO_WORKER))
 
         return checked
@@ -836,16 +838,17 @@ class Scheduler:
         (stricter than the reference, which lets any worker end any job)."""
 
         def owned(conn: _Conn, msgid: int, payload: bytes) -> None:
-            fields = decode_payload(command, payload)  # malformed: close
             if command in (_ACQUIRE, _RELEASE):
+                fields = decode_payload(command, payload)  # malformed: close
                 key = _key(fields[-2], fields[-1])
-            else:
-                key = _key(fields[0], fields[1])
+            else:  # the payload starts with the handle
+                key = payload[: _handle_end(payload)]
             if key in conn.running or any(
                 a.rec.key == key for a in conn.unconfirmed.values()
             ):
-                inner(conn, msgid, payload)
+                inner(conn, msgid, payload)  # decodes the whole payload
             else:
+                decode_payload(command, payload)  # a malformed payload closes
                 conn.send(encode_response(msgid, _NO_WORKER))
 
         return owned
