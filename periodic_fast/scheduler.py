@@ -36,9 +36,10 @@ per-connection dispatch table, specific decoders and no logging.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import Final, Literal, NamedTuple
 
 from .auth import AuthRules, Identity, Role
 from .codec import (
@@ -64,7 +65,17 @@ from .job import FuncStat, Job, JobState
 from .store import Store
 from .wheel import TimerWheel
 
-__all__ = ["ADMIN_COMMANDS", "Scheduler", "WORKER_COMMANDS"]
+__all__ = [
+    "ADMIN_COMMANDS",
+    "WORKER_COMMANDS",
+    "ConnInfo",
+    "Event",
+    "FuncDetail",
+    "Histogram",
+    "LockInfo",
+    "Scheduler",
+    "SchedulerStats",
+]
 
 # Command codes as plain ints: IntEnum attribute lookups cost on hot paths.
 _NOOP: Final = 0
@@ -186,6 +197,18 @@ def _key(func: bytes, name: bytes) -> bytes:
     return bytes((len(func),)) + func + bytes((len(name),)) + name
 
 
+def _show(raw: bytes) -> str:
+    """A name for a log line or an event (never raises, bounded)."""
+    text = raw[:80].decode("utf-8", "backslashreplace")
+    return text + "..." if len(raw) > 80 else text
+
+
+def _show_key(key: bytes) -> str:
+    """``func:name`` of a job handle, for events."""
+    n = key[0]
+    return f"{_show(key[1 : 1 + n])}:{_show(key[2 + n :])}"
+
+
 def _due_order(rec: _JobRec) -> tuple[int, bytes]:
     job = rec.job
     return job.sched_at, job.name
@@ -198,15 +221,24 @@ class _Func:
         "avail",
         "broadcast",
         "jobs",
+        "n_done",
+        "n_fail",
+        "n_later",
         "n_locked",
         "n_ready",
         "n_running",
+        "n_submit",
         "name",
         "ready",
         "workers",
     )
 
     def __init__(self, name: bytes) -> None:
+        # counters since the func was created (SchedulerStats reads them)
+        self.n_submit = 0
+        self.n_done = 0
+        self.n_fail = 0
+        self.n_later = 0
         self.name = name
         self.workers = 0  # connections that registered it
         self.broadcast = False  # last first-registration wins (quirk kept)
@@ -248,11 +280,18 @@ class _JobRec:
 class _Assign:
     """One JOB_ASSIGN sent to one grab slot."""
 
-    __slots__ = ("aid", "conn", "deadline", "epoch", "msgid", "rec", "waiting")
+    __slots__ = ("aid", "at", "conn", "deadline", "epoch", "msgid", "rec", "waiting")
 
     def __init__(
-        self, conn: _Conn, msgid: int, rec: _JobRec, waiting: bool, deadline: float
+        self,
+        conn: _Conn,
+        msgid: int,
+        rec: _JobRec,
+        waiting: bool,
+        deadline: float,
+        at: float,
     ) -> None:
+        self.at = at  # when JOB_ASSIGN was sent (run-time histogram)
         self.conn = conn
         self.msgid = msgid
         self.rec = rec
@@ -331,6 +370,142 @@ class _Lock:
         self.queue: dict[bytes, float] = {}  # FIFO
 
 
+# -- statistics (read by the HTTP status page and /metrics) ----------------------
+
+#: Bucket upper bounds (seconds) of the lateness and run-time histograms.
+LATENESS_BUCKETS: Final = (
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+)  # fmt: skip
+RUNTIME_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+)  # fmt: skip
+_EVENTS_KEPT: Final = 200
+_RATE_WINDOW: Final = 60.0  # per-minute rates look back this far
+
+
+class Histogram:
+    """Fixed-bucket histogram: ``counts[i]`` observations ``<= bounds[i]``
+    (not cumulative), the last slot for everything above."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        """Number of observations."""
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, observations <= bound)`` pairs, ending with +inf."""
+        out: list[tuple[float, int]] = []
+        total = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += n
+            out.append((bound, total))
+        return out
+
+
+class Event(NamedTuple):
+    """One line of the recent-events log."""
+
+    time: float
+    kind: str  #: connect, disconnect, fail, timeout, lost, remove, drop, config
+    message: str
+
+
+class FuncDetail(NamedTuple):
+    """A func's counts and counters (:meth:`Scheduler.func_details`)."""
+
+    func: bytes
+    workers: int  #: connections that registered it
+    jobs: int  #: stored jobs, any state (the queue depth)
+    due: int  #: pending jobs whose time has come, waiting for a grab slot
+    running: int
+    locked: int
+    next_due: int | None  #: earliest sched_at of a pending job
+    oldest_due: int | None  #: sched_at of the oldest due job
+    submitted: int  #: counters since start (or since the func was created)
+    done: int
+    failed: int
+    sched_later: int
+
+
+class ConnInfo(NamedTuple):
+    """A registered connection (:meth:`Scheduler.connections`)."""
+
+    id: int
+    worker: bool
+    identity: bytes | None  #: the registered identity name, if any
+    funcs: tuple[bytes, ...]  #: funcs it registered (workers)
+    slots: int  #: free grab slots
+    running: int  #: confirmed assignments
+    unconfirmed: int  #: assignments awaiting JOB_ASSIGNED
+    last_seen: float
+
+
+class LockInfo(NamedTuple):
+    """A named lock (:meth:`Scheduler.locks`); entries are (func, name, since)."""
+
+    name: bytes
+    max: int
+    holders: tuple[tuple[bytes, bytes, float], ...]
+    waiting: tuple[tuple[bytes, bytes, float], ...]
+
+
+class SchedulerStats:
+    """Counters, histograms and recent events of one scheduler.
+
+    Per-func counters (submit, done, fail, sched_later) live on the func
+    records and are summed on read; the counters of dropped funcs are kept
+    here so the totals never go down.  Everything is a plain int or float
+    increment on the hot paths.
+    """
+
+    __slots__ = (
+        "connects",
+        "disconnects",
+        "events",
+        "lateness",
+        "lost",
+        "removed",
+        "retired",
+        "runtime",
+        "samples",
+        "started",
+        "timeouts",
+    )
+
+    def __init__(self, now: float) -> None:
+        self.started = now
+        #: dispatch time - sched_at, at each job's first assignment
+        self.lateness = Histogram(LATENESS_BUCKETS)
+        #: assignment -> WORK_DONE / WORK_FAIL / SCHED_LATER of the same worker
+        self.runtime = Histogram(RUNTIME_BUCKETS)
+        self.timeouts = 0  #: per-assignment timeouts (treated as fail)
+        self.lost = 0  #: running jobs re-queued because their worker went away
+        self.removed = 0  #: jobs removed by REMOVE_JOB or HTTP
+        self.connects = 0
+        self.disconnects = 0
+        #: submit, done, fail, sched_later of dropped funcs
+        self.retired = [0, 0, 0, 0]
+        self.events: deque[Event] = deque(maxlen=_EVENTS_KEPT)
+        #: (time, submit, done, fail, sched_later) every 10 s, for the rates
+        self.samples: deque[tuple[float, int, int, int, int]] = deque(maxlen=8)
+
+    def event(self, now: float, kind: str, message: str) -> None:
+        """Append to the recent-events log (bounded)."""
+        self.events.append(Event(now, kind, message))
+
+
 class Scheduler:
     """Job states, func registry, grab slots, locks and waiters; no I/O.
 
@@ -401,6 +576,9 @@ class Scheduler:
         self._next_locked = now + _SWEEP_LOCKED
         self._next_slow = now + _SWEEP_SLOW
         self._tables: dict[bool, list[_Handler]] = {}
+        self._stats = SchedulerStats(now)
+        self._late = self._stats.lateness  # bound once: hot paths
+        self._runtime = self._stats.runtime
 
         for func in snap.funcs:
             self._func(func, persist=False)
@@ -454,6 +632,10 @@ class Scheduler:
             conn.auth = ident
         conn.table = self._table_for(conn)
         self._conns[conn_id] = conn
+        self._stats.connects += 1
+        kind = "worker" if conn.worker else "client"
+        who = f" as {_show(identity[0])}" if identity is not None else ""
+        self._stats.event(now, "connect", f"{kind} {conn_id} connected{who}")
 
     def disconnect(self, conn_id: int, now: float) -> None:
         """The connection is gone: clean-up of protocol.md 4.8.  Idempotent."""
@@ -583,6 +765,12 @@ class Scheduler:
                 del running[rec.key]
             if a2.epoch == rec.epoch:  # treated like WORK_FAIL (4.7)
                 rec.run -= 1
+                self._stats.timeouts += 1
+                self._stats.event(
+                    now,
+                    "timeout",
+                    f"{_show_key(rec.key)} timed out on connection {a2.conn.id}",
+                )
                 self._fail(rec.key, rec)
 
         if now >= self._next_fast:
@@ -662,6 +850,159 @@ class Scheduler:
         """The store this scheduler writes to (the server holds replies
         behind its durability barrier when ``store.deferred``)."""
         return self._store
+
+    @property
+    def stats(self) -> SchedulerStats:
+        """Histograms, event log and global counters (read-only use)."""
+        return self._stats
+
+    def _totals(self) -> tuple[int, int, int, int]:
+        """submit, done, fail, sched_later since start, every func included."""
+        s, d, f, la = self._stats.retired
+        for fs in self._funcs.values():
+            s += fs.n_submit
+            d += fs.n_done
+            f += fs.n_fail
+            la += fs.n_later
+        return s, d, f, la
+
+    def counters(self) -> dict[str, int]:
+        """Monotonic totals since start: submit, done, fail, sched_later,
+        timeout, lost, removed, connects, disconnects."""
+        s, d, f, la = self._totals()
+        st = self._stats
+        return {
+            "submit": s,
+            "done": d,
+            "fail": f,
+            "sched_later": la,
+            "timeout": st.timeouts,
+            "lost": st.lost,
+            "removed": st.removed,
+            "connects": st.connects,
+            "disconnects": st.disconnects,
+        }
+
+    def rates(self, now: float) -> dict[str, float]:
+        """submit, done, fail and sched_later per minute over about the last
+        minute (counter samples are taken every 10 s by :meth:`tick`)."""
+        current = self._totals()
+        base: tuple[float, int, int, int, int] = (self._stats.started, 0, 0, 0, 0)
+        for sample in self._stats.samples:  # oldest first
+            if sample[0] > now - _RATE_WINDOW:
+                break
+            base = sample
+        scale = 60.0 / max(now - base[0], _RATE_WINDOW)
+        keys = ("submit", "done", "fail", "sched_later")
+        return {
+            k: (c - b) * scale for k, c, b in zip(keys, current, base[1:], strict=True)
+        }
+
+    def func_details(self, now: float) -> list[FuncDetail]:
+        """Every known func with its counts and counters, sorted by name.
+
+        Costs a pass over each func's jobs (like :meth:`status`)."""
+        out = []
+        for name in sorted(self._funcs):
+            fs = self._funcs[name]
+            pending = [r.job.sched_at for r in fs.jobs if r.state == _PENDING]
+            oldest: int | None = None
+            seen = 0
+            for rec in fs.ready:  # about oldest first: look at the head only
+                if rec.where == _READY and rec.state == _PENDING:
+                    at = rec.job.sched_at
+                    if oldest is None or at < oldest:
+                        oldest = at
+                    seen += 1
+                    if seen >= 64:
+                        break
+            out.append(
+                FuncDetail(
+                    name,
+                    fs.workers,
+                    len(fs.jobs),
+                    fs.n_ready,
+                    fs.n_running,
+                    fs.n_locked,
+                    min(pending) if pending else None,
+                    oldest,
+                    fs.n_submit,
+                    fs.n_done,
+                    fs.n_fail,
+                    fs.n_later,
+                )
+            )
+        return out
+
+    def connections(self) -> list[ConnInfo]:
+        """Every registered connection, by id."""
+        return [
+            ConnInfo(
+                c.id,
+                c.worker,
+                c.identity[0] if c.identity is not None else None,
+                tuple(c.funcs),
+                len(c.slots),
+                len(c.running),
+                len(c.unconfirmed),
+                c.last_seen,
+            )
+            for _, c in sorted(self._conns.items())
+        ]
+
+    def locks(self) -> list[LockInfo]:
+        """Every named lock with its holders and its queue, by name."""
+
+        def entries(d: dict[bytes, float]) -> tuple[tuple[bytes, bytes, float], ...]:
+            out = []
+            for key, since in d.items():
+                n = key[0]
+                out.append((key[1 : 1 + n], key[2 + n :], since))
+            return tuple(out)
+
+        return [
+            LockInfo(lk.name, lk.max, entries(lk.holders), entries(lk.queue))
+            for _, lk in sorted(self._locks.items())
+        ]
+
+    # -- writes from outside a connection (the HTTP API) ----------------------------
+
+    def submit(self, job: Job, now: float) -> bool:
+        """Submit or update ``job`` exactly as SUBMIT_JOB does (a running job
+        is left alone).  False when ``max_jobs_per_func`` refuses a new job.
+
+        Raises ValueError for a field the wire format cannot carry.  The
+        caller waits for ``store.on_durable`` before it reports success.
+        """
+        func, name = job.func, job.name
+        if not 0 < len(func) <= 255 or not 0 < len(name) <= 255:
+            raise ValueError("func and name must be 1 to 255 bytes")
+        if not -(1 << 63) <= job.sched_at <= _I64_MAX:
+            raise ValueError("sched_at out of range")
+        if not (_I32_MIN <= job.count <= _I32_MAX and 0 <= job.timeout <= _I32_MAX):
+            raise ValueError("count or timeout out of range")
+        self._now = now
+        key = _key(func, name)
+        if self._max_jobs and key not in self._index:
+            fs = self._funcs.get(func)
+            if fs is not None and len(fs.jobs) >= self._max_jobs:
+                return False
+        self._submit(job, key)
+        return True
+
+    def remove(self, func: bytes, name: bytes, now: float) -> bool:
+        """REMOVE_JOB for ``(func, name)``; False when there is no such job."""
+        self._now = now
+        if len(func) > 255 or len(name) > 255:
+            return False
+        return self._remove(_key(func, name))
+
+    def drop_func(
+        self, func: bytes, now: float
+    ) -> Literal["dropped", "busy", "unknown"]:
+        """DROP_FUNC: ``"busy"`` (nothing done) while workers serve ``func``."""
+        self._now = now
+        return self._drop_func(func)
 
     # -- role check (the auth issue hooks in here) ----------------------------------
 
@@ -936,23 +1277,47 @@ class Scheduler:
         conn.send(encode_response(msgid, _DATA, encode_status(self.status(self._now))))
 
     def _h_drop_func(self, conn: _Conn, msgid: int, payload: bytes) -> None:
-        func = _str8(payload)
-        fs = self._funcs.get(func)
-        if fs is not None and not fs.workers:
-            hlocks = self._hlocks
-            for rec in list(fs.jobs):
-                self._delete(rec, persist=False)
-                if hlocks and rec.key in hlocks:
-                    self._release_all(rec.key)
-            del self._funcs[func]
-            self._store.delete_func_jobs(func)
-            self._store.delete_func(func)
+        self._drop_func(_str8(payload))
         conn.send(encode_response(msgid, _SUCCESS))
+
+    def _drop_func(self, func: bytes) -> Literal["dropped", "busy", "unknown"]:
+        """DROP_FUNC: forget ``func`` and its jobs unless workers serve it."""
+        fs = self._funcs.get(func)
+        if fs is None:
+            return "unknown"
+        if fs.workers:
+            return "busy"
+        hlocks = self._hlocks
+        for rec in list(fs.jobs):
+            self._delete(rec, persist=False)
+            if hlocks and rec.key in hlocks:
+                self._release_all(rec.key)
+        del self._funcs[func]
+        self._store.delete_func_jobs(func)
+        self._store.delete_func(func)
+        stats = self._stats
+        retired = stats.retired
+        retired[0] += fs.n_submit
+        retired[1] += fs.n_done
+        retired[2] += fs.n_fail
+        retired[3] += fs.n_later
+        stats.event(self._now, "drop", f"func {_show(func)} dropped")
+        return "dropped"
 
     def _h_remove_job(self, conn: _Conn, msgid: int, payload: bytes) -> None:
         key = _exact_handle(payload)
-        self._finish(key, self._index.get(key), RESULT_REMOVED)
+        self._remove(key)
         conn.send(encode_response(msgid, _SUCCESS))
+
+    def _remove(self, key: bytes) -> bool:
+        """REMOVE_JOB: end the job (waiters get "removed"); True if it existed."""
+        rec = self._index.get(key)
+        self._finish(key, rec, RESULT_REMOVED)
+        if rec is None:
+            return False
+        self._stats.removed += 1
+        self._stats.event(self._now, "remove", f"{_show_key(key)} removed")
+        return True
 
     def _h_dump(self, conn: _Conn, msgid: int, payload: bytes) -> None:
         if payload:
@@ -987,6 +1352,7 @@ class Scheduler:
             self._config[key] = value
             self._apply_config()
             self._store.save_config(key, value)
+            self._stats.event(self._now, "config", f"{key} set to {value}")
         conn.send(encode_response(msgid, _SUCCESS))
 
     # worker commands ---------------------------------------------------------
@@ -1060,8 +1426,14 @@ class Scheduler:
                 self._aslots[aid] = None
                 self._afree.append(aid)
                 a.aid = -1
+            h = self._runtime  # Histogram.observe, inlined (hot path)
+            v = self._now - a.at
+            h.counts[bisect_left(h.bounds, v)] += 1
+            h.sum += v
         # delete whatever the state, whoever holds it (quirk kept, 3.3)
         rec = self._index.get(key)
+        if rec is not None:
+            rec.fs.n_done += 1
         if self._waiters or self._hlocks:
             self._finish(key, rec, payload[end:])
         elif rec is not None:
@@ -1074,7 +1446,14 @@ class Scheduler:
         if a is not None:
             self._cancel_deadline(a)
             self._end_assignment(a)
-        self._fail(key, self._index.get(key))
+            self._runtime.observe(self._now - a.at)
+        rec = self._index.get(key)
+        if rec is not None:
+            rec.fs.n_fail += 1
+            self._stats.event(
+                self._now, "fail", f"{_show_key(key)} failed (connection {conn.id})"
+            )
+        self._fail(key, rec)
         conn.send(encode_response(msgid, _SUCCESS))
 
     def _h_sched_later(self, conn: _Conn, msgid: int, payload: bytes) -> None:
@@ -1089,9 +1468,12 @@ class Scheduler:
         if a is not None:
             self._cancel_deadline(a)
             self._end_assignment(a)
+            self._runtime.observe(self._now - a.at)
         if self._hlocks and key in self._hlocks:
             self._release_all(key)
         rec = self._index.get(key)
+        if rec is not None:
+            rec.fs.n_later += 1
         w = self._waiters.get(key)
         if w is not None and w.results:
             self._finish(key, rec, RESULT_FAILED)
@@ -1203,12 +1585,13 @@ class Scheduler:
         if rec is None:
             # hot path, inlined: a new job
             rec = self._new_rec(key, job)
+            fs = rec.fs
+            fs.n_submit += 1
             self._store.save_job(job, _PENDING)
             if sched_at > t:
                 self._wheel.add(rec.id, sched_at)
                 rec.where = _IN_WHEEL
             else:
-                fs = rec.fs
                 rec.where = _READY
                 fs.n_ready += 1
                 fs.ready.append(rec)
@@ -1216,6 +1599,7 @@ class Scheduler:
                     self._pump(fs)
             return
         else:
+            rec.fs.n_submit += 1
             state = rec.state
             if state == _RUNNING:
                 return  # ignored; the running instance continues
@@ -1433,19 +1817,24 @@ class Scheduler:
     def _assign(self, conn: _Conn, msgid: int, rec: _JobRec) -> None:
         job = rec.job
         func, name, workload, sched_at, count, timeout = job
+        now = self._now
         if rec.state == _PENDING:  # broadcast: only the first assignment
             rec.state = _RUNNING
             rec.fs.n_running += 1
             self._store.set_state(func, name, _RUNNING)
+            h = self._late  # Histogram.observe, inlined (hot path)
+            v = now - sched_at
+            h.counts[bisect_left(h.bounds, v)] += 1
+            h.sum += v
         rec.run += 1
         wait = self._assign_wait
         if wait > 0:
-            a = _Assign(conn, msgid, rec, True, self._now + wait)
+            a = _Assign(conn, msgid, rec, True, now + wait, now)
             conn.unconfirmed[msgid] = a
             self._awaiting.append(a)
         else:
             # extension: assign-wait 0 = accepted on send
-            self._confirm(_Assign(conn, msgid, rec, False, 0.0))
+            self._confirm(_Assign(conn, msgid, rec, False, 0.0, now))
         if timeout <= 0:  # JOB_ASSIGN carries the effective timeout
             job = _new(Job, (func, name, workload, sched_at, count, self._timeout))
         conn.send(encode_response(msgid, _JOB_ASSIGN, encode_job(job)))
@@ -1529,6 +1918,12 @@ class Scheduler:
             if a.epoch == a.rec.epoch:
                 a.rec.run -= 1
                 self._fail(a.rec.key, index.get(a.rec.key))
+        stats = self._stats
+        stats.disconnects += 1
+        stats.lost += len(running)
+        kind = "worker" if conn.worker else "client"
+        lost = f", {len(running)} running job(s) back to pending" if running else ""
+        stats.event(self._now, "disconnect", f"{kind} {conn.id} went away{lost}")
 
     # -- waiters --------------------------------------------------------------
 
@@ -1618,7 +2013,8 @@ class Scheduler:
     # -- sweeps ---------------------------------------------------------------
 
     def _sweep_fast(self, now: float) -> None:
-        """Every 10 s: idle connections, expired waiters."""
+        """Every 10 s: idle connections, expired waiters, a counter sample."""
+        self._stats.samples.append((now, *self._totals()))
         keepalive = self._keepalive
         if keepalive > 0:
             limit = now - keepalive
