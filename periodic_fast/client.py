@@ -84,6 +84,12 @@ StreamCallback: TypeAlias = "Callable[[bytes], None | Awaitable[Any]]"
 
 _MAX_MSGID = 0xFFFFFF00  # aio-periodic's wrap point; FFFFFF00+ stay unused
 _FLUSH_AT = 256 * 1024  # write at once when this much is queued
+_Future = asyncio.Future  # the exact type loop.create_future() returns
+# hot-path command codes as plain ints (no enum lookup per call)
+_SUBMIT_JOB = int(Command.SUBMIT_JOB)
+_SUCCESS = int(Command.SUCCESS)
+_PING = int(Command.PING)
+_PONG = int(Command.PONG)
 
 
 # -- errors ---------------------------------------------------------------------
@@ -236,9 +242,20 @@ class _Protocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
             return
-        dispatch = self._owner._dispatch
+        # fast path: a reply resolving a plain request future
+        owner = self._owner
+        waiters = owner._waiters
+        deadlines = owner._deadlines
         for pkt in packets:
-            dispatch(pkt)
+            msgid = pkt.msgid
+            w = waiters.get(msgid)  # type: ignore[arg-type]
+            if w.__class__ is _Future:
+                del waiters[msgid]  # type: ignore[arg-type]
+                deadlines.pop(msgid, None)  # type: ignore[arg-type]
+                if not w.done():
+                    w.set_result(pkt)
+            else:
+                owner._dispatch(pkt)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -330,6 +347,13 @@ class Connection:
         self.max_frame = max_frame
         self._proto: _Protocol | None = None
         self._waiters: dict[int, asyncio.Future[Packet] | _Sink] = {}
+        # msgid -> (loop deadline, command, timeout) of every pending future;
+        # one timer (_sweep) expires them instead of a call_later per request
+        self._deadlines: dict[int, tuple[float, int, float]] = {}
+        self._deadlines_sorted = True  # insertion order == deadline order
+        self._deadline_last = 0.0
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._sweep_at = 0.0
         self._last_msgid = 0
         self._closing = False
         self._connect_lock: asyncio.Lock | None = None
@@ -416,6 +440,7 @@ class Connection:
         if exc is not None:
             err.__cause__ = exc
         waiters = self._waiters
+        self._deadlines.clear()
         for msgid, w in list(waiters.items()):
             if isinstance(w, _Sink):
                 w.lost(err)
@@ -471,6 +496,9 @@ class Connection:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._reconnect_task = self._keepalive_task = None
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
         proto = self._proto
         if proto is not None and proto.transport is not None:
             proto.flush()
@@ -522,6 +550,7 @@ class Connection:
             w.feed(pkt)
             return
         del self._waiters[msgid]
+        self._deadlines.pop(msgid, None)
         if not w.done():
             w.set_result(pkt)
 
@@ -537,7 +566,6 @@ class Connection:
         """Send one request, wait for the frame with the same msgid."""
         if timeout is None:
             timeout = self.timeout
-        loop = asyncio.get_running_loop()
         proto = self._proto
         if proto is None or proto.transport is None:
             try:
@@ -546,18 +574,99 @@ class Connection:
                 raise RequestTimeout(
                     f"not connected to {self.address} after {timeout:g} s"
                 ) from None
-        msgid = self._next_msgid()
-        fut: asyncio.Future[Packet] = loop.create_future()
-        self._waiters[msgid] = fut
-        proto.send(msgid, command, payload)
-        handle = loop.call_later(timeout, _expire, fut, command, timeout)
+        fut = self._start(proto, command, payload, timeout)
+        msgid = self._last_msgid
         try:
-            pkt = await fut
-        finally:
-            handle.cancel()
-            if self._waiters.get(msgid) is fut:
-                del self._waiters[msgid]
-        return pkt
+            return await fut
+        except asyncio.CancelledError:
+            self._forget(msgid, fut)
+            raise
+
+    def _start(
+        self, proto: _Protocol, command: int, payload: bytes, timeout: float
+    ) -> asyncio.Future[Packet]:
+        """Queue one request on ``proto``; return the future of its reply.
+
+        The hot path of every request: no task, no timer handle.  The
+        deadline goes into ``_deadlines`` (checked by :meth:`_sweep`); the
+        reply resolves the future in ``data_received``.  The msgid used is
+        ``self._last_msgid`` right after the call.
+        """
+        waiters = self._waiters
+        msgid = self._last_msgid + 1
+        if msgid > _MAX_MSGID or msgid in waiters:
+            msgid = self._next_msgid()
+        else:
+            self._last_msgid = msgid
+        loop = proto._loop
+        fut: asyncio.Future[Packet] = loop.create_future()
+        waiters[msgid] = fut
+        proto.send(msgid, command, payload)
+        deadline = loop.time() + timeout
+        deadlines = self._deadlines
+        if not deadlines:
+            self._deadlines_sorted = True
+        elif deadline < self._deadline_last:
+            self._deadlines_sorted = False
+        self._deadline_last = deadline
+        deadlines[msgid] = (deadline, command, timeout)
+        if self._sweep_handle is None or deadline < self._sweep_at:
+            self._arm_sweep(loop, deadline)
+        return fut
+
+    def _arm_sweep(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+        self._sweep_at = when
+        self._sweep_handle = loop.call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail the requests whose deadline passed with :class:`RequestTimeout`;
+        re-arm for the earliest remaining deadline.  While every pending
+        request has the same timeout the dict is in deadline order and the
+        scan stops at the first live entry."""
+        self._sweep_handle = None
+        deadlines = self._deadlines
+        if not deadlines:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        in_order = self._deadlines_sorted
+        expired: list[int] = []
+        earliest = None
+        for msgid, entry in deadlines.items():
+            when = entry[0]
+            if when > now + 0.001:  # timers may fire a hair early
+                if in_order:
+                    earliest = when
+                    break
+                if earliest is None or when < earliest:
+                    earliest = when
+            else:
+                expired.append(msgid)
+        waiters = self._waiters
+        for msgid in expired:
+            _, command, timeout = deadlines.pop(msgid)
+            w = waiters.get(msgid)
+            if w is None or isinstance(w, _Sink):
+                continue
+            del waiters[msgid]
+            if not w.done():
+                try:
+                    cname = Command(command).name
+                except ValueError:
+                    cname = str(command)
+                w.set_exception(
+                    RequestTimeout(f"no reply to {cname} within {timeout:g} s")
+                )
+        if earliest is not None:
+            self._arm_sweep(loop, earliest)
+
+    def _forget(self, msgid: int, fut: asyncio.Future[Packet]) -> None:
+        """Drop a request whose caller went away (cancelled)."""
+        if self._waiters.get(msgid) is fut:
+            del self._waiters[msgid]
+            self._deadlines.pop(msgid, None)
 
     async def _ensure_or_wait(self) -> _Protocol:
         """Open a connection; while a reconnect loop is running, wait for it."""
@@ -578,13 +687,6 @@ class Connection:
             return False
         proto.send(self._next_msgid(), command, payload)
         return True
-
-
-def _expire(fut: asyncio.Future[Packet], command: int, timeout: float) -> None:
-    if not fut.done():
-        fut.set_exception(
-            RequestTimeout(f"no reply to {Command(command).name} within {timeout:g} s")
-        )
 
 
 def _expect(pkt: Packet, command: int) -> Packet:
@@ -680,8 +782,8 @@ class Client(Connection):
 
     async def ping(self, timeout: float | None = None) -> bool:
         """PING; True when the server answered PONG."""
-        pkt = await self._request(Command.PING, timeout=timeout)
-        return pkt.command == Command.PONG
+        pkt = await self._request(_PING, timeout=timeout)
+        return pkt.command == _PONG
 
     async def submit_job(
         self,
@@ -701,12 +803,29 @@ class Client(Connection):
         the server answered SUCCESS.
         """
         if job is None:
-            job = Job(
-                to_bytes(func), to_bytes(name), to_bytes(workload), sched_at, count,
-                timeout,
+            # a plain tuple encodes like a Job and costs a third of one
+            payload = encode_job(
+                (  # type: ignore[arg-type]
+                    func if func.__class__ is bytes else to_bytes(func),
+                    name if name.__class__ is bytes else to_bytes(name),
+                    workload if workload.__class__ is bytes else to_bytes(workload),
+                    sched_at, count, timeout,
+                )
             )  # fmt: skip
-        pkt = await self._request(Command.SUBMIT_JOB, encode_job(job))
-        return pkt.command == Command.SUCCESS and not pkt.payload
+        else:
+            payload = encode_job(job)
+        proto = self._proto
+        if proto is None or proto.transport is None:
+            pkt = await self._request(_SUBMIT_JOB, payload)
+        else:
+            fut = self._start(proto, _SUBMIT_JOB, payload, self.timeout)
+            msgid = self._last_msgid
+            try:
+                pkt = await fut
+            except asyncio.CancelledError:
+                self._forget(msgid, fut)
+                raise
+        return pkt.command == _SUCCESS and not pkt.payload
 
     async def submit_many(
         self,

@@ -558,24 +558,12 @@ class Worker(Connection):
             slot.busy = False
             if payload and proto is self._proto and proto.transport is not None:
                 # outcome and the slot's next GRAB_JOB leave in one write
-                fut = self._begin(proto, command, payload, self.timeout)
+                fut = self._start(proto, command, payload, self.timeout)
                 self._grab(slot)
                 with contextlib.suppress(ClientError):
                     await fut
             else:
                 self._grab(slot)
-
-    def _begin(
-        self, proto: _Protocol, command: int, payload: bytes, timeout: float
-    ) -> asyncio.Future[Packet]:
-        loop = asyncio.get_running_loop()
-        msgid = self._next_msgid()
-        fut: asyncio.Future[Packet] = loop.create_future()
-        self._waiters[msgid] = fut
-        proto.send(msgid, command, payload)
-        handle = loop.call_later(timeout, _expire_begin, self, msgid, fut)
-        fut.add_done_callback(lambda _f: handle.cancel())
-        return fut
 
     def _get_executor(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -618,14 +606,6 @@ class Worker(Connection):
         self._started = False
         if self._stopped is not None:
             self._stopped.set()
-
-
-def _expire_begin(worker: Worker, msgid: int, fut: asyncio.Future[Packet]) -> None:
-    if worker._waiters.get(msgid) is fut:
-        del worker._waiters[msgid]
-    if not fut.done():
-        fut.set_exception(ClientError("no reply to the job outcome"))
-        fut.exception()
 
 
 def _log_task_error(task: asyncio.Task[Any]) -> None:

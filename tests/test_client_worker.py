@@ -137,6 +137,32 @@ async def test_not_connected_and_timeout() -> None:
     async with Client(f"tcp://127.0.0.1:{port}", timeout=0.3) as c:
         with pytest.raises(RequestTimeout):
             await c.ping()
+        assert not c._waiters and not c._deadlines
+        # one timer serves requests with different timeouts, in any order: each
+        # fails at its own deadline (give or take the loop's timer slack)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+
+        async def timed(coro: Awaitable[Any]) -> float:
+            with pytest.raises(RequestTimeout, match="within"):
+                await coro
+            return loop.time() - t0
+
+        late, early, mid = await asyncio.gather(
+            timed(c.ping(timeout=0.9)),
+            timed(c.ping(timeout=0.2)),
+            timed(c.submit_job("f", "n")),  # the client's default, 0.3
+        )
+        assert 0.19 <= early < 0.6 and 0.29 <= mid < 0.7 and 0.89 <= late < 1.5
+        assert not c._waiters and not c._deadlines
+        # a cancelled request leaves nothing behind
+        task = asyncio.create_task(c.submit_job("f", "n"))
+        await asyncio.sleep(0.05)
+        assert len(c._waiters) == 1 and len(c._deadlines) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not c._waiters and not c._deadlines
     for w in writers:
         w.close()
         await w.wait_closed()
