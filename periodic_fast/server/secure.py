@@ -53,6 +53,7 @@ import re
 import struct
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,8 @@ class SecureConfig:
         if max_record < IV_SIZE + TAG_SIZE + 1:
             raise ValueError("max_record too small")
         self.max_record = max_record
+        #: handshakes done, by ``"legacy/AES"``-style key, and ``"refused"``
+        self.stats: Counter[str] = Counter()
 
     @classmethod
     def load(
@@ -418,6 +421,7 @@ class SecureProtocol(asyncio.Protocol):
     # -- input ---------------------------------------------------------------------
 
     def _fail(self, reason: str) -> None:
+        self._cfg.stats["refused"] += 1
         self._dead = True
         self._buf.clear()
         self._inner.drop(f"rsa transport: {reason}", abort=True)
@@ -469,6 +473,7 @@ class SecureProtocol(asyncio.Protocol):
                     raise _BadStream(f"session key of {len(msg)} bytes")
                 self._session = msg
                 self._state = _OPEN
+        self._cfg.stats[f"{self.generation}/{self._mode.name}"] += 1
         log.debug(
             "%s: rsa handshake done (%s, %s)",
             getattr(self._inner, "peer", "?"),
@@ -625,6 +630,12 @@ class _SecureTransport(asyncio.Transport):
         return self._raw.is_closing()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The socket's extra info, plus ``rsa_mode`` (an :class:`RSAMode`,
+        None before the handshake) and ``rsa_generation``."""
+        if name == "rsa_mode":
+            return self._secure.mode
+        if name == "rsa_generation":
+            return self._secure.generation
         return self._raw.get_extra_info(name, default)
 
     def get_write_buffer_size(self) -> int:
