@@ -7,18 +7,11 @@ loop with one asyncpg connection and commits batches one after the other:
 everything that arrived while a commit was in flight goes into the next one
 (group commit), so the commit rate adapts to the load without a timer.
 
-Batching and coalescing (the same rules as the SQLite store):
-
-* per job key ``(func, name)`` only the net effect is kept: a save followed by
-  ``set_state`` is a save with the new state, anything followed by a delete is
-  a delete, a delete followed by ``set_state`` stays a delete (the row is gone);
-* ``delete_func_jobs(f)`` forgets the batch's earlier changes to jobs of ``f``
-  and is applied before the batch's job changes (which all came after it);
-* funcs and config values: the last write wins.
-
-Each batch is one transaction.  Without a ``delete_func_jobs`` it is a
-single statement (data-modifying CTEs over ``unnest`` arrays: one round trip,
-one commit); the keys of its parts are disjoint, so their order inside the
+Coalescing (only the net effect per job key is written) follows the rules of
+:mod:`periodic_fast.store._batch`, shared with the SQLite store.  Each batch
+is one transaction.  Without a ``delete_func_jobs`` it is a single
+statement (data-modifying CTEs over ``unnest`` arrays: one round trip, one
+commit); the keys of its parts are disjoint, so their order inside the
 statement does not matter.
 
 Durability: ``on_durable`` callbacks belong to the batch that is open when they
@@ -50,7 +43,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -58,17 +51,15 @@ import asyncpg
 
 from ..job import Job, JobState
 from . import StoreSnapshot
+from ._batch import DELETE as _DELETE
+from ._batch import Batch as _Batch
+from ._batch import Callback
 
 __all__ = ["PostgresStore", "PostgresStoreError", "parse_postgres_uri"]
 
 log = logging.getLogger("periodic_fast.store.postgres")
 
 _T = TypeVar("_T")
-Callback = Callable[[BaseException | None], None]
-
-# job op markers in a batch: a (job, state) tuple is a save, an int a state
-# change, _DELETE a delete
-_DELETE = None
 
 _PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _CONNINFO_RE = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
@@ -170,49 +161,6 @@ def parse_postgres_uri(uri: str) -> tuple[dict[str, Any], str]:
 class PostgresStoreError(ConnectionError):
     """The PostgreSQL store could not be opened (an ``OSError``, so the
     server reports it like any other start-up I/O error)."""
-
-
-class _Batch:
-    """Net effect of a run of writes, plus the barriers registered after them."""
-
-    __slots__ = ("callbacks", "config", "dropped", "funcs", "jobs", "writes")
-
-    def __init__(self) -> None:
-        #: (func, name) -> (job, state) save | int state | None delete
-        self.jobs: dict[tuple[bytes, bytes], Any] = {}
-        #: funcs whose jobs are all deleted before ``jobs`` is applied
-        self.dropped: set[bytes] = set()
-        #: func -> True (save) / False (delete)
-        self.funcs: dict[bytes, bool] = {}
-        self.config: dict[str, int] = {}
-        self.callbacks: list[Callback] = []
-        #: store calls folded into this batch (for metrics)
-        self.writes = 0
-
-    def empty(self) -> bool:
-        return not self.writes
-
-    def merge_newer(self, newer: _Batch) -> None:
-        """Apply ``newer`` (written after this batch) on top of this one."""
-        if newer.dropped:
-            dropped = newer.dropped
-            self.dropped |= dropped
-            for key in [k for k in self.jobs if k[0] in dropped]:
-                del self.jobs[key]
-        jobs = self.jobs
-        for key, op in newer.jobs.items():
-            if type(op) is int:
-                old = jobs.get(key, 0)
-                if type(old) is tuple:
-                    jobs[key] = (old[0], op)
-                elif old is not _DELETE:
-                    jobs[key] = op
-            else:
-                jobs[key] = op
-        self.funcs.update(newer.funcs)
-        self.config.update(newer.config)
-        self.writes += newer.writes
-        self.callbacks.extend(newer.callbacks)
 
 
 class PostgresStore:
@@ -607,72 +555,49 @@ class PostgresStore:
     def save_job(self, job: Job, state: JobState) -> None:
         """Insert or replace a job (enqueued)."""
         with self._lock:
-            batch = self._pending
-            batch.jobs[(job.func, job.name)] = (job, int(state))
-            batch.writes += 1
+            self._pending.save_job(job, state)
             if self._idle:
                 self._kick()
 
     def set_state(self, func: bytes, name: bytes, state: JobState) -> None:
         """Change a stored job's state (enqueued; no-op for a missing job)."""
-        key = (func, name)
         with self._lock:
-            batch = self._pending
-            jobs = batch.jobs
-            old = jobs.get(key, 0)
-            if type(old) is tuple:
-                jobs[key] = (old[0], int(state))
-            elif old is not _DELETE:
-                jobs[key] = int(state)
-            batch.writes += 1
+            self._pending.set_state(func, name, state)
             if self._idle:
                 self._kick()
 
     def delete_job(self, func: bytes, name: bytes) -> None:
         """Delete a job (enqueued)."""
         with self._lock:
-            batch = self._pending
-            batch.jobs[(func, name)] = _DELETE
-            batch.writes += 1
+            self._pending.delete_job(func, name)
             if self._idle:
                 self._kick()
 
     def delete_func_jobs(self, func: bytes) -> None:
         """Delete every job of ``func`` (enqueued)."""
         with self._lock:
-            batch = self._pending
-            jobs = batch.jobs
-            for key in [k for k in jobs if k[0] == func]:
-                del jobs[key]
-            batch.dropped.add(func)
-            batch.writes += 1
+            self._pending.delete_func_jobs(func)
             if self._idle:
                 self._kick()
 
     def save_func(self, func: bytes) -> None:
         """Remember a func (enqueued)."""
         with self._lock:
-            batch = self._pending
-            batch.funcs[func] = True
-            batch.writes += 1
+            self._pending.save_func(func)
             if self._idle:
                 self._kick()
 
     def delete_func(self, func: bytes) -> None:
         """Forget a func (enqueued)."""
         with self._lock:
-            batch = self._pending
-            batch.funcs[func] = False
-            batch.writes += 1
+            self._pending.delete_func(func)
             if self._idle:
                 self._kick()
 
     def save_config(self, key: str, value: int) -> None:
         """Persist a config value (enqueued)."""
         with self._lock:
-            batch = self._pending
-            batch.config[key] = int(value)
-            batch.writes += 1
+            self._pending.save_config(key, value)
             if self._idle:
                 self._kick()
 
