@@ -386,11 +386,32 @@ def periodic(
             show_default=False,
         ),
     ] = None,
+    client_name: Annotated[
+        str | None,
+        typer.Option(
+            "--client-name",
+            help="Identity for servers with an auth file "
+            "(default: $PERIODIC_CLIENT_NAME); needs --client-token.",
+            show_default=False,
+        ),
+    ] = None,
+    client_token: Annotated[
+        str | None,
+        typer.Option(
+            "--client-token",
+            help="Token of that identity (default: $PERIODIC_CLIENT_TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Periodic job server and client tool."""
     if daemon:  # only reached through --help paths; main() forwards -d
         raise typer.Exit(periodicd_main_args([]))
-    obj: dict[str, Any] = {"addresses": _addresses(host)}
+    obj: dict[str, Any] = {
+        "addresses": _addresses(host),
+        "client_name": client_name or None,  # used by cli_client._identity
+        "client_token": client_token or None,
+    }
     ctx.obj = obj
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
@@ -406,13 +427,17 @@ def periodicd_main_args(args: list[str]) -> int:
     return 0
 
 
+# global options of ``periodic`` that take a value (the next word)
+_VALUE_FLAGS = ("-H", "--host", "--client-name", "--client-token")
+
+
 def _daemon_args(argv: list[str]) -> list[str] | None:
     """``periodic [-H A] -d [server options]`` -> the periodicd arguments, or
     None when ``-d``/``--daemon`` is not among the global options."""
     for i, arg in enumerate(argv):
         if arg in ("-d", "--daemon"):
             return argv[:i] + argv[i + 1 :]
-        if not arg.startswith("-") and (i == 0 or argv[i - 1] not in ("-H", "--host")):
+        if not arg.startswith("-") and (i == 0 or argv[i - 1] not in _VALUE_FLAGS):
             return None  # a sub-command name: its own options follow
     return None
 

@@ -2,8 +2,10 @@
 
 Registered onto :data:`periodic_fast.cli.app` by :func:`register`.  The
 global ``-H/--host`` (fallback ``$PERIODIC_PORT``, then
-``unix:///tmp/periodic.sock``) is parsed by the app's callback; an identity
-comes from ``$PERIODIC_CLIENT_NAME`` / ``$PERIODIC_CLIENT_TOKEN``.
+``unix:///tmp/periodic.sock``) is parsed by the app's callback; so are
+``--client-name`` / ``--client-token`` (fallback ``$PERIODIC_CLIENT_NAME`` /
+``$PERIODIC_CLIENT_TOKEN``), the identity every sub-command and the exec
+worker register with (types 3 and 4) on servers with an auth file.
 
 Both original syntaxes work where they do not clash:
 
@@ -56,11 +58,18 @@ def _address(ctx: typer.Context) -> str:
     return str(addrs[0]) if addrs else resolve_address()
 
 
-def _identity() -> tuple[str | None, str | None]:
-    name = os.environ.get(NAME_ENV) or None
-    token = os.environ.get(TOKEN_ENV) or None
+def _identity(ctx: typer.Context) -> tuple[str | None, str | None]:
+    """``--client-name`` / ``--client-token`` (global options), else
+    ``$PERIODIC_CLIENT_NAME`` / ``$PERIODIC_CLIENT_TOKEN`` (an empty variable
+    counts as unset), each on its own; both or neither must result."""
+    obj = ctx.find_root().obj or {}
+    name = obj.get("client_name") or os.environ.get(NAME_ENV) or None
+    token = obj.get("client_token") or os.environ.get(TOKEN_ENV) or None
     if (name is None) != (token is None):
-        _die(f"${NAME_ENV} and ${TOKEN_ENV} must be provided together")
+        _die(
+            "--client-name and --client-token must be provided together "
+            f"(or ${NAME_ENV} and ${TOKEN_ENV})"
+        )
     return name, token
 
 
@@ -76,7 +85,7 @@ def _with_client(
 
     address = _address(ctx)
     try:
-        name, token = _identity()
+        name, token = _identity(ctx)
         client = Client(
             address, reconnect=False, timeout=timeout, name=name, token=token
         )
@@ -400,7 +409,7 @@ def _exec_worker(ctx: typer.Context, func: str, command: str, **kwargs: Any) -> 
     from .exec_worker import run_exec_worker  # noqa: PLC0415
 
     address = _address(ctx)
-    name, token = _identity()
+    name, token = _identity(ctx)
     try:
         asyncio.run(
             run_exec_worker(address, func, command, name=name, token=token, **kwargs)

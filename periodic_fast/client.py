@@ -434,9 +434,21 @@ class Connection:
         if proto is not self._proto:
             return
         self._proto = None
+        registered = self.connection_id is not None
         self.connection_id = None
         self._event().clear()
-        err = ConnectionLost(f"connection to {self.address} lost")
+        if registered:
+            err = ConnectionLost(f"connection to {self.address} lost")
+        else:  # an auth-file server refusing the identity, a connection limit
+            why = (
+                f"identity {self._identity[0].decode(errors='replace')!r} refused"
+                if self._identity is not None
+                else "an identity (name and token) required"
+            )
+            err = ConnectionLost(
+                f"{self.address} closed the connection before the registration "
+                f"reply ({why}, or too many connections?)"
+            )
         if exc is not None:
             err.__cause__ = exc
         waiters = self._waiters

@@ -20,25 +20,34 @@ pytestmark = pytest.mark.timeout(120)
 ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-def _env(address: str | None) -> dict[str, str]:
+NAME_ENV, TOKEN_ENV = "PERIODIC_CLIENT_NAME", "PERIODIC_CLIENT_TOKEN"
+
+
+def _env(address: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (ROOT, env.get("PYTHONPATH", "")) if p
     )
-    env.pop("PERIODIC_PORT", None)
+    for var in ("PERIODIC_PORT", NAME_ENV, TOKEN_ENV):
+        env.pop(var, None)
     if address is not None:
         env["PERIODIC_PORT"] = address
+    env.update(extra or {})
     return env
 
 
 def periodic(
-    *args: str, address: str | None = None, timeout: float = 30, cwd: str | None = None
+    *args: str,
+    address: str | None = None,
+    timeout: float = 30,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "periodic_fast", *args],
         capture_output=True,
         text=True,
-        env=_env(address),
+        env=_env(address, env),
         timeout=timeout,
         cwd=cwd,
     )
@@ -71,10 +80,10 @@ def status_json(addr: str) -> dict[str, dict[str, int]]:
 
 
 def start_worker(
-    addr: str, *args: str, cwd: str | None = None
+    addr: str, *args: str, cwd: str | None = None, options: tuple[str, ...] = ()
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "periodic_fast", "-H", addr, "run", *args],
+        [sys.executable, "-m", "periodic_fast", "-H", addr, *options, "run", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_env(None),
@@ -372,3 +381,82 @@ def test_usage_errors_are_one_line(args: list[str]) -> None:
     assert r.returncode == 2, r
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+
+
+# -- identity (auth-file servers) ----------------------------------------------------
+
+
+def test_client_name_and_token(tmp_path: Path) -> None:
+    """--client-name/--client-token (or the HS environment variables) make
+    every sub-command and the exec worker register as types 3/4."""
+    auth = tmp_path / "auth"
+    auth.write_text(
+        "client web tok-web jobs\nworker wrk tok-wrk jobs\nadmin ops tok-ops -\n"
+    )
+    web = ("--client-name", "web", "--client-token", "tok-web")
+    ops = ("--client-name", "ops", "--client-token", "tok-ops")
+    with ServerProcess(["--loop", "asyncio", "--auth-file", str(auth)]) as proc:
+        a = proc.address
+
+        def jobs_count() -> int:
+            r = periodic(*ops, "status", "--json", address=a)
+            assert r.returncode == 0, r.stderr
+            return sum(
+                row["jobs"] for row in json.loads(r.stdout) if row["func"] == "jobs"
+            )
+
+        # no identity: the server closes the connection at registration
+        r = periodic("submit", "jobs", "n0", address=a)
+        assert r.returncode == 1
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "before the registration reply" in lines[0], r.stderr
+        # flags
+        r = periodic(*web, "submit", "jobs", "n1", address=a)
+        assert r.returncode == 0, r.stderr
+        # environment variables (the HS tools' names)
+        good = {NAME_ENV: "web", TOKEN_ENV: "tok-web"}
+        assert periodic("submit", "jobs", "n2", address=a, env=good).returncode == 0
+        # flags beat the environment; an empty variable counts as unset
+        bad = {NAME_ENV: "web", TOKEN_ENV: "wrong"}
+        r = periodic(*web, "submit", "jobs", "n3", address=a, env=bad)
+        assert r.returncode == 0, r.stderr
+        r = periodic("submit", "jobs", "n4", address=a, env=bad)
+        assert r.returncode == 1 and "identity 'web' refused" in r.stderr
+        r = periodic("--client-name", "web", "status", address=a, env={TOKEN_ENV: ""})
+        assert r.returncode == 1
+        assert r.stderr.strip() == (
+            "Error: --client-name and --client-token must be provided together "
+            f"(or ${NAME_ENV} and ${TOKEN_ENV})"
+        )
+        # the identity's rules apply: a func outside its list is refused
+        r = periodic(*web, "submit", "other", "n", address=a)
+        assert r.returncode == 1 and r.stderr.startswith("Error: ")
+        # admin-only commands need the admin identity
+        assert periodic(*web, "config", "set", "timeout", "700", address=a).returncode
+        assert (
+            periodic(*ops, "config", "set", "timeout", "700", address=a).returncode == 0
+        )
+        r = periodic(*ops, "config", "get", "timeout", address=a)
+        assert r.stdout.strip() == "700"
+        assert jobs_count() == 3
+        # the exec worker registers with its identity (type 4) and runs the jobs
+        worker = start_worker(
+            a, "-f", "jobs", "--exec", "true",
+            options=("--client-name", "wrk", "--client-token", "tok-wrk"),
+        )  # fmt: skip
+        try:
+            wait_for(lambda: jobs_count() == 0)
+        finally:
+            stop_worker(worker)
+        # a worker with a refused identity exits with one line
+        worker = start_worker(
+            a, "-f", "jobs", "--exec", "true",
+            options=("--client-name", "wrk", "--client-token", "nope"),
+        )  # fmt: skip
+        try:
+            assert worker.wait(20) == 1
+            assert worker.stderr is not None
+            err = worker.stderr.read().decode().strip().splitlines()
+            assert len(err) == 1 and "identity 'wrk' refused" in err[0], err
+        finally:
+            stop_worker(worker)
