@@ -17,20 +17,31 @@ aio-periodic builds its ring with ``uhashring.HashRing(nodes, hash_fn="ketama")`
 ``str(key)``: aio-periodic hashes the name as the Python object it was given
 (a ``str`` normally); we hash names given as bytes by their UTF-8 text, so
 ``b"x"`` and ``"x"`` route alike.
+
+:class:`WorkerCluster` is the worker side: one :class:`~periodic_fast.worker.Worker`
+per server, every func registered on all of them, so whichever server a job
+was routed to finds a worker (aio-periodic's ``WorkerCluster``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar, overload
 
-from .client import BytesLike, Client, StreamCallback
+from .client import BytesLike, Client, ClientError, NotConnected, StreamCallback
 from .job import FuncStat
+from .worker import Handler, Worker
 
-__all__ = ["ClientCluster", "KetamaRing"]
+__all__ = ["ClientCluster", "KetamaRing", "WorkerCluster"]
+
+logger = logging.getLogger(__name__)
+_H = TypeVar("_H", bound=Callable[..., Any])
 
 
 class KetamaRing:
@@ -159,3 +170,209 @@ class ClientCluster:
                         min(m.sched_at, s.sched_at),
                     )
         return merged
+
+
+class WorkerCluster:
+    """One :class:`~periodic_fast.worker.Worker` per server, all serving the
+    same funcs (aio-periodic's ``WorkerCluster``)::
+
+        cluster = WorkerCluster(["tcp://10.0.0.1:5000", "tcp://10.0.0.2:5000"])
+
+        @cluster.func("echo")
+        async def echo(job: WorkerJob) -> bytes:
+            return job.workload
+
+        await cluster.work(size=8)   # 8 grab slots on *each* server
+
+    Registration (``func`` / ``broadcast`` decorators, :meth:`add_func`,
+    :meth:`remove_func`) applies to every worker.  A job's outcome goes back
+    on the connection it came from.  A server that is down when the cluster
+    starts is retried in the background (every ``reconnect_delay`` seconds)
+    and gets the funcs and slots once it answers; :meth:`start` fails only
+    when no server can be reached.
+
+    :param addresses: server addresses (as for :class:`ClientCluster`).
+    :param worker_kwargs: passed to every :class:`~periodic_fast.worker.Worker`
+        (``name``/``token``, ``threads``, ``drain_timeout``, ...).
+    """
+
+    def __init__(self, addresses: Sequence[str], **worker_kwargs: Any) -> None:
+        if not addresses:
+            raise ValueError("need at least one address")
+        if len(set(addresses)) != len(addresses):
+            raise ValueError("duplicate address")
+        self.addresses = list(addresses)
+        self.workers = {a: Worker(a, **worker_kwargs) for a in self.addresses}
+        self._stopped: asyncio.Event | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
+
+    def _each(self) -> Iterable[Worker]:
+        return self.workers.values()
+
+    # registration -------------------------------------------------------------
+    @property
+    def funcs(self) -> list[str]:
+        """The registered func names (the same on every worker)."""
+        return next(iter(self._each())).funcs
+
+    @property
+    def running(self) -> int:
+        """Jobs running now, over all servers."""
+        return sum(w.running for w in self._each())
+
+    async def add_func(
+        self, func: BytesLike, handler: Handler, *, broadcast: bool = False
+    ) -> bool:
+        """Register ``handler`` for ``func`` on every server (see
+        :meth:`Worker.add_func <periodic_fast.worker.Worker.add_func>`); True
+        when every connected server accepted it."""
+        res = await asyncio.gather(
+            *(w.add_func(func, handler, broadcast=broadcast) for w in self._each()),
+            return_exceptions=True,
+        )
+        return _all_ok(res, "add_func")
+
+    @overload
+    def broadcast(
+        self, func: BytesLike | None = None, handler: None = None
+    ) -> Callable[[_H], _H]: ...
+
+    @overload
+    def broadcast(self, func: BytesLike, handler: Handler) -> Awaitable[bool]: ...
+
+    def broadcast(
+        self, func: BytesLike | None = None, handler: Handler | None = None
+    ) -> Callable[[_H], _H] | Awaitable[bool]:
+        """A broadcast func on every server: ``@cluster.broadcast("name")`` or
+        ``await cluster.broadcast("name", handler)``."""
+        if handler is None:
+            return self.func(func, broadcast=True)
+        if func is None:
+            raise TypeError("broadcast(func, handler) needs a func name")
+        return self.add_func(func, handler, broadcast=True)
+
+    def func(
+        self, name: BytesLike | None = None, *, broadcast: bool = False
+    ) -> Callable[[_H], _H]:
+        """Decorator: register the function for ``name`` (default: its
+        ``__name__``) on every server."""
+
+        def deco(handler: _H) -> _H:
+            for w in self._each():
+                w.func(name, broadcast=broadcast)(handler)
+            return handler
+
+        return deco
+
+    async def remove_func(self, func: BytesLike) -> bool:
+        """Unregister ``func`` on every server (CANT_DO)."""
+        res = await asyncio.gather(
+            *(w.remove_func(func) for w in self._each()), return_exceptions=True
+        )
+        return _all_ok(res, "remove_func")
+
+    # running --------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Connect every worker; a server that cannot be reached is retried in
+        the background.
+
+        :raises NotConnected: no server could be reached.
+        """
+        res = await asyncio.gather(
+            *(w.connect() for w in self._each()), return_exceptions=True
+        )
+        await self._check_started(res)
+
+    async def start(self, size: int = 1) -> None:
+        """Offer ``size`` grab slots on every server and return (jobs run in
+        the background until :meth:`shutdown`).
+
+        :raises NotConnected: no server could be reached.
+        """
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        self._stopped = asyncio.Event()
+        res = await asyncio.gather(
+            *(w.start(size) for w in self._each()), return_exceptions=True
+        )
+        await self._check_started(res)
+
+    async def _check_started(self, results: list[Any]) -> None:
+        failed: list[BaseException] = []
+        for (address, w), r in zip(self.workers.items(), results, strict=True):
+            if isinstance(r, NotConnected):
+                logger.warning("%s: %s; retrying in the background", address, r)
+                w._start_reconnect()
+                failed.append(r)
+            elif isinstance(r, BaseException):
+                await self.close()
+                raise r
+        if len(failed) == len(self.workers):
+            await self.close()  # stops the background retries
+            raise NotConnected(
+                "no server reachable: " + "; ".join(str(e) for e in failed)
+            )
+
+    async def work(
+        self,
+        size: int = 1,
+        *,
+        signals: Iterable[str] = ("SIGTERM", "SIGINT"),
+    ) -> None:
+        """:meth:`start`, then serve until :meth:`shutdown` or one of
+        ``signals`` (which drains every worker)."""
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        for name in signals:
+            signum = getattr(signal, name)
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, self._signal_shutdown)
+                installed.append(signum)
+        try:
+            await self.start(size)
+            assert self._stopped is not None
+            await self._stopped.wait()
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            if self._shutdown_task is not None:
+                await self._shutdown_task
+
+    def _signal_shutdown(self) -> None:
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.get_running_loop().create_task(
+                self.shutdown()
+            )
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Graceful drain of every worker at once (see
+        :meth:`Worker.shutdown <periodic_fast.worker.Worker.shutdown>`)."""
+        await asyncio.gather(*(w.shutdown(timeout) for w in self._each()))
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def close(self) -> None:
+        """Close every worker at once (running jobs are cancelled)."""
+        await asyncio.gather(*(w.close() for w in self._each()))
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def __aenter__(self) -> WorkerCluster:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _all_ok(results: list[Any], what: str) -> bool:
+    ok = True
+    for r in results:
+        if isinstance(r, ClientError):
+            logger.warning("%s: %s", what, r)
+            ok = False
+        elif isinstance(r, BaseException):
+            raise r
+        else:
+            ok = ok and bool(r)
+    return ok
