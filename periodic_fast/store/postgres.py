@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import re
 import threading
@@ -60,6 +61,7 @@ __all__ = ["PostgresStore", "PostgresStoreError", "parse_postgres_uri"]
 log = logging.getLogger("periodic_fast.store.postgres")
 
 _T = TypeVar("_T")
+_LOAD_CHUNK = 50_000  # rows per cursor fetch at start-up
 
 _PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _CONNINFO_RE = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
@@ -532,24 +534,40 @@ class PostgresStore:
 
     async def _load_locked(self) -> StoreSnapshot:
         conn = await self._connection()
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            rows = await conn.fetch(
-                "SELECT func, name, workload, sched_at, count, timeout, state"
-                f" FROM {self._t_jobs}"
-            )
-            funcs = [
-                r[0] for r in await conn.fetch(f"SELECT func FROM {self._t_funcs}")
-            ]
-            config = {
-                r[0]: r[1]
-                for r in await conn.fetch(f"SELECT name, value FROM {self._t_configs}")
-            }
         states = (JobState.PENDING, JobState.RUNNING, JobState.LOCKED)
-        jobs = [
-            (Job(f, n, w, t, c, o), states[s] if 0 <= s < 3 else JobState(s))
-            for f, n, w, t, c, o, s in rows
-        ]
-        del rows
+        jobs: list[tuple[Job, JobState]] = []
+        gc_on = gc.isenabled()
+        gc.disable()  # a million new tuples: GC passes would double the time
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                # a cursor in chunks: the records of one chunk at a time
+                cursor = await conn.cursor(
+                    "SELECT func, name, workload, sched_at, count, timeout, state"
+                    f" FROM {self._t_jobs}"
+                )
+                while True:
+                    rows = await cursor.fetch(_LOAD_CHUNK)
+                    if not rows:
+                        break
+                    jobs += [
+                        (
+                            Job(f, n, w, t, c, o),
+                            states[s] if 0 <= s < 3 else JobState(s),
+                        )
+                        for f, n, w, t, c, o, s in rows
+                    ]
+                funcs = [
+                    r[0] for r in await conn.fetch(f"SELECT func FROM {self._t_funcs}")
+                ]
+                config = {
+                    r[0]: r[1]
+                    for r in await conn.fetch(
+                        f"SELECT name, value FROM {self._t_configs}"
+                    )
+                }
+        finally:
+            if gc_on:
+                gc.enable()
         return StoreSnapshot(jobs, funcs, config)
 
     def save_job(self, job: Job, state: JobState) -> None:
