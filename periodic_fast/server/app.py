@@ -219,6 +219,11 @@ class Server:
     :param rsa_modes: stream modes clients may pick: ``"Plain,RSA,AES"``.
     :param rsa_legacy: also serve aio-periodic 1.0.0's legacy handshake
         (which does not prove the client holds its private key).
+    :param http: answer HTTP on every listener (sniffed from the first bytes;
+        docs/http.md).  Off with the RSA/AES transport.
+    :param http_writes: let HTTP submit, remove and drop (else 403).
+    :param http_options: more :class:`~.http.HttpApp` keywords (``parser``,
+        ``max_body``, ``read_timeout``, ``idle_timeout``, ...).
     """
 
     def __init__(
@@ -243,6 +248,9 @@ class Server:
         rsa_public_path: str | os.PathLike[str] = "public_keys.pem",
         rsa_modes: str | Sequence[str] = "Plain,RSA,AES",
         rsa_legacy: bool = True,
+        http: bool = True,
+        http_writes: bool = False,
+        http_options: Mapping[str, Any] | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("no listen address")
@@ -258,6 +266,9 @@ class Server:
             store, durability, config, self._owned, max_jobs_per_func
         )
         self._rsa = (rsa_private_path, rsa_public_path, rsa_modes, rsa_legacy)
+        self._http = http
+        self._http_writes = http_writes
+        self._http_options = dict(http_options or {})
         self._auth_path = auth_file
         self._auth_poll = auth_poll
         self._auth: AuthFile | None = None
@@ -341,6 +352,19 @@ class Server:
 
                 hub.secure = SecureConfig.load(
                     private, public, modes=modes, legacy=legacy
+                )
+            if self._http and hub.secure is None:
+                from .http import HttpApp  # noqa: PLC0415  # loaded when used
+
+                hub.http = HttpApp(
+                    scheduler,
+                    hub,
+                    name=self.name,
+                    addresses=lambda: self.addresses,
+                    running=lambda: self._state == "running",
+                    clock=self._clock,
+                    writes=self._http_writes,
+                    **self._http_options,
                 )
             for addr in self._requested:
                 await self._listen(loop, hub, addr)
@@ -467,6 +491,8 @@ class Server:
         hub = self._hub
         if hub is not None:
             hub.close_all()
+            if hub.http is not None:
+                hub.http.close_all()
             # let queued writes drain, bounded; then abort stragglers
             deadline = time.monotonic() + grace
             while hub.protocols and time.monotonic() < deadline:

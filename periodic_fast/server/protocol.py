@@ -124,6 +124,7 @@ class Hub:
         "_store",
         "clock",
         "connections",
+        "http",
         "loop",
         "max_connections",
         "max_frame",
@@ -172,6 +173,9 @@ class Hub:
         self.on_input: Callable[[], None] | None = None
         #: RSA/AES transport config (a server.secure.SecureConfig) or None
         self.secure: Any = None
+        #: the HTTP side (a server.http.HttpApp) that sniffed HTTP connections
+        #: are handed to, or None (HTTP off: they are closed as bad magic)
+        self.http: Any = None
 
     def factory(self) -> asyncio.Protocol:
         """Protocol factory for ``loop.create_server`` / ``create_unix_server``
@@ -444,8 +448,8 @@ class ServerProtocol(asyncio.Protocol):
         """Decide what the peer speaks from its first bytes.
 
         Returns the parser to use (the bytes so far are in ``self._head``), or
-        None when more bytes are needed or the connection was dropped.  Another
-        protocol (HTTP) can be added here as one more branch.
+        None when more bytes are needed or the connection was dropped (or
+        handed to the HTTP side: an HTTP method as first bytes).
         """
         head = self._head + data
         self._head = head
@@ -461,9 +465,27 @@ class ServerProtocol(asyncio.Protocol):
             )
             self._parser = parser
             return parser
+        http = self._hub.http
+        if http is not None:
+            verdict = http.sniff(head)
+            if verdict is None:
+                return None  # a method name is still arriving
+            if verdict:
+                self._head = b""
+                self._to_http(http, head)
+                return None
         self._head = b""
         self.drop(f"bad magic {head[:4]!r}", abort=True)
         return None
+
+    def _to_http(self, http: Any, head: bytes) -> None:
+        """Hand the transport to the HTTP side; this protocol is done with it
+        (nothing was registered with the scheduler)."""
+        self._closing = True
+        self._cancel_timer()
+        self._hub.protocols.discard(self)
+        assert self._transport is not None
+        http.accept(self._transport, head, self._peer)
 
     def _handle_packets(self, packets: Iterable[Packet]) -> None:
         scheduler = self._hub.scheduler
