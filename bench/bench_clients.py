@@ -3,24 +3,34 @@
 Starts one server subprocess (``python -m periodic_fast -d``, uvloop, on
 127.0.0.1) and measures, for each client:
 
-* submits/s: N ``submit_job`` calls, ``--concurrency`` at a time (aio and
+* submits/s: ``submit_job`` calls, ``--concurrency`` at a time (aio and
   ours), plus our pipelined ``submit_many``;
-* run_job round trips/s: ``run_job`` with an echo worker of the same library,
-  ``--concurrency`` in flight.
+* run_job round trips/s: ``run_job`` with an echo worker of the same library
+  (in the same process), ``--concurrency`` in flight.
+
+The load is a closed loop: ``--concurrency`` coroutines, each awaiting its
+calls one after another (no semaphore or task per call in the harness).
+
+To keep a busy machine from favouring one side, each round alternates the two
+clients in ``--slices`` short slices (aio, ours, aio, ours, ...) and adds up
+each side's time; a round's rate is calls / that side's total time.  Besides
+wall-clock rates it reports CPU time per call (``time.process_time`` of this
+process: client plus, for run_job, its worker; and the server process's CPU
+from ``/proc``), which co-tenant load disturbs much less than wall time.
 
 Usage::
 
     python bench/bench_clients.py [--n 20000] [--runs 2000] [--concurrency 100]
-        [--repeats 3] [--loop uvloop|asyncio]
+        [--repeats 3] [--slices 10] [--loop uvloop|asyncio]
 
-Each figure is the median of ``--repeats`` rounds; both clients run on the
-same event loop kind in the same round.
+Each figure is the median of ``--repeats`` rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import statistics
 import subprocess
@@ -34,42 +44,103 @@ from periodic_fast.job import Job
 from periodic_fast.testing import ServerProcess
 from periodic_fast.worker import Worker, WorkerJob
 
+Make = Callable[[int], Awaitable[Any]]
 
-async def _bounded(n: int, conc: int, make: Callable[[int], Awaitable[Any]]) -> float:
-    """Closed loop: ``conc`` coroutines, each awaiting its calls one by one
-    (no semaphore or task per call, so the clients' own cost dominates)."""
 
-    async def lane(start: int) -> None:
-        for i in range(start, n, conc):
+def _server_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """Accumulates calls, wall time and CPU (ours and the server's)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.wall = 0.0
+        self.cpu = 0.0
+        self.server_cpu = 0.0
+
+    def result(self) -> tuple[float, float, float]:
+        """(calls/s, client CPU us/call, server CPU us/call)."""
+        return (
+            self.calls / self.wall,
+            1e6 * self.cpu / self.calls,
+            1e6 * self.server_cpu / self.calls,
+        )
+
+
+async def _closed_loop(
+    meter: Meter, pid: int, start: int, n: int, conc: int, make: Make
+) -> None:
+    """``conc`` coroutines each awaiting ``make(i)`` for its share of
+    ``start .. start + n``; adds the slice's figures to ``meter``."""
+
+    async def lane(first: int) -> None:
+        for i in range(first, start + n, conc):
             await make(i)
 
+    s0 = _server_cpu(pid)
+    c0 = time.process_time()
     t0 = time.perf_counter()
-    await asyncio.gather(*(lane(k) for k in range(conc)))
-    return n / (time.perf_counter() - t0)
+    await asyncio.gather(*(lane(start + k) for k in range(min(conc, n))))
+    meter.wall += time.perf_counter() - t0
+    meter.cpu += time.process_time() - c0
+    meter.server_cpu += _server_cpu(pid) - s0
+    meter.calls += n
 
 
-async def bench(address: str, n: int, runs: int, conc: int) -> dict[str, float]:
+async def _alternate(
+    pid: int, n: int, conc: int, slices: int, sides: dict[str, Make]
+) -> dict[str, tuple[float, float, float]]:
+    meters = {k: Meter() for k in sides}
+    per = n // slices
+    for s in range(slices):
+        for key, make in sides.items():
+            await _closed_loop(meters[key], pid, s * per, per, conc, make)
+    return {k: m.result() for k, m in meters.items()}
+
+
+async def bench(
+    address: str, pid: int, n: int, runs: int, conc: int, slices: int
+) -> dict[str, tuple[float, float, float]]:
     from aio_periodic import Client as AioClient
     from aio_periodic import Transport
     from aio_periodic import Worker as AioWorker
 
-    out: dict[str, float] = {}
-    # --- submits -----------------------------------------------------------------
+    out: dict[str, tuple[float, float, float]] = {}
     aio = AioClient()
     await aio.connect(Transport(address))
-    out["aio submit_job"] = await _bounded(
-        n, conc, lambda i: aio.submit_job("bench_aio", f"a{i}", b"w")
-    )
-    async with Client(address) as c:
-        out["ours submit_job"] = await _bounded(
-            n, conc, lambda i: c.submit_job("bench_ours", f"o{i}", b"w")
+    ours = Client(address)
+    await ours.connect()
+    # --- submits -----------------------------------------------------------------
+    out.update(
+        await _alternate(
+            pid,
+            n,
+            conc,
+            slices,
+            {
+                "aio submit_job": lambda i: aio.submit_job("bench_aio", f"a{i}", b"w"),
+                "ours submit_job": lambda i: ours.submit_job(
+                    "bench_ours", f"o{i}", b"w"
+                ),
+            },
         )
-        t0 = time.perf_counter()
-        ok = await c.submit_many(Job(b"bench_many", b"m%d" % i, b"w") for i in range(n))
-        out["ours submit_many"] = ok / (time.perf_counter() - t0)
-        for f in ("bench_aio", "bench_ours", "bench_many"):
-            await c.drop_func(f)
-    # --- run_job round trips -------------------------------------------------------
+    )
+    m = Meter()
+    s0, c0, t0 = _server_cpu(pid), time.process_time(), time.perf_counter()
+    m.calls = await ours.submit_many(
+        Job(b"bench_many", b"m%d" % i, b"w") for i in range(n)
+    )
+    m.wall = time.perf_counter() - t0
+    m.cpu = time.process_time() - c0
+    m.server_cpu = _server_cpu(pid) - s0
+    out["ours submit_many"] = m.result()
+    for f in ("bench_aio", "bench_ours", "bench_many"):
+        await ours.drop_func(f)
+    # --- run_job round trips: both workers up, calls alternate -----------------------
     aw = AioWorker()
     await aw.connect(Transport(address))
 
@@ -78,15 +149,6 @@ async def bench(address: str, n: int, runs: int, conc: int) -> dict[str, float]:
 
     await aw.add_func("rt_aio", aio_echo)
     aw_task = asyncio.create_task(aw.work(conc))
-    await asyncio.sleep(min(conc, 10) + 1)  # aio offers one grab slot per second
-    out["aio run_job"] = await _bounded(
-        runs, conc, lambda i: aio.run_job("rt_aio", f"r{i}", b"x", timeout=30)
-    )
-    aw_task.cancel()
-    aw.close()
-    await asyncio.gather(aw_task, return_exceptions=True)
-    aio.close()
-
     ow = Worker(address)
 
     @ow.func("rt_ours")
@@ -94,11 +156,29 @@ async def bench(address: str, n: int, runs: int, conc: int) -> dict[str, float]:
         return job.workload
 
     await ow.start(conc)
-    async with Client(address) as c:
-        out["ours run_job"] = await _bounded(
-            runs, conc, lambda i: c.run_job("rt_ours", f"r{i}", b"x", timeout=30)
+    await asyncio.sleep(min(conc, 10) + 1)  # aio offers one grab slot per second
+    out.update(
+        await _alternate(
+            pid,
+            runs,
+            conc,
+            slices,
+            {
+                "aio run_job": lambda i: aio.run_job(
+                    "rt_aio", f"r{i}", b"x", timeout=30
+                ),
+                "ours run_job": lambda i: ours.run_job(
+                    "rt_ours", f"r{i}", b"x", timeout=30
+                ),
+            },
         )
+    )
+    aw_task.cancel()
+    aw.close()
+    await asyncio.gather(aw_task, return_exceptions=True)
+    aio.close()
     await ow.close()
+    await ours.close()
     return out
 
 
@@ -108,36 +188,65 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2000, help="run_job calls")
     ap.add_argument("--concurrency", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3, help="rounds; medians")
+    ap.add_argument("--slices", type=int, default=10, help="alternations per round")
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     args = ap.parse_args()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    rounds: list[dict[str, float]] = []
+    load_before = os.getloadavg()[0]
+    rounds: list[dict[str, tuple[float, float, float]]] = []
     with ServerProcess(["--log", "warning"]) as proc:
+        assert proc.pid is not None
         for _ in range(args.repeats):
-            coro = bench(proc.address, args.n, args.runs, args.concurrency)
+            coro = bench(
+                proc.address,
+                proc.pid,
+                args.n,
+                args.runs,
+                args.concurrency,
+                args.slices,
+            )
             if args.loop == "uvloop":
                 import uvloop
 
                 rounds.append(uvloop.run(coro))
             else:
                 rounds.append(asyncio.run(coro))
-    res = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    load_after = os.getloadavg()[0]
+    res = {
+        k: tuple(statistics.median(r[k][j] for r in rounds) for j in range(3))
+        for k in rounds[0]
+    }
     print(
         f"commit {commit}, Python {platform.python_version()}, codec {IMPLEMENTATION}, "
         f"n={args.n} runs={args.runs} concurrency={args.concurrency} "
-        f"client loop {args.loop}, median of {args.repeats}"
+        f"slices={args.slices} client loop {args.loop}, median of {args.repeats}; "
+        f"load average {load_before:.1f} before, {load_after:.1f} after"
     )
-    print("| measure | ops/s |")
-    print("|---|---:|")
-    for k, v in res.items():
-        print(f"| {k} | {v:,.0f} |")
+    print("| measure | calls/s | client CPU us/call | server CPU us/call |")
+    print("|---|---:|---:|---:|")
+    for k, (rate, cpu, scpu) in res.items():
+        print(f"| {k} | {rate:,.0f} | {cpu:.1f} | {scpu:.1f} |")
+    per_round = [
+        (
+            r["ours submit_job"][0] / r["aio submit_job"][0],
+            r["ours run_job"][0] / r["aio run_job"][0],
+        )
+        for r in rounds
+    ]
     print(
-        "\nsubmit_job ours/aio: "
-        f"{res['ours submit_job'] / res['aio submit_job']:.1f}x; "
-        f"submit_many/aio: {res['ours submit_many'] / res['aio submit_job']:.1f}x; "
-        f"run_job ours/aio: {res['ours run_job'] / res['aio run_job']:.1f}x"
+        "\nours/aio, calls/s: submit_job "
+        f"{res['ours submit_job'][0] / res['aio submit_job'][0]:.1f}x "
+        f"(per round {', '.join(f'{a:.1f}' for a, _ in per_round)}), "
+        f"submit_many {res['ours submit_many'][0] / res['aio submit_job'][0]:.1f}x, "
+        f"run_job {res['ours run_job'][0] / res['aio run_job'][0]:.1f}x "
+        f"(per round {', '.join(f'{b:.1f}' for _, b in per_round)})"
+    )
+    print(
+        "aio/ours, client CPU per call: submit_job "
+        f"{res['aio submit_job'][1] / res['ours submit_job'][1]:.1f}x, "
+        f"run_job {res['aio run_job'][1] / res['ours run_job'][1]:.1f}x"
     )
 
 
