@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from argparse import Namespace
@@ -475,11 +476,13 @@ def w5(ctx: Context) -> dict[str, Result]:
 
 
 def periodic_result(ctx: Context, r: harness.Run, m: int, workers: str) -> Result:
-    """W5 figures of one run: counted window = after the warm-up, to the end
-    minus half a second."""
+    """W5 figures of one run, counted over whole periods after the warm-up."""
     s = ctx.size
-    t_from = r.t_go + s.w5_warmup
-    t_to = r.t_go + s.w5_seconds - 0.5
+    # a whole number of periods, starting mid-second: Periodic's due times are
+    # whole seconds, so its runs come in bursts right after each second
+    t_from = math.floor(r.t_go + s.w5_warmup) + 0.5
+    periods = max(1, math.floor(r.t_go + s.w5_seconds - 0.25 - t_from))
+    t_to = t_from + periods
     st = harness.periodic_stats(r.records, t_from, t_to)
     return {
         "status": OK,

@@ -138,7 +138,7 @@ def _table(
     head = ["system", *[c[0] for c in cols]]
     ours = _get(res, w, OURS) or _get(res, w, OURS_LIB)
     if ratio_key:
-        head.append("periodic_fast vs this")
+        head.append("periodic_fast advantage")
     head.append("setup")
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, r in rows.items():
@@ -167,6 +167,11 @@ def markdown(res: Results, plots: list[str]) -> str:
         f"Size: {meta.get('size', '')}; started {meta.get('started', '')}; "
         f"took {meta.get('duration_s', 0):.0f} s; load average before "
         f"{meta.get('load_before', '?')}, after {meta.get('load_after', '?')}",
+        "",
+        '"periodic_fast advantage" is how many times better our server does than '
+        "the row: our rate / its rate for throughput, its figure / ours for "
+        "lateness, memory and restart time (above 1: periodic_fast is better). "
+        "Each peer's N is in its row; the figures are rates or per-job values.",
         "",
         "## Goals",
         "",
