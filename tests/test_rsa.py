@@ -51,6 +51,7 @@ from typer.testing import CliRunner  # noqa: E402
 from periodic_fast.cli import app  # noqa: E402
 from periodic_fast.codec import Parser, encode_registration, encode_request  # noqa: E402
 from periodic_fast.constants import ClientType, Command  # noqa: E402
+from periodic_fast.server import secure  # noqa: E402
 from periodic_fast.server.secure import (  # noqa: E402
     KeyFileError,
     SecureConfig,
@@ -382,9 +383,22 @@ async def _registered(c: RawClient) -> None:
 
 @pytest.mark.parametrize("mode", [0, 1, 2], ids=["Plain", "RSA", "AES"])
 @pytest.mark.parametrize("v1", [False, True], ids=["legacy", "v1"])
-def test_raw_handshake(keys: Keys, v1: bool, mode: int) -> None:
-    """Checklist 77/78: both generations in each mode, a 40 KB PING run in
-    the same write as the registration (frames spanning blocks/records)."""
+def test_raw_handshake(
+    keys: Keys, v1: bool, mode: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checklist 77/78: both generations in each mode, then 4000 PINGs in one
+    write (frames spanning blocks/records).  RSA mode decrypts 2 blocks per
+    loop turn here, so the backlog path (reading paused) is exercised."""
+    backlogged: list[bool] = []
+    if mode == 1:
+        monkeypatch.setattr(secure, "RSA_BATCH", 2)
+        pump = secure.SecureProtocol._pump
+
+        def counting_pump(self: secure.SecureProtocol) -> None:
+            backlogged.append(self.backlog)
+            pump(self)
+
+        monkeypatch.setattr(secure.SecureProtocol, "_pump", counting_pump)
 
     async def main() -> None:
         async with rsa_server(keys) as srv:
@@ -405,6 +419,7 @@ def test_raw_handshake(keys: Keys, v1: bool, mode: int) -> None:
                 gen = "v1" if v1 else "legacy"
                 name = ["Plain", "RSA", "AES"][mode]
                 assert dict(srv.hub.secure.stats) == {f"{gen}/{name}": 1}
+                assert (mode == 1) == any(backlogged)
             finally:
                 c.close()
 

@@ -44,6 +44,7 @@ legacy setups only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import hmac
@@ -86,6 +87,9 @@ OAEP_OVERHEAD = 66
 #: Largest AES record (everything after the length field) we accept: the
 #: reference's limit.
 MAX_RECORD = 64 * 1024 * 1024
+#: RSA mode: blocks decrypted per loop turn (~1 ms each for 2048 bits), so
+#: one peer's burst cannot stall the other connections for long.
+RSA_BATCH = 32
 #: Plaintext bytes per AES record we send.
 AES_CHUNK = 256 * 1024
 FP_SIZE = 32
@@ -357,6 +361,10 @@ class SecureProtocol(asyncio.Protocol):
         self._mode = RSAMode.Plain
         self._session = b""
         self._dead = False
+        # RSA mode: blocks left for a later loop turn (reading paused meanwhile)
+        self._backlog = False
+        self.inner_paused = False  # the inner protocol paused reading
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def mode(self) -> RSAMode | None:
@@ -375,6 +383,7 @@ class SecureProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         raw: asyncio.Transport = transport  # type: ignore[assignment]
         self._raw = raw
+        self._loop = asyncio.get_running_loop()
         self._face = _SecureTransport(raw, self)
         self._inner.connection_made(self._face)
 
@@ -385,8 +394,16 @@ class SecureProtocol(asyncio.Protocol):
         if self._state == _OPEN and self._mode == RSAMode.Plain:
             self._inner.data_received(data)
             return
+        self._buf += data
+        self._pump()
+
+    def _pump(self) -> None:
+        """Decrypt what is buffered (RSA mode: a bounded batch of blocks per
+        loop turn, reading paused until the backlog is gone)."""
+        raw = self._raw
+        if self._dead or raw is None:
+            return
         buf = self._buf
-        buf += data
         try:
             plain = self._handshake() if self._state != _OPEN else b""
             if self._state == _OPEN and buf:
@@ -403,6 +420,25 @@ class SecureProtocol(asyncio.Protocol):
             return
         if plain and not self._dead:
             self._inner.data_received(plain)
+        if self._dead or raw.is_closing():
+            return
+        if self._mode == RSAMode.RSA and len(buf) >= self._cfg.block:
+            if not self._backlog:
+                self._backlog = True
+                with contextlib.suppress(RuntimeError):
+                    raw.pause_reading()
+            assert self._loop is not None
+            self._loop.call_soon(self._pump)
+        elif self._backlog:
+            self._backlog = False
+            if not self.inner_paused:
+                with contextlib.suppress(RuntimeError):
+                    raw.resume_reading()
+
+    @property
+    def backlog(self) -> bool:
+        """True while RSA blocks wait for a later loop turn."""
+        return self._backlog
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()  # type: ignore[no-any-return]
@@ -524,7 +560,7 @@ class SecureProtocol(asyncio.Protocol):
         if self._mode == RSAMode.RSA:
             k = self._cfg.block
             decrypt = self._cfg.decrypt
-            n = len(buf) - len(buf) % k
+            n = min(len(buf) // k, RSA_BATCH) * k
             for pos in range(0, n, k):
                 out.append(decrypt(bytes(buf[pos : pos + k])))
             del buf[:n]
@@ -650,10 +686,13 @@ class _SecureTransport(asyncio.Transport):
         self._raw.set_write_buffer_limits(high, low)
 
     def pause_reading(self) -> None:
+        self._secure.inner_paused = True
         self._raw.pause_reading()
 
     def resume_reading(self) -> None:
-        self._raw.resume_reading()
+        self._secure.inner_paused = False
+        if not self._secure.backlog:
+            self._raw.resume_reading()
 
     def is_reading(self) -> bool:
         return self._raw.is_reading()
