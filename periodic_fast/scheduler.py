@@ -35,6 +35,7 @@ per-connection dispatch table, specific decoders and no logging.
 
 from __future__ import annotations
 
+import gc
 import struct
 from bisect import bisect_left
 from collections import deque
@@ -62,7 +63,7 @@ from .constants import (
 )
 from .errors import TrailingBytes, TruncatedPayload, UnknownCommand
 from .job import FuncStat, Job, JobState
-from .store import Store
+from .store import Store, StoreSnapshot
 from .wheel import TimerWheel
 
 __all__ = [
@@ -157,6 +158,8 @@ _REFUSED: Final = b"\x00"
 
 # NamedTuple's generated __new__ costs ~400 ns; tuple.__new__ ~120 ns.
 _new = tuple.__new__
+# the str8 length prefix of a job handle, by length (no per-job bytes((n,)))
+_LEN_BYTE: Final = [bytes((n,)) for n in range(256)]
 
 
 def _handle_end(payload: bytes) -> int:
@@ -580,21 +583,53 @@ class Scheduler:
         self._late = self._stats.lateness  # bound once: hot paths
         self._runtime = self._stats.runtime
 
+        gc_on = gc.isenabled()
+        gc.disable()  # millions of new objects: no GC passes meanwhile
+        try:
+            self._rebuild(snap, t)
+        finally:
+            if gc_on:
+                gc.enable()
+
+    def _rebuild(self, snap: StoreSnapshot, t: int) -> None:
+        """Start-up: index every stored job; future ones go into the wheel, due
+        ones into their func's ready queue in (sched_at, name) order; running
+        and locked jobs become pending (protocol.md 4.16).  One tight loop
+        (the _new_rec/_key work inlined): a million jobs in about a second."""
         for func in snap.funcs:
             self._func(func, persist=False)
+        store = self._store
+        funcs = self._funcs
+        index = self._index
+        recs = self._jobs
+        wheel_add = self._wheel.add
+        lens = _LEN_BYTE
+        rec_new = _JobRec
         due: list[int] = []
+        last = b""
+        fs: _Func | None = None
         for job, state in snap.jobs:
-            key = _key(job.func, job.name)
-            if key in self._index:  # a store should not hold duplicates
+            func = job[0]
+            if fs is None or func != last:
+                fs = funcs.get(func) or self._func(func)
+                last = func
+            name = job[1]
+            key = lens[len(func)] + func + lens[len(name)] + name
+            if key in index:  # a store should not hold duplicates
                 continue
-            rec = self._new_rec(key, job)
+            jid = len(recs)
+            rec = rec_new(jid, key, job, fs)
+            recs.append(rec)
+            index[key] = rec
+            fs.jobs.add(rec)
             if state != _PENDING:  # protocol.md 4.16: all jobs pending at start
-                store.set_state(job.func, job.name, _PENDING)
-            if job.sched_at > t:
-                self._wheel.add(rec.id, job.sched_at)
+                store.set_state(func, name, _PENDING)
+            when = job[3]
+            if when > t:
+                wheel_add(jid, when)
                 rec.where = _IN_WHEEL
             else:
-                due.append(rec.id)
+                due.append(jid)
         if due:
             self._make_ready(due)  # sorted by (sched_at, name) per func
 

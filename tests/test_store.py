@@ -6,6 +6,8 @@ store: one that reopens the same database, so ``reopen`` checks persistence).
 
 from __future__ import annotations
 
+import random
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,7 +38,25 @@ def _postgres(tmp_path: Path) -> tuple[Store, Callable[[], Store]]:
     return postgres_pair(tmp_path)
 
 
-STORES: dict[str, Factory] = {"memory": _memory, "postgres": _postgres}
+def _sqlite(tmp_path: Path) -> tuple[Store, Callable[[], Store]]:
+    from periodic_fast.store.sqlite import SqliteStore
+
+    path = tmp_path / "store.db"
+    live = [SqliteStore(path)]
+
+    def reopen() -> Store:
+        live[-1].close()  # one open instance per file (exclusive lock)
+        live.append(SqliteStore(path))
+        return live[-1]
+
+    return live[0], reopen
+
+
+STORES: dict[str, Factory] = {
+    "memory": _memory,
+    "postgres": _postgres,
+    "sqlite": _sqlite,
+}
 
 
 @pytest.fixture(params=sorted(STORES))
@@ -142,8 +162,188 @@ def test_open_store_memory() -> None:
 
 
 @pytest.mark.parametrize(
-    "uri", ["file://data.sqlite", "cache+file://x", "bogus"]
+    "uri", ["cache+postgres://x", "bogus", "memory", "ftp://x/y", "file://", "x://"]
 )
-def test_open_store_other_schemes(uri: str) -> None:
-    with pytest.raises(ValueError, match="not implemented yet|unknown store"):
+def test_open_store_bad_uris(
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="not implemented yet|unknown store|no file"):
         open_store(uri)
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_open_store_bad_durability() -> None:
+    for uri in (":memory:", "file:///nonexistent/x.db"):
+        with pytest.raises(ValueError, match="durability 'fast'.*strict.*relaxed"):
+            open_store(uri, durability="fast")
+
+
+def test_open_store_sqlite_forms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from periodic_fast.store.sqlite import SqliteStore
+
+    monkeypatch.chdir(tmp_path)
+    forms = {
+        "file://rel.db": tmp_path / "rel.db",  # relative to the working dir
+        f"file://{tmp_path}/abs.db": tmp_path / "abs.db",  # file:///abs
+        "cache+file://cached.db": tmp_path / "cached.db",
+        "./bare.db": tmp_path / "bare.db",
+    }
+    for uri, path in forms.items():
+        store = open_store(uri, durability="relaxed")
+        try:
+            assert isinstance(store, SqliteStore) and store.durability == "relaxed"
+            store.save_job(A, JobState.PENDING)
+        finally:
+            store.close()
+        assert path.exists(), uri
+
+
+# -- coalescing, ordering and barriers (every store) ----------------------------
+
+
+def test_delete_func_jobs_keeps_order(pair: tuple[Store, Callable[[], Store]]) -> None:
+    """Writes after delete_func_jobs survive it; writes before it do not,
+    whether or not they share a commit with it."""
+    store, reopen = pair
+    store.save_job(A, JobState.PENDING)
+    store.save_job(B, JobState.PENDING)
+    store.flush()  # A and B committed
+    store.save_job(Job(b"f", b"x"), JobState.RUNNING)  # same batch, before
+    store.delete_func_jobs(b"f")
+    store.set_state(b"f", b"a", JobState.RUNNING)  # after: row gone, no-op
+    store.save_job(B._replace(workload=b"again"), JobState.LOCKED)  # after
+    store.delete_func_jobs(b"g")
+    store.save_job(C, JobState.PENDING)
+    assert _jobs(reopen().load()) == {
+        (b"f", b"b"): (B._replace(workload=b"again"), JobState.LOCKED),
+        (b"g", b"c"): (C, JobState.PENDING),
+    }
+
+
+def test_coalescing_net_effect(pair: tuple[Store, Callable[[], Store]]) -> None:
+    """Many changes to one key between two commits keep the last one."""
+    store, reopen = pair
+    store.save_job(A, JobState.PENDING)
+    store.flush()
+    # submit, dispatch, done of a job within one batch: gone
+    store.save_job(B, JobState.PENDING)
+    store.set_state(b"f", b"b", JobState.RUNNING)
+    store.delete_job(b"f", b"b")
+    # delete then state change: stays deleted
+    store.delete_job(b"f", b"a")
+    store.set_state(b"f", b"a", JobState.RUNNING)
+    # delete then save: saved
+    store.delete_job(b"g", b"c")
+    store.save_job(C, JobState.PENDING)
+    store.set_state(b"g", b"c", JobState.LOCKED)
+    assert _jobs(reopen().load()) == {(b"g", b"c"): (C, JobState.LOCKED)}
+
+
+def test_random_ops_match_a_model(pair: tuple[Store, Callable[[], Store]]) -> None:
+    """Random writes with random commit points end where a dict model ends."""
+    rng = random.Random(5)
+    store, reopen = pair
+    model: dict[tuple[bytes, bytes], tuple[Job, int]] = {}
+    funcs: dict[bytes, None] = {}
+    config: dict[str, int] = {}
+    names = [b"n%d" % i for i in range(12)]
+    for step in range(1500):
+        func = rng.choice((b"f", b"g", b"h"))
+        name = rng.choice(names)
+        op = rng.random()
+        if op < 0.35:
+            job = Job(func, name, b"w%d" % step, rng.randrange(1 << 40), step % 7, 3)
+            state = rng.choice(list(JobState))
+            store.save_job(job, state)
+            model[(func, name)] = (job, state)
+        elif op < 0.6:
+            state = rng.choice(list(JobState))
+            store.set_state(func, name, state)
+            if (func, name) in model:
+                model[(func, name)] = (model[(func, name)][0], state)
+        elif op < 0.8:
+            store.delete_job(func, name)
+            model.pop((func, name), None)
+        elif op < 0.83:
+            store.delete_func_jobs(func)
+            for key in [k for k in model if k[0] == func]:
+                del model[key]
+        elif op < 0.9:
+            store.save_func(func)
+            funcs[func] = None
+        elif op < 0.93:
+            store.delete_func(func)
+            funcs.pop(func, None)
+        elif op < 0.97:
+            store.save_config(func.decode(), step)
+            config[func.decode()] = step
+        else:
+            store.flush()
+    store.flush()
+    snap = reopen().load()
+    assert _jobs(snap) == model
+    assert sorted(snap.funcs) == sorted(funcs)
+    assert dict(snap.config) == config
+
+
+def test_on_durable_in_order_once(pair: tuple[Store, Callable[[], Store]]) -> None:
+    """Barriers fire once each, in registration order, with None; one
+    registered with nothing outstanding fires too."""
+    store, _ = pair
+    fired: list[int] = []
+    errors: list[BaseException | None] = []
+    lock = threading.Lock()
+
+    def barrier(i: int) -> Callable[[BaseException | None], None]:
+        def cb(error: BaseException | None) -> None:
+            with lock:
+                fired.append(i)
+                errors.append(error)
+
+        return cb
+
+    store.on_durable(barrier(-1))  # nothing written yet
+    for i in range(300):
+        if i % 3:
+            store.save_job(Job(b"f", b"%d" % i), JobState.PENDING)
+        if i % 7 == 0:
+            store.delete_job(b"f", b"%d" % (i - 1))
+        store.on_durable(barrier(i))
+    store.flush()
+    assert fired == [-1, *range(300)]
+    assert errors == [None] * 301
+
+
+def test_many_jobs_persist(pair: tuple[Store, Callable[[], Store]]) -> None:
+    store, reopen = pair
+    jobs = [
+        Job(b"f%d" % (i % 3), b"job-%d" % i, b"x" * (i % 50), i) for i in range(20000)
+    ]
+    for job in jobs:
+        store.save_job(job, JobState.PENDING)
+    snap = reopen().load()
+    assert sorted(j for j, _ in snap.jobs) == sorted(jobs)
+
+
+def test_metrics_shape(pair: tuple[Store, Callable[[], Store]]) -> None:
+    store, _ = pair
+    metrics = getattr(store, "metrics", None)
+    if metrics is None:
+        pytest.skip("this store has no metrics()")
+    store.save_job(A, JobState.PENDING)
+    store.flush()
+    figures = metrics()
+    assert set(figures) >= {
+        "commits",
+        "rows",
+        "commit_seconds_sum",
+        "last_commit_seconds",
+        "errors",
+        "pending",
+        "healthy",
+    }
+    assert figures["healthy"] == 1.0 and figures["pending"] == 0.0
+    assert all(isinstance(v, float) for v in figures.values())

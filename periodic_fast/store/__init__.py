@@ -33,8 +33,16 @@ Contract (every implementation, present and future):
   job, ``delete_func`` of an unknown func do nothing.
 * After :meth:`Store.close` no other method is called; ``close`` is idempotent.
 
-Store URIs (cli-and-http.md): ``:memory:`` now; ``file://PATH`` (SQLite) and
-``postgres://...`` come later.
+Optional: ``metrics() -> dict[str, float]`` (the memory, SQLite and PostgreSQL
+stores have it) gives monitoring figures for the HTTP ``/metrics`` and
+``/readyz`` pages: ``commits``, ``rows`` (net rows written), ``commit_seconds_sum``,
+``last_commit_seconds``, ``errors`` (failed commit attempts), ``pending``
+(writes not yet committed) and ``healthy`` (1.0 when the last commit attempt
+succeeded, else 0.0).  Callers check for it with ``getattr``.
+
+Store URIs (cli-and-http.md, docs/storage.md): ``:memory:``; ``file://PATH``
+(SQLite; ``cache+file://PATH`` and a bare path containing ``/`` mean the same);
+``postgres://...`` / ``postgresql://...``.
 """
 
 from __future__ import annotations
@@ -126,10 +134,20 @@ class Store(Protocol):
 def open_store(uri: str, *, durability: str = "strict") -> Store:
     """Open the store named by ``uri``.
 
-    ``":memory:"`` is the only scheme implemented so far; ``file://`` (SQLite),
-    ``postgres://`` and the ``cache+`` variants raise :class:`ValueError` until
-    their issue lands, as does anything unrecognised.
+    ``":memory:"`` (nothing survives the process), ``file://PATH`` (SQLite:
+    ``file://rel.db`` relative, ``file:///abs.db`` absolute; ``cache+file://``
+    and a bare path containing ``/`` are taken as ``file://``),
+    ``postgres://...`` / ``postgresql://...``.  ``durability`` is ``"strict"``
+    (the default: a commit is on disk before it is acknowledged) or
+    ``"relaxed"`` (a power loss may lose the last commits; a process crash
+    loses nothing); the memory store ignores it.
+
+    Raises :class:`ValueError` for a bad ``durability`` or an unknown URI
+    (the message lists the supported forms), and :class:`OSError` when the
+    store cannot be opened.
     """
+    if durability not in ("strict", "relaxed"):
+        raise ValueError(f"durability {durability!r}: expected 'strict' or 'relaxed'")
     if uri == ":memory:":
         from .memory import MemoryStore  # noqa: PLC0415 - keep drivers lazy
 
@@ -141,6 +159,13 @@ def open_store(uri: str, *, durability: str = "strict") -> Store:
 
         connect, prefix = parse_postgres_uri(uri)
         return PostgresStore(connect, prefix=prefix, durability=durability)
-    if scheme in ("file", "cache+file", "cache+postgres"):
+    if scheme in ("file", "cache+file") or (not scheme and "/" in uri):
+        from .sqlite import SqliteStore, parse_file_uri  # noqa: PLC0415
+
+        return SqliteStore(parse_file_uri(uri), durability=durability)
+    if scheme == "cache+postgres":
         raise ValueError(f"store {uri!r}: the {scheme}:// store is not implemented yet")
-    raise ValueError(f"unknown store URI {uri!r} (expected ':memory:')")
+    raise ValueError(
+        f"unknown store URI {uri!r} (expected ':memory:', 'file://PATH' or"
+        " 'postgres://...')"
+    )
