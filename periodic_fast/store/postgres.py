@@ -153,7 +153,9 @@ def parse_postgres_uri(uri: str) -> tuple[dict[str, Any], str]:
     parts = urllib.parse.urlsplit(uri)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     prefixes = [v for k, v in query if k == "prefix"]
-    rest_query = urllib.parse.urlencode([(k, v) for k, v in query if k != "prefix"])
+    rest_query = urllib.parse.urlencode(
+        [(k, v) for k, v in query if k != "prefix"], safe="/"
+    )
     dsn = urllib.parse.urlunsplit(
         ("postgresql", parts.netloc, parts.path, rest_query, parts.fragment)
     )
@@ -250,10 +252,11 @@ class PostgresStore:
             with contextlib.suppress(Exception):
                 self._call(self._drop_connection(), timeout=10)
             self._shutdown_thread()
-            if isinstance(exc, (ValueError, OSError)) or not isinstance(exc, Exception):
+            if isinstance(exc, ValueError) or not isinstance(exc, Exception):
                 raise
             raise PostgresStoreError(
-                f"cannot open the PostgreSQL store: {exc}"
+                f"cannot open the PostgreSQL store {_describe(kwargs)}:"
+                f" {type(exc).__name__}: {exc}"
             ) from exc
         asyncio.run_coroutine_threadsafe(self._writer(), self._wloop)
 
@@ -709,6 +712,20 @@ class PostgresStore:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the PostgreSQL store is closed")
+
+
+def _describe(connect: dict[str, Any]) -> str:
+    """Where ``connect`` points, without the password (for error messages)."""
+    dsn = connect.get("dsn")
+    if dsn:
+        parts = urllib.parse.urlsplit(str(dsn))
+        netloc = parts.netloc.rpartition("@")
+        user = netloc[0].partition(":")[0]
+        where = f"{user}@{netloc[2]}" if netloc[1] else netloc[2]
+        query = urllib.parse.unquote(parts.query)
+        return urllib.parse.urlunsplit((parts.scheme, where, parts.path, query, ""))
+    fields = ("host", "port", "database", "user")
+    return " ".join(f"{k}={connect[k]}" for k in fields if connect.get(k))
 
 
 def _is_data_error(exc: BaseException) -> bool:
