@@ -348,10 +348,15 @@ class Server:
             self._hub = hub
             private, public, modes, legacy = self._rsa
             if private is not None:
-                from .secure import SecureConfig  # noqa: PLC0415  # optional dep
+                from .secure import MAX_RECORD, SecureConfig  # noqa: PLC0415
 
                 hub.secure = SecureConfig.load(
-                    private, public, modes=modes, legacy=legacy
+                    private,
+                    public,
+                    modes=modes,
+                    legacy=legacy,
+                    # an AES record must be able to carry the largest frame
+                    max_record=max(MAX_RECORD, self._max_frame + 64),
                 )
             if self._http and hub.secure is None:
                 from .http import HttpApp  # noqa: PLC0415  # loaded when used

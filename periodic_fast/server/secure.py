@@ -353,7 +353,6 @@ class SecureProtocol(asyncio.Protocol):
         self._buf = bytearray()
         self._state = _HELLO
         self._v1 = False
-        self._nonce = b""
         self._challenge = b""
         self._client_fp = b""
         self._peer_key: rsa.RSAPublicKey | None = None
