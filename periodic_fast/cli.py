@@ -2,7 +2,8 @@
 
 ``periodicd`` takes the reference server's flags where they apply
 (cli-and-http.md 4.3): ``-H/--host`` (repeatable or comma-separated),
-``-p/--path``, ``--log``, ``--name``, ``--auth-file``, plus the config keys
+``-p/--path`` (default: a SQLite file, docs/storage.md), ``--log``,
+``--name``, ``--auth-file``, plus ``--durability`` and the config keys
 ``--timeout``, ``--assign-wait``, ``--keepalive``, ``--lock-timeout`` and our
 ``--max-frame``, ``--registration-timeout``, ``--max-output``, ``--loop``,
 ``--unix-mode``, ``--max-connections``, ``--max-jobs-per-func``; the RSA/AES
@@ -63,8 +64,24 @@ PathOpt = Annotated[
     typer.Option(
         "-p",
         "--path",
-        help=f"Store URI (default: ${PATH_ENV}, else :memory:).",
+        help=(
+            f"Store URI: file://PATH (SQLite), postgres://..., :memory: (default:"
+            f" ${PATH_ENV}, else a SQLite file under $XDG_DATA_HOME or"
+            " ~/.local/share: periodic_fast/periodic.db)."
+        ),
         show_default=False,
+    ),
+]
+DurabilityOpt = Annotated[
+    str,
+    typer.Option(
+        "--durability",
+        help=(
+            "strict: a reply waits until its change is on disk (fsync), nothing"
+            " acknowledged is lost even on power loss; relaxed: a power loss may"
+            " lose the last commits, a crash of the server loses nothing."
+        ),
+        metavar="strict|relaxed",
     ),
 ]
 LogOpt = Annotated[
@@ -226,6 +243,7 @@ def _serve(
     *,
     host: list[str] | None,
     path: str | None,
+    durability: str = "strict",
     log: str,
     name: str,
     config: dict[str, int | None],
@@ -245,11 +263,16 @@ def _serve(
     if loop not in ("auto", "asyncio", "uvloop"):
         raise typer.BadParameter(f"unknown loop {loop!r}", param_hint="--loop")
     mode = _unix_mode(unix_mode)
-    store = path or os.environ.get(PATH_ENV) or ":memory:"
+    if durability not in ("strict", "relaxed"):
+        raise typer.BadParameter(
+            f"{durability!r} (expected strict or relaxed)", param_hint="--durability"
+        )
+    store = path or os.environ.get(PATH_ENV) or _default_store(name)
     try:
         server = Server(
             _addresses(host),
             store=store,
+            durability=durability,
             config={k: v for k, v in config.items() if v is not None} or None,
             max_frame=max_frame,
             registration_timeout=registration_timeout,
@@ -269,6 +292,23 @@ def _serve(
     return run(server, loop=loop)  # type: ignore[arg-type]
 
 
+def _default_store(name: str) -> str:
+    """The store of a server started without ``-p``: a SQLite file at the
+    default path (directory created), announced in the log."""
+    from .store.sqlite import prepare_default_path  # noqa: PLC0415
+
+    try:
+        path = prepare_default_path()
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot create the default store directory: {exc}", param_hint="--path"
+        ) from None
+    logging.getLogger("periodic_fast.server").info(
+        "%s: keeping jobs in %s (default store; -p to choose another)", name, path
+    )
+    return f"file://{path}"
+
+
 # -- periodicd -----------------------------------------------------------------
 
 periodicd_app = typer.Typer(
@@ -283,6 +323,7 @@ periodicd_app = typer.Typer(
 def periodicd(
     host: HostOpt = None,
     path: PathOpt = None,
+    durability: DurabilityOpt = "strict",
     log: LogOpt = "info",
     name: NameOpt = "periodicd",
     timeout: TimeoutOpt = None,
@@ -309,6 +350,7 @@ def periodicd(
     code = _serve(
         host=host,
         path=path,
+        durability=durability,
         log=log,
         name=name,
         config={

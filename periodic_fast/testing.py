@@ -109,10 +109,21 @@ def _package_root() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
+def _names_store(args: Sequence[str]) -> bool:
+    """True when ``args`` contain a store option (``-p X``, ``--path=X``)."""
+    return any(
+        a in ("-p", "--path") or a.startswith("--path=") or a.startswith("-p")
+        for a in args
+    )
+
+
 class ServerProcess:
     """A server in a subprocess, for restart and crash tests.
 
     :param args: extra command-line options (e.g. ``["-p", "file://x.db"]``).
+        Without a store option (``-p``/``--path``, or ``PERIODIC_PATH`` in
+        ``env``) the server runs on ``-p :memory:``, never on the user's
+        default database file.
     :param address: listen address; default ``tcp://127.0.0.1:<free port>``.
     :param command: ``"module"`` runs ``python -m periodic_fast -d``;
         ``"periodicd"`` runs the ``periodicd`` script next to the interpreter
@@ -145,6 +156,8 @@ class ServerProcess:
     def argv(self) -> list[str]:
         """The command line the process is started with."""
         opts = ["-H", self.address, *self.args]
+        if not _names_store(self.args) and "PERIODIC_PATH" not in self.env:
+            opts += ["-p", ":memory:"]  # not the user's default database
         if self.command == "periodicd":
             script = Path(sys.executable).with_name("periodicd")
             if script.exists():

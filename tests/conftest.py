@@ -47,3 +47,16 @@ def codec_impl(request: pytest.FixtureRequest) -> ModuleType:
 def wheel_impl(request: pytest.FixtureRequest) -> ModuleType:
     """The timer-wheel twin under test (``_wheel_c`` or ``_wheel_py``)."""
     return _twin(request, "wheel")
+
+
+@pytest.fixture(autouse=True)
+def _no_default_store(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Servers started by tests without ``-p`` (``periodicd``, ``periodic -d``
+    subprocesses inherit the environment) run on ``:memory:``, and the default
+    database path points into a temporary directory: no test ever touches the
+    user's ``~/.local/share/periodic_fast/periodic.db``.  Tests of the default
+    path itself unset ``PERIODIC_PATH``."""
+    monkeypatch.setenv("PERIODIC_PATH", ":memory:")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
