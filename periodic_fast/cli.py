@@ -8,7 +8,8 @@
 ``--max-frame``, ``--registration-timeout``, ``--max-output``, ``--loop``,
 ``--unix-mode``, ``--max-connections``, ``--max-jobs-per-func``; the RSA/AES
 transport: ``--rsa-private-path``, ``--rsa-public-path``, ``--rsa-mode``,
-``--no-rsa-legacy`` (docs/transport.md).
+``--no-rsa-legacy`` (docs/transport.md); HTTP on the same listeners:
+``--http-writes``, ``--no-http`` (docs/http.md).
 
 ``periodic -d [same options]`` starts the same server; the client
 sub-commands of ``periodic`` hang off :data:`app` (the callback keeps the
@@ -166,6 +167,20 @@ MaxJobsPerFuncOpt = Annotated[
         min=0,
     ),
 ]
+HttpWritesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--http-writes",
+        help="Let HTTP submit, remove and drop (POST, DELETE); else they get 403.",
+    ),
+]
+NoHttpOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-http",
+        help="Do not answer HTTP (status page, metrics, curl API) on the listeners.",
+    ),
+]
 
 
 RsaPrivateOpt = Annotated[
@@ -256,6 +271,8 @@ def _serve(
     max_connections: int = 0,
     max_jobs_per_func: int = 0,
     rsa: tuple[str | None, str, str, bool] = (None, "public_keys.pem", "", True),
+    http_writes: bool = False,
+    no_http: bool = False,
 ) -> int:
     from .server.app import Server, run  # noqa: PLC0415  # keep CLI start fast
 
@@ -286,6 +303,8 @@ def _serve(
             rsa_public_path=rsa[1],
             rsa_modes=rsa[2] or "Plain,RSA,AES",
             rsa_legacy=rsa[3],
+            http=not no_http,
+            http_writes=http_writes,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--host") from None
@@ -342,6 +361,8 @@ def periodicd(
     rsa_public_path: RsaPublicOpt = "public_keys.pem",
     rsa_mode: RsaModeOpt = "Plain,RSA,AES",
     rsa_legacy: RsaLegacyOpt = True,
+    http_writes: HttpWritesOpt = False,
+    no_http: NoHttpOpt = False,
     push_task_size: _NoopOpt = None,
     sched_task_size: _NoopOpt = None,
     max_cache_size: _NoopOpt = None,
@@ -368,6 +389,8 @@ def periodicd(
         max_connections=max_connections,
         max_jobs_per_func=max_jobs_per_func,
         rsa=(rsa_private_path, rsa_public_path, rsa_mode, rsa_legacy),
+        http_writes=http_writes,
+        no_http=no_http,
     )
     raise typer.Exit(code)
 

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Final, NamedTuple, Protocol, cast
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from .. import __version__
 from ..job import Job
@@ -86,6 +86,7 @@ _METHODS: Final = (
     b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ",
     b"TRACE ", b"CONNECT ",
 )  # fmt: skip
+_MAX_FIELDS: Final = 64  # form fields per request
 _ALLOW: Final = "GET, HEAD, POST, DELETE, OPTIONS"
 _JSON: Final = "application/json; charset=utf-8"
 _HTML: Final = "text/html; charset=utf-8"
@@ -303,6 +304,10 @@ class _HttptoolsParser:
     def on_headers_complete(self) -> None:
         self._headers_done = True
         self._limits.check_headers(self._headers)
+        if self._parser.get_http_version() == "1.1" and not any(
+            name == b"host" for name, _ in self._headers
+        ):  # RFC 9112 3.2, and what h11 enforces
+            raise HttpError(400, "malformed request: missing Host header")
         for name, value in self._headers:
             if name == b"expect" and value.lower() == b"100-continue":
                 self.expect_continue = True
@@ -401,6 +406,8 @@ class _H11Parser:
                     return out, True  # CONNECT / upgrade: not supported
                 return out, False
             if isinstance(event, h11.Request):
+                if event.http_version not in (b"1.0", b"1.1"):  # as llhttp does
+                    raise HttpError(400, "malformed request: bad HTTP version")
                 if len(event.target) > MAX_TARGET:
                     raise HttpError(414, f"request target over {MAX_TARGET} bytes")
                 headers = [(bytes(k), bytes(v)) for k, v in event.headers]
@@ -1089,10 +1096,21 @@ def _form(req: Request) -> dict[str, bytes]:
 
 
 def _parse_qs(raw: bytes) -> list[tuple[bytes, bytes]]:
-    try:
-        return parse_qsl(raw, keep_blank_values=True, max_num_fields=64)
-    except ValueError as exc:
-        raise HttpError(400, f"bad form: {exc}") from None
+    """``a=1&b=x%20y`` as bytes pairs (values are bytes: any workload)."""
+    out: list[tuple[bytes, bytes]] = []
+    for part in raw.split(b"&"):
+        if not part:
+            continue
+        if len(out) >= _MAX_FIELDS:
+            raise HttpError(400, f"bad form: more than {_MAX_FIELDS} fields")
+        key, _, value = part.partition(b"=")
+        out.append(
+            (
+                unquote_to_bytes(key.replace(b"+", b" ")),
+                unquote_to_bytes(value.replace(b"+", b" ")),
+            )
+        )
+    return out
 
 
 def _int_field(form: dict[str, bytes], key: str, low: int, high: int) -> int:
