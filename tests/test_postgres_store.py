@@ -207,6 +207,37 @@ def test_coalescing_matches_the_memory_store(store: Any, seed: int) -> None:
     assert snapshot(store) == snapshot(model)
 
 
+def test_big_batches_are_split_in_one_transaction(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch over the statement limits goes out as several statements in
+    one transaction, with the same effect."""
+    import periodic_fast.store.postgres as pgmod
+
+    monkeypatch.setattr(pgmod, "_CHUNK_ROWS", 7)
+    monkeypatch.setattr(pgmod, "_CHUNK_BYTES", 300)
+    real = pgmod._statement_args
+    seen: list[int] = []
+
+    def spy(batch: Any) -> Any:
+        chunks = real(batch)
+        seen.append(len(chunks))
+        return chunks
+
+    monkeypatch.setattr(pgmod, "_statement_args", spy)
+    rng = random.Random(3)
+    model = MemoryStore()
+    for i in range(200):
+        job = Job(b"h", b"%d" % i, rng.randbytes(rng.randrange(100)))
+        for s in (store, model):
+            s.save_job(job, JobState.PENDING)
+    for _ in range(300):
+        random_op(rng, [store, model])
+    store.flush()
+    assert snapshot(store) == snapshot(model)
+    assert max(seen) > 10  # the 500 writes went out in a few big batches
+
+
 def test_barriers_fire_in_order_once(store: Any) -> None:
     """Barriers registered between writes while commits are in flight fire in
     registration order, once each, on the writer thread, after their writes."""

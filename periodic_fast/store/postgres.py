@@ -62,6 +62,10 @@ log = logging.getLogger("periodic_fast.store.postgres")
 
 _T = TypeVar("_T")
 _LOAD_CHUNK = 50_000  # rows per cursor fetch at start-up
+# a commit statement carries at most this many job rows / bytes; a bigger
+# batch is split over several statements in one transaction
+_CHUNK_ROWS = 200_000
+_CHUNK_BYTES = 64 << 20
 
 _PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _CONNINFO_RE = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
@@ -441,55 +445,21 @@ class PostgresStore:
                 await asyncio.sleep(delay)
 
     async def _commit(self, batch: _Batch) -> BaseException | None:
-        del_f: list[bytes] = []
-        del_n: list[bytes] = []
-        up_f: list[bytes] = []
-        up_n: list[bytes] = []
-        up_w: list[bytes] = []
-        up_t: list[int] = []
-        up_c: list[int] = []
-        up_o: list[int] = []
-        up_s: list[int] = []
-        st_f: list[bytes] = []
-        st_n: list[bytes] = []
-        st_s: list[int] = []
-        for (func, name), op in batch.jobs.items():
-            if op is _DELETE:
-                del_f.append(func)
-                del_n.append(name)
-            elif type(op) is int:
-                st_f.append(func)
-                st_n.append(name)
-                st_s.append(op)
-            else:
-                job, state = op
-                up_f.append(func)
-                up_n.append(name)
-                up_w.append(job.workload)
-                up_t.append(job.sched_at)
-                up_c.append(job.count)
-                up_o.append(job.timeout)
-                up_s.append(state)
-        fadd = [f for f, keep in batch.funcs.items() if keep]
-        fdel = [f for f, keep in batch.funcs.items() if not keep]
-        cfg_k = list(batch.config)
-        cfg_v = list(batch.config.values())
-        args = (
-            del_f, del_n, up_f, up_n, up_w, up_t, up_c, up_o, up_s,
-            st_f, st_n, st_s, fadd, fdel, cfg_k, cfg_v,
-        )  # fmt: skip
+        chunks = _statement_args(batch)
         started = time.perf_counter()
         try:
             conn = await self._connection()
-            if batch.dropped:
+            if batch.dropped or len(chunks) > 1:
                 async with conn.transaction():
-                    await conn.execute(
-                        f"DELETE FROM {self._t_jobs} WHERE func = ANY($1::bytea[])",
-                        list(batch.dropped),
-                    )
-                    await conn.execute(self._sql_commit, *args)
-            else:
-                await conn.execute(self._sql_commit, *args)
+                    if batch.dropped:
+                        await conn.execute(
+                            f"DELETE FROM {self._t_jobs} WHERE func = ANY($1::bytea[])",
+                            list(batch.dropped),
+                        )
+                    for args in chunks:
+                        await conn.execute(self._sql_commit, *args)
+            else:  # the usual case: one statement, its own transaction
+                await conn.execute(self._sql_commit, *chunks[0])
         except Exception as exc:  # every failure is reported and retried
             self._errors += 1
             self._failures += 1
@@ -712,6 +682,49 @@ class PostgresStore:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the PostgreSQL store is closed")
+
+
+def _statement_args(batch: _Batch) -> list[tuple[list[Any], ...]]:
+    """The commit statement's 16 array arguments for ``batch``: one tuple,
+    or several when the batch is too big for one statement (a parameter is
+    limited to 1 GB); funcs and config go with the first."""
+    chunks: list[tuple[list[Any], ...]] = []
+    args: tuple[list[Any], ...] = tuple([] for _ in range(16))
+    (del_f, del_n, up_f, up_n, up_w, up_t, up_c, up_o, up_s, st_f, st_n, st_s,
+     fadd, fdel, cfg_k, cfg_v) = args  # fmt: skip
+    for func, keep in batch.funcs.items():
+        (fadd if keep else fdel).append(func)
+    cfg_k.extend(batch.config)
+    cfg_v.extend(batch.config.values())
+    rows = size = 0
+    for (func, name), op in batch.jobs.items():
+        if rows >= _CHUNK_ROWS or size >= _CHUNK_BYTES:
+            chunks.append(args)
+            args = tuple([] for _ in range(16))
+            (del_f, del_n, up_f, up_n, up_w, up_t, up_c, up_o, up_s, st_f, st_n,
+             st_s) = args[:12]  # fmt: skip
+            rows = size = 0
+        rows += 1
+        size += len(func) + len(name)
+        if op is _DELETE:
+            del_f.append(func)
+            del_n.append(name)
+        elif type(op) is int:
+            st_f.append(func)
+            st_n.append(name)
+            st_s.append(op)
+        else:
+            job, state = op
+            up_f.append(func)
+            up_n.append(name)
+            up_w.append(job.workload)
+            up_t.append(job.sched_at)
+            up_c.append(job.count)
+            up_o.append(job.timeout)
+            up_s.append(state)
+            size += len(job.workload)
+    chunks.append(args)
+    return chunks
 
 
 def _describe(connect: dict[str, Any]) -> str:
