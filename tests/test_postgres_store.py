@@ -127,6 +127,13 @@ def test_open_store_uri_forms(cluster: PostgresCluster) -> None:
         assert b._call(conn.fetchval("SHOW synchronous_commit")) == "off"  # type: ignore[attr-defined]
     finally:
         b.close()
+    # the reference's cache+postgres:// is the plain durable store here
+    c = open_store(f"cache+{cluster.uri}&prefix={prefix}")
+    try:
+        assert type(c).__name__ == "PostgresStore"
+        assert [j.name for j, _ in c.load().jobs] == [b"a"]
+    finally:
+        c.close()
     with pytest.raises(ValueError, match="durability"):
         open_store(cluster.uri, durability="sometimes")
 

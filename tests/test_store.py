@@ -162,7 +162,7 @@ def test_open_store_memory() -> None:
 
 
 @pytest.mark.parametrize(
-    "uri", ["cache+postgres://x", "bogus", "memory", "ftp://x/y", "file://", "x://"]
+    "uri", ["bogus", "memory", "ftp://x/y", "file://", "x://", "cache+redis://x"]
 )
 def test_open_store_bad_uris(
     uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -137,7 +137,8 @@ def open_store(uri: str, *, durability: str = "strict") -> Store:
     ``":memory:"`` (nothing survives the process), ``file://PATH`` (SQLite:
     ``file://rel.db`` relative, ``file:///abs.db`` absolute; ``cache+file://``
     and a bare path containing ``/`` are taken as ``file://``),
-    ``postgres://...`` / ``postgresql://...``.  ``durability`` is ``"strict"``
+    ``postgres://...`` / ``postgresql://...`` (``cache+postgres://`` is taken
+    as ``postgres://``).  ``durability`` is ``"strict"``
     (the default: a commit is on disk before it is acknowledged) or
     ``"relaxed"`` (a power loss may lose the last commits; a process crash
     loses nothing); the memory store ignores it.
@@ -153,18 +154,17 @@ def open_store(uri: str, *, durability: str = "strict") -> Store:
 
         return MemoryStore()
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if scheme in ("postgres", "postgresql"):
-        # postgres://URL or postgres://key=value conninfo, optional prefix=
+    if scheme in ("postgres", "postgresql", "cache+postgres"):
+        # postgres://URL or postgres://key=value conninfo, optional prefix=;
+        # cache+postgres:// is the plain (durable) store, as cache+file://
         from .postgres import PostgresStore, parse_postgres_uri  # noqa: PLC0415
 
-        connect, prefix = parse_postgres_uri(uri)
+        connect, prefix = parse_postgres_uri(uri.removeprefix("cache+"))
         return PostgresStore(connect, prefix=prefix, durability=durability)
     if scheme in ("file", "cache+file") or (not scheme and "/" in uri):
         from .sqlite import SqliteStore, parse_file_uri  # noqa: PLC0415
 
         return SqliteStore(parse_file_uri(uri), durability=durability)
-    if scheme == "cache+postgres":
-        raise ValueError(f"store {uri!r}: the {scheme}:// store is not implemented yet")
     raise ValueError(
         f"unknown store URI {uri!r} (expected ':memory:', 'file://PATH' or"
         " 'postgres://...')"
