@@ -154,7 +154,7 @@ def open_store(uri: str, *, durability: str = "strict") -> Store:
 
         return MemoryStore()
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if scheme in ("postgres", "postgresql", "cache+postgres"):
+    if scheme in ("postgres", "postgresql", "cache+postgres", "cache+postgresql"):
         # postgres://URL or postgres://key=value conninfo, optional prefix=;
         # cache+postgres:// is the plain (durable) store, as cache+file://
         from .postgres import PostgresStore, parse_postgres_uri  # noqa: PLC0415
