@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from .server.app import SchedulerFactory, Server, parse_address
+from .store import Store
 
 __all__ = ["ServerProcess", "free_port", "running_server", "wait_listening"]
 
@@ -39,7 +40,7 @@ async def running_server(
     *,
     tcp: bool = True,
     unix: bool = True,
-    store: str = ":memory:",
+    store: str | Store = ":memory:",
     config: Mapping[str, int] | None = None,
     scheduler_factory: SchedulerFactory | None = None,
     **server_kwargs: Any,
@@ -48,7 +49,9 @@ async def running_server(
 
     Listens on ``tcp://127.0.0.1:0`` (when ``tcp``) and on a socket in a fresh
     temporary directory (when ``unix``); ``server.addresses`` lists the real
-    addresses, TCP first.  Extra keyword arguments go to :class:`Server`
+    addresses, TCP first.  ``store`` is a store URI or a
+    :class:`~periodic_fast.store.Store` instance (which the caller closes).
+    Extra keyword arguments go to :class:`Server`
     (e.g. ``clock=`` a movable clock; then ``server.poke()`` runs its timer).
     """
     if not (tcp or unix):
