@@ -341,7 +341,10 @@ def run(
         ),
     ] = None,
     thread: Annotated[
-        int, typer.Option("--thread", "-n", help="Worker: concurrent jobs.", min=1)
+        int,
+        typer.Option(
+            "--thread", "-n", help="Worker: concurrent jobs.", min=1, envvar="THREAD"
+        ),
     ] = 1,
     broadcast: Annotated[
         bool, typer.Option("--broadcast", help="Worker: broadcast func.")
@@ -361,6 +364,20 @@ def run(
     lock_count: Annotated[
         int, typer.Option("--lock-count", help="Worker: lock holders.", min=1)
     ] = 1,
+    work_data: Annotated[
+        bool,
+        typer.Option(
+            "--work-data",
+            help="Worker: stream stdout lines 'WORKDATA text' to listeners; "
+            "'WORKDONE text' sets the result.",
+        ),
+    ] = False,
+    data_flag: Annotated[
+        bool,
+        typer.Option(
+            "--data", help="Worker: stdout is the result (always the case here)."
+        ),
+    ] = False,
 ) -> None:
     """``run -f F --exec CMD``: exec worker (job name appended, workload on
     stdin, last stdout line SCHED_LATER N / FAIL / DONE decides).
@@ -380,6 +397,7 @@ def run(
             skip_fail=skip_fail,
             lock_name=lock_name,
             lock_count=lock_count,
+            work_data=work_data,
         )
         return
     f = _pick(func_arg, None, "FUNC", ctx)
@@ -404,7 +422,9 @@ def run(
     sys.stdout.flush()
 
 
-def _exec_worker(ctx: typer.Context, func: str, command: str, **kwargs: Any) -> None:
+def _exec_worker(
+    ctx: typer.Context, func: str, command: str | list[str], **kwargs: Any
+) -> None:
     from .client import ClientError  # noqa: PLC0415
     from .exec_worker import run_exec_worker  # noqa: PLC0415
 
@@ -454,3 +474,128 @@ def register(app: typer.Typer) -> None:
     for fn in (status, submit, remove, drop, dump, load, recv, ping, shutdown, run):
         app.command(fn.__name__)(fn)
     app.add_typer(config_app, name="config")
+
+
+# -- periodic-run (the HS exec worker's own command line) ---------------------------
+
+periodic_run_app = typer.Typer(
+    name="periodic-run",
+    add_completion=False,
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        # options end at FUNC: everything after COMMAND belongs to it
+        "allow_interspersed_args": False,
+    },
+    help="Exec worker, HS syntax: periodic-run [OPTIONS] FUNC COMMAND [ARGS...].",
+)
+
+
+@periodic_run_app.command()
+def periodic_run(
+    ctx: typer.Context,
+    func: Annotated[str, typer.Argument(metavar="FUNC", help="Func to serve.")],
+    command: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="COMMAND [ARGS...]",
+            help="Run per job, job name appended, workload on stdin.",
+        ),
+    ],
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "-H",
+            "--host",
+            help="Server address (default: $PERIODIC_PORT, else "
+            "unix:///tmp/periodic.sock).",
+            show_default=False,
+        ),
+    ] = None,
+    thread: Annotated[
+        int,
+        typer.Option("--thread", help="Concurrent jobs.", min=1, envvar="THREAD"),
+    ] = 1,
+    timeout: Annotated[
+        int | None,
+        typer.Option(
+            "--timeout",
+            help="Kill the command after S s (default: the job's timeout; 0: never).",
+            min=0,
+        ),
+    ] = None,
+    broadcast: Annotated[
+        bool, typer.Option("--broadcast", help="Register as a broadcast func.")
+    ] = False,
+    no_name: Annotated[
+        bool, typer.Option("--no-name", help="Do not append the job name.")
+    ] = False,
+    retry_secs: Annotated[
+        int, typer.Option("--retry-secs", help="On failure, run again in S s.", min=0)
+    ] = 0,
+    skip_fail: Annotated[
+        bool, typer.Option("--skip-fail", help="Report failures as done.")
+    ] = False,
+    lock_name: Annotated[
+        str | None, typer.Option("--lock-name", help="Hold this lock per job.")
+    ] = None,
+    lock_count: Annotated[
+        int, typer.Option("--lock-count", help="Holders of that lock.", min=1)
+    ] = 1,
+    work_data: Annotated[
+        bool,
+        typer.Option(
+            "--work-data",
+            help="Stream stdout lines 'WORKDATA text'; 'WORKDONE text' is the result.",
+        ),
+    ] = False,
+    data: Annotated[
+        bool, typer.Option("--data", help="stdout is the result (always the case).")
+    ] = False,
+    client_name: Annotated[
+        str | None,
+        typer.Option(
+            "--client-name",
+            help="Identity (default: $PERIODIC_CLIENT_NAME).",
+            show_default=False,
+        ),
+    ] = None,
+    client_token: Annotated[
+        str | None,
+        typer.Option(
+            "--client-token",
+            help="Its token (default: $PERIODIC_CLIENT_TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Serve FUNC: run COMMAND [ARGS...] for each job (as ``periodic run -f
+    FUNC --exec ...``; the last stdout line SCHED_LATER N / FAIL / DONE and the
+    exit status decide the outcome)."""
+    from .client import resolve_address  # noqa: PLC0415
+
+    ctx.obj = {
+        "addresses": [resolve_address(host)],
+        "client_name": client_name or None,
+        "client_token": client_token or None,
+    }
+    _exec_worker(
+        ctx,
+        func,
+        list(command),
+        threads=thread,
+        timeout=timeout,
+        no_name=no_name,
+        broadcast=broadcast,
+        retry_secs=retry_secs,
+        skip_fail=skip_fail,
+        lock_name=lock_name,
+        lock_count=lock_count,
+        work_data=work_data,
+    )
+
+
+def periodic_run_main() -> None:
+    """Entry point of a ``periodic-run`` script (HS syntax)."""
+    from .cli import _run  # noqa: PLC0415  # one-line usage errors, exit 2
+
+    _run(periodic_run_app, "periodic-run")

@@ -28,6 +28,15 @@
 
 Unlike the Go original, an unterminated last line is honoured, a bare
 ``SCHEDLATER`` does not crash, and both spellings of the directive work.
+
+With ``work_data`` (HS ``--work-data``) stdout is read while the command runs:
+a line starting with ``WORKDATA`` streams the text after ``WORKDATA `` to the
+job's listeners at once (WORK_DATA: ``periodic run F N``, ``recv``,
+``run_job(stream=)``); a line starting with ``WORKDONE`` sets the result to
+the text after ``WORKDONE ``.  Neither kind of line is part of the echoed
+output or of the directive check above; the exit status still decides
+success.  (Unlike HS, other lines do not end the parsing, and a command that
+prints only ``WORKDATA`` lines does not hang the job.)
 """
 
 from __future__ import annotations
@@ -35,11 +44,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shlex
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from .client import ClientError
 from .worker import Done, Fail, SchedLater, Worker, WorkerJob
 
 __all__ = ["make_handler", "parse_output", "run_exec_worker"]
@@ -82,38 +94,104 @@ def parse_output(stdout: bytes, returncode: int | None) -> tuple[str, bytes, int
     return kind, result, delay
 
 
+_STREAM_PREFIX = b"WORKDATA"
+_RESULT_PREFIX = b"WORKDONE"
+
+
+async def _communicate_lines(
+    proc: asyncio.subprocess.Process,
+    stdin: bytes,
+    on_line: Callable[[bytes], Awaitable[bool]],
+) -> bytes:
+    """Feed ``stdin``, hand every stdout line (with its newline; a final
+    unterminated line too) to ``on_line`` as it arrives, wait for the exit.
+    Returns the lines ``on_line`` did not consume (it returns True for those
+    it did)."""
+    assert proc.stdin is not None and proc.stdout is not None
+
+    async def feed() -> None:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if stdin:
+                proc.stdin.write(stdin)
+                await proc.stdin.drain()
+            proc.stdin.close()
+
+    feeder = asyncio.get_running_loop().create_task(feed())
+    kept = bytearray()
+    pending = b""
+    try:
+        while True:
+            chunk = await proc.stdout.read(65536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not await on_line(line + b"\n"):
+                    kept += line + b"\n"
+        if pending and not await on_line(pending):
+            kept += pending
+        await proc.wait()
+    finally:
+        if not feeder.done():
+            feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
+    return bytes(kept)
+
+
 async def _run_command(
-    argv: Sequence[str], stdin: bytes, timeout: float | None
+    argv: Sequence[str],
+    stdin: bytes,
+    timeout: float | None,
+    on_line: Callable[[bytes], Awaitable[bool]] | None = None,
 ) -> tuple[bytes, int | None]:
-    """Run one command; returns (stdout, exit status or None when killed)."""
+    """Run one command; returns (stdout, exit status or None when killed).
+
+    With ``on_line``, stdout lines are handed over as they arrive and only
+    those it does not consume are returned.
+    """
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group: killed as a whole
         )
     except OSError as exc:
         logger.error("cannot start %s: %s", argv[0], exc)
         print(f"Error: cannot start {argv[0]}: {exc}", file=sys.stderr)
         return b"", None
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        if on_line is None:
+            out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        else:
+            out = await asyncio.wait_for(
+                _communicate_lines(proc, stdin, on_line), timeout
+            )
         return out, proc.returncode
     except asyncio.TimeoutError:
         print(f"Error: {argv[0]} killed after {timeout:g} s", file=sys.stderr)
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
+        _kill_group(proc, signal.SIGTERM)
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(proc.wait(), 5.0)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        # SIGKILL what is left, children holding stdout open included
+        _kill_group(proc, signal.SIGKILL)
+        await proc.wait()
         return b"", None
-    except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+    except BaseException:  # cancelled (drain timeout, close) or on_line failed
+        _kill_group(proc, signal.SIGKILL)
         raise
+
+
+def _kill_group(proc: asyncio.subprocess.Process, sig: int) -> None:
+    """Signal the command's process group (it leads its own session)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
 
 
 def make_handler(
@@ -124,19 +202,39 @@ def make_handler(
     retry_secs: int = 0,
     skip_fail: bool = False,
     echo: bool = True,
+    work_data: bool = False,
 ) -> Callable[[WorkerJob], Awaitable[_Outcome]]:
     """The async job handler that runs ``command`` (see the module doc)."""
 
     async def handler(job: WorkerJob) -> _Outcome:
         argv = list(command) if no_name else [*command, job.name]
         limit = timeout if timeout is not None else float(job.timeout or 0)
-        out, code = await _run_command(argv, job.workload, limit or None)
+        final: list[bytes] = []
+
+        async def on_line(line: bytes) -> bool:
+            head = line[:8]
+            if head == _STREAM_PREFIX:
+                try:
+                    await job.data(line[9:].rstrip(b"\r\n"))
+                except ClientError as exc:  # e.g. the connection dropped
+                    logger.warning("WORKDATA of %s not sent: %s", job, exc)
+                return True
+            if head == _RESULT_PREFIX:
+                final.append(line[9:].rstrip(b"\r\n"))
+                return True
+            return False
+
+        out, code = await _run_command(
+            argv, job.workload, limit or None, on_line if work_data else None
+        )
         kind, result, delay = parse_output(out, code)
         if echo and result:
             sys.stdout.buffer.write(result)
             if not result.endswith(b"\n"):
                 sys.stdout.buffer.write(b"\n")
             sys.stdout.flush()
+        if final:
+            result = final[-1]
         if kind == "fail":
             if skip_fail:
                 return Done(b"")
@@ -165,6 +263,7 @@ async def run_exec_worker(
     lock_count: int = 1,
     name: str | None = None,
     token: str | None = None,
+    work_data: bool = False,
 ) -> None:
     """Serve ``func`` with ``command`` until SIGTERM/SIGINT (graceful drain).
 
@@ -179,6 +278,7 @@ async def run_exec_worker(
         no_name=no_name,
         retry_secs=retry_secs,
         skip_fail=skip_fail,
+        work_data=work_data,
     )
 
     async def locked(job: WorkerJob) -> Any:

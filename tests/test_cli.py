@@ -460,3 +460,149 @@ def test_client_name_and_token(tmp_path: Path) -> None:
             assert len(err) == 1 and "identity 'wrk' refused" in err[0], err
         finally:
             stop_worker(worker)
+
+
+# -- HS exec-worker flavours -----------------------------------------------------------
+
+
+def test_work_data_streams_lines(addr: str, tmp_path: Path) -> None:
+    script = tmp_path / "stream.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        'echo "WORKDATA one $1"\n'
+        "echo 'plain line'\n"
+        "echo 'WORKDATA two'\n"
+        "echo 'WORKDONE the result'\n"
+    )
+    script.chmod(0o755)
+    worker = start_worker(addr, "-f", "wd", "--exec", str(script), "--work-data")
+    try:
+        wait_for(lambda: status_json(addr).get("wd", {}).get("workers") == 1)
+        r = periodic("run", "wd", "j1", address=addr)
+        assert r.returncode == 0, r.stderr
+        # streamed chunks first (one line each), then the WORKDONE result
+        assert r.stdout == "one j1\ntwo\nthe result\n"
+    finally:
+        out, _ = stop_worker(worker)
+    assert b"plain line" in out and b"WORKDATA" not in out
+
+
+def periodic_run(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    code = "from periodic_fast.cli_client import periodic_run_main as m; m()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(None, env),
+    )
+
+
+def test_periodic_run_hs_syntax(addr: str) -> None:
+    # options before FUNC; everything after COMMAND goes to the command as is
+    script = 'echo "$0 got $1"; cat'
+    worker = periodic_run(
+        "-H", addr, "--thread", "2", "hs", "sh", "-c", script, "--no-name"
+    )  # fmt: skip
+    try:
+        wait_for(lambda: status_json(addr).get("hs", {}).get("workers") == 1)
+        r = periodic("run", "hs", "n1", "-w", "payload", address=addr)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "--no-name got n1\npayload\n"
+    finally:
+        stop_worker(worker)
+    # THREAD from the environment, address from PERIODIC_PORT
+    worker = periodic_run("hs2", "true", env={"THREAD": "x", "PERIODIC_PORT": addr})
+    out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 2 and b"thread" in err.lower(), err
+    worker = periodic_run("--bogus", "f", "true")
+    out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 2
+    assert err.decode().strip().startswith("Error: "), err
+
+
+# -- exec worker internals (in process) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stdout", "code", "expected"),
+    [
+        (b"a\nSCHED_LATER 5\n", 0, ("sched_later", b"a\n", 5)),
+        (b"a\nSCHEDLATER 7", 0, ("sched_later", b"a\n", 7)),
+        (b"SCHEDLATER\n", 0, ("done", b"", 0)),  # bare: no crash, done
+        (b"SCHED_LATER x\n", 0, ("done", b"", 0)),
+        (b"out\nFAIL\n\n", 0, ("fail", b"out\n", 0)),
+        (b"FAILED\n", 0, ("done", b"FAILED\n", 0)),  # exact word only
+        (b"r\nDONE\n", 0, ("done", b"r\n", 0)),
+        (b"r\n", 3, ("fail", b"r\n", 0)),
+        (b"SCHED_LATER 5\n", 1, ("fail", b"", 5)),
+        (b"", None, ("fail", b"", 0)),
+    ],
+)
+def test_parse_output(
+    stdout: bytes, code: int | None, expected: tuple[str, bytes, int]
+) -> None:
+    from periodic_fast.exec_worker import parse_output
+
+    assert parse_output(stdout, code) == expected
+
+
+class _FakeJob:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.workload = b"in"
+        self.timeout = 0
+        self.chunks: list[bytes] = []
+
+    async def data(self, chunk: bytes) -> bool:
+        self.chunks.append(chunk)
+        return True
+
+
+@pytest.mark.parametrize(
+    ("script", "chunks", "outcome"),
+    [
+        # only WORKDATA lines, exit 0: done at once with an empty result (HS hangs)
+        ("echo 'WORKDATA a'; echo 'WORKDATA b'", [b"a", b"b"], ("done", b"")),
+        # unterminated WORKDONE line; stdin is still delivered
+        ("cat >/dev/null; printf 'WORKDONE end'", [], ("done", b"end")),
+        # streamed chunks stay streamed when the command then fails
+        ("echo 'WORKDATA x'; exit 4", [b"x"], ("fail", None)),
+        # directives still work next to the stream
+        ("echo 'WORKDATA y'; echo 'SCHED_LATER 9'", [b"y"], ("sched_later", 9)),
+    ],
+)
+async def test_work_data_handler(
+    script: str, chunks: list[bytes], outcome: tuple[str, object]
+) -> None:
+    from periodic_fast.exec_worker import make_handler
+    from periodic_fast.worker import Done, Fail, SchedLater
+
+    handler = make_handler(["sh", "-c", script], work_data=True, echo=False)
+    job = _FakeJob("n")
+    res = await handler(job)  # type: ignore[arg-type]
+    assert job.chunks == chunks
+    kind, value = outcome
+    if kind == "done":
+        assert isinstance(res, Done) and res.data == value
+    elif kind == "fail":
+        assert isinstance(res, Fail)
+    else:
+        assert isinstance(res, SchedLater) and res.delay == value
+
+
+async def test_handler_timeout_kills_the_command() -> None:
+    from periodic_fast.exec_worker import make_handler
+    from periodic_fast.worker import Fail
+
+    for work_data in (False, True):
+        handler = make_handler(
+            ["sh", "-c", "echo 'WORKDATA s'; sleep 30"],
+            timeout=0.5,
+            work_data=work_data,
+            echo=False,
+        )
+        t0 = time.monotonic()
+        res = await handler(_FakeJob("n"))  # type: ignore[arg-type]
+        assert isinstance(res, Fail) and time.monotonic() - t0 < 10
