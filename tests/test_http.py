@@ -808,6 +808,7 @@ def test_overview_and_page(run: Runner[None], parser: str) -> None:
 
 
 CURL = shutil.which("curl")
+MEM = ["-p", ":memory:"]  # not the default on-disk store other tests may share
 needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed")
 
 
@@ -829,7 +830,7 @@ def _http_url(proc: ServerProcess) -> str:
 @needs_curl
 def test_seed_curl_lines() -> None:
     """The reference's documented curl lines, as written, on periodicd."""
-    with ServerProcess(["--http-writes"], command="periodicd") as proc:
+    with ServerProcess(MEM + ["--http-writes"], command="periodicd") as proc:
         url = _http_url(proc)
         at = str(int(time.time()) + 3600)
         r = _curl(
@@ -858,16 +859,16 @@ def test_seed_curl_lines() -> None:
 
 @needs_curl
 def test_periodicd_flags(tmp_path: Any) -> None:
-    with ServerProcess() as proc:  # default: read-only
+    with ServerProcess(MEM) as proc:  # default: read-only
         url = _http_url(proc)
         r = _curl("-o", "/dev/null", "-w", "%{http_code}", "-d", "func=f&name=n", url)
         assert r.stdout == "403"
         assert _curl("-o", "/dev/null", "-w", "%{http_code}", url).stdout == "200"
-    with ServerProcess(["--no-http"]) as proc:
+    with ServerProcess(MEM + ["--no-http"]) as proc:
         r = _curl(_http_url(proc))
         assert r.returncode != 0  # closed without an answer
     sock = tmp_path / "p.sock"
-    with ServerProcess(["--http-writes"], address=f"unix://{sock}") as proc:
+    with ServerProcess(MEM + ["--http-writes"], address=f"unix://{sock}") as proc:
         r = _curl("--unix-socket", str(sock), "-d", "name=u", "http://localhost/uf")
         assert json.loads(r.stdout) == {"msg": "SUCCESS"}
         r = _curl("--unix-socket", str(sock), "http://localhost/uf")

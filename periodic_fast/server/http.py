@@ -31,17 +31,20 @@ import asyncio
 import contextlib
 import functools
 import html
+import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any, Final, NamedTuple, Protocol, cast
 from urllib.parse import unquote_to_bytes
 
 from .. import __version__
+from ..auth import Identity, Role
 from ..job import Job
 
 try:  # the fast parser; h11 (pure Python) is the fallback
@@ -119,7 +122,15 @@ class HttpError(Exception):
 class Request:
     """One parsed HTTP request."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "target", "version")
+    __slots__ = (
+        "body",
+        "headers",
+        "identity",
+        "keep_alive",
+        "method",
+        "target",
+        "version",
+    )
 
     def __init__(
         self,
@@ -136,6 +147,8 @@ class Request:
         self.body = body
         self.keep_alive = keep_alive
         self.version = version  #: "1.1" or "1.0"
+        #: the auth-file identity of its bearer token (auth on), else None
+        self.identity: Identity | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower case), or None."""
@@ -699,6 +712,8 @@ class HttpApp:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        allowed_hosts: Iterable[str] = (),
+        host_check: bool | None = None,
     ) -> None:
         if parser not in ("auto", "httptools", "h11"):
             raise ValueError(f"unknown HTTP parser {parser!r}")
@@ -718,6 +733,13 @@ class HttpApp:
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
         self.max_connections = max_connections
+        #: Host names accepted besides IP literals, localhost and the
+        #: listen hosts; ``host_check`` None = check when auth is on
+        hosts = {h.lower().rstrip(".") for h in allowed_hosts}
+        with contextlib.suppress(OSError):  # this machine's own name
+            hosts.add(socket.gethostname().lower())
+        self.allowed_hosts = frozenset(h for h in hosts if h)
+        self.host_check = host_check
         self.started = clock()
         self.connections: set[HttpConnection] = set()
         self._loop_thread = threading.get_ident()
@@ -759,19 +781,101 @@ class HttpApp:
 
     # -- routing -----------------------------------------------------------------
 
-    def _authorize(self, req: Request) -> Response | None:
+    def _authorize(
+        self, req: Request, conn: HttpConnection | None = None
+    ) -> Response | None:
         """The one check before routing: a Response refuses the request.
 
-        Everything is allowed here; authentication hooks in (docs/http.md).
+        With an auth file (docs/security.md): the Host header must name this
+        server (DNS rebinding), and every request but ``/healthz`` and
+        ``/readyz`` needs ``Authorization: Bearer <token>`` of an identity
+        whose role and funcs allow it, as a client connection would need on
+        the binary side.  Without one, everything is allowed (the Host check
+        can be forced with ``host_check=True``).
         """
+        rules = getattr(self.scheduler, "auth", None)
+        check = self.host_check if self.host_check is not None else rules is not None
+        unix = conn is not None and conn.peer.startswith("unix")
+        if check and not unix and not self._host_ok(req.header(b"host")):
+            return _err(403, "Host header not allowed (this server's names only)")
+        if rules is None:
+            return None
+        path = req.path
+        if path in (b"/healthz", b"/readyz", b"/favicon.ico"):
+            return None  # probes: nothing secret
+        ident = _bearer_identity(rules, req.header(b"authorization"))
+        if ident is None:
+            return _err(
+                401,
+                "a valid 'Authorization: Bearer <token>' is required",
+                headers=(("WWW-Authenticate", 'Bearer realm="periodic"'),),
+            )
+        req.identity = ident
+        if not ident.may_connect_as(False):  # HTTP acts as a client connection
+            return _err(403, "this identity may not act as a client")
+        if ident.role is Role.ADMIN:
+            return None
+        func = self._func_of(req, path)
+        if func is None:  # admin-only: drop, status page, overview, metrics
+            return _err(403, "this request needs the admin role")
+        if func and not ident.func_allowed(func):
+            return _err(403, f"func {_text(func)!r} is not allowed for this identity")
         return None
+
+    def _func_of(self, req: Request, path: bytes) -> bytes | None:
+        """The func a non-admin request names: b"" when none (status list,
+        OPTIONS), None when the request is for admins only."""
+        method = req.method
+        if method == "OPTIONS":
+            return b""
+        if method in ("GET", "HEAD"):
+            if path in (b"/", b"/api/funcs", b"/api/funcs/"):
+                return b""  # filtered in _status_all
+            if path.startswith(b"/api/funcs/"):
+                return path[len(b"/api/funcs/") :]
+            if path.startswith((b"/ui", b"/api/", b"/metrics")):
+                return None
+            return path[1:]  # GET /FUNC
+        if method == "POST":
+            if path not in (b"", b"/"):
+                return path[1:]
+            return _form(req).get("func", b"") or None
+        return None  # DELETE (drop func) and the rest
+
+    def _host_ok(self, host: bytes | None) -> bool:
+        """Is ``host`` (a Host header) a name of this server?"""
+        if not host:
+            return False
+        text = host.decode("latin-1").strip().lower()
+        if text.startswith("["):  # [v6]:port
+            name = text[1 : text.find("]")] if "]" in text else ""
+        else:
+            name = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+        name = name.rstrip(".")
+        if not name:
+            return False
+        try:
+            ipaddress.ip_address(name)
+            return True  # an IP literal cannot be rebound
+        except ValueError:
+            pass
+        if name == "localhost" or name.endswith(".localhost"):
+            return True
+        if name in self.allowed_hosts:
+            return True
+        for addr in self._addresses():
+            if addr.startswith("tcp://"):
+                bound = addr[6:].rsplit(":", 1)[0].strip("[]").lower()
+                if bound == name:
+                    return True
+        return False
 
     def dispatch(
         self, req: Request, conn: HttpConnection | None = None
     ) -> Response | asyncio.Future[Response]:
         """Answer ``req``: a Response now, or a future one (writes)."""
         try:
-            refused = self._authorize(req)
+            refused = self._authorize(req, conn)
             if refused is not None:
                 return refused
             return self._route(req)
@@ -798,7 +902,7 @@ class HttpApp:
         if path == b"/":
             if _prefers_html(req):
                 return self._page()
-            return json_response(200, self._status_all())
+            return json_response(200, self._status_all(req))
         if path in (b"/ui", b"/ui/"):
             return self._page()
         if path == b"/ui/fragment":
@@ -813,16 +917,21 @@ class HttpApp:
             ready, checks = self.readiness()
             return json_response(200 if ready else 503, {"ready": ready, **checks})
         if path in (b"/api/funcs", b"/api/funcs/"):
-            return json_response(200, self._status_all())
+            return json_response(200, self._status_all(req))
         if path == b"/favicon.ico":
             return Response(204)
         if path.startswith(b"/api/funcs/"):
             return self._status_one(path[len(b"/api/funcs/") :])
         return self._status_one(path[1:])
 
-    def _status_all(self) -> dict[str, Any]:
+    def _status_all(self, req: Request | None = None) -> dict[str, Any]:
         now = self.clock()
-        return {_text(s.func): _func_json(s) for s in self.scheduler.status(now)}
+        ident = req.identity if req is not None else None
+        return {
+            _text(s.func): _func_json(s)
+            for s in self.scheduler.status(now)
+            if ident is None or ident.func_allowed(s.func)
+        }
 
     def _status_one(self, func: bytes) -> Response:
         for stat in self.scheduler.status(self.clock()):
@@ -1064,6 +1173,18 @@ def _func_json(stat: Any) -> dict[str, Any]:
 def _lock_entry(entry: tuple[bytes, bytes, float], now: float) -> dict[str, Any]:
     func, name, since = entry
     return {"func": _text(func), "name": _text(name), "for": max(0.0, now - since)}
+
+
+def _bearer_identity(rules: Any, header: bytes | None) -> Identity | None:
+    """The identity of an ``Authorization: Bearer <token>`` header, or None."""
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(b" ")
+    token = token.strip()
+    if scheme.lower() != b"bearer" or not token:
+        return None
+    ident: Identity | None = rules.authenticate_token(token)
+    return ident
 
 
 def _form(req: Request) -> dict[str, bytes]:
@@ -1308,7 +1429,7 @@ header .meta {{ color:#aeb6c8; font-size:12px; }}
 #refresh-state {{ margin-left:auto; font-size:12px; }}
 #refresh-state.ok {{ color:#8fe3a5; }} #refresh-state.bad {{ color:#ff9c94; }}
 main {{ padding:16px 24px 32px; max-width:1400px; }}
-.cards {{ display:grid; grid-template-columns:repeat(auto-fill,minmax(120px,1fr));
+.cards {{ display:grid; grid-template-columns:repeat(auto-fill,minmax(100px,1fr));
   gap:10px; }}
 .card {{ background:var(--card); border:1px solid var(--line); border-radius:8px;
   padding:10px 12px; }}
