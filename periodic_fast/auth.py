@@ -133,6 +133,18 @@ class AuthRules:
             return ident
         return None
 
+    def authenticate_token(self, token: bytes) -> Identity | None:
+        """The identity whose token is ``token`` (HTTP ``Bearer``), or None.
+
+        Every token is compared (constant time each, no early exit).  A token
+        shared by several identities names none of them: None.
+        """
+        found: list[Identity] = []
+        for ident in self._by_name.values():
+            if hmac.compare_digest(ident.token, token):
+                found.append(ident)
+        return found[0] if len(found) == 1 else None
+
 
 def parse_auth_file(data: bytes) -> AuthRules:
     """Parse the text of an auth file; :class:`AuthFileError` names the
