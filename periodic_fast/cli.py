@@ -181,6 +181,18 @@ NoHttpOpt = Annotated[
         help="Do not answer HTTP (status page, metrics, curl API) on the listeners.",
     ),
 ]
+HttpHostOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--http-host",
+        help=(
+            "A DNS name HTTP clients may use in the Host header with "
+            "--auth-file (IP addresses, localhost and this machine's name "
+            "always pass); repeatable."
+        ),
+        show_default=False,
+    ),
+]
 
 
 RsaPrivateOpt = Annotated[
@@ -273,6 +285,7 @@ def _serve(
     rsa: tuple[str | None, str, str, bool] = (None, "public_keys.pem", "", True),
     http_writes: bool = False,
     no_http: bool = False,
+    http_hosts: list[str] | None = None,
 ) -> int:
     from .server.app import Server, run  # noqa: PLC0415  # keep CLI start fast
 
@@ -305,6 +318,7 @@ def _serve(
             rsa_legacy=rsa[3],
             http=not no_http,
             http_writes=http_writes,
+            http_options={"allowed_hosts": http_hosts} if http_hosts else None,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--host") from None
@@ -363,6 +377,7 @@ def periodicd(
     rsa_legacy: RsaLegacyOpt = True,
     http_writes: HttpWritesOpt = False,
     no_http: NoHttpOpt = False,
+    http_host: HttpHostOpt = None,
     push_task_size: _NoopOpt = None,
     sched_task_size: _NoopOpt = None,
     max_cache_size: _NoopOpt = None,
@@ -391,6 +406,7 @@ def periodicd(
         rsa=(rsa_private_path, rsa_public_path, rsa_mode, rsa_legacy),
         http_writes=http_writes,
         no_http=no_http,
+        http_hosts=http_host,
     )
     raise typer.Exit(code)
 

@@ -16,7 +16,7 @@ import pytest
 
 from periodic_fast.auth import parse_auth_file
 from periodic_fast.server.app import Server, parse_address
-from periodic_fast.testing import running_server
+from periodic_fast.testing import ServerProcess, running_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -221,3 +221,20 @@ def test_token_lookup() -> None:
     assert rules.authenticate_token(b"web-tok") is None  # shared: ambiguous
     assert rules.authenticate_token(b"nope") is None
     assert rules.authenticate_token(b"") is None
+
+
+def test_periodicd_http_host_option(tmp_path: Path) -> None:
+    auth = tmp_path / "auth"
+    auth.write_bytes(AUTH)
+    args = ["--auth-file", str(auth), "--http-host", "jobs.example", "--log", "warning"]
+    with ServerProcess(args) as proc:
+
+        async def main() -> None:
+            ops = BEARER["ops"]
+            r = await http(proc.address, "GET", "/", auth=ops, host="jobs.example")
+            assert r.status == 200, r
+            r = await http(proc.address, "GET", "/", auth=ops, host="other.example")
+            assert r.status == 403, r
+            assert (await http(proc.address, "GET", "/")).status == 401
+
+        asyncio.run(asyncio.wait_for(main(), 20))

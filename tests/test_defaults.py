@@ -129,7 +129,16 @@ def test_periodicd_unix_mode_and_loopback(sockdir: Path) -> None:
 @pytest.mark.parametrize("mode", ["999", "0o1000", "rw", ""])
 def test_periodicd_bad_unix_mode(mode: str) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "periodic_fast", "-d", "--unix-mode", mode],
+        [
+            sys.executable,
+            "-m",
+            "periodic_fast",
+            "-d",
+            "-p",
+            ":memory:",
+            "--unix-mode",
+            mode,
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -147,6 +156,8 @@ def test_periodicd_bad_auth_file(tmp_path: Path) -> None:
             "-m",
             "periodic_fast",
             "-d",
+            "-p",
+            ":memory:",
             "-H",
             f"tcp://127.0.0.1:{free_port()}",
             "--auth-file",
