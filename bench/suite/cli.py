@@ -24,6 +24,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -164,6 +165,16 @@ def _machine() -> dict[str, Any]:
     from bench import e2e
 
     facts = e2e.machine_facts(e2e.implementations())
+    with contextlib.suppress(OSError):
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "periodic_fast"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        ).stdout.split("\n")
+        # uncommitted server code measured along (other work in progress)
+        facts["uncommitted"] = ", ".join(x[3:] for x in dirty if x.strip()) or "none"
     with contextlib.suppress(OSError):
         with open("/proc/meminfo") as f:
             facts["mem_total_gb"] = round(int(f.readline().split()[1]) / 1e6, 1)
