@@ -137,6 +137,12 @@ class WorkerJob:
 
     # fields ---------------------------------------------------------------------
     @property
+    def worker(self) -> Worker:
+        """The worker (connection) the job came from; its ``address`` says
+        which server, e.g. under a :class:`~periodic_fast.cluster.WorkerCluster`."""
+        return self._worker
+
+    @property
     def func(self) -> str:
         """The func name."""
         return self.job.func.decode(errors="replace")

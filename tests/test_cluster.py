@@ -45,7 +45,7 @@ async def test_worker_cluster_serves_every_server() -> None:
         @cluster.func("echo")
         async def echo(job: WorkerJob) -> bytes:
             # the job object belongs to the worker of the server it came from
-            seen[job._worker.address].append(job.name)
+            seen[job.worker.address].append(job.name)
             return job.workload + b"!"
 
         got: list[bytes] = []
