@@ -416,6 +416,10 @@ class Connection:
             proto.send_raw(encode_registration(ctype))
         self._proto = proto
         self._last_rx = loop.time()
+        if self._sweep_handle is not None and not self._deadlines:
+            # a fresh connection (perhaps on another loop): re-arm on this one
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
         if self.keepalive > 0 and (
             self._keepalive_task is None or self._keepalive_task.done()
         ):
