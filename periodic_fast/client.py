@@ -617,7 +617,14 @@ class Connection:
         loop = proto._loop
         fut: asyncio.Future[Packet] = loop.create_future()
         waiters[msgid] = fut
-        proto.send(msgid, command, payload)
+        # proto.send, inlined (hot path)
+        wbuf = proto.wbuf
+        encode_request_into(wbuf, msgid, command, payload)
+        if len(wbuf) >= _FLUSH_AT:
+            proto.flush()
+        elif not proto._flush_scheduled:
+            proto._flush_scheduled = True
+            loop.call_soon(proto.flush)
         deadline = loop.time() + timeout
         deadlines = self._deadlines
         if not deadlines:
@@ -822,8 +829,12 @@ class Client(Connection):
             # a plain tuple encodes like a Job and costs a third of one
             payload = encode_job(
                 (  # type: ignore[arg-type]
-                    func if func.__class__ is bytes else to_bytes(func),
-                    name if name.__class__ is bytes else to_bytes(name),
+                    func if func.__class__ is bytes
+                    else func.encode() if func.__class__ is str
+                    else to_bytes(func),
+                    name if name.__class__ is bytes
+                    else name.encode() if name.__class__ is str
+                    else to_bytes(name),
                     workload if workload.__class__ is bytes else to_bytes(workload),
                     sched_at, count, timeout,
                 )
