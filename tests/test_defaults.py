@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,7 +124,10 @@ def test_periodicd_unix_mode_and_loopback(sockdir: Path) -> None:
         assert _mode(sock) == 0o660
         with socket.create_connection(("127.0.0.1", port), timeout=2):
             pass
-        assert f"tcp://127.0.0.1:{port}" in proc.output()
+        deadline = time.monotonic() + 10  # the line follows the last bind
+        while f"tcp://127.0.0.1:{port}" not in proc.output():
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.05)
 
 
 @pytest.mark.parametrize("mode", ["999", "0o1000", "rw", ""])
