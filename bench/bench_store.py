@@ -25,9 +25,10 @@ are medians of the rounds.
     answered, and the server's CPU seconds (user+sys) at that moment, which
     the machine's load does not inflate.
 
-Stores: ``memory``, ``sqlite-strict``, ``sqlite-relaxed``, ``postgres-strict``
-(a throwaway cluster from Debian's postgresql package with fsync on; skipped
-with the reason when the binaries are missing).  Add one by adding an entry to
+Stores: ``memory``, ``sqlite-strict``, ``sqlite-relaxed``, ``postgres-strict``,
+``postgres-relaxed`` (each a throwaway cluster from Debian's postgresql
+package with fsync on; relaxed = ``synchronous_commit=off``; skipped with the
+reason when the binaries are missing).  Add one by adding an entry to
 :data:`STORES`: a name -> factory(tmpdir) returning the server's extra
 arguments (``-p URI``, ``--durability ...``) and a cleanup callable.
 
@@ -84,20 +85,24 @@ def _sqlite(mode: str) -> StoreFactory:
     return factory
 
 
-def _postgres(tmp: Path) -> tuple[list[str], Callable[[], None]]:
-    from periodic_fast.testing_pg import PostgresCluster
+def _postgres(mode: str) -> StoreFactory:
+    def factory(tmp: Path) -> tuple[list[str], Callable[[], None]]:
+        from periodic_fast.testing_pg import PostgresCluster
 
-    cluster = PostgresCluster(fsync=True).start()  # fsync on: real durability
-    prefix = f"b{time.monotonic_ns() % 10**9}_"
-    uri = f"{cluster.uri}&prefix={prefix}"
-    return ["-p", uri, "--durability", "strict"], cluster.stop
+        cluster = PostgresCluster(fsync=True).start()  # fsync on: real durability
+        prefix = f"b{time.monotonic_ns() % 10**9}_"
+        uri = f"{cluster.uri}&prefix={prefix}"
+        return ["-p", uri, "--durability", mode], cluster.stop
+
+    return factory
 
 
 STORES: dict[str, StoreFactory] = {
     "memory": _memory,
     "sqlite-strict": _sqlite("strict"),
     "sqlite-relaxed": _sqlite("relaxed"),
-    "postgres-strict": _postgres,
+    "postgres-strict": _postgres("strict"),
+    "postgres-relaxed": _postgres("relaxed"),  # synchronous_commit=off
 }
 
 
