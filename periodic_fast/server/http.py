@@ -694,6 +694,10 @@ class HttpApp:
     :param clock: the server's wall clock.
     :param writes: serve POST and DELETE (else 403).
     :param parser: ``"auto"`` (httptools if importable), ``"httptools"``, ``"h11"``.
+    :param allowed_hosts: Host names accepted by the Host check besides IP
+        literals, ``localhost``, this machine's name and the listen hosts.
+    :param host_check: check the Host header of TCP requests (403 for other
+        names); None: only when an auth file is in force (docs/security.md).
     """
 
     def __init__(
