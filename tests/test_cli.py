@@ -336,6 +336,15 @@ def test_bad_arguments(addr: str, tmp_path: Path) -> None:
     assert periodic("config", "set", "timeout", "abc", address=addr).returncode == 2
     assert periodic("submit", "f", "n", "--later", "x", address=addr).returncode == 2
     assert periodic("run", "-f", "f", address=addr).returncode == 2
+    assert periodic("run", "f", address=addr).returncode == 2
+    assert periodic("recv", "f", address=addr).returncode == 2
+    assert periodic("config", "get", address=addr).returncode == 2
+    assert periodic("config", "set", "timeout", address=addr).returncode == 2
+    assert periodic("status", "--bogus", address=addr).returncode == 2
+    assert periodic("ping", "extra", address=addr).returncode == 2
+    assert periodic("shutdown", "--now", address=addr).returncode == 2
+    assert periodic("dump", "a", "b", address=addr).returncode == 2
+    assert periodic("--client-name", address=addr).returncode == 2
     r = periodic("status", address="http://nowhere:1")
     assert r.returncode == 1 and r.stderr.startswith("Error: ")
     r = periodic("load", str(tmp_path / "missing.db"), address=addr)
