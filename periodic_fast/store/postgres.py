@@ -203,8 +203,8 @@ class PostgresStore:
         durability: str = "strict",
         connect_timeout: float = 10.0,
         command_timeout: float = 60.0,
-        retry_min: float = 0.05,
-        retry_max: float = 2.0,
+        retry_min: float = 0.01,
+        retry_max: float = 1.0,
         close_timeout: float = 30.0,
     ) -> None:
         if durability not in ("strict", "relaxed"):
