@@ -844,21 +844,24 @@ class Scheduler:
     def status(self, now: float) -> list[FuncStat]:
         """One :class:`FuncStat` per known func, sorted by func (protocol.md 2.4)."""
         t = int(now)
-        out = []
-        for name in sorted(self._funcs):
-            fs = self._funcs[name]
-            sched = [r.job.sched_at for r in fs.jobs if r.state == _PENDING]
-            out.append(
-                FuncStat(
-                    name,
-                    fs.workers,
-                    len(fs.jobs),
-                    fs.n_running,
-                    fs.n_locked,
-                    min(sched) if sched else t,
-                )
-            )
-        return out
+        return [self._stat(self._funcs[name], t) for name in sorted(self._funcs)]
+
+    def func_stat(self, func: bytes, now: float) -> FuncStat | None:
+        """The STATUS line of one func, or None when it is unknown."""
+        fs = self._funcs.get(func)
+        return None if fs is None else self._stat(fs, int(now))
+
+    @staticmethod
+    def _stat(fs: _Func, t: int) -> FuncStat:
+        sched = [r.job.sched_at for r in fs.jobs if r.state == _PENDING]
+        return FuncStat(
+            fs.name,
+            fs.workers,
+            len(fs.jobs),
+            fs.n_running,
+            fs.n_locked,
+            min(sched) if sched else t,
+        )
 
     def get_config(self, key: str) -> int:
         """Current value of a config key (0 for unknown keys)."""

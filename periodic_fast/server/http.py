@@ -938,10 +938,10 @@ class HttpApp:
         }
 
     def _status_one(self, func: bytes) -> Response:
-        for stat in self.scheduler.status(self.clock()):
-            if stat.func == func:
-                return json_response(200, _func_json(stat))
-        return _err(404, f"unknown func {_text(func)!r}")
+        stat = self.scheduler.func_stat(func, self.clock())
+        if stat is None:
+            return _err(404, f"unknown func {_text(func)!r}")
+        return json_response(200, _func_json(stat))
 
     # -- writes ----------------------------------------------------------------------
 
