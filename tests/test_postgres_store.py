@@ -319,6 +319,24 @@ def test_failed_commits_are_reported_and_retried(
     assert store.metrics()["healthy"] == 1 and store.metrics()["pending"] == 0
 
 
+def test_a_stale_connection_is_replaced_without_refusing(
+    store: Any, cluster: PostgresCluster
+) -> None:
+    """The server dropped our idle connection (restart, idle timeout): the
+    next commit reconnects and succeeds; nobody gets an error."""
+    store.save_job(Job(b"f", b"a"), JobState.PENDING)
+    store.flush()
+    pid = store._call(store._conn.fetchval("SELECT pg_backend_pid()"))
+    cluster.psql(f"SELECT pg_terminate_backend({pid})")
+    got: list[BaseException | None] = []
+    store.save_job(Job(b"f", b"b"), JobState.PENDING)
+    store.on_durable(got.append)
+    store.flush()
+    assert got == [None]
+    assert store.metrics()["errors"] == 0 and store.metrics()["healthy"] == 1
+    assert sorted(snapshot(store)[0]) == [(b"f", b"a"), (b"f", b"b")]
+
+
 def test_server_down_then_back(own_cluster: PostgresCluster) -> None:
     uri = f"{own_cluster.uri}&prefix=p_"
     store = _store(uri, retry_max=0.2)

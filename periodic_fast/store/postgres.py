@@ -447,34 +447,33 @@ class PostgresStore:
     async def _commit(self, batch: _Batch) -> BaseException | None:
         chunks = _statement_args(batch)
         started = time.perf_counter()
-        try:
-            conn = await self._connection()
-            if batch.dropped or len(chunks) > 1:
-                async with conn.transaction():
-                    if batch.dropped:
-                        await conn.execute(
-                            f"DELETE FROM {self._t_jobs} WHERE func = ANY($1::bytea[])",
-                            list(batch.dropped),
-                        )
-                    for args in chunks:
-                        await conn.execute(self._sql_commit, *args)
-            else:  # the usual case: one statement, its own transaction
-                await conn.execute(self._sql_commit, *chunks[0])
-        except Exception as exc:  # every failure is reported and retried
-            self._errors += 1
-            self._failures += 1
-            self._healthy = False
-            if self._failures == 1 or self._failures % 100 == 0:
-                log.error(
-                    "PostgreSQL commit of %d writes failed (try %d), will retry: %r",
-                    batch.writes,
-                    self._failures,
-                    exc,
-                )
-            live = self._conn
-            if live is None or live.is_closed() or not _is_data_error(exc):
-                await self._drop_connection()
-            return exc
+        while True:
+            reused = self._conn is not None and not self._conn.is_closed()
+            try:
+                await self._execute(chunks, batch.dropped)
+                break
+            except Exception as exc:  # every failure is reported and retried
+                live = self._conn
+                lost = live is None or live.is_closed() or not _is_data_error(exc)
+                if lost:
+                    await self._drop_connection()
+                if lost and reused and not isinstance(exc, asyncio.TimeoutError):
+                    # a connection that went stale while idle (server restart,
+                    # idle timeout, network): try once more on a fresh one
+                    # before refusing anything; a replay is harmless
+                    log.info("PostgreSQL connection lost (%r); reconnecting", exc)
+                    continue
+                self._errors += 1
+                self._failures += 1
+                self._healthy = False
+                if self._failures == 1 or self._failures % 100 == 0:
+                    log.error(
+                        "PostgreSQL commit of %d writes failed (try %d); retrying: %r",
+                        batch.writes,
+                        self._failures,
+                        exc,
+                    )
+                return exc
         elapsed = time.perf_counter() - started
         if self._failures:
             log.warning(
@@ -487,6 +486,22 @@ class PostgresStore:
         self._commit_seconds += elapsed
         self._last_commit_seconds = elapsed
         return None
+
+    async def _execute(
+        self, chunks: list[tuple[list[Any], ...]], dropped: set[bytes]
+    ) -> None:
+        conn = await self._connection()
+        if dropped or len(chunks) > 1:
+            async with conn.transaction():
+                if dropped:
+                    await conn.execute(
+                        f"DELETE FROM {self._t_jobs} WHERE func = ANY($1::bytea[])",
+                        list(dropped),
+                    )
+                for args in chunks:
+                    await conn.execute(self._sql_commit, *args)
+        else:  # the usual case: one statement, its own transaction
+            await conn.execute(self._sql_commit, *chunks[0])
 
     def _fire(self, callbacks: list[Callback], error: BaseException | None) -> None:
         for cb in callbacks:
