@@ -36,6 +36,7 @@ import typer
 
 if TYPE_CHECKING:
     from .client import Client
+    from .job import Job
 
 __all__ = ["register"]
 
@@ -270,7 +271,8 @@ def load(
         str | None, typer.Option("-i", "--input", help="Input file (dump.db).")
     ] = None,
 ) -> None:
-    """Load the jobs of a dump FILE (default dump.db)."""
+    """Load the jobs of a dump FILE (default dump.db): our / the HS binary
+    job list, or the Go-2016 server's JSON frames (told apart by content)."""
     from .codec import decode_job_list  # noqa: PLC0415
     from .errors import ProtocolError  # noqa: PLC0415
 
@@ -280,11 +282,52 @@ def load(
     except OSError as exc:
         _die(f"failed to read dump file {path}: {exc.strerror}")
     try:
-        jobs = decode_job_list(raw)
-    except ProtocolError as exc:
+        jobs = _go_dump_jobs(raw) if raw[4:6] == b'{"' else decode_job_list(raw)
+    except (ProtocolError, ValueError) as exc:
         _die(f"invalid dump file {path}: {exc}")
     if not _with_client(ctx, lambda c: c.load(jobs, timeout=60)):
         _die("server refused the load")
+
+
+def _go_dump_jobs(raw: bytes) -> list[Job]:
+    """Jobs of a Go-2016 dump: frames of a 4-byte big-endian length and the
+    JSON ``{"jobs": [...]}`` (cli-and-http.md 1.5).  Each job keeps func,
+    name, workload, sched_at and timeout; ids and states are dropped (the
+    server stores every loaded job as pending, as the Go server did).
+
+    :raises ValueError: a truncated frame, bad JSON or a bad job object.
+    """
+    from .job import Job  # noqa: PLC0415
+
+    jobs: list[Job] = []
+    pos = 0
+    while pos < len(raw):
+        if len(raw) - pos < 4:
+            raise ValueError(f"truncated frame header at byte {pos}")
+        size = int.from_bytes(raw[pos : pos + 4], "big")
+        body = raw[pos + 4 : pos + 4 + size]
+        if len(body) != size:
+            raise ValueError(f"frame at byte {pos} wants {size} bytes")
+        pos += 4 + size
+        try:
+            doc = json.loads(body)
+            items = doc["jobs"] or []
+            for item in items:
+                func = str(item["func"]).encode()
+                name = str(item["name"]).encode()
+                if not func or not name:
+                    continue  # the Go server skipped these too
+                sched_at = int(item.get("sched_at") or 0)
+                timeout = int(item.get("timeout") or 0)
+                if not -(2**63) <= sched_at < 2**63 or not 0 <= timeout < 2**31:
+                    raise ValueError(f"sched_at or timeout out of range in {item}")
+                if len(func) > 255 or len(name) > 255:
+                    raise ValueError(f"func or name longer than 255 bytes in {item}")
+                workload = str(item.get("workload") or "").encode()
+                jobs.append(Job(func, name, workload, sched_at, 0, timeout))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"bad job object in a JSON frame: {exc!r}") from None
+    return jobs
 
 
 def recv(

@@ -216,6 +216,52 @@ def test_workload_from_file_dump_load(addr: str, tmp_path: Path) -> None:
     periodic("drop", "dl", address=addr)
 
 
+def _go_frame(jobs: list[dict[str, object]]) -> bytes:
+    body = json.dumps({"jobs": jobs}).encode()
+    return len(body).to_bytes(4, "big") + body
+
+
+def test_load_go_2016_dump(addr: str, tmp_path: Path) -> None:
+    """The Go server's dump file (length-prefixed JSON frames) loads too."""
+    from periodic_fast.sync import SyncClient
+
+    later = int(time.time()) + 3600
+    go = tmp_path / "go.db"
+    go.write_bytes(
+        _go_frame(
+            [
+                {"job_id": 7, "name": "docs", "func": "gols", "workload": "w1",
+                 "timeout": 30, "sched_at": later, "run_at": 0, "status": "ready"},
+                {"job_id": 8, "name": "", "func": "gols", "workload": "",
+                 "timeout": 0, "sched_at": 0, "run_at": 0, "status": "ready"},
+            ]
+        )
+        + _go_frame(
+            [{"job_id": 9, "name": "more", "func": "gols", "workload": "",
+              "timeout": 0, "sched_at": later, "run_at": 5, "status": "processing"}]
+        )
+    )  # fmt: skip
+    r = periodic("load", str(go), address=addr)
+    assert r.returncode == 0, r.stderr
+    with SyncClient(addr) as c:
+        jobs = sorted(j for j in c.dump() if j.func == b"gols")
+        assert [(j.name, j.workload, j.sched_at, j.timeout) for j in jobs] == [
+            (b"docs", b"w1", later, 30),
+            (b"more", b"", later, 0),
+        ]
+        c.drop_func("gols")
+    for bad in (
+        _go_frame([{"name": "x"}]),  # no func
+        _go_frame([])[:-3],  # truncated
+        b"\x00\x00\x00\x05" + b'{"jo',  # bad JSON
+        _go_frame([{"name": "x", "func": "f", "timeout": -1}]),
+    ):
+        go.write_bytes(bad)
+        r = periodic("load", str(go), address=addr)
+        assert r.returncode == 1, r
+        assert r.stderr.startswith("Error: invalid dump file"), r.stderr
+
+
 def test_config_ping(addr: str) -> None:
     r = periodic("config", "get", "lock-timeout", address=addr)
     assert (r.returncode, r.stdout.strip()) == (0, "300")
