@@ -262,7 +262,7 @@ class PostgresStore:
                 f"cannot open the PostgreSQL store {_describe(kwargs)}:"
                 f" {type(exc).__name__}: {exc}"
             ) from exc
-        asyncio.run_coroutine_threadsafe(self._writer(), self._wloop)
+        self._call(self._start_writer())
 
     # writer thread plumbing ------------------------------------------------------
     def _thread_main(self) -> None:
@@ -296,6 +296,17 @@ class PostgresStore:
             with contextlib.suppress(RuntimeError):
                 self._wloop.call_soon_threadsafe(self._wloop.stop)
             self._thread.join(10)
+
+    async def _start_writer(self) -> None:
+        self._writer_task = asyncio.ensure_future(self._writer())
+
+    async def _stop_writer(self) -> None:
+        task = self._writer_task
+        if not task.done():
+            task.cancel()  # idle, in a backoff sleep or in a failing commit
+            with contextlib.suppress(BaseException):
+                await task
+        await self._drop_connection()
 
     # connection and schema -----------------------------------------------------
     async def _connection(self) -> asyncpg.Connection:
@@ -683,8 +694,7 @@ class PostgresStore:
             log.error("PostgreSQL store closed with uncommitted writes: %r", exc)
         self._stopping = True
         with contextlib.suppress(Exception):
-            self._wloop.call_soon_threadsafe(self._wake_writer)
-            self._call(self._drop_connection(), timeout=10)
+            self._call(self._stop_writer(), timeout=15)
         self._shutdown_thread()
         if error is not None:
             raise error
