@@ -747,7 +747,6 @@ class HttpApp:
         self.started = clock()
         self.connections: set[HttpConnection] = set()
         self._loop_thread = threading.get_ident()
-        self._metrics: Any = None  # built on the first scrape
 
     @property
     def parser_name(self) -> str:
@@ -902,7 +901,7 @@ class HttpApp:
             return Response(204, headers=(("Allow", _ALLOW),))
         return _err(405, f"method {method} not allowed", headers=(("Allow", _ALLOW),))
 
-    def _get(self, req: Request, path: bytes) -> Response:
+    def _get(self, req: Request, path: bytes) -> Response | asyncio.Future[Response]:
         if path == b"/":
             if _prefers_html(req):
                 return self._page()
@@ -1046,13 +1045,28 @@ class HttpApp:
         checks = {"listening": listening, "draining": not running, "store": store_ok}
         return listening and store_ok and running, checks
 
-    def _metrics_response(self) -> Response:
-        if self._metrics is None:
-            from .metrics import Metrics  # noqa: PLC0415 - prometheus on demand
+    def _metrics_response(self) -> asyncio.Future[Response]:
+        """Numbers copied here, formatted in a worker thread (the slow part)."""
+        from . import metrics  # noqa: PLC0415 - prometheus-client on demand
 
-            self._metrics = Metrics(self)
-        body, content_type = self._metrics.render()
-        return Response(200, body, content_type)
+        snap = metrics.snapshot(self)
+        loop = self.loop
+        out: asyncio.Future[Response] = loop.create_future()
+        rendering = loop.run_in_executor(None, metrics.render, snap)
+
+        def done(fut: asyncio.Future[bytes]) -> None:
+            if out.done():
+                return
+            try:
+                body = fut.result()
+            except Exception:
+                log.exception("/metrics: rendering failed")
+                out.set_result(_err(500, "internal error"))
+                return
+            out.set_result(Response(200, body, metrics.CONTENT_TYPE))
+
+        rendering.add_done_callback(done)
+        return out
 
     # -- the status page -------------------------------------------------------------
 
