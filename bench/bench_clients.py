@@ -18,10 +18,14 @@ wall-clock rates it reports CPU time per call (``time.process_time`` of this
 process: client plus, for run_job, its worker; and the server process's CPU
 from ``/proc``), which co-tenant load disturbs much less than wall time.
 
+``--baseline COMMIT`` adds a third side: the ``Client`` class of
+``periodic_fast/client.py`` as it was at COMMIT (loaded from ``git show``
+into this process, against today's codec and worker), in the same slices.
+
 Usage::
 
     python bench/bench_clients.py [--n 20000] [--runs 2000] [--concurrency 100]
-        [--repeats 3] [--slices 10] [--loop uvloop|asyncio]
+        [--repeats 3] [--slices 10] [--loop uvloop|asyncio] [--baseline COMMIT]
 
 Each figure is the median of ``--repeats`` rounds.
 """
@@ -30,12 +34,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from types import ModuleType
 from typing import Any
 
 from periodic_fast.client import Client
@@ -45,6 +52,25 @@ from periodic_fast.testing import ServerProcess
 from periodic_fast.worker import Worker, WorkerJob
 
 Make = Callable[[int], Awaitable[Any]]
+
+
+def _baseline_module(commit: str) -> ModuleType:
+    """``periodic_fast/client.py`` at ``commit``, imported as a module of the
+    package (so its relative imports get today's codec)."""
+    src = subprocess.run(
+        ["git", "show", f"{commit}:periodic_fast/client.py"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    path = os.path.join(tempfile.mkdtemp(prefix="pf-bench-"), "client_base.py")
+    with open(path, "wb") as f:
+        f.write(src)
+    spec = importlib.util.spec_from_file_location("periodic_fast._client_base", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "periodic_fast"
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _server_cpu(pid: int) -> float:
@@ -103,7 +129,13 @@ async def _alternate(
 
 
 async def bench(
-    address: str, pid: int, n: int, runs: int, conc: int, slices: int
+    address: str,
+    pid: int,
+    n: int,
+    runs: int,
+    conc: int,
+    slices: int,
+    base: ModuleType | None = None,
 ) -> dict[str, tuple[float, float, float]]:
     from aio_periodic import Client as AioClient
     from aio_periodic import Transport
@@ -115,20 +147,17 @@ async def bench(
     ours = Client(address)
     await ours.connect()
     # --- submits -----------------------------------------------------------------
-    out.update(
-        await _alternate(
-            pid,
-            n,
-            conc,
-            slices,
-            {
-                "aio submit_job": lambda i: aio.submit_job("bench_aio", f"a{i}", b"w"),
-                "ours submit_job": lambda i: ours.submit_job(
-                    "bench_ours", f"o{i}", b"w"
-                ),
-            },
-        )
-    )
+    old: Any = None
+    if base is not None:
+        old = base.Client(address)
+        await old.connect()
+    sides: dict[str, Make] = {
+        "aio submit_job": lambda i: aio.submit_job("bench_aio", f"a{i}", b"w"),
+        "ours submit_job": lambda i: ours.submit_job("bench_ours", f"o{i}", b"w"),
+    }
+    if old is not None:
+        sides["base submit_job"] = lambda i: old.submit_job("bench_base", f"b{i}", b"w")
+    out.update(await _alternate(pid, n, conc, slices, sides))
     m = Meter()
     s0, c0, t0 = _server_cpu(pid), time.process_time(), time.perf_counter()
     m.calls = await ours.submit_many(
@@ -138,7 +167,7 @@ async def bench(
     m.cpu = time.process_time() - c0
     m.server_cpu = _server_cpu(pid) - s0
     out["ours submit_many"] = m.result()
-    for f in ("bench_aio", "bench_ours", "bench_many"):
+    for f in ("bench_aio", "bench_ours", "bench_many", "bench_base"):
         await ours.drop_func(f)
     # --- run_job round trips: both workers up, calls alternate -----------------------
     aw = AioWorker()
@@ -157,28 +186,23 @@ async def bench(
 
     await ow.start(conc)
     await asyncio.sleep(min(conc, 10) + 1)  # aio offers one grab slot per second
-    out.update(
-        await _alternate(
-            pid,
-            runs,
-            conc,
-            slices,
-            {
-                "aio run_job": lambda i: aio.run_job(
-                    "rt_aio", f"r{i}", b"x", timeout=30
-                ),
-                "ours run_job": lambda i: ours.run_job(
-                    "rt_ours", f"r{i}", b"x", timeout=30
-                ),
-            },
+    sides = {
+        "aio run_job": lambda i: aio.run_job("rt_aio", f"r{i}", b"x", timeout=30),
+        "ours run_job": lambda i: ours.run_job("rt_ours", f"r{i}", b"x", timeout=30),
+    }
+    if old is not None:
+        sides["base run_job"] = lambda i: old.run_job(
+            "rt_ours", f"q{i}", b"x", timeout=30
         )
-    )
+    out.update(await _alternate(pid, runs, conc, slices, sides))
     aw_task.cancel()
     aw.close()
     await asyncio.gather(aw_task, return_exceptions=True)
     aio.close()
     await ow.close()
     await ours.close()
+    if old is not None:
+        await old.close()
     return out
 
 
@@ -190,7 +214,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="rounds; medians")
     ap.add_argument("--slices", type=int, default=10, help="alternations per round")
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    ap.add_argument("--baseline", metavar="COMMIT", help="also our Client at COMMIT")
     args = ap.parse_args()
+    base = _baseline_module(args.baseline) if args.baseline else None
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
@@ -206,6 +232,7 @@ def main() -> None:
                 args.runs,
                 args.concurrency,
                 args.slices,
+                base,
             )
             if args.loop == "uvloop":
                 import uvloop
@@ -248,6 +275,15 @@ def main() -> None:
         f"{res['aio submit_job'][1] / res['ours submit_job'][1]:.1f}x, "
         f"run_job {res['aio run_job'][1] / res['ours run_job'][1]:.1f}x"
     )
+    if base is not None:
+        print(
+            f"ours/base ({args.baseline}), calls/s: submit_job "
+            f"{res['ours submit_job'][0] / res['base submit_job'][0]:.2f}x, "
+            f"run_job {res['ours run_job'][0] / res['base run_job'][0]:.2f}x; "
+            "client CPU base/ours: submit_job "
+            f"{res['base submit_job'][1] / res['ours submit_job'][1]:.2f}x, "
+            f"run_job {res['base run_job'][1] / res['ours run_job'][1]:.2f}x"
+        )
 
 
 if __name__ == "__main__":
