@@ -508,6 +508,28 @@ def test_read_timeout_and_idle_close(run: Runner[None], parser: str) -> None:
     run(main())
 
 
+def test_trickled_request_times_out(run: Runner[None], parser: str) -> None:
+    """A byte now and then does not extend the read timeout (slowloris)."""
+
+    async def main() -> None:
+        async with _server(parser, read_timeout=0.4) as srv:
+            conn = await RawHttp.open(pick(srv, "tcp"))
+            start = time.monotonic()
+            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n")
+            got = b""
+            while time.monotonic() - start < 3:
+                try:
+                    got = await asyncio.wait_for(conn.reader.read(65536), 0.05)
+                    break  # the answer (or EOF) came
+                except asyncio.TimeoutError:
+                    conn.send(b"X")  # one more byte of a header name
+            assert got.startswith(b"HTTP/1.1 408 "), got[:80]
+            assert time.monotonic() - start < 1.2
+            await conn.close()
+
+    run(main())
+
+
 def test_keep_alive_pipelining_and_close(run: Runner[None], parser: str) -> None:
     async def main() -> None:
         async with _server(parser) as srv:

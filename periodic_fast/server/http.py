@@ -514,13 +514,17 @@ class HttpConnection(asyncio.Protocol):
             self._stop_after = True
         if parser.expect_continue:
             parser.expect_continue = False
-            if not self._stop_after:
+            # only for the request being answered next: an interim response
+            # must not overtake the final response of an earlier request
+            if not (self._stop_after or self._busy or self._queue or requests):
                 self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._queue.extend(requests)
         if stop:
             self._stop_after = True
-        if parser.in_progress and was_idle:
-            self._arm(self._app.read_timeout)  # the whole request within this
+        if parser.in_progress and (was_idle or requests):
+            # a request began in this chunk: all of it within read_timeout
+            # (not re-armed per chunk, so a trickle cannot keep it open)
+            self._arm(self._app.read_timeout)
         if len(self._queue) > MAX_PIPELINE:
             self._pause_reading()
         self._process()
