@@ -384,10 +384,7 @@ def run(
         ),
     ] = None,
     thread: Annotated[
-        int,
-        typer.Option(
-            "--thread", "-n", help="Worker: concurrent jobs.", min=1, envvar="THREAD"
-        ),
+        int, typer.Option("--thread", "-n", help="Worker: concurrent jobs.", min=1)
     ] = 1,
     broadcast: Annotated[
         bool, typer.Option("--broadcast", help="Worker: broadcast func.")
