@@ -537,6 +537,19 @@ def test_work_data_streams_lines(addr: str, tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         # streamed chunks first (one line each), then the WORKDONE result
         assert r.stdout == "one j1\ntwo\nthe result\n"
+        # recv prints the chunks of a job submitted by someone else
+        rc = subprocess.Popen(
+            [sys.executable, "-m", "periodic_fast", "recv", "wd", "j2"],
+            env=_env(addr),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(1.0)  # subscribed before the job runs (2 s later)
+        r = periodic("submit", "wd", "j2", "--later", "2", address=addr)
+        assert r.returncode == 0, r.stderr
+        out_r, err_r = rc.communicate(timeout=20)
+        assert rc.returncode == 0, err_r
+        assert out_r == b"one j2\ntwo\n"
     finally:
         out, _ = stop_worker(worker)
     assert b"plain line" in out and b"WORKDATA" not in out
