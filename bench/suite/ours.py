@@ -372,7 +372,14 @@ def w3(ctx: Context) -> dict[str, Result]:
         "status": OK,
         **first,
         "by_size": rows,
-        "config": f"store {ctx.store}; {ctx.submitters} raw submitters; fresh server",
+        "config": (
+            f"{ctx.submitters} raw submitters; "
+            + (
+                "server given by --against"
+                if ctx.address
+                else f"fresh server, store {ctx.store}"
+            )
+        ),
     }
     if ctx.address:
         res["note"] = "server given by --against: RSS not measured"
