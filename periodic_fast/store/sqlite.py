@@ -79,7 +79,7 @@ _SCHEMA = (
     " value INTEGER NOT NULL) WITHOUT ROWID",
 )
 _SQL_DROP = "DELETE FROM jobs WHERE func = ?"
-_SQLDELETE = "DELETE FROM jobs WHERE func = ? AND name = ?"
+_SQL_DELETE = "DELETE FROM jobs WHERE func = ? AND name = ?"
 _SQL_SAVE = (
     "INSERT OR REPLACE INTO jobs (func, name, workload, sched_at, count, timeout,"
     " state) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -347,7 +347,7 @@ class SqliteStore:
                     if batch.dropped:
                         db.executemany(_SQL_DROP, [(f,) for f in batch.dropped])
                     if dels:
-                        db.executemany(_SQLDELETE, dels)
+                        db.executemany(_SQL_DELETE, dels)
                     if saves:
                         db.executemany(_SQL_SAVE, saves)
                     if states:
