@@ -271,8 +271,7 @@ def load(
         str | None, typer.Option("-i", "--input", help="Input file (dump.db).")
     ] = None,
 ) -> None:
-    """Load the jobs of a dump FILE (default dump.db): our / the HS binary
-    job list, or the Go-2016 server's JSON frames (told apart by content)."""
+    """Load the jobs of a dump FILE (default dump.db; ours/HS or Go-2016)."""
     from .codec import decode_job_list  # noqa: PLC0415
     from .errors import ProtocolError  # noqa: PLC0415
 
