@@ -1,5 +1,10 @@
-"""PostgreSQL store figures: acknowledged submits/s, full life cycles/s and
-start-up time with many stored jobs.
+"""PostgreSQL store figures on their own: acknowledged submits/s, full life
+cycles/s and start-up time with many stored jobs.
+
+The stores side by side (memory, SQLite, PostgreSQL) are measured by
+``bench/bench_store.py``; this script is for PostgreSQL alone, e.g. start-up
+with 10M jobs (filled with one SQL statement, far faster than through the
+store).
 
 A throwaway cluster (:class:`periodic_fast.testing_pg.PostgresCluster`, fsync
 on, default settings otherwise) on a unix socket in a temporary directory:
