@@ -22,8 +22,8 @@ are medians of the rounds.
 ``startup``
     A store pre-filled with ``--startup-sizes`` jobs (due in the future,
     10 funcs); seconds from starting the server process to the first STATUS
-    answered, and the server's CPU seconds (user+sys) at that moment, which
-    the machine's load does not inflate.
+    answered, and the server's CPU seconds (user+sys) and resident memory at
+    that moment (CPU time is much less inflated by a busy machine).
 
 Stores: ``memory``, ``sqlite-strict``, ``sqlite-relaxed``, ``postgres-strict``,
 ``postgres-relaxed`` (each a throwaway cluster from Debian's postgresql
@@ -139,6 +139,15 @@ def _load() -> str:
         return " ".join(f.read().split()[:3])
 
 
+def _rss_mib(pid: int) -> float:
+    """Resident memory of a process (MiB, from /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def _cpu_seconds(pid: int) -> float:
     """user + sys CPU seconds of a process (from /proc)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -199,6 +208,7 @@ def startup(server_args: list[str], rounds: int) -> dict[str, Any]:
     """Start the server ``rounds`` times; time to the first STATUS answered."""
     walls: list[float] = []
     cpus: list[float] = []
+    rss: list[float] = []
     jobs = 0
     for _ in range(rounds):
         proc = ServerProcess([*server_args, "--log", "warning"], start_timeout=1800)
@@ -213,6 +223,7 @@ def startup(server_args: list[str], rounds: int) -> dict[str, Any]:
         walls.append(time.perf_counter() - t0)
         assert proc.pid is not None
         cpus.append(_cpu_seconds(proc.pid))
+        rss.append(_rss_mib(proc.pid))
         proc.stop(600)
     return {
         "jobs": jobs,
@@ -220,6 +231,7 @@ def startup(server_args: list[str], rounds: int) -> dict[str, Any]:
         "wall_all": walls,
         "cpu_s": statistics.median(cpus),
         "cpu_all": cpus,
+        "rss_mib": statistics.median(rss),
     }
 
 

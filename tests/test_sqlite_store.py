@@ -424,3 +424,34 @@ def test_env_has_no_user_store() -> None:
     """The autouse fixture keeps test servers off the user's default file."""
     assert os.environ["PERIODIC_PATH"] == ":memory:"
     assert not str(default_path()).startswith(str(Path.home() / ".local"))
+
+
+def test_scheduler_start_restores_the_gc(db: Path) -> None:
+    """Loading pauses the cyclic GC and always turns it back on, also when
+    the construction fails; a big store's records are frozen out of it."""
+    import gc
+
+    from periodic_fast.scheduler import _FREEZE_AT, Scheduler
+
+    store = SqliteStore(db)
+    try:
+        for i in range(_FREEZE_AT):
+            store.save_job(Job(b"f", b"%d" % i, b"", 2**33), JobState.RUNNING)
+        store.flush()
+        assert gc.isenabled()
+        with pytest.raises(ValueError, match="unknown config key"):
+            Scheduler(store, time.time(), config={"no-such-key": 1})
+        assert gc.isenabled()
+        frozen = gc.get_freeze_count()
+        sched = Scheduler(store, time.time())
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen + _FREEZE_AT
+        assert len(sched.jobs()) == _FREEZE_AT
+        store.flush()  # the running jobs were written back as pending
+    finally:
+        gc.unfreeze()
+        store.close()
+    check = SqliteStore(db)
+    try:
+        assert {s for _, s in check.load().jobs} == {JobState.PENDING}
+    finally:
+        check.close()
