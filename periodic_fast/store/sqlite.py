@@ -246,6 +246,8 @@ class SqliteStore:
         db.execute(f"PRAGMA synchronous = {sync}")
         db.execute(f"PRAGMA cache_size = -{self._cache_kib}")
         db.execute("PRAGMA temp_store = MEMORY")
+        # a burst (a big LOAD) grows the WAL; give the space back after it
+        db.execute("PRAGMA journal_size_limit = 67108864")
         # take the exclusive lock now: a second server fails here, not later
         db.execute("BEGIN IMMEDIATE")
         try:
