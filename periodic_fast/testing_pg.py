@@ -36,7 +36,12 @@ from types import TracebackType
 
 from .testing import free_port
 
-__all__ = ["PostgresCluster", "PostgresUnavailable", "find_pg_bindir"]
+__all__ = [
+    "PostgresCluster",
+    "PostgresCommandError",
+    "PostgresUnavailable",
+    "find_pg_bindir",
+]
 
 #: overrides the search for the directory holding initdb, pg_ctl and postgres
 BIN_ENV = "PERIODIC_FAST_PG_BIN"
@@ -46,7 +51,12 @@ _SUPERUSER = "postgres"  # the cluster's superuser role
 
 
 class PostgresUnavailable(RuntimeError):
-    """The PostgreSQL server binaries are missing (or cannot be run)."""
+    """The PostgreSQL server binaries are missing, or the cluster could not be
+    created or started."""
+
+
+class PostgresCommandError(RuntimeError):
+    """An SQL command run with :meth:`PostgresCluster.psql` failed."""
 
 
 def _has_tools(bindir: Path) -> bool:
@@ -256,12 +266,15 @@ class PostgresCluster:
         )
         self._running = True
         if first:
-            self.psql(f"CREATE DATABASE {self.dbname}", dbname="postgres")
+            try:
+                self.psql(f"CREATE DATABASE {self.dbname}", dbname="postgres")
+            except PostgresCommandError as exc:
+                raise PostgresUnavailable(str(exc)) from exc
         return self
 
     def psql(self, sql: str, *, dbname: str | None = None) -> str:
         """Run one SQL command with ``psql`` (unaligned, tuples only);
-        return its output.  Raises :class:`PostgresUnavailable` on error."""
+        return its output.  Raises :class:`PostgresCommandError` on error."""
         psql = self.bindir / "psql"
         if not os.access(psql, os.X_OK):
             psql = Path(shutil.which("psql") or "psql")
@@ -292,7 +305,7 @@ class PostgresCluster:
             check=False,
         )
         if proc.returncode != 0:
-            raise PostgresUnavailable(
+            raise PostgresCommandError(
                 f"psql {sql!r}: {proc.stderr.decode(errors='replace').strip()}"
             )
         return proc.stdout.decode()

@@ -483,3 +483,52 @@ def test_periodicd_on_postgres_keeps_jobs_across_restarts(
         assert asyncio.run(asyncio.wait_for(run_due(), 60)) == b"payload"
         jobs = asyncio.run(asyncio.wait_for(dump(), 60))
         assert len([j for j in jobs if j.func == b"work"]) == 50
+
+
+# -- the throwaway cluster and the skip rule ----------------------------------------
+
+
+def test_cluster_helper(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncpg
+
+    from periodic_fast.testing_pg import (
+        PostgresCommandError,
+        PostgresUnavailable,
+        find_pg_bindir,
+    )
+
+    with PostgresCluster(tcp=True, fsync=False, dbname="other") as pg:
+        assert pg.running and pg.sockdir.is_dir()
+        pg.psql("CREATE TABLE t (x int); INSERT INTO t VALUES (7)")
+        with pytest.raises(PostgresCommandError, match="nosuch"):
+            pg.psql("SELECT * FROM nosuch")
+        pg.restart()  # data kept
+
+        async def over_tcp() -> int:
+            conn = await asyncpg.connect(pg.uri_tcp)
+            try:
+                return int(await conn.fetchval("SELECT x FROM t"))
+            finally:
+                await conn.close()
+
+        assert asyncio.run(over_tcp()) == 7
+        tmp = pg.tmpdir
+    assert tmp is not None and not tmp.exists()  # stop() deleted everything
+    monkeypatch.setenv("PERIODIC_FAST_PG_BIN", str(tmp_path))
+    with pytest.raises(PostgresUnavailable, match="lacks"):
+        find_pg_bindir()
+    with pytest.raises(PostgresUnavailable):
+        PostgresCluster()
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", "fail"), ("", "skip")])
+def test_missing_postgres_skips_except_under_ci(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, ci: str, outcome: str
+) -> None:
+    import pg_fixture
+
+    monkeypatch.setenv("PERIODIC_FAST_PG_BIN", str(tmp_path))  # no binaries
+    monkeypatch.setenv("CI", ci)
+    expected = pytest.fail.Exception if outcome == "fail" else pytest.skip.Exception
+    with pytest.raises(expected, match="initdb"):
+        pg_fixture.require_postgres()
