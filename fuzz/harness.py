@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import struct
 from collections.abc import Callable
 from types import ModuleType
@@ -268,14 +269,43 @@ class FakeTransport:
         self.paused = False
 
 
+#: Bugs already found and reported but not fixed yet: (exception class name,
+#: text in its message).  Long runs set ``PERIODIC_FAST_FUZZ_SKIP_KNOWN=1`` to
+#: ignore them (and the drop they cause) and keep searching for new ones;
+#: tests/test_fuzz.py keeps each as a regression input.
+KNOWN_BUGS: tuple[tuple[str, str], ...] = (
+    # CONFIG_SET timeout >= 2**31: JOB_ASSIGN of a job with the default
+    # timeout cannot encode it (i32), the worker is dropped, the job never runs
+    ("ValueError", "does not fit in [-2147483648, 2147483647]"),
+)
+SKIP_KNOWN = bool(os.environ.get("PERIODIC_FAST_FUZZ_SKIP_KNOWN"))
+
+
+def _known(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return exc is not None and any(
+        type(exc).__name__ == name and text in str(exc) for name, text in KNOWN_BUGS
+    )
+
+
 class _Errors(logging.Handler):
-    """Keeps the records at WARNING and above."""
+    """Keeps the records at WARNING and above (minus known bugs when
+    :data:`SKIP_KNOWN`)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.records: list[logging.LogRecord] = []
+        self._known_peers: set[str] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if SKIP_KNOWN:
+            msg = record.getMessage()
+            peer = msg.split(": ", 1)[0]
+            if _known(record):
+                self._known_peers.add(peer)
+                return
+            if peer in self._known_peers and msg.endswith("closing: internal error"):
+                return
         self.records.append(record)
 
 
