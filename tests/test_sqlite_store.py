@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -346,10 +347,20 @@ def test_periodicd_default_store_survives_restart(tmp_path: Path) -> None:
 
 
 def test_server_process_defaults_to_memory() -> None:
-    assert ServerProcess().argv()[-2:] == ["-p", ":memory:"]
-    assert "-p" not in ServerProcess(env={"PERIODIC_PATH": "file://x.db"}).argv()
-    assert ServerProcess(["-p", "file://x.db"]).argv().count("-p") == 1
-    assert ServerProcess(["--path=file://x.db"]).argv().count(":memory:") == 0
+    procs = [
+        ServerProcess(),
+        ServerProcess(env={"PERIODIC_PATH": "file://x.db"}),
+        ServerProcess(["-p", "file://x.db"]),
+        ServerProcess(["--path=file://x.db"]),
+    ]
+    try:
+        assert procs[0].argv()[-2:] == ["-p", ":memory:"]
+        assert "-p" not in procs[1].argv()
+        assert procs[2].argv().count("-p") == 1
+        assert procs[3].argv().count(":memory:") == 0
+    finally:
+        for proc in procs:  # never started: only their log directories
+            shutil.rmtree(proc._logdir, ignore_errors=True)
 
 
 # -- restart semantics over a real server -------------------------------------------
