@@ -453,7 +453,6 @@ def test_bad_frame_closes_only_that_connection(
 @pytest.mark.parametrize(
     "first",
     [
-        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", id="http"),
         pytest.param(b"\x00REX" + b"\x00" * 20, id="near-magic"),
         pytest.param(b"x", id="one-byte"),
         pytest.param(
