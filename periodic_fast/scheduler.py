@@ -1574,7 +1574,8 @@ class Scheduler:
 
     def _apply_config(self) -> None:
         cfg = self._config
-        self._timeout = cfg["timeout"]
+        # a u32 on the wire, but JOB_ASSIGN carries it in the job's i32 field
+        self._timeout = min(cfg["timeout"], 0x7FFFFFFF)
         self._assign_wait = float(cfg["assign-wait"])
         self._keepalive = cfg["keepalive"]
         self._lock_timeout = cfg["lock-timeout"]

@@ -198,11 +198,6 @@ CONFIG_TIMEOUT_OVERFLOW_IN_TICK = bytes(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="scheduler: CONFIG timeout >= 2**31 breaks JOB_ASSIGN",
-)
 @pytest.mark.parametrize(
     "script",
     [CONFIG_TIMEOUT_OVERFLOW, CONFIG_TIMEOUT_OVERFLOW_IN_TICK],
