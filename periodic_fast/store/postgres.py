@@ -455,11 +455,14 @@ class PostgresStore:
             async with self._conn_lock:
                 error = await self._commit(work)
             with lock:
-                self._inflight = None
                 callbacks, work.callbacks = work.callbacks, []
                 if error is not None:
                     self._retained = work
             self._fire(callbacks, error)
+            with lock:
+                # only now: an on_durable() during _fire must queue behind it,
+                # or its callback could run before this batch's (out of order)
+                self._inflight = None
             if error is not None:
                 if self._stopping:
                     return
