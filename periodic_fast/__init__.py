@@ -1,8 +1,9 @@
 """periodic_fast: a fast, durable Periodic server with its client and worker.
 
-Importing the package stays cheap and asyncio-free: ``Client`` and ``Worker``
-are loaded on first use (module ``__getattr__``), so the codec and the timer
-wheel can be used without pulling in the networking layers.
+Importing the package stays cheap and asyncio-free: ``Client``, ``Worker``,
+``SyncClient``, ``ClientCluster`` and ``WorkerCluster`` are loaded on first
+use (module ``__getattr__``), so the codec and the timer wheel can be used
+without pulling in the networking layers.
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Client": "periodic_fast.client",
+    "ClientCluster": "periodic_fast.cluster",
+    "SyncClient": "periodic_fast.sync",
     "Worker": "periodic_fast.worker",
+    "WorkerCluster": "periodic_fast.cluster",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client as Client
+    from .cluster import ClientCluster as ClientCluster
+    from .cluster import WorkerCluster as WorkerCluster
+    from .sync import SyncClient as SyncClient
     from .worker import Worker as Worker
 
 
@@ -29,4 +36,11 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["Client", "Worker", "__version__"]
+__all__ = [
+    "Client",
+    "ClientCluster",
+    "SyncClient",
+    "Worker",
+    "WorkerCluster",
+    "__version__",
+]

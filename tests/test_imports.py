@@ -52,7 +52,12 @@ def test_low_layers_stay_sans_io(module: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-CLIENT_SIDE = ["periodic_fast.client", "periodic_fast.worker"]
+CLIENT_SIDE = [
+    "periodic_fast.client",
+    "periodic_fast.worker",
+    "periodic_fast.cluster",
+    "periodic_fast.sync",
+]
 
 
 @pytest.mark.parametrize("module", CLIENT_SIDE)
@@ -64,5 +69,30 @@ def test_client_never_imports_the_server(module: str) -> None:
         "bad = [m for m in ('periodic_fast.server', 'periodic_fast.scheduler',"
         " 'periodic_fast.store', 'periodic_fast.wheel') if m in sys.modules]\n"
         "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_package_exports_resolve_lazily() -> None:
+    """Every name in ``periodic_fast.__all__`` is reachable from the package
+    and is the class of its module; none is imported before first use."""
+    code = (
+        "import sys, periodic_fast as p\n"
+        "assert 'periodic_fast.client' not in sys.modules\n"
+        "from periodic_fast.client import Client\n"
+        "from periodic_fast.cluster import ClientCluster, WorkerCluster\n"
+        "from periodic_fast.sync import SyncClient\n"
+        "from periodic_fast.worker import Worker\n"
+        "want = dict(Client=Client, ClientCluster=ClientCluster,\n"
+        "    SyncClient=SyncClient, Worker=Worker, WorkerCluster=WorkerCluster)\n"
+        "assert sorted(want) == sorted(n for n in p.__all__ if n != '__version__')\n"
+        "for name, cls in want.items():\n"
+        "    assert getattr(p, name) is cls, name\n"
+        "try:\n"
+        "    p.Nope\n"
+        "except AttributeError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise AssertionError('unknown name resolved')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
