@@ -186,17 +186,22 @@ async def test_host_header_check(tmp_path: Path) -> None:
         assert r.status == 200
 
 
-async def test_without_auth_nothing_changes(tmp_path: Path) -> None:
+async def test_without_auth_the_host_check_stays(tmp_path: Path) -> None:
+    """No auth file: no token needed, but the Host check (DNS rebinding)
+    still applies over TCP; ``host_check=False`` turns it off."""
     async with serve(tmp_path, None) as srv:
-        r = await http(tcp(srv), "GET", "/", host="anything.example")
+        r = await http(tcp(srv), "GET", "/", host="evil.example")
+        assert r.status == 403 and b"Host" in r.body
+        r = await http(tcp(srv), "GET", "/")
         assert r.status == 200 and r.json() == {}
         r = await http(tcp(srv), "POST", "/f", form={"name": "a"})
         assert r.status == 200
-    # the Host check can be forced without auth
-    async with serve(tmp_path, None, http_options={"host_check": True}) as srv:
-        r = await http(tcp(srv), "GET", "/", host="evil.example")
-        assert r.status == 403
-        assert (await http(tcp(srv), "GET", "/")).status == 200
+        # a unix socket is not checked
+        r = await http(srv.addresses[1], "GET", "/", host="evil.example")
+        assert r.status == 200
+    async with serve(tmp_path, None, http_options={"host_check": False}) as srv:
+        r = await http(tcp(srv), "GET", "/", host="anything.example")
+        assert r.status == 200
 
 
 async def test_reloaded_tokens_apply_to_http(tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ async def _status(conn: Raw, msgid: int) -> dict[bytes, Any]:
 
 
 def test_looks_like_http() -> None:
-    assert http_mod.looks_like_http(b"GET / HTTP/1.1\r\nHost: t\r\n") is True
+    assert http_mod.looks_like_http(b"GET / HTTP/1.1\r\nHost: localhost\r\n") is True
     assert http_mod.looks_like_http(b"DELETE /f") is True
     assert http_mod.looks_like_http(b"OPTIONS ") is True
     assert http_mod.looks_like_http(b"G") is None
@@ -400,7 +400,7 @@ def test_writes_wait_for_the_store(run: Runner[None], parser: str) -> None:
             conn = await RawHttp.open(pick(srv, "tcp"))
             body = b"func=f&name=a"
             req = (
-                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n"
                 b"Content-Type: application/x-www-form-urlencoded\r\n\r\n%s"
             ) % (len(body), body)
             conn.send(req)
@@ -414,7 +414,7 @@ def test_writes_wait_for_the_store(run: Runner[None], parser: str) -> None:
             store.open(OSError("disk full"))
             r = await conn.response()
             assert r.status == 503 and "disk full" in r.json()["err"]
-            conn.send(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n")
+            conn.send(b"GET /f HTTP/1.1\r\nHost: localhost\r\n\r\n")
             store.open()
             assert (await conn.response()).status == 200
             await conn.close()
@@ -452,21 +452,26 @@ async def _expect_error_and_close(conn: RawHttp, status: int) -> None:
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
-        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\n\r\n", 400),
         (b"GET / HTTP/9.9\r\n\r\n", 400),
-        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414),
         (
-            b"GET / HTTP/1.1\r\nHost: t\r\n"
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n"
             + b"".join(b"X-H%d: v\r\n" % i for i in range(150))
             + b"\r\n",
             431,
         ),
-        (b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"v" * 50_000 + b"\r\n\r\n", 431),
-        (b"POST /f HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\n\r\n", 413),
-        (b"POST /f HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n", 400),
         (
-            b"POST /f HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: "
+            + b"v" * 50_000
+            + b"\r\n\r\n",
+            431,
+        ),
+        (b"POST /f HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2000\r\n\r\n", 413),
+        (b"POST /f HTTP/1.1\r\nHost: localhost\r\nContent-Length: x\r\n\r\n", 400),
+        (
+            b"POST /f HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
             + b"400\r\n"
             + b"a" * 1024
             + b"\r\n"
@@ -497,10 +502,10 @@ def test_read_timeout_and_idle_close(run: Runner[None], parser: str) -> None:
     async def main() -> None:
         async with _server(parser, read_timeout=0.3, idle_timeout=0.3) as srv:
             conn = await RawHttp.open(pick(srv, "tcp"))
-            conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
+            conn.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n")  # never finished
             await _expect_error_and_close(conn, 408)
             idle = await RawHttp.open(pick(srv, "tcp"))
-            idle.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            idle.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert (await idle.response()).status == 200
             assert await idle.eof(timeout=3) == b""  # closed when idle
             await idle.close()
@@ -515,7 +520,7 @@ def test_trickled_request_times_out(run: Runner[None], parser: str) -> None:
         async with _server(parser, read_timeout=0.4) as srv:
             conn = await RawHttp.open(pick(srv, "tcp"))
             start = time.monotonic()
-            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n")
+            conn.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
             got = b""
             while time.monotonic() - start < 3:
                 try:
@@ -537,9 +542,11 @@ def test_keep_alive_pipelining_and_close(run: Runner[None], parser: str) -> None
                 conn = await RawHttp.open(addr)
                 body = b"name=p1"
                 conn.send(
-                    b"POST /pipe HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
-                    b"GET /pipe HTTP/1.1\r\nHost: t\r\n\r\n"
-                    b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" % (len(body), body)
+                    b"POST /pipe HTTP/1.1\r\nHost: localhost\r\n"
+                    b"Content-Length: %d\r\n\r\n%s"
+                    b"GET /pipe HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                    b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                    % (len(body), body)
                 )
                 first, second, third = [await conn.response() for _ in range(3)]
                 assert first.json() == {"msg": "SUCCESS"}
@@ -547,7 +554,8 @@ def test_keep_alive_pipelining_and_close(run: Runner[None], parser: str) -> None
                 assert third.json() == {"status": "ok"}
                 assert third.headers["connection"] == "keep-alive"
                 conn.send(
-                    b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                    b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"
+                    b"Connection: close\r\n\r\n"
                 )
                 r = await conn.response()
                 assert (r.status, r.headers["connection"]) == (200, "close")
@@ -568,7 +576,7 @@ def test_expect_continue(run: Runner[None], parser: str) -> None:
             conn = await RawHttp.open(pick(srv, "tcp"))
             body = b"name=big&args=" + b"x" * 5000
             conn.send(
-                b"POST /ec HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                b"POST /ec HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
                 b"Content-Length: %d\r\n\r\n" % len(body)
             )
             interim = await conn.response()
@@ -589,9 +597,9 @@ def test_binary_connections_undisturbed(run: Runner[None], parser: str) -> None:
             await client.register()
             await _binary_submit(client, 1, Job(b"keep", b"k1", b"w"))
             bad = [
-                b"GET / HTTP/1.1\r\nHost: t\r\nBad\r\n\r\n",
-                b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 999\r\n\r\n",
-                b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: localhost\r\nBad\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 999\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n",
                 b"\x00REQ garbage that is not a frame",
                 b"HELLO\r\n",
             ]
@@ -616,7 +624,7 @@ def test_http_off(run: Runner[None]) -> None:
     async def main() -> None:
         async with running_server(http=False) as srv:
             conn = await RawHttp.open(pick(srv, "tcp"))
-            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            conn.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert await conn.eof() == b""  # closed as bad magic, no answer
             await conn.close()
             client = await Raw.open(pick(srv, "tcp"))
@@ -632,10 +640,10 @@ def test_http_connection_limit(run: Runner[None]) -> None:
         async with _server("httptools", max_connections=2) as srv:
             held = [await RawHttp.open(pick(srv, "tcp")) for _ in range(2)]
             for c in held:
-                c.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                c.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 assert (await c.response()).status == 200
             extra = await RawHttp.open(pick(srv, "tcp"))
-            extra.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            extra.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert (await extra.response()).status == 503
             await extra.close()
             for c in held:

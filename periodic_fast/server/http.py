@@ -701,7 +701,9 @@ class HttpApp:
     :param allowed_hosts: Host names accepted by the Host check besides IP
         literals, ``localhost``, this machine's name and the listen hosts.
     :param host_check: check the Host header of TCP requests (403 for other
-        names); None: only when an auth file is in force (docs/security.md).
+        names; docs/security.md).  On by default, auth or not: without it a
+        web page whose name resolves to 127.0.0.1 could read the status
+        through a visitor's browser (DNS rebinding).
     """
 
     def __init__(
@@ -721,7 +723,7 @@ class HttpApp:
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         allowed_hosts: Iterable[str] = (),
-        host_check: bool | None = None,
+        host_check: bool = True,
     ) -> None:
         if parser not in ("auto", "httptools", "h11"):
             raise ValueError(f"unknown HTTP parser {parser!r}")
@@ -742,7 +744,7 @@ class HttpApp:
         self.write_timeout = write_timeout
         self.max_connections = max_connections
         #: Host names accepted besides IP literals, localhost and the
-        #: listen hosts; ``host_check`` None = check when auth is on
+        #: listen hosts
         hosts = {h.lower().rstrip(".") for h in allowed_hosts}
         with contextlib.suppress(OSError):  # this machine's own name
             hosts.add(socket.gethostname().lower())
@@ -793,17 +795,16 @@ class HttpApp:
     ) -> Response | None:
         """The one check before routing: a Response refuses the request.
 
-        With an auth file (docs/security.md): the Host header must name this
-        server (DNS rebinding), and every request but ``/healthz`` and
-        ``/readyz`` needs ``Authorization: Bearer <token>`` of an identity
-        whose role and funcs allow it, as a client connection would need on
-        the binary side.  Without one, everything is allowed (the Host check
-        can be forced with ``host_check=True``).
+        Over TCP the Host header must name this server (DNS rebinding;
+        ``host_check=False`` turns that off).  With an auth file
+        (docs/security.md) every request but ``/healthz`` and ``/readyz``
+        also needs ``Authorization: Bearer <token>`` of an identity whose
+        role and funcs allow it, as a client connection would need on the
+        binary side.
         """
         rules = getattr(self.scheduler, "auth", None)
-        check = self.host_check if self.host_check is not None else rules is not None
         unix = conn is not None and conn.peer.startswith("unix")
-        if check and not unix and not self._host_ok(req.header(b"host")):
+        if self.host_check and not unix and not self._host_ok(req.header(b"host")):
             return _err(403, "Host header not allowed (this server's names only)")
         if rules is None:
             return None
