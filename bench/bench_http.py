@@ -42,7 +42,7 @@ async def _scenario(address: str, request: bytes, total: int, batch: int) -> flo
 
 
 def _requests(funcs: int) -> dict[str, bytes]:
-    host = b"Host: bench\r\n"
+    host = b"Host: localhost\r\n"
     body = b"name=j&args=payload"
     return {
         "GET /healthz": b"GET /healthz HTTP/1.1\r\n" + host + b"\r\n",
