@@ -18,8 +18,9 @@ PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-# editable install: setup.py compiles the .pyx files in place (never committed)
-"$VENV/bin/python" -m pip install -q -e '.[test,dev]'
+# editable install: setup.py compiles the .pyx files in place (never committed);
+# the bench extra (rich, matplotlib, peer clients) lets the bench smoke test run
+"$VENV/bin/python" -m pip install -q -e '.[test,dev,bench]'
 export PYTHONHASHSEED=0
 echo "== lint: ruff, mypy --strict =="
 "$VENV/bin/ruff" check periodic_fast tests bench
