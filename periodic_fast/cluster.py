@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import hashlib
 import logging
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, overload
 
+from ._drain import SignalDrain
 from .client import BytesLike, Client, ClientError, NotConnected, StreamCallback
 from .job import FuncStat
 from .worker import Handler, Worker
@@ -172,7 +171,7 @@ class ClientCluster:
         return merged
 
 
-class WorkerCluster:
+class WorkerCluster(SignalDrain):
     """One :class:`~periodic_fast.worker.Worker` per server, all serving the
     same funcs (aio-periodic's ``WorkerCluster``)::
 
@@ -311,37 +310,6 @@ class WorkerCluster:
             await self.close()  # stops the background retries
             raise NotConnected(
                 "no server reachable: " + "; ".join(str(e) for e in failed)
-            )
-
-    async def work(
-        self,
-        size: int = 1,
-        *,
-        signals: Iterable[str] = ("SIGTERM", "SIGINT"),
-    ) -> None:
-        """:meth:`start`, then serve until :meth:`shutdown` or one of
-        ``signals`` (which drains every worker)."""
-        loop = asyncio.get_running_loop()
-        installed: list[int] = []
-        for name in signals:
-            signum = getattr(signal, name)
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signum, self._signal_shutdown)
-                installed.append(signum)
-        try:
-            await self.start(size)
-            assert self._stopped is not None
-            await self._stopped.wait()
-        finally:
-            for signum in installed:
-                loop.remove_signal_handler(signum)
-            if self._shutdown_task is not None:
-                await self._shutdown_task
-
-    def _signal_shutdown(self) -> None:
-        if self._shutdown_task is None:
-            self._shutdown_task = asyncio.get_running_loop().create_task(
-                self.shutdown()
             )
 
     async def shutdown(self, timeout: float | None = None) -> None:

@@ -45,11 +45,11 @@ import contextlib
 import inspect
 import json
 import logging
-import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, overload
 
+from ._drain import SignalDrain
 from .client import (
     BytesLike,
     ClientError,
@@ -313,7 +313,7 @@ class _Slot(_Sink):
             logger.warning("GRAB_JOB answered with %s", Command(cmd).name)
 
 
-class Worker(Connection):
+class Worker(SignalDrain, Connection):
     """Asyncio Periodic worker (see the module docstring).
 
     :param address: server address (see :class:`~periodic_fast.client.Client`).
@@ -468,37 +468,6 @@ class Worker(Connection):
                     self._grab(slot)
         else:
             await self.connect()
-
-    async def work(
-        self,
-        size: int = 1,
-        *,
-        signals: Iterable[str] = ("SIGTERM", "SIGINT"),
-    ) -> None:
-        """Start (see :meth:`start`) and serve until :meth:`shutdown` or one of
-        ``signals`` (which starts a graceful drain)."""
-        loop = asyncio.get_running_loop()
-        installed: list[int] = []
-        for name in signals:
-            signum = getattr(signal, name)
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signum, self._signal_shutdown)
-                installed.append(signum)
-        try:
-            await self.start(size)
-            assert self._stopped is not None
-            await self._stopped.wait()
-        finally:
-            for signum in installed:
-                loop.remove_signal_handler(signum)
-            if self._shutdown_task is not None:
-                await self._shutdown_task
-
-    def _signal_shutdown(self) -> None:
-        if self._shutdown_task is None:
-            self._shutdown_task = asyncio.get_running_loop().create_task(
-                self.shutdown()
-            )
 
     def _assign(self, slot: _Slot, pkt: Packet) -> None:
         proto = self._proto

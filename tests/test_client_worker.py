@@ -4,6 +4,8 @@ aio-periodic 1.0.0, and cluster routing compared with aio-periodic's ring."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -389,6 +391,47 @@ async def test_graceful_drain(server: Any) -> None:
         await asyncio.wait_for(stop, 10)
         with pytest.raises(NoWorkerError):
             await c.run_job("drain", "b")
+
+
+async def test_work_drains_on_a_signal(server: Any) -> None:
+    """``work()`` turns a signal into the graceful drain: the running job
+    finishes, then ``work()`` returns (SIGUSR1 here; SIGTERM/SIGINT by
+    default, which would stop pytest if the handler were missing)."""
+    w = Worker(server.addresses[0])
+    started = asyncio.Event()
+    finish = asyncio.Event()
+
+    @w.func("sig")
+    async def handler(job: WorkerJob) -> bytes:
+        started.set()
+        await finish.wait()
+        return b"finished"
+
+    serving = asyncio.create_task(w.work(1, signals=("SIGUSR1",)))
+    try:
+        async with Client(server.addresses[0]) as c:
+
+            async def registered() -> bool:
+                st = await c.status()
+                return "sig" in st and st["sig"].workers == 1
+
+            await eventually(registered)
+            run = asyncio.create_task(c.run_job("sig", "a", timeout=20))
+            await asyncio.wait_for(started.wait(), 10)
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+            async def unregistered() -> bool:
+                return (await c.status())["sig"].workers == 0
+
+            await eventually(unregistered)
+            assert not serving.done()  # draining: the job still runs
+            finish.set()
+            assert await run == b"finished"
+            await asyncio.wait_for(serving, 10)
+    finally:
+        finish.set()
+        await w.close()
+        await asyncio.gather(serving, return_exceptions=True)
 
 
 async def test_drain_hands_jobs_to_another_worker(server: Any) -> None:
