@@ -46,6 +46,39 @@ TOKEN_ENV = "PERIODIC_CLIENT_TOKEN"
 _FAILED_RESULTS = (b"failed", b"expired", b"removed")
 
 
+# Exec-worker options shared by ``periodic run -f F --exec CMD`` and
+# ``periodic-run`` (typer declares options per command; these are declared once).
+BroadcastOpt = Annotated[
+    bool, typer.Option("--broadcast", help="Exec worker: register a broadcast func.")
+]
+NoNameOpt = Annotated[
+    bool, typer.Option("--no-name", help="Exec worker: do not append the job name.")
+]
+RetrySecsOpt = Annotated[
+    int,
+    typer.Option(
+        "--retry-secs", help="Exec worker: on failure, run again in S s.", min=0
+    ),
+]
+SkipFailOpt = Annotated[
+    bool, typer.Option("--skip-fail", help="Exec worker: report failures as done.")
+]
+LockNameOpt = Annotated[
+    str | None, typer.Option("--lock-name", help="Exec worker: hold this lock per job.")
+]
+LockCountOpt = Annotated[
+    int, typer.Option("--lock-count", help="Exec worker: holders of that lock.", min=1)
+]
+WorkDataOpt = Annotated[
+    bool,
+    typer.Option(
+        "--work-data",
+        help="Exec worker: stream stdout lines 'WORKDATA text' to listeners; "
+        "'WORKDONE text' sets the result.",
+    ),
+]
+
+
 def _die(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"Error: {message}", err=True)
     raise typer.Exit(code)
@@ -385,32 +418,13 @@ def run(
     thread: Annotated[
         int, typer.Option("--thread", "-n", help="Worker: concurrent jobs.", min=1)
     ] = 1,
-    broadcast: Annotated[
-        bool, typer.Option("--broadcast", help="Worker: broadcast func.")
-    ] = False,
-    no_name: Annotated[
-        bool, typer.Option("--no-name", help="Worker: do not append the job name.")
-    ] = False,
-    retry_secs: Annotated[
-        int, typer.Option("--retry-secs", help="Worker: on failure retry in S s.")
-    ] = 0,
-    skip_fail: Annotated[
-        bool, typer.Option("--skip-fail", help="Worker: report failures as done.")
-    ] = False,
-    lock_name: Annotated[
-        str | None, typer.Option("--lock-name", help="Worker: hold this lock.")
-    ] = None,
-    lock_count: Annotated[
-        int, typer.Option("--lock-count", help="Worker: lock holders.", min=1)
-    ] = 1,
-    work_data: Annotated[
-        bool,
-        typer.Option(
-            "--work-data",
-            help="Worker: stream stdout lines 'WORKDATA text' to listeners; "
-            "'WORKDONE text' sets the result.",
-        ),
-    ] = False,
+    broadcast: BroadcastOpt = False,
+    no_name: NoNameOpt = False,
+    retry_secs: RetrySecsOpt = 0,
+    skip_fail: SkipFailOpt = False,
+    lock_name: LockNameOpt = None,
+    lock_count: LockCountOpt = 1,
+    work_data: WorkDataOpt = False,
     data_flag: Annotated[
         bool,
         typer.Option(
@@ -562,31 +576,13 @@ def periodic_run(
             min=0,
         ),
     ] = None,
-    broadcast: Annotated[
-        bool, typer.Option("--broadcast", help="Register as a broadcast func.")
-    ] = False,
-    no_name: Annotated[
-        bool, typer.Option("--no-name", help="Do not append the job name.")
-    ] = False,
-    retry_secs: Annotated[
-        int, typer.Option("--retry-secs", help="On failure, run again in S s.", min=0)
-    ] = 0,
-    skip_fail: Annotated[
-        bool, typer.Option("--skip-fail", help="Report failures as done.")
-    ] = False,
-    lock_name: Annotated[
-        str | None, typer.Option("--lock-name", help="Hold this lock per job.")
-    ] = None,
-    lock_count: Annotated[
-        int, typer.Option("--lock-count", help="Holders of that lock.", min=1)
-    ] = 1,
-    work_data: Annotated[
-        bool,
-        typer.Option(
-            "--work-data",
-            help="Stream stdout lines 'WORKDATA text'; 'WORKDONE text' is the result.",
-        ),
-    ] = False,
+    broadcast: BroadcastOpt = False,
+    no_name: NoNameOpt = False,
+    retry_secs: RetrySecsOpt = 0,
+    skip_fail: SkipFailOpt = False,
+    lock_name: LockNameOpt = None,
+    lock_count: LockCountOpt = 1,
+    work_data: WorkDataOpt = False,
     data: Annotated[
         bool, typer.Option("--data", help="stdout is the result (always the case).")
     ] = False,
