@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from types import TracebackType
+from typing import TypeVar
 
 from .common import free_port
 
@@ -70,13 +71,19 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
         proc.wait(timeout)
 
 
-class RedisServer:
-    """``redis-server`` on ``127.0.0.1:<free port>`` without persistence."""
+_S = TypeVar("_S", bound="_LoopbackServer")
+
+
+class _LoopbackServer:
+    """A server binary run as our child on ``127.0.0.1:<free port>`` with a
+    temporary directory; subclasses give :meth:`argv`."""
+
+    prefix = "pf-server-"
 
     def __init__(self, binary: str) -> None:
         self.binary = binary
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="pf-redis-")
+        self.dir = tempfile.mkdtemp(prefix=self.prefix)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -84,6 +91,45 @@ class RedisServer:
         """Process id of the running server."""
         assert self.proc is not None
         return self.proc.pid
+
+    def argv(self) -> list[str]:
+        """The command line."""
+        raise NotImplementedError
+
+    def start(self: _S, timeout: float = 15.0) -> _S:
+        """Start and wait until it accepts connections."""
+        self.proc = subprocess.Popen(
+            self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _wait_port(self.port, self.proc, timeout)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM (SIGKILL after a bounded wait)."""
+        _stop(self.proc)
+
+    def close(self) -> None:
+        """Stop and delete the temporary directory."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self: _S) -> _S:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RedisServer(_LoopbackServer):
+    """``redis-server`` on ``127.0.0.1:<free port>`` without persistence
+    (with ``save ""`` it writes no dump on the way out)."""
+
+    prefix = "pf-redis-"
 
     def argv(self) -> list[str]:
         """The command line (documented defaults, loopback, no persistence)."""
@@ -99,43 +145,11 @@ class RedisServer:
             "--logfile", "",
         ]  # fmt: skip
 
-    def start(self, timeout: float = 15.0) -> RedisServer:
-        """Start and wait until it accepts connections."""
-        self.proc = subprocess.Popen(
-            self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        _wait_port(self.port, self.proc, timeout)
-        return self
 
-    def stop(self) -> None:
-        """SIGTERM (with ``save ""`` redis writes no dump on the way out)."""
-        _stop(self.proc)
-
-    def close(self) -> None:
-        """Stop and delete the temporary directory."""
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Gearmand:
+class Gearmand(_LoopbackServer):
     """``gearmand`` on ``127.0.0.1:<free port>``, builtin (memory) queue."""
 
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="pf-gearmand-")
-        self.proc: subprocess.Popen[bytes] | None = None
+    prefix = "pf-gearmand-"
 
     def argv(self) -> list[str]:
         """The command line (defaults except address, log and pid file)."""
@@ -147,14 +161,6 @@ class Gearmand:
             "--pid-file", os.path.join(self.dir, "gearmand.pid"),
             "--queue-type", "builtin",
         ]  # fmt: skip
-
-    def start(self, timeout: float = 15.0) -> Gearmand:
-        """Start and wait until it accepts connections."""
-        self.proc = subprocess.Popen(
-            self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        _wait_port(self.port, self.proc, timeout)
-        return self
 
     def admin(self, command: str, timeout: float = 10.0) -> list[str]:
         """One text admin command (``status``, ``workers``); its lines."""
@@ -175,19 +181,3 @@ class Gearmand:
             if parts[0] == func and len(parts) >= 4:
                 return int(parts[1]), int(parts[2]), int(parts[3])
         return 0, 0, 0
-
-    def close(self) -> None:
-        """Stop and delete the temporary directory."""
-        _stop(self.proc)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Gearmand:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
