@@ -37,6 +37,12 @@ the text after ``WORKDONE ``.  Neither kind of line is part of the echoed
 output or of the directive check above; the exit status still decides
 success.  (Unlike HS, other lines do not end the parsing, and a command that
 prints only ``WORKDATA`` lines does not hang the job.)
+
+With ``mem_limit`` (HS ``--mem-limit``, bytes, 0 = off) the resident memory
+of the command's process group is read from ``/proc`` about once a second;
+over the limit the group is killed like on a timeout and the job counts as
+failed.  HS compares ``ps`` RSS (KiB) with the limit in bytes, so its real
+threshold is 1024x the stated one; we deliberately enforce the stated size.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -54,7 +61,14 @@ from typing import Any
 from .client import ClientError
 from .worker import Done, Fail, SchedLater, Worker, WorkerJob
 
-__all__ = ["make_handler", "parse_output", "run_exec_worker"]
+__all__ = [
+    "format_size",
+    "group_rss",
+    "make_handler",
+    "parse_output",
+    "parse_size",
+    "run_exec_worker",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +106,97 @@ def parse_output(stdout: bytes, returncode: int | None) -> tuple[str, bytes, int
     if returncode != 0:
         kind = "fail"
     return kind, result, delay
+
+
+_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([kmg]?)", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``--mem-limit`` SIZE in bytes: a number, optionally with a ``k``,
+    ``m`` or ``g`` suffix (either case, 1024-based); decimals are allowed.
+
+    :raises ValueError: anything else (negative numbers included).
+    """
+    m = _SIZE_RE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"bad size {text!r} (want e.g. 512k, 1.5m, 2G or 0)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def format_size(size: int) -> str:
+    """``size`` bytes for a log line (``52.4 MiB``)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def group_rss(pgid: int) -> int | None:
+    """Resident memory in bytes of every process in group ``pgid``, read from
+    ``/proc/PID/stat`` (no ``ps`` subprocess); None without ``/proc``.
+
+    One pass over ``/proc``: a command's children (``sh -c`` running the real
+    program, a pipeline) count too, which the leader's own RSS would miss.
+    """
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    total = 0
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+        # fields after "(comm)": state ppid pgrp ... rss is field 24 overall
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        try:
+            if int(fields[2]) == pgid:
+                total += int(fields[21]) * _PAGE_SIZE
+        except (IndexError, ValueError):
+            continue
+    return total
+
+
+async def watch_memory(
+    proc: asyncio.subprocess.Process, limit: int, what: str, interval: float = 1.0
+) -> int:
+    """Return (with one log line) once the RSS of ``proc``'s process group
+    exceeds ``limit`` bytes, checked every ``interval`` s; the caller kills.
+    Never returns without ``/proc`` (the limit is then not enforced)."""
+    while True:
+        await asyncio.sleep(interval)
+        rss = group_rss(proc.pid)
+        if rss is None:
+            logger.warning("no /proc: --mem-limit is not enforced")
+            await asyncio.Event().wait()  # cancelled with the command
+        elif rss > limit and proc.returncode is None:
+            print(
+                f"Error: {what} killed: memory {format_size(rss)} over "
+                f"--mem-limit {format_size(limit)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return rss
+
+
+async def terminate(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+    """SIGTERM the process group, SIGKILL what is left ``grace`` s later
+    (children that hold a pipe open included), then reap."""
+    _kill_group(proc, signal.SIGTERM)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(proc.wait(), grace)
+    _kill_group(proc, signal.SIGKILL)
+    await proc.wait()
 
 
 _STREAM_PREFIX = b"WORKDATA"
@@ -146,11 +251,13 @@ async def _run_command(
     stdin: bytes,
     timeout: float | None,
     on_line: Callable[[bytes], Awaitable[bool]] | None = None,
+    mem_limit: int = 0,
 ) -> tuple[bytes, int | None]:
     """Run one command; returns (stdout, exit status or None when killed).
 
     With ``on_line``, stdout lines are handed over as they arrive and only
-    those it does not consume are returned.
+    those it does not consume are returned.  ``mem_limit`` > 0: killed when
+    its process group's RSS exceeds that many bytes.
     """
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -163,26 +270,40 @@ async def _run_command(
         logger.error("cannot start %s: %s", argv[0], exc)
         print(f"Error: cannot start {argv[0]}: {exc}", file=sys.stderr)
         return b"", None
-    try:
+
+    async def communicate() -> bytes:
         if on_line is None:
-            out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
-        else:
-            out = await asyncio.wait_for(
-                _communicate_lines(proc, stdin, on_line), timeout
-            )
-        return out, proc.returncode
-    except asyncio.TimeoutError:
-        print(f"Error: {argv[0]} killed after {timeout:g} s", file=sys.stderr)
-        _kill_group(proc, signal.SIGTERM)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(proc.wait(), 5.0)
-        # SIGKILL what is left, children holding stdout open included
-        _kill_group(proc, signal.SIGKILL)
-        await proc.wait()
+            return (await proc.communicate(stdin))[0]
+        return await _communicate_lines(proc, stdin, on_line)
+
+    loop = asyncio.get_running_loop()
+    work = loop.create_task(communicate())
+    watcher = (
+        loop.create_task(watch_memory(proc, mem_limit, argv[0])) if mem_limit else None
+    )
+    waiting: set[asyncio.Future[Any]] = {work} if watcher is None else {work, watcher}
+    try:
+        done, _ = await asyncio.wait(
+            waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if work in done:
+            return work.result(), proc.returncode
+        if watcher is None or watcher not in done:
+            print(f"Error: {argv[0]} killed after {timeout:g} s", file=sys.stderr)
+        # over time or memory: the group goes, the job fails
+        await terminate(proc)
         return b"", None
     except BaseException:  # cancelled (drain timeout, close) or on_line failed
         _kill_group(proc, signal.SIGKILL)
         raise
+    finally:
+        tasks = [t for t in (work, watcher) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)  # quick: both end at their next await
+        for task in tasks:
+            if not task.cancelled():
+                task.exception()  # retrieved: no "never retrieved" warning
 
 
 def _kill_group(proc: asyncio.subprocess.Process, sig: int) -> None:
@@ -203,6 +324,7 @@ def make_handler(
     skip_fail: bool = False,
     echo: bool = True,
     work_data: bool = False,
+    mem_limit: int = 0,
 ) -> Callable[[WorkerJob], Awaitable[_Outcome]]:
     """The async job handler that runs ``command`` (see the module doc)."""
 
@@ -225,7 +347,11 @@ def make_handler(
             return False
 
         out, code = await _run_command(
-            argv, job.workload, limit or None, on_line if work_data else None
+            argv,
+            job.workload,
+            limit or None,
+            on_line if work_data else None,
+            mem_limit,
         )
         kind, result, delay = parse_output(out, code)
         if echo and result:
@@ -264,6 +390,7 @@ async def run_exec_worker(
     name: str | None = None,
     token: str | None = None,
     work_data: bool = False,
+    mem_limit: int = 0,
 ) -> None:
     """Serve ``func`` with ``command`` until SIGTERM/SIGINT (graceful drain).
 
@@ -279,6 +406,7 @@ async def run_exec_worker(
         retry_secs=retry_secs,
         skip_fail=skip_fail,
         work_data=work_data,
+        mem_limit=mem_limit,
     )
 
     async def locked(job: WorkerJob) -> Any:
