@@ -28,7 +28,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -75,6 +75,29 @@ WorkDataOpt = Annotated[
         "--work-data",
         help="Exec worker: stream stdout lines 'WORKDATA text' to listeners; "
         "'WORKDONE text' sets the result.",
+    ),
+]
+
+
+def _mem_limit(value: str | int) -> int:
+    from .exec_worker import parse_size  # noqa: PLC0415  # CLI starts fast
+
+    if isinstance(value, int):  # the default is passed through the parser too
+        return value
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+MemLimitOpt = Annotated[
+    int,
+    typer.Option(
+        "--mem-limit",
+        metavar="SIZE",
+        parser=_mem_limit,
+        help="Exec worker: kill the command (its process group) when its RSS "
+        "exceeds SIZE bytes (k/m/g suffix, 1024-based; 0: off); a failure.",
     ),
 ]
 
@@ -425,6 +448,7 @@ def run(
     lock_name: LockNameOpt = None,
     lock_count: LockCountOpt = 1,
     work_data: WorkDataOpt = False,
+    mem_limit: MemLimitOpt = 0,
     data_flag: Annotated[
         bool,
         typer.Option(
@@ -451,6 +475,7 @@ def run(
             lock_name=lock_name,
             lock_count=lock_count,
             work_data=work_data,
+            mem_limit=mem_limit,
         )
         return
     f = _pick(func_arg, None, "FUNC", ctx)
@@ -476,17 +501,25 @@ def run(
 
 
 def _exec_worker(
-    ctx: typer.Context, func: str, command: str | list[str], **kwargs: Any
+    ctx: typer.Context,
+    func: str,
+    command: str | list[str],
+    *,
+    pipe: bool = False,
+    **kwargs: Any,
 ) -> None:
+    """Run the exec worker (``pipe``: the pipe worker) until it drains."""
     from .client import ClientError  # noqa: PLC0415
     from .exec_worker import run_exec_worker  # noqa: PLC0415
+    from .pipe_worker import run_pipe_worker  # noqa: PLC0415
 
+    serve: Callable[..., Coroutine[Any, Any, None]] = (
+        run_pipe_worker if pipe else run_exec_worker
+    )
     address = _address(ctx)
     name, token = _identity(ctx)
     try:
-        asyncio.run(
-            run_exec_worker(address, func, command, name=name, token=token, **kwargs)
-        )
+        asyncio.run(serve(address, func, command, name=name, token=token, **kwargs))
     except ClientError as exc:
         _die(str(exc))
     except ValueError as exc:
@@ -531,6 +564,52 @@ def register(app: typer.Typer) -> None:
 
 # -- periodic-run (the HS exec worker's own command line) ---------------------------
 
+# options of the HS tools' own command lines (periodic-run, periodic-run-pipe)
+HostOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-H",
+        "--host",
+        help="Server address (default: $PERIODIC_PORT, else "
+        "unix:///tmp/periodic.sock).",
+        show_default=False,
+    ),
+]
+ClientNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--client-name",
+        help="Identity (default: $PERIODIC_CLIENT_NAME).",
+        show_default=False,
+    ),
+]
+ClientTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--client-token",
+        help="Its token (default: $PERIODIC_CLIENT_TOKEN).",
+        show_default=False,
+    ),
+]
+
+
+def _hs_context(
+    ctx: typer.Context,
+    host: str | None,
+    client_name: str | None,
+    client_token: str | None,
+) -> None:
+    """Put an HS tool's own -H / identity options where ``_address`` and
+    ``_identity`` find the global ones of ``periodic``."""
+    from .client import resolve_address  # noqa: PLC0415
+
+    ctx.obj = {
+        "addresses": [resolve_address(host)],
+        "client_name": client_name or None,
+        "client_token": client_token or None,
+    }
+
+
 periodic_run_app = typer.Typer(
     name="periodic-run",
     add_completion=False,
@@ -554,16 +633,7 @@ def periodic_run(
             help="Run per job, job name appended, workload on stdin.",
         ),
     ],
-    host: Annotated[
-        str | None,
-        typer.Option(
-            "-H",
-            "--host",
-            help="Server address (default: $PERIODIC_PORT, else "
-            "unix:///tmp/periodic.sock).",
-            show_default=False,
-        ),
-    ] = None,
+    host: HostOpt = None,
     thread: Annotated[
         int,
         typer.Option("--thread", help="Concurrent jobs.", min=1, envvar="THREAD"),
@@ -583,36 +653,17 @@ def periodic_run(
     lock_name: LockNameOpt = None,
     lock_count: LockCountOpt = 1,
     work_data: WorkDataOpt = False,
+    mem_limit: MemLimitOpt = 0,
     data: Annotated[
         bool, typer.Option("--data", help="stdout is the result (always the case).")
     ] = False,
-    client_name: Annotated[
-        str | None,
-        typer.Option(
-            "--client-name",
-            help="Identity (default: $PERIODIC_CLIENT_NAME).",
-            show_default=False,
-        ),
-    ] = None,
-    client_token: Annotated[
-        str | None,
-        typer.Option(
-            "--client-token",
-            help="Its token (default: $PERIODIC_CLIENT_TOKEN).",
-            show_default=False,
-        ),
-    ] = None,
+    client_name: ClientNameOpt = None,
+    client_token: ClientTokenOpt = None,
 ) -> None:
     """Serve FUNC: run COMMAND [ARGS...] for each job (as ``periodic run -f
     FUNC --exec ...``; the last stdout line SCHED_LATER N / FAIL / DONE and the
     exit status decide the outcome)."""
-    from .client import resolve_address  # noqa: PLC0415
-
-    ctx.obj = {
-        "addresses": [resolve_address(host)],
-        "client_name": client_name or None,
-        "client_token": client_token or None,
-    }
+    _hs_context(ctx, host, client_name, client_token)
     _exec_worker(
         ctx,
         func,
@@ -626,6 +677,7 @@ def periodic_run(
         lock_name=lock_name,
         lock_count=lock_count,
         work_data=work_data,
+        mem_limit=mem_limit,
     )
 
 
@@ -634,3 +686,92 @@ def periodic_run_main() -> None:
     from .cli import _run  # noqa: PLC0415  # one-line usage errors, exit 2
 
     _run(periodic_run_app, "periodic-run")
+
+
+# -- periodic-run-pipe (persistent runners fed over a pipe) -----------------------
+
+periodic_run_pipe_app = typer.Typer(
+    name="periodic-run-pipe",
+    add_completion=False,
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "allow_interspersed_args": False,
+    },
+    help="Pipe worker: periodic-run-pipe [OPTIONS] FUNC COMMAND [ARGS...].",
+)
+
+
+@periodic_run_pipe_app.command()
+def periodic_run_pipe(
+    ctx: typer.Context,
+    func: Annotated[str, typer.Argument(metavar="FUNC", help="Func to serve.")],
+    command: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="COMMAND [ARGS...]",
+            help="The runner: started --thread times, fed '<msgid> <name>' "
+            "lines, answers '<msgid> <result>'.",
+        ),
+    ],
+    host: HostOpt = None,
+    thread: Annotated[
+        int,
+        typer.Option("--thread", help="Runner processes.", min=1, envvar="THREAD"),
+    ] = 1,
+    ready_timeout: Annotated[
+        float,
+        typer.Option(
+            "--ready-timeout",
+            help="Seconds a started runner has to print its ready line "
+            "(0: forever); else it is killed and started again.",
+            min=0,
+        ),
+    ] = 10.0,
+    timeout: Annotated[
+        int | None,
+        typer.Option(
+            "--timeout",
+            help="Fail a job after S s and kill its runner (default: the job's "
+            "timeout; 0: never).",
+            min=0,
+        ),
+    ] = None,
+    broadcast: BroadcastOpt = False,
+    no_name: Annotated[
+        bool,
+        typer.Option("--no-name", help="Send the workload instead of the job name."),
+    ] = False,
+    retry_secs: RetrySecsOpt = 0,
+    skip_fail: SkipFailOpt = False,
+    lock_name: LockNameOpt = None,
+    lock_count: LockCountOpt = 1,
+    mem_limit: MemLimitOpt = 0,
+    client_name: ClientNameOpt = None,
+    client_token: ClientTokenOpt = None,
+) -> None:
+    """Serve FUNC with --thread long-lived COMMAND [ARGS...] runners, one job
+    per runner at a time over its stdin/stdout (see docs/usage.md 6)."""
+    _hs_context(ctx, host, client_name, client_token)
+    _exec_worker(
+        ctx,
+        func,
+        list(command),
+        pipe=True,
+        threads=thread,
+        ready_timeout=ready_timeout,
+        timeout=timeout,
+        no_name=no_name,
+        broadcast=broadcast,
+        retry_secs=retry_secs,
+        skip_fail=skip_fail,
+        lock_name=lock_name,
+        lock_count=lock_count,
+        mem_limit=mem_limit,
+    )
+
+
+def periodic_run_pipe_main() -> None:
+    """Entry point of the ``periodic-run-pipe`` script."""
+    from .cli import _run  # noqa: PLC0415  # one-line usage errors, exit 2
+
+    _run(periodic_run_pipe_app, "periodic-run-pipe")
