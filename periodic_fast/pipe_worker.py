@@ -170,12 +170,12 @@ class PipeRunner:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
-                    self._line(line + b"\n", ready)
+                    self._line(proc, line + b"\n", ready)
                 if len(pending) > MAX_LINE:
                     _log(f"Error: runner {self.index} wrote a line over {MAX_LINE} B")
                     break
             if pending and len(pending) <= MAX_LINE:
-                self._line(pending, ready)
+                self._line(proc, pending, ready)
         finally:
             if not ready.done():
                 ready.set_exception(EOFError())
@@ -186,11 +186,17 @@ class PipeRunner:
                     self._reply.lines.put_nowait(None)
             eof.set()
 
-    def _line(self, line: bytes, ready: asyncio.Future[bytes]) -> None:
+    def _line(
+        self,
+        proc: asyncio.subprocess.Process,
+        line: bytes,
+        ready: asyncio.Future[bytes],
+    ) -> None:
+        reply = self._reply if self.proc is proc else None  # not a stale reader's
         if not ready.done():
             ready.set_result(line)
-        elif self._reply is not None and line.startswith(self._reply.prefix):
-            self._reply.lines.put_nowait(line[len(self._reply.prefix) :])
+        elif reply is not None and line.startswith(reply.prefix):
+            reply.lines.put_nowait(line[len(reply.prefix) :])
         else:
             _echo(line)
 
@@ -370,6 +376,8 @@ def make_pipe_handler(
             )
             return failed()
         limit = timeout if timeout is not None else float(job.timeout or 0)
+        # waiting for a ready runner is bounded by the limit too, but only
+        # the run itself kills a runner (HS: the timeout is the command's)
         lease = await pool.acquire(limit or None)
         if lease is None:
             _log(f"Error: {job}: no runner ready in {limit:g} s")
