@@ -8,10 +8,13 @@ specified in docs/architecture.md.
 
 Data layout (persistence-and-scale.md section 3)
 
-* Jobs live in :class:`_JobRec` records indexed two ways: by *handle*
-  (``str8(func) + str8(name)``, the bytes workers send back, so WORK_DONE needs
-  no decode) and by a dense integer id (free-list allocated) that the
-  :class:`~periodic_fast.wheel.TimerWheel` holds.  Future jobs sit in the
+* Jobs live in :class:`_JobRec` records indexed two ways: by name in their
+  func's ``jobs`` dict (a *handle*, ``str8(func) + str8(name)``, is split to
+  look one up; no per-job handle bytes are kept) and by a dense integer id
+  (free-list allocated) that the :class:`~periodic_fast.wheel.TimerWheel`
+  holds.  A record's ``Job`` tuple shares its func bytes with the func and is
+  the very object the store keeps (MemoryStore), so a scheduled job costs one
+  tuple, its name bytes, the record and two dict entries.  Future jobs sit in the
   wheel; due ones bypass it and go to their func's ready deque.
 * Each func keeps a ready deque (dispatch order: ascending ``(sched_at, name)``
   within each due batch, FIFO across batches) and ``avail``, an ordered set of
@@ -214,6 +217,12 @@ def _show_key(key: bytes) -> str:
     return f"{_show(key[1 : 1 + n])}:{_show(key[2 + n :])}"
 
 
+def _split(key: bytes) -> tuple[bytes, bytes]:
+    """``(func, name)`` of a well-formed job handle."""
+    n = key[0]
+    return key[1 : 1 + n], key[2 + n :]
+
+
 def _due_order(rec: _JobRec) -> tuple[int, bytes]:
     job = rec.job
     return job.sched_at, job.name
@@ -250,7 +259,9 @@ class _Func:
         self.ready: deque[_JobRec] = deque()  # due jobs, lazily cleaned
         self.n_ready = 0  # live entries of ``ready``
         self.avail: dict[_Conn, None] = {}  # registered conns, round-robin order
-        self.jobs: set[_JobRec] = set()  # every stored job of the func
+        # every stored job of the func, by name: the only name index (a
+        # handle is split to look a job up), so a job costs no handle bytes
+        self.jobs: dict[bytes, _JobRec] = {}
         self.n_running = 0
         self.n_locked = 0
 
@@ -264,22 +275,27 @@ class _JobRec:
         "fs",
         "id",
         "job",
-        "key",
         "run",
         "state",
         "where",
     )
 
-    def __init__(self, jid: int, key: bytes, job: Job, fs: _Func) -> None:
+    def __init__(self, jid: int, job: Job, fs: _Func) -> None:
         self.id = jid  # dense id: the wheel key
-        self.key = key  # handle bytes: the index key
-        self.job = job  # as stored (timeout 0 = server default)
+        self.job = job  # as stored (timeout 0 = server default); job[0] is fs.name
         self.fs = fs
         self.state: int = _PENDING
         self.where = _NOWHERE  # wheel / ready queue / neither
         self.epoch = 0  # bumped whenever the job (re)enters pending; -1 dead
         self.run = 0  # live assignments of this epoch
         self.confirmed = False  # some assignment of this epoch was confirmed
+
+    @property
+    def key(self) -> bytes:
+        """The job handle, built on demand (waiters, locks, running sets)."""
+        name = self.job[1]
+        func = self.fs.name
+        return _LEN_BYTE[len(func)] + func + _LEN_BYTE[len(name)] + name
 
 
 class _Assign:
@@ -575,7 +591,7 @@ class Scheduler:
         t = int(now)
         self._jobs: list[_JobRec | None] = []  # id -> record
         self._free: list[int] = []  # free ids (LIFO keeps ids dense)
-        self._index: dict[bytes, _JobRec] = {}  # handle -> record
+        self._at: int = 0  # last sched_at stored: jobs due together share it
         self._funcs: dict[bytes, _Func] = {}
         self._conns: dict[int, _Conn] = {}
         self._wheel = TimerWheel(t)  # future pending jobs, by job id
@@ -598,7 +614,7 @@ class Scheduler:
             self._rebuild(snap, t)
         finally:
             del snap
-            if len(self._index) >= _FREEZE_AT:
+            if len(self._jobs) >= _FREEZE_AT:
                 # The records live as long as their jobs: keep them out of
                 # every later GC pass (refcounting still frees them).  The
                 # daemon freezes after start-up anyway; this spares the passes
@@ -611,33 +627,35 @@ class Scheduler:
         """Start-up: index every stored job; future ones go into the wheel, due
         ones into their func's ready queue in (sched_at, name) order; running
         and locked jobs become pending (protocol.md 4.16).  One tight loop
-        (the _new_rec/_key work inlined): a million jobs in about a second."""
+        (the _new_rec work inlined)."""
         for func in snap.funcs:
             self._func(func, persist=False)
         store = self._store
         funcs = self._funcs
-        index = self._index
         recs = self._jobs
         wheel_add = self._wheel.add
-        lens = _LEN_BYTE
         rec_new = _JobRec
         due: list[int] = []
         last = b""
         fs: _Func | None = None
+        jobs: dict[bytes, _JobRec] = {}
         for job, state in snap.jobs:
             func = job[0]
             if fs is None or func != last:
                 fs = funcs.get(func) or self._func(func)
+                jobs = fs.jobs
                 last = func
             name = job[1]
-            key = lens[len(func)] + func + lens[len(name)] + name
-            if key in index:  # a store should not hold duplicates
+            if name in jobs:  # a store should not hold duplicates
                 continue
+            if func is not fs.name:
+                # one func bytes object per func, not per job (the store's
+                # rows each carry their own copy)
+                job = _new(Job, (fs.name, name, job[2], job[3], job[4], job[5]))
             jid = len(recs)
-            rec = rec_new(jid, key, job, fs)
+            rec = rec_new(jid, job, fs)
             recs.append(rec)
-            index[key] = rec
-            fs.jobs.add(rec)
+            jobs[name] = rec
             if state != _PENDING:  # protocol.md 4.16: all jobs pending at start
                 store.set_state(func, name, _PENDING)
             when = job[3]
@@ -869,7 +887,7 @@ class Scheduler:
 
     @staticmethod
     def _stat(fs: _Func, t: int) -> FuncStat:
-        sched = [r.job.sched_at for r in fs.jobs if r.state == _PENDING]
+        sched = [r.job[3] for r in fs.jobs.values() if r.state == _PENDING]
         return FuncStat(
             fs.name,
             fs.workers,
@@ -885,14 +903,15 @@ class Scheduler:
 
     def job(self, func: bytes, name: bytes) -> tuple[Job, JobState] | None:
         """The stored job ``(func, name)`` with its state, or None."""
-        rec = self._index.get(_key(func, name))
+        fs = self._funcs.get(func)
+        rec = None if fs is None else fs.jobs.get(name)
         if rec is None:
             return None
         return rec.job, JobState(rec.state)
 
     def jobs(self) -> list[Job]:
         """Every stored job, any state (what DUMP returns)."""
-        return [rec.job for rec in self._index.values()]
+        return [rec.job for fs in self._funcs.values() for rec in fs.jobs.values()]
 
     @property
     def connection_count(self) -> int:
@@ -959,7 +978,7 @@ class Scheduler:
         out = []
         for name in sorted(self._funcs):
             fs = self._funcs[name]
-            pending = [r.job.sched_at for r in fs.jobs if r.state == _PENDING]
+            pending = [r.job[3] for r in fs.jobs.values() if r.state == _PENDING]
             oldest: int | None = None
             seen = 0
             for rec in fs.ready:  # about oldest first: look at the head only
@@ -1036,12 +1055,15 @@ class Scheduler:
         if not (_I32_MIN <= job.count <= _I32_MAX and 0 <= job.timeout <= _I32_MAX):
             raise ValueError("count or timeout out of range")
         self._now = now
-        key = _key(func, name)
-        if self._max_jobs and key not in self._index:
+        if self._max_jobs:
             fs = self._funcs.get(func)
-            if fs is not None and len(fs.jobs) >= self._max_jobs:
+            if (
+                fs is not None
+                and name not in fs.jobs
+                and len(fs.jobs) >= self._max_jobs
+            ):
                 return False
-        self._submit(job, key)
+        self._submit(job)
         return True
 
     def remove(self, func: bytes, name: bytes, now: float) -> bool:
@@ -1162,18 +1184,17 @@ class Scheduler:
         """SUBMIT_JOB / RUN_JOB: a new job beyond ``max_jobs_per_func`` of its
         func gets NO_WORKER and changes nothing."""
         limit = self._max_jobs
-        index = self._index
         funcs = self._funcs
 
         def limited(conn: _Conn, msgid: int, payload: bytes) -> None:
             try:
                 n = payload[0]
-                key = payload[: 2 + n + payload[1 + n]]
+                name = payload[2 + n : 2 + n + payload[1 + n]]
             except IndexError:  # malformed: the handler closes the connection
-                key = b""
-            if key and key not in index:
+                name = b""
+            if name:
                 fs = funcs.get(payload[1 : 1 + n])
-                if fs is not None and len(fs.jobs) >= limit:
+                if fs is not None and name not in fs.jobs and len(fs.jobs) >= limit:
                     decode_job(payload)  # a malformed payload still closes
                     conn.send(encode_response(msgid, _NO_WORKER))
                     return
@@ -1189,12 +1210,12 @@ class Scheduler:
         def limited(conn: _Conn, msgid: int, payload: bytes) -> None:
             new: dict[bytes, set[bytes]] = {}
             for job in decode_job_list(payload):
-                key = _key(job.func, job.name)
-                if key not in self._index:
-                    new.setdefault(job.func, set()).add(key)
-            for func, keys in new.items():
+                fs = self._funcs.get(job.func)
+                if fs is None or job.name not in fs.jobs:
+                    new.setdefault(job.func, set()).add(job.name)
+            for func, names in new.items():
                 fs = self._funcs.get(func)
-                if len(keys) + (len(fs.jobs) if fs is not None else 0) > limit:
+                if len(names) + (len(fs.jobs) if fs is not None else 0) > limit:
                     conn.send(encode_response(msgid, _NO_WORKER))
                     return
             inner(conn, msgid, payload)
@@ -1299,9 +1320,7 @@ class Scheduler:
         conn.send(encode_response(msgid, _UNKNOWN))
 
     def _h_submit_job(self, conn: _Conn, msgid: int, payload: bytes) -> None:
-        job = decode_job(payload)
-        # the payload starts with the handle: str8(func) + str8(name)
-        self._submit(job, payload[: 2 + payload[0] + payload[1 + payload[0]]])
+        self._submit(decode_job(payload))
         conn.send(encode_response(msgid, _SUCCESS))
 
     def _h_run_job(self, conn: _Conn, msgid: int, payload: bytes) -> None:
@@ -1313,7 +1332,7 @@ class Scheduler:
         key = payload[: 2 + len(job.func) + len(job.name)]
         self._add_waiter(key, conn, msgid, job.timeout, True)
         # a running handle is not resubmitted: the caller waits for that run
-        self._submit(job, key)
+        self._submit(job)
 
     def _h_recv_data(self, conn: _Conn, msgid: int, payload: bytes) -> None:
         job = decode_job(payload)
@@ -1342,10 +1361,12 @@ class Scheduler:
         if fs.workers:
             return "busy"
         hlocks = self._hlocks
-        for rec in list(fs.jobs):
+        for rec in list(fs.jobs.values()):
             self._delete(rec, persist=False)
-            if hlocks and rec.key in hlocks:
-                self._release_all(rec.key)
+            if hlocks:
+                key = rec.key
+                if key in hlocks:
+                    self._release_all(key)
         del self._funcs[func]
         self._store.delete_func_jobs(func)
         self._store.delete_func(func)
@@ -1365,7 +1386,7 @@ class Scheduler:
 
     def _remove(self, key: bytes) -> bool:
         """REMOVE_JOB: end the job (waiters get "removed"); True if it existed."""
-        rec = self._index.get(key)
+        rec = self._lookup(key)
         self._finish(key, rec, RESULT_REMOVED)
         if rec is None:
             return False
@@ -1376,7 +1397,7 @@ class Scheduler:
     def _h_dump(self, conn: _Conn, msgid: int, payload: bytes) -> None:
         if payload:
             raise TrailingBytes("DUMP carries no payload")
-        data = encode_job_list([rec.job for rec in self._index.values()])
+        data = encode_job_list(self.jobs())
         conn.send(encode_response(msgid, _DATA, data))
 
     def _h_load(self, conn: _Conn, msgid: int, payload: bytes) -> None:
@@ -1385,7 +1406,7 @@ class Scheduler:
             if job.func not in self._funcs:
                 self._func(job.func)
         for job in jobs:
-            self._submit(job, _key(job.func, job.name))
+            self._submit(job)
         conn.send(encode_response(msgid, _SUCCESS))
 
     def _h_shutdown(self, conn: _Conn, msgid: int, payload: bytes) -> None:
@@ -1485,7 +1506,7 @@ class Scheduler:
             h.counts[bisect_left(h.bounds, v)] += 1
             h.sum += v
         # delete whatever the state, whoever holds it (quirk kept, 3.3)
-        rec = self._index.get(key)
+        rec = self._lookup(key)
         if rec is not None:
             rec.fs.n_done += 1
         if self._waiters or self._hlocks:
@@ -1501,7 +1522,7 @@ class Scheduler:
             self._cancel_deadline(a)
             self._end_assignment(a)
             self._runtime.observe(self._now - a.at)
-        rec = self._index.get(key)
+        rec = self._lookup(key)
         if rec is not None:
             rec.fs.n_fail += 1
             self._stats.event(
@@ -1525,7 +1546,7 @@ class Scheduler:
             self._runtime.observe(self._now - a.at)
         if self._hlocks and key in self._hlocks:
             self._release_all(key)
-        rec = self._index.get(key)
+        rec = self._lookup(key)
         if rec is not None:
             rec.fs.n_later += 1
         w = self._waiters.get(key)
@@ -1612,35 +1633,45 @@ class Scheduler:
 
     # -- jobs -----------------------------------------------------------------
 
-    def _new_rec(self, key: bytes, job: Job) -> _JobRec:
-        fs = self._funcs.get(job[0])
-        if fs is None:
-            fs = self._func(job[0])
+    def _lookup(self, key: bytes) -> _JobRec | None:
+        """The record of a well-formed job handle, or None."""
+        n = key[0]
+        fs = self._funcs.get(key[1 : 1 + n])
+        return None if fs is None else fs.jobs.get(key[2 + n :])
+
+    def _new_rec(self, fs: _Func, job: Job) -> _JobRec:
         free = self._free
         if free:
             jid = free.pop()
-            rec = _JobRec(jid, key, job, fs)
+            rec = _JobRec(jid, job, fs)
             self._jobs[jid] = rec
         else:
             jid = len(self._jobs)
-            rec = _JobRec(jid, key, job, fs)
+            rec = _JobRec(jid, job, fs)
             self._jobs.append(rec)
-        self._index[key] = rec
-        fs.jobs.add(rec)
+        fs.jobs[job[1]] = rec
         return rec
 
-    def _submit(self, job: Job, key: bytes) -> None:
+    def _submit(self, job: Job) -> None:
         """SUBMIT_JOB / LOAD / RUN_JOB (protocol.md 4.3)."""
         t = int(self._now)
         func, name, workload, sched_at, count, timeout = job
+        fs = self._funcs.get(func)
+        if fs is None:
+            fs = self._func(func)
         if sched_at < t:
             sched_at = t
-            job = _new(Job, (func, name, workload, t, count, timeout))
-        rec = self._index.get(key)
+        # Kept jobs share objects: the func's name bytes (not one copy per job)
+        # and the last due time (jobs submitted together mostly share it).
+        if sched_at == self._at:
+            sched_at = self._at
+        else:
+            self._at = sched_at
+        job = _new(Job, (fs.name, name, workload, sched_at, count, timeout))
+        rec = fs.jobs.get(name)
         if rec is None:
             # hot path, inlined: a new job
-            rec = self._new_rec(key, job)
-            fs = rec.fs
+            rec = self._new_rec(fs, job)
             fs.n_submit += 1
             self._store.save_job(job, _PENDING)
             if sched_at > t:
@@ -1781,13 +1812,12 @@ class Scheduler:
         rec.where = _NOWHERE
         rec.state = _DEAD
         rec.epoch = -1  # every assignment of it is stale now
-        del self._index[rec.key]
-        fs.jobs.discard(rec)
+        job = rec.job
+        del fs.jobs[job[1]]
         self._jobs[rec.id] = None
         self._free.append(rec.id)
         if persist:
-            job = rec.job
-            self._store.delete_job(job.func, job.name)
+            self._store.delete_job(fs.name, job[1])
 
     def _finish(self, key: bytes, rec: _JobRec | None, result: bytes) -> None:
         """The job ends: delete it, release its locks, EOF to streams, then
@@ -1967,12 +1997,12 @@ class Scheduler:
             self._unassign(a)
         running = list(conn.running.values())
         conn.running.clear()
-        index = self._index
         for a in running:
             self._cancel_deadline(a)
             if a.epoch == a.rec.epoch:
                 a.rec.run -= 1
-                self._fail(a.rec.key, index.get(a.rec.key))
+                rec = a.rec
+                self._fail(rec.key, rec if rec.state != _DEAD else None)
         stats = self._stats
         stats.disconnects += 1
         stats.lost += len(running)
@@ -1995,7 +2025,7 @@ class Scheduler:
     # -- locks ----------------------------------------------------------------
 
     def _acquire(self, lock: bytes, count: int, key: bytes) -> bool:
-        rec = self._index.get(key)
+        rec = self._lookup(key)
         if rec is None or rec.state != _RUNNING:
             return True  # not running: granted, nothing recorded
         now = self._now
@@ -2057,7 +2087,7 @@ class Scheduler:
         while queue and len(lk.holders) < lk.max:
             key = next(iter(queue))
             del queue[key]
-            rec = self._index.get(key)
+            rec = self._lookup(key)
             if rec is not None and rec.state == _LOCKED:
                 lk.holders[key] = self._now
                 self._repend_now(rec, False)
@@ -2079,14 +2109,14 @@ class Scheduler:
             expired = [k for k, w in self._waiters.items() if w.expiry <= now]
             for key in expired:
                 # like REMOVE_JOB with reason "expired" (4.7)
-                self._finish(key, self._index.get(key), RESULT_EXPIRED)
+                self._finish(key, self._lookup(key), RESULT_EXPIRED)
 
     def _sweep_locked(self) -> None:
         """Every 60 s: some locked jobs back to pending (safety net, 4.11)."""
         limit = max([10, *(lk.max for lk in self._locks.values())])
         for fs in list(self._funcs.values()):
             if fs.n_locked:
-                locked = [r for r in fs.jobs if r.state == _LOCKED][:limit]
+                locked = [r for r in fs.jobs.values() if r.state == _LOCKED][:limit]
                 for rec in locked:
                     self._repend_now(rec, False)
 
@@ -2103,6 +2133,8 @@ class Scheduler:
                 del self._locks[name]
         for fs in list(self._funcs.values()):
             if fs.n_running:
-                orphans = [r for r in fs.jobs if r.state == _RUNNING and r.run <= 0]
+                orphans = [
+                    r for r in fs.jobs.values() if r.state == _RUNNING and r.run <= 0
+                ]
                 for rec in orphans:
                     self._fail(rec.key, rec)

@@ -1456,7 +1456,7 @@ def test_many_due_jobs_spread_over_ticks() -> None:
     h = Harness()
     t = int(h.now)
     for i in range(60_000):
-        h.s._submit(Job(b"f", b"%05d" % i, b"", t + 1), b"\x01f\x05%05d" % i)
+        h.s._submit(Job(b"f", b"%05d" % i, b"", t + 1))
     h.now += 1
     h.s.tick(h.now)
     assert h.s.next_wakeup() <= h.now  # type: ignore[operator]

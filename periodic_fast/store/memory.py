@@ -8,7 +8,6 @@ second scheduler built on the same instance sees what the first one wrote
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from ..job import Job, JobState
 from . import StoreSnapshot
@@ -19,43 +18,60 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     """Dict-backed :class:`~periodic_fast.store.Store`."""
 
-    __slots__ = ("_closed", "_config", "_funcs", "_jobs")
+    __slots__ = ("_closed", "_config", "_funcs", "_jobs", "_states")
 
     #: writes are "durable" at once: the server need not hold replies
     deferred = False
 
     def __init__(self) -> None:
-        # func -> name -> [job, state]: two levels so DROP_FUNC is one pop and
-        # the hot calls need no tuple key; a list so set_state allocates nothing
-        self._jobs: dict[bytes, dict[bytes, list[Any]]] = {}
+        # func -> name -> job: two levels so DROP_FUNC is one pop and the hot
+        # calls need no tuple key.  The job is the caller's own tuple (the
+        # scheduler keeps the same object), so a stored job costs one dict
+        # entry here, not a second copy.
+        self._jobs: dict[bytes, dict[bytes, Job]] = {}
+        # func -> name -> state, for jobs that are not pending only (running
+        # and locked ones are few; most stored jobs wait for their time)
+        self._states: dict[bytes, dict[bytes, JobState]] = {}
         self._funcs: dict[bytes, None] = {}
         self._config: dict[str, int] = {}
         self._closed = False
 
     def load(self) -> StoreSnapshot:
         """Return a copy of everything stored."""
-        jobs = [(e[0], e[1]) for per in self._jobs.values() for e in per.values()]
+        jobs: list[tuple[Job, JobState]] = []
+        pending = JobState.PENDING
+        for func, per in self._jobs.items():
+            states = self._states.get(func)
+            if states:
+                jobs += [(job, states.get(job.name, pending)) for job in per.values()]
+            else:
+                jobs += [(job, pending) for job in per.values()]
         return StoreSnapshot(jobs, list(self._funcs), dict(self._config))
 
     def save_job(self, job: Job, state: JobState) -> None:
         """Insert or replace a job."""
-        per = self._jobs.get(job.func)
+        func = job.func
+        per = self._jobs.get(func)
         if per is None:
-            per = self._jobs[job.func] = {}
-        entry = per.get(job.name)
-        if entry is None:
-            per[job.name] = [job, state]
+            per = self._jobs[func] = {}
+        per[job.name] = job
+        self._put_state(func, job.name, state)
+
+    def _put_state(self, func: bytes, name: bytes, state: JobState) -> None:
+        states = self._states.get(func)
+        if state == JobState.PENDING:
+            if states:
+                states.pop(name, None)
+        elif states is None:
+            self._states[func] = {name: state}
         else:
-            entry[0] = job
-            entry[1] = state
+            states[name] = state
 
     def set_state(self, func: bytes, name: bytes, state: JobState) -> None:
         """Change a stored job's state."""
         per = self._jobs.get(func)
-        if per is not None:
-            entry = per.get(name)
-            if entry is not None:
-                entry[1] = state
+        if per is not None and name in per:
+            self._put_state(func, name, state)
 
     def delete_job(self, func: bytes, name: bytes) -> None:
         """Delete one job."""
@@ -63,10 +79,14 @@ class MemoryStore:
         if per is not None:
             # an emptied per-func dict stays: the next save would recreate it
             per.pop(name, None)
+            states = self._states.get(func)
+            if states:
+                states.pop(name, None)
 
     def delete_func_jobs(self, func: bytes) -> None:
         """Delete every job of a func."""
         self._jobs.pop(func, None)
+        self._states.pop(func, None)
 
     def save_func(self, func: bytes) -> None:
         """Remember a func."""
