@@ -8,7 +8,8 @@ specified in docs/architecture.md.
 
 Data layout (persistence-and-scale.md section 3)
 
-* Jobs live in :class:`_JobRec` records indexed two ways: by name in their
+* Jobs live in :class:`~periodic_fast.rec.JobRec` records (a Cython class
+  with C fields, or its pure-Python twin) indexed two ways: by name in their
   func's ``jobs`` dict (a *handle*, ``str8(func) + str8(name)``, is split to
   look one up; no per-job handle bytes are kept) and by a dense integer id
   (free-list allocated) that the :class:`~periodic_fast.wheel.TimerWheel`
@@ -66,6 +67,7 @@ from .constants import (
 )
 from .errors import TrailingBytes, TruncatedPayload, UnknownCommand
 from .job import FuncStat, Job, JobState
+from .rec import JobRec as _JobRec
 from .store import Store, StoreSnapshot
 from .wheel import TimerWheel
 
@@ -161,8 +163,6 @@ _REFUSED: Final = b"\x00"
 
 # NamedTuple's generated __new__ costs ~400 ns; tuple.__new__ ~120 ns.
 _new = tuple.__new__
-# the str8 length prefix of a job handle, by length (no per-job bytes((n,)))
-_LEN_BYTE: Final = [bytes((n,)) for n in range(256)]
 #: stored jobs from which start-up moves its objects out of the GC's reach
 _FREEZE_AT: Final = 50_000
 
@@ -217,12 +217,6 @@ def _show_key(key: bytes) -> str:
     return f"{_show(key[1 : 1 + n])}:{_show(key[2 + n :])}"
 
 
-def _split(key: bytes) -> tuple[bytes, bytes]:
-    """``(func, name)`` of a well-formed job handle."""
-    n = key[0]
-    return key[1 : 1 + n], key[2 + n :]
-
-
 def _due_order(rec: _JobRec) -> tuple[int, bytes]:
     job = rec.job
     return job.sched_at, job.name
@@ -264,38 +258,6 @@ class _Func:
         self.jobs: dict[bytes, _JobRec] = {}
         self.n_running = 0
         self.n_locked = 0
-
-
-class _JobRec:
-    """One stored job and its scheduling state."""
-
-    __slots__ = (
-        "confirmed",
-        "epoch",
-        "fs",
-        "id",
-        "job",
-        "run",
-        "state",
-        "where",
-    )
-
-    def __init__(self, jid: int, job: Job, fs: _Func) -> None:
-        self.id = jid  # dense id: the wheel key
-        self.job = job  # as stored (timeout 0 = server default); job[0] is fs.name
-        self.fs = fs
-        self.state: int = _PENDING
-        self.where = _NOWHERE  # wheel / ready queue / neither
-        self.epoch = 0  # bumped whenever the job (re)enters pending; -1 dead
-        self.run = 0  # live assignments of this epoch
-        self.confirmed = False  # some assignment of this epoch was confirmed
-
-    @property
-    def key(self) -> bytes:
-        """The job handle, built on demand (waiters, locks, running sets)."""
-        name = self.job[1]
-        func = self.fs.name
-        return _LEN_BYTE[len(func)] + func + _LEN_BYTE[len(name)] + name
 
 
 class _Assign:
@@ -1693,9 +1655,7 @@ class Scheduler:
             if state == _LOCKED:
                 rec.state = _PENDING
                 rec.fs.n_locked -= 1
-            rec.epoch += 1
-            rec.run = 0
-            rec.confirmed = False
+            rec.repend()  # new epoch: no assignment of it yet
         self._store.save_job(job, _PENDING)
         self._place(rec, t)
 
@@ -1775,9 +1735,7 @@ class Scheduler:
         fs = rec.fs
         rec.state = _PENDING
         fs.n_running -= 1
-        rec.epoch += 1
-        rec.run = 0
-        rec.confirmed = False
+        rec.repend()  # new epoch: no assignment of it yet
         rec.job = job
         self._store.save_job(job, _PENDING)
         self._place(rec, int(self._now))
@@ -1790,9 +1748,7 @@ class Scheduler:
         elif rec.state == _LOCKED:
             fs.n_locked -= 1
         rec.state = _PENDING
-        rec.epoch += 1
-        rec.run = 0
-        rec.confirmed = False
+        rec.repend()  # new epoch: no assignment of it yet
         job = rec.job
         self._store.set_state(job.func, job.name, _PENDING)
         self._to_ready(rec, front)
