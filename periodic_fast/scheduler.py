@@ -607,12 +607,15 @@ class Scheduler:
                 fs = funcs.get(func) or self._func(func)
                 jobs = fs.jobs
                 last = func
+                if not jobs:
+                    # adopt the store's func bytes: stores that share one
+                    # object among a func's jobs then need no tuple rebuilt
+                    fs.name = func
             name = job[1]
             if name in jobs:  # a store should not hold duplicates
                 continue
             if func is not fs.name:
-                # one func bytes object per func, not per job (the store's
-                # rows each carry their own copy)
+                # one func bytes object per func, not one per job
                 job = _new(Job, (fs.name, name, job[2], job[3], job[4], job[5]))
             jid = len(recs)
             rec = rec_new(jid, job, fs)
