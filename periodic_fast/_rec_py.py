@@ -2,15 +2,17 @@
 
 One :class:`JobRec` exists per stored job, so its size is most of the
 server's memory per scheduled job (docs/benchmarks.md, W3).  The Cython twin
-(``_rec_c``) has the same API and semantics with C fields: 64 bytes per
-record instead of 96 plus a Python int for the id.  :mod:`periodic_fast.rec`
-picks the live twin.
+(``_rec_c``) has the same API and semantics with C fields and no GC header:
+48 bytes per record instead of 96 plus a Python int for the id.
+:mod:`periodic_fast.rec` picks the live twin.
 
 Fields (read and written directly by :mod:`periodic_fast.scheduler`):
 
 * ``job``: the stored :class:`~periodic_fast.job.Job` (timeout 0 = the
-  server's default); ``job[0]`` is ``fs.name`` (one func bytes object per func).
-* ``fs``: the scheduler's func record (anything with a ``name`` attribute).
+  server's default); the scheduler finds the job's func through ``job[0]``.
+  A record references nothing else (no func record, no connection), so it
+  can never be part of a reference cycle: the compiled twin is not tracked
+  by the cyclic GC, which saves its 16-byte header.
 * ``id``: dense id, the timer wheel's key; ``0 <= id < 2**31``.
 * ``state``: ``JobState`` value, or -1 once deleted.
 * ``where``: 0 nowhere, 1 in the wheel, 2 in its func's ready queue.
@@ -22,8 +24,6 @@ Fields (read and written directly by :mod:`periodic_fast.scheduler`):
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from .job import Job
 
@@ -39,13 +39,11 @@ _LEN_BYTE = [bytes((n,)) for n in range(256)]
 class JobRec:
     """One stored job and its scheduling state."""
 
-    __slots__ = ("confirmed", "epoch", "fs", "id", "job", "run", "state", "where")
+    __slots__ = ("confirmed", "epoch", "id", "job", "run", "state", "where")
 
-    def __init__(self, jid: int, job: Job, fs: Any) -> None:
-        # ``fs`` is the scheduler's _Func (Any: this module must not import it)
+    def __init__(self, jid: int, job: Job) -> None:
         self.id = jid
         self.job = job
-        self.fs = fs
         self.state = 0
         self.where = 0
         self.epoch = 0
@@ -55,8 +53,9 @@ class JobRec:
     @property
     def key(self) -> bytes:
         """The job handle ``str8(func) + str8(name)``, built on each call."""
-        name = self.job[1]
-        func: bytes = self.fs.name
+        job = self.job
+        func = job[0]
+        name = job[1]
         return _LEN_BYTE[len(func)] + func + _LEN_BYTE[len(name)] + name
 
     def repend(self) -> None:

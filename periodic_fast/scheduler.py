@@ -618,7 +618,7 @@ class Scheduler:
                 # one func bytes object per func, not one per job
                 job = _new(Job, (fs.name, name, job[2], job[3], job[4], job[5]))
             jid = len(recs)
-            rec = rec_new(jid, job, fs)
+            rec = rec_new(jid, job)
             recs.append(rec)
             jobs[name] = rec
             if state != _PENDING:  # protocol.md 4.16: all jobs pending at start
@@ -1473,7 +1473,7 @@ class Scheduler:
         # delete whatever the state, whoever holds it (quirk kept, 3.3)
         rec = self._lookup(key)
         if rec is not None:
-            rec.fs.n_done += 1
+            self._funcs[rec.job[0]].n_done += 1
         if self._waiters or self._hlocks:
             self._finish(key, rec, payload[end:])
         elif rec is not None:
@@ -1489,7 +1489,7 @@ class Scheduler:
             self._runtime.observe(self._now - a.at)
         rec = self._lookup(key)
         if rec is not None:
-            rec.fs.n_fail += 1
+            self._funcs[rec.job[0]].n_fail += 1
             self._stats.event(
                 self._now, "fail", f"{_show_key(key)} failed (connection {conn.id})"
             )
@@ -1513,7 +1513,7 @@ class Scheduler:
             self._release_all(key)
         rec = self._lookup(key)
         if rec is not None:
-            rec.fs.n_later += 1
+            self._funcs[rec.job[0]].n_later += 1
         w = self._waiters.get(key)
         if w is not None and w.results:
             self._finish(key, rec, RESULT_FAILED)
@@ -1608,11 +1608,11 @@ class Scheduler:
         free = self._free
         if free:
             jid = free.pop()
-            rec = _JobRec(jid, job, fs)
+            rec = _JobRec(jid, job)
             self._jobs[jid] = rec
         else:
             jid = len(self._jobs)
-            rec = _JobRec(jid, job, fs)
+            rec = _JobRec(jid, job)
             self._jobs.append(rec)
         fs.jobs[job[1]] = rec
         return rec
@@ -1650,14 +1650,14 @@ class Scheduler:
                     self._pump(fs)
             return
         else:
-            rec.fs.n_submit += 1
+            fs.n_submit += 1
             state = rec.state
             if state == _RUNNING:
                 return  # ignored; the running instance continues
             rec.job = job  # latest version is what gets dispatched
             if state == _LOCKED:
                 rec.state = _PENDING
-                rec.fs.n_locked -= 1
+                fs.n_locked -= 1
             rec.repend()  # new epoch: no assignment of it yet
         self._store.save_job(job, _PENDING)
         self._place(rec, t)
@@ -1667,14 +1667,14 @@ class Scheduler:
         when = rec.job.sched_at
         if when > t:
             if rec.where == _READY:
-                rec.fs.n_ready -= 1  # its deque entry goes stale
+                self._funcs[rec.job[0]].n_ready -= 1  # its deque entry goes stale
             self._wheel.add(rec.id, when)
             rec.where = _IN_WHEEL
         else:
             self._to_ready(rec, False)
 
     def _to_ready(self, rec: _JobRec, front: bool) -> None:
-        fs = rec.fs
+        fs = self._funcs[rec.job[0]]
         where = rec.where
         if where != _READY:
             if where == _IN_WHEEL:
@@ -1710,14 +1710,16 @@ class Scheduler:
                 self._to_ready(rec, False)
             return
         groups: dict[_Func, list[_JobRec]] = {}
+        funcs = self._funcs
         for jid in ids:
             rec = jobs[jid]
             if rec is None:  # pragma: no cover - deleted jobs leave the wheel
                 continue
             rec.where = _NOWHERE
-            batch = groups.get(rec.fs)
+            fs = funcs[rec.job[0]]
+            batch = groups.get(fs)
             if batch is None:
-                groups[rec.fs] = [rec]
+                groups[fs] = [rec]
             else:
                 batch.append(rec)
         for fs, batch in groups.items():
@@ -1735,7 +1737,7 @@ class Scheduler:
 
     def _requeue(self, rec: _JobRec, job: Job) -> None:
         """A running job goes back to pending with a new record (fail, later)."""
-        fs = rec.fs
+        fs = self._funcs[rec.job[0]]
         rec.state = _PENDING
         fs.n_running -= 1
         rec.repend()  # new epoch: no assignment of it yet
@@ -1745,7 +1747,7 @@ class Scheduler:
 
     def _repend_now(self, rec: _JobRec, front: bool) -> None:
         """Running or locked -> pending, dispatchable at once (sched_at kept)."""
-        fs = rec.fs
+        fs = self._funcs[rec.job[0]]
         if rec.state == _RUNNING:
             fs.n_running -= 1
         elif rec.state == _LOCKED:
@@ -1757,7 +1759,7 @@ class Scheduler:
         self._to_ready(rec, front)
 
     def _delete(self, rec: _JobRec, persist: bool = True) -> None:
-        fs = rec.fs
+        fs = self._funcs[rec.job[0]]
         state = rec.state
         if state == _RUNNING:
             fs.n_running -= 1
@@ -1864,7 +1866,7 @@ class Scheduler:
         now = self._now
         if rec.state == _PENDING:  # broadcast: only the first assignment
             rec.state = _RUNNING
-            rec.fs.n_running += 1
+            self._funcs[rec.job[0]].n_running += 1
             self._store.set_state(func, name, _RUNNING)
             h = self._late  # Histogram.observe, inlined (hot path)
             v = now - sched_at
@@ -2007,7 +2009,7 @@ class Scheduler:
             self._hlocks.setdefault(key, set()).add(lock)
         # refused: park the job until the lock is handed over
         rec.state = _LOCKED
-        fs = rec.fs
+        fs = self._funcs[rec.job[0]]
         fs.n_running -= 1
         fs.n_locked += 1
         job = rec.job

@@ -22,21 +22,15 @@ except ImportError:  # pragma: no cover - pure build
     pass
 
 
-class _F:
-    def __init__(self, name: bytes) -> None:
-        self.name = name
-
-
 @pytest.fixture(params=TWINS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def twin(request: pytest.FixtureRequest) -> Any:
     return request.param
 
 
 def test_fields_and_defaults(twin: Any) -> None:
-    fs = _F(b"f")
     job = Job(b"f", b"n", b"w", 123)
-    rec = twin.JobRec(7, job, fs)
-    assert (rec.id, rec.job, rec.fs) == (7, job, fs)
+    rec = twin.JobRec(7, job)
+    assert (rec.id, rec.job) == (7, job)
     assert (rec.state, rec.where, rec.epoch, rec.run, rec.confirmed) == (
         0,
         0,
@@ -58,18 +52,20 @@ def test_fields_and_defaults(twin: Any) -> None:
         True,
     )
     assert not hasattr(rec, "__dict__")
+    with pytest.raises(AttributeError):
+        rec.fs = None  # nothing but the job: a record can be in no cycle
 
 
 def test_key_is_the_handle(twin: Any) -> None:
-    rec = twin.JobRec(0, Job(b"func", b"name"), _F(b"func"))
+    rec = twin.JobRec(0, Job(b"func", b"name"))
     assert rec.key == b"\x04func\x04name"
     long = b"x" * 255
-    rec = twin.JobRec(0, Job(long, long), _F(long))
+    rec = twin.JobRec(0, Job(long, long))
     assert rec.key == b"\xff" + long + b"\xff" + long
 
 
 def test_repend_new_epoch_wraps(twin: Any) -> None:
-    rec = twin.JobRec(0, Job(b"f", b"n"), _F(b"f"))
+    rec = twin.JobRec(0, Job(b"f", b"n"))
     rec.run = 2
     rec.confirmed = True
     rec.repend()
@@ -114,3 +110,13 @@ def test_scheduler_uses_the_switch() -> None:
     from periodic_fast import rec, scheduler
 
     assert scheduler._JobRec is rec.JobRec
+
+
+def test_compiled_record_is_small_and_untracked() -> None:
+    if len(TWINS) < 2:
+        pytest.skip("C extensions not built")
+    import gc
+
+    rec = TWINS[1].JobRec(0, Job(b"f", b"n"))
+    assert not gc.is_tracked(rec)
+    assert sys.getsizeof(rec) <= 48
