@@ -1152,12 +1152,13 @@ class Scheduler:
         funcs = self._funcs
 
         def limited(conn: _Conn, msgid: int, payload: bytes) -> None:
+            name: bytes | None
             try:
                 n = payload[0]
                 name = payload[2 + n : 2 + n + payload[1 + n]]
             except IndexError:  # malformed: the handler closes the connection
-                name = b""
-            if name:
+                name = None
+            if name is not None:
                 fs = funcs.get(payload[1 : 1 + n])
                 if fs is not None and name not in fs.jobs and len(fs.jobs) >= limit:
                     decode_job(payload)  # a malformed payload still closes
