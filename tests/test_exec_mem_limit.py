@@ -69,11 +69,13 @@ def test_format_size_and_group_rss() -> None:
     assert format_size(50 * 2**20) == "50.0 MiB"
     assert format_size(3 * 2**30) == "3.0 GiB"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(30)"],
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)"],
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
     )
     try:
+        # measured once the interpreter runs (right after exec it may be tiny)
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
         rss = group_rss(proc.pid)
         if rss is None:
             pytest.skip("no /proc")
@@ -81,6 +83,8 @@ def test_format_size_and_group_rss() -> None:
     finally:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert group_rss(proc.pid) == 0  # an empty group
 
 
