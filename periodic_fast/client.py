@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, NamedTuple, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, cast
 
 from .codec import (
     Packet,
@@ -58,6 +58,10 @@ from .constants import (
 )
 from .errors import PeriodicError, ProtocolError
 from .job import FuncStat, Job
+
+if TYPE_CHECKING:
+    from ._rsa_client import ClientKeys, ClientSecureProtocol
+    from .rsa_transport import RSAConfig
 
 __all__ = [
     "Address",
@@ -315,6 +319,11 @@ class Connection:
     :param reconnect_delay: seconds between reconnect attempts.
     :param keepalive: ping after this many idle seconds (0: never); the
         connection is dropped (and re-opened) when the ping gets no answer.
+    :param rsa: open every connection through the RSA/AES transport
+        (:class:`~periodic_fast.rsa_transport.RSAConfig`); the keys are read
+        here (:class:`ValueError` for a bad key file,
+        :class:`~periodic_fast.rsa_transport.RSAUnavailable` without the
+        ``cryptography`` package).
     """
 
     _client_type: int = ClientType.CLIENT
@@ -330,9 +339,12 @@ class Connection:
         reconnect_delay: float = 1.0,
         keepalive: float = 30.0,
         max_frame: int = DEFAULT_MAX_FRAME,
+        rsa: RSAConfig | None = None,
     ) -> None:
         if (name is None) != (token is None):
             raise ValueError("name and token must be given together")
+        #: the loaded RSA keys (None: a plain connection, the fast path)
+        self._rsa: ClientKeys | None = rsa.load() if rsa is not None else None
         self.address = resolve_address(address)
         self._addr = parse_address(self.address)
         self._identity = (
@@ -401,13 +413,20 @@ class Connection:
         loop = asyncio.get_running_loop()
         addr = self._addr
         proto = _Protocol(self)
+        # the RSA/AES transport wraps the protocol; plain connections skip it
+        secure: ClientSecureProtocol | None = None
+        outer: asyncio.Protocol = proto
+        if self._rsa is not None:
+            outer = secure = self._rsa.protocol(proto, self.address)
         try:
             if addr.scheme == "tcp":
-                await loop.create_connection(lambda: proto, addr.host, addr.port)
+                await loop.create_connection(lambda: outer, addr.host, addr.port)
             else:
-                await loop.create_unix_connection(lambda: proto, addr.host)
+                await loop.create_unix_connection(lambda: outer, addr.host)
         except OSError as exc:
             raise NotConnected(f"cannot connect to {self.address}: {exc}") from exc
+        if secure is not None:  # before the registration frame may leave
+            await secure.wait_ready(self.timeout)
         ctype = self._client_type
         if self._identity is not None:
             ctype += 2  # CLIENT 1 -> AUTH_CLIENT 3, WORKER 2 -> AUTH_WORKER 4
@@ -449,6 +468,8 @@ class Connection:
                 if self._identity is not None
                 else "an identity (name and token) required"
             )
+            if self._rsa is not None:
+                why += f", RSA mode {self._rsa.mode.name} not allowed"
             err = ConnectionLost(
                 f"{self.address} closed the connection before the registration "
                 f"reply ({why}, or too many connections?)"

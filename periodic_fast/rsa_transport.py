@@ -1,0 +1,103 @@
+"""The RSA/AES transport on the client side: options and errors.
+
+Pass an :class:`RSAConfig` as ``rsa=`` to :class:`~periodic_fast.client.Client`,
+:class:`~periodic_fast.worker.Worker`, :class:`~periodic_fast.sync.SyncClient`
+or the clusters, and every connection they open starts with the handshake of
+protocol.md 5.4 before the registration frame::
+
+    rsa = RSAConfig("client_private_key.pem", "server_public_key.pem", mode="AES")
+    async with Client("tcp://host:5000", rsa=rsa) as c:
+        await c.ping()
+
+The client speaks the **v1** handshake by default (both sides prove they hold
+their private keys; AES records carry an HMAC tag); ``handshake="legacy"``
+talks to servers that only know aio-periodic 1.0.0's generation.
+
+This module needs nothing beyond the standard library: the crypto lives in
+:mod:`periodic_fast._rsa_client`, loaded (with ``cryptography``, the ``rsa``
+extra) when a connection object is built with ``rsa=``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from .client import NotConnected
+
+if TYPE_CHECKING:
+    from ._rsa_client import ClientKeys
+
+__all__ = [
+    "DEFAULT_PUBLIC_PATH",
+    "MODES",
+    "RSAConfig",
+    "RSAHandshakeError",
+    "RSAUnavailable",
+]
+
+#: Stream modes a client may pick (names as the reference spells them).
+MODES = ("Plain", "RSA", "AES")
+#: Where the server's public key is looked for by default (cli-and-http.md 4.2).
+DEFAULT_PUBLIC_PATH = "public_key.pem"
+
+
+class RSAHandshakeError(NotConnected):
+    """The RSA handshake failed: the server closed the connection during it
+    (our key is not among its allowed keys, or it cannot read what we
+    encrypted to its key), its fingerprint or proof is wrong, or it did not
+    answer in time.  A :class:`~periodic_fast.client.NotConnected`, so
+    reconnect loops retry it like a server that is down."""
+
+
+class RSAUnavailable(ImportError):
+    """``rsa=`` was given but the ``cryptography`` package is missing."""
+
+
+@dataclass(frozen=True)
+class RSAConfig:
+    """How a client connects through the RSA/AES transport.
+
+    :param private_key_path: our RSA private key (PEM, unencrypted); the
+        server must list its public key.
+    :param server_public_key_path: the server's public key (PEM file, or a
+        directory whose ``*.pem`` files are read; the first key found is the
+        one used).
+    :param mode: ``"AES"`` (default), ``"RSA"`` or ``"Plain"``
+        (case-sensitive): how the stream travels after the handshake.
+    :param handshake: ``"v1"`` (default, reference 1.2.9.1) or ``"legacy"``
+        (aio-periodic 1.0.0: no proofs, AES records without tag).
+    :raises ValueError: an unknown mode or handshake.
+    """
+
+    private_key_path: str | os.PathLike[str]
+    server_public_key_path: str | os.PathLike[str] = DEFAULT_PUBLIC_PATH
+    mode: Literal["Plain", "RSA", "AES"] = "AES"
+    handshake: Literal["v1", "legacy"] = "v1"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown RSA mode {self.mode!r} (Plain, RSA or AES)")
+        if self.handshake not in ("v1", "legacy"):
+            raise ValueError(f"unknown RSA handshake {self.handshake!r} (v1, legacy)")
+        if not os.fspath(self.private_key_path):
+            raise ValueError("RSA transport: no private key path")
+
+    def load(self) -> ClientKeys:
+        """Read both keys.
+
+        :raises RSAUnavailable: ``cryptography`` is not installed.
+        :raises periodic_fast._rsa_common.KeyFileError: (a ValueError) a key
+            file is missing, unreadable or not an RSA key.
+        """
+        try:
+            from ._rsa_client import ClientKeys  # noqa: PLC0415  # optional dep
+        except ImportError as exc:
+            if not (exc.name or "").startswith("cryptography"):
+                raise
+            raise RSAUnavailable(
+                "the RSA transport needs the 'cryptography' package "
+                "(pip install 'periodic-fast[rsa]')"
+            ) from exc
+        return ClientKeys.load(self)
