@@ -22,11 +22,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from typer.exceptions import Abort, TyperException
 
+from .cli_client import RsaModeOpt as ClientRsaModeOpt
+from .cli_client import RsaPrivateOpt as ClientRsaPrivateOpt
+from .cli_client import RsaPublicOpt as ClientRsaPublicOpt
+from .cli_client import client_obj
 from .constants import ADDRESS_ENV, DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 
 __all__ = ["app", "main", "periodicd_app", "periodicd_main"]
@@ -484,16 +488,22 @@ def periodic(
             show_default=False,
         ),
     ] = None,
+    rsa_private_path: ClientRsaPrivateOpt = None,
+    rsa_public_path: ClientRsaPublicOpt = None,
+    rsa_mode: ClientRsaModeOpt = None,
 ) -> None:
     """Periodic job server and client tool."""
     if daemon:  # only reached through --help paths; main() forwards -d
         raise typer.Exit(periodicd_main_args([]))
-    obj: dict[str, Any] = {
-        "addresses": _addresses(host),
-        "client_name": client_name or None,  # used by cli_client._identity
-        "client_token": client_token or None,
-    }
-    ctx.obj = obj
+    # read back by cli_client's _address, _identity and _rsa
+    ctx.obj = client_obj(
+        _addresses(host),
+        client_name,
+        client_token,
+        rsa_private_path,
+        rsa_public_path,
+        rsa_mode,
+    )
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
@@ -509,7 +519,15 @@ def periodicd_main_args(args: list[str]) -> int:
 
 
 # global options of ``periodic`` that take a value (the next word)
-_VALUE_FLAGS = ("-H", "--host", "--client-name", "--client-token")
+_VALUE_FLAGS = (
+    "-H",
+    "--host",
+    "--client-name",
+    "--client-token",
+    "--rsa-private-path",
+    "--rsa-public-path",
+    "--rsa-mode",
+)
 
 
 def _daemon_args(argv: list[str]) -> list[str] | None:

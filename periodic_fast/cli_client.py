@@ -30,19 +30,23 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
 
 if TYPE_CHECKING:
     from .client import Client
     from .job import Job
+    from .rsa_transport import RSAConfig, RSAModeName
 
 __all__ = ["register"]
 
 _T = TypeVar("_T")
 NAME_ENV = "PERIODIC_CLIENT_NAME"
 TOKEN_ENV = "PERIODIC_CLIENT_TOKEN"
+RSA_PRIVATE_ENV = "PERIODIC_RSA_PRIVATE_PATH"
+RSA_PUBLIC_ENV = "PERIODIC_RSA_PUBLIC_PATH"
+RSA_MODE_ENV = "PERIODIC_RSA_MODE"
 _FAILED_RESULTS = (b"failed", b"expired", b"removed")
 
 
@@ -102,6 +106,56 @@ MemLimitOpt = Annotated[
 ]
 
 
+# The RSA/AES transport options every client tool shares (cli-and-http.md 4.2);
+# the env fallbacks are applied by _rsa so that an empty variable counts as unset.
+RsaPrivateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rsa-private-path",
+        help="Own RSA private key (PEM); connect through the RSA/AES transport "
+        f"(default: ${RSA_PRIVATE_ENV}; off when empty).",
+        show_default=False,
+    ),
+]
+RsaPublicOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rsa-public-path",
+        help="The server's RSA public key, file or directory "
+        f"(default: ${RSA_PUBLIC_ENV}, else public_key.pem).",
+        show_default=False,
+    ),
+]
+RsaModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rsa-mode",
+        help=f"Plain, RSA or AES (default: ${RSA_MODE_ENV}, else AES).",
+        show_default=False,
+    ),
+]
+
+
+def client_obj(
+    addresses: list[str],
+    client_name: str | None,
+    client_token: str | None,
+    rsa_private_path: str | None,
+    rsa_public_path: str | None,
+    rsa_mode: str | None,
+) -> dict[str, Any]:
+    """The ``ctx.obj`` of a client tool: its global options, read back by
+    :func:`_address`, :func:`_identity` and :func:`_rsa` (empty = unset)."""
+    return {
+        "addresses": addresses,
+        "client_name": client_name or None,
+        "client_token": client_token or None,
+        "rsa_private_path": rsa_private_path or None,
+        "rsa_public_path": rsa_public_path or None,
+        "rsa_mode": rsa_mode or None,
+    }
+
+
 def _die(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"Error: {message}", err=True)
     raise typer.Exit(code)
@@ -130,6 +184,41 @@ def _identity(ctx: typer.Context) -> tuple[str | None, str | None]:
     return name, token
 
 
+def _rsa(ctx: typer.Context) -> RSAConfig | None:
+    """The RSA/AES transport options (global flags, else ``$PERIODIC_RSA_*``;
+    an empty variable counts as unset) as a config with its keys read, or
+    None when no private key is given.  A bad mode (even with the transport
+    off), a missing or bad key file, or no ``cryptography``: one line, exit 1."""
+    from .rsa_transport import (  # noqa: PLC0415  # CLI starts fast
+        DEFAULT_PUBLIC_PATH,
+        MODES,
+        RSAConfig,
+        RSAUnavailable,
+    )
+
+    obj = ctx.find_root().obj or {}
+    mode = obj.get("rsa_mode") or os.environ.get(RSA_MODE_ENV) or "AES"
+    if mode not in MODES:
+        _die(
+            f"unknown RSA mode {mode!r} (--rsa-mode or ${RSA_MODE_ENV}: "
+            "Plain, RSA or AES)"
+        )
+    private = obj.get("rsa_private_path") or os.environ.get(RSA_PRIVATE_ENV)
+    if not private:
+        return None
+    public = (
+        obj.get("rsa_public_path")
+        or os.environ.get(RSA_PUBLIC_ENV)
+        or DEFAULT_PUBLIC_PATH
+    )
+    try:
+        config = RSAConfig(private, public, mode=cast("RSAModeName", mode))
+        config.load()  # errors now, as one line; the client reuses the keys
+    except (ValueError, RSAUnavailable) as exc:
+        _die(str(exc))
+    return config
+
+
 def _with_client(
     ctx: typer.Context,
     body: Callable[[Client], Awaitable[_T]],
@@ -144,7 +233,12 @@ def _with_client(
     try:
         name, token = _identity(ctx)
         client = Client(
-            address, reconnect=False, timeout=timeout, name=name, token=token
+            address,
+            reconnect=False,
+            timeout=timeout,
+            name=name,
+            token=token,
+            rsa=_rsa(ctx),
         )
     except ValueError as exc:
         _die(str(exc))
@@ -518,6 +612,7 @@ def _exec_worker(
     )
     address = _address(ctx)
     name, token = _identity(ctx)
+    kwargs["rsa"] = _rsa(ctx)
     try:
         asyncio.run(serve(address, func, command, name=name, token=token, **kwargs))
     except ClientError as exc:
@@ -598,16 +693,22 @@ def _hs_context(
     host: str | None,
     client_name: str | None,
     client_token: str | None,
+    rsa_private_path: str | None = None,
+    rsa_public_path: str | None = None,
+    rsa_mode: str | None = None,
 ) -> None:
-    """Put an HS tool's own -H / identity options where ``_address`` and
-    ``_identity`` find the global ones of ``periodic``."""
+    """Put an HS tool's own -H / identity / RSA options where ``_address``,
+    ``_identity`` and ``_rsa`` find the global ones of ``periodic``."""
     from .client import resolve_address  # noqa: PLC0415
 
-    ctx.obj = {
-        "addresses": [resolve_address(host)],
-        "client_name": client_name or None,
-        "client_token": client_token or None,
-    }
+    ctx.obj = client_obj(
+        [resolve_address(host)],
+        client_name,
+        client_token,
+        rsa_private_path,
+        rsa_public_path,
+        rsa_mode,
+    )
 
 
 periodic_run_app = typer.Typer(
@@ -659,11 +760,22 @@ def periodic_run(
     ] = False,
     client_name: ClientNameOpt = None,
     client_token: ClientTokenOpt = None,
+    rsa_private_path: RsaPrivateOpt = None,
+    rsa_public_path: RsaPublicOpt = None,
+    rsa_mode: RsaModeOpt = None,
 ) -> None:
     """Serve FUNC: run COMMAND [ARGS...] for each job (as ``periodic run -f
     FUNC --exec ...``; the last stdout line SCHED_LATER N / FAIL / DONE and the
     exit status decide the outcome)."""
-    _hs_context(ctx, host, client_name, client_token)
+    _hs_context(
+        ctx,
+        host,
+        client_name,
+        client_token,
+        rsa_private_path,
+        rsa_public_path,
+        rsa_mode,
+    )
     _exec_worker(
         ctx,
         func,
@@ -748,10 +860,21 @@ def periodic_run_pipe(
     mem_limit: MemLimitOpt = 0,
     client_name: ClientNameOpt = None,
     client_token: ClientTokenOpt = None,
+    rsa_private_path: RsaPrivateOpt = None,
+    rsa_public_path: RsaPublicOpt = None,
+    rsa_mode: RsaModeOpt = None,
 ) -> None:
     """Serve FUNC with --thread long-lived COMMAND [ARGS...] runners, one job
     per runner at a time over its stdin/stdout (see docs/usage.md 6)."""
-    _hs_context(ctx, host, client_name, client_token)
+    _hs_context(
+        ctx,
+        host,
+        client_name,
+        client_token,
+        rsa_private_path,
+        rsa_public_path,
+        rsa_mode,
+    )
     _exec_worker(
         ctx,
         func,

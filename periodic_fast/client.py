@@ -468,7 +468,9 @@ class Connection:
                 if self._identity is not None
                 else "an identity (name and token) required"
             )
-            if self._rsa is not None:
+            if self._rsa is None:
+                why += ", the RSA transport required"
+            else:
                 why += f", RSA mode {self._rsa.mode.name} not allowed"
             err = ConnectionLost(
                 f"{self.address} closed the connection before the registration "

@@ -56,10 +56,13 @@ import shlex
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import ClientError
 from .worker import Done, Fail, SchedLater, Worker, WorkerJob
+
+if TYPE_CHECKING:
+    from .rsa_transport import RSAConfig
 
 __all__ = [
     "format_size",
@@ -391,8 +394,10 @@ async def run_exec_worker(
     token: str | None = None,
     work_data: bool = False,
     mem_limit: int = 0,
+    rsa: RSAConfig | None = None,
 ) -> None:
     """Serve ``func`` with ``command`` until SIGTERM/SIGINT (graceful drain).
+    ``rsa``: connect through the RSA/AES transport.
 
     :raises periodic_fast.client.NotConnected: the first connect fails.
     """
@@ -413,7 +418,7 @@ async def run_exec_worker(
         assert lock_name is not None
         return await job.with_lock(lock_name, lock_count, lambda: inner(job))
 
-    worker = Worker(address, name=name, token=token)
+    worker = Worker(address, name=name, token=token, rsa=rsa)
     await worker.add_func(func, locked if lock_name else inner, broadcast=broadcast)
     await worker.connect()
     print("Worker started.", file=sys.stderr, flush=True)

@@ -42,11 +42,14 @@ import random
 import shlex
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import ClientError
 from .exec_worker import terminate, watch_memory
 from .worker import Done, Fail, SchedLater, Worker, WorkerJob
+
+if TYPE_CHECKING:
+    from .rsa_transport import RSAConfig
 
 __all__ = ["PipeRunner", "RunnerPool", "make_pipe_handler", "run_pipe_worker"]
 
@@ -419,9 +422,11 @@ async def run_pipe_worker(
     mem_limit: int = 0,
     name: str | None = None,
     token: str | None = None,
+    rsa: RSAConfig | None = None,
 ) -> None:
     """Serve ``func`` with ``threads`` runners of ``command`` until
     SIGTERM/SIGINT (graceful drain, then the runners are stopped).
+    ``rsa``: connect through the RSA/AES transport.
 
     :raises periodic_fast.client.NotConnected: the first connect fails.
     :raises ValueError: an empty command.
@@ -440,7 +445,7 @@ async def run_pipe_worker(
         assert lock_name is not None
         return await job.with_lock(lock_name, lock_count, lambda: inner(job))
 
-    worker = Worker(address, name=name, token=token)
+    worker = Worker(address, name=name, token=token, rsa=rsa)
     await worker.add_func(func, locked if lock_name else inner, broadcast=broadcast)
     pool.start()
     try:
