@@ -210,15 +210,25 @@ class ClientSecureProtocol(asyncio.Protocol):
             connection is closed then).
         """
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+            # not shielded: a timeout or a cancelled caller cancels _ready, so
+            # a later connection_lost finds it done (no orphan exception)
+            await asyncio.wait_for(self._ready, timeout)
         except asyncio.TimeoutError:
-            self._ready.cancel()
-            if self._raw is not None:
-                self._raw.abort()
+            self._abort()
             raise RSAHandshakeError(
                 f"no RSA handshake reply from {self._address} within "
                 f"{timeout:g} s (is the server's RSA transport on?)"
             ) from None
+        except BaseException:  # failed, or the caller was cancelled
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        """Drop a connection whose handshake did not finish: nobody else
+        owns it yet."""
+        self._dead = True
+        if self._raw is not None:
+            self._raw.abort()
 
     def _fail(self, reason: str) -> None:
         self._dead = True
