@@ -688,26 +688,20 @@ ClientTokenOpt = Annotated[
 ]
 
 
-def _hs_context(
-    ctx: typer.Context,
-    host: str | None,
-    client_name: str | None,
-    client_token: str | None,
-    rsa_private_path: str | None = None,
-    rsa_public_path: str | None = None,
-    rsa_mode: str | None = None,
-) -> None:
-    """Put an HS tool's own -H / identity / RSA options where ``_address``,
-    ``_identity`` and ``_rsa`` find the global ones of ``periodic``."""
+def _hs_context(ctx: typer.Context) -> None:
+    """Put an HS tool's own -H / identity / RSA options (its parameters
+    ``host``, ``client_name``, ...) where ``_address``, ``_identity`` and
+    ``_rsa`` find the global ones of ``periodic``."""
     from .client import resolve_address  # noqa: PLC0415
 
+    p = ctx.params
     ctx.obj = client_obj(
-        [resolve_address(host)],
-        client_name,
-        client_token,
-        rsa_private_path,
-        rsa_public_path,
-        rsa_mode,
+        [resolve_address(p["host"])],
+        p["client_name"],
+        p["client_token"],
+        p["rsa_private_path"],
+        p["rsa_public_path"],
+        p["rsa_mode"],
     )
 
 
@@ -767,15 +761,7 @@ def periodic_run(
     """Serve FUNC: run COMMAND [ARGS...] for each job (as ``periodic run -f
     FUNC --exec ...``; the last stdout line SCHED_LATER N / FAIL / DONE and the
     exit status decide the outcome)."""
-    _hs_context(
-        ctx,
-        host,
-        client_name,
-        client_token,
-        rsa_private_path,
-        rsa_public_path,
-        rsa_mode,
-    )
+    _hs_context(ctx)
     _exec_worker(
         ctx,
         func,
@@ -866,15 +852,7 @@ def periodic_run_pipe(
 ) -> None:
     """Serve FUNC with --thread long-lived COMMAND [ARGS...] runners, one job
     per runner at a time over its stdin/stdout (see docs/usage.md 6)."""
-    _hs_context(
-        ctx,
-        host,
-        client_name,
-        client_token,
-        rsa_private_path,
-        rsa_public_path,
-        rsa_mode,
-    )
+    _hs_context(ctx)
     _exec_worker(
         ctx,
         func,

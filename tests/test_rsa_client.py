@@ -34,6 +34,7 @@ pytest.importorskip("cryptography")
 
 import test_rsa  # noqa: E402
 from aio_periodic.transport import RSAMode as AioMode  # noqa: E402
+from exec_helpers import Script  # noqa: E402
 from test_cli import periodic, periodic_run, stop_worker, wait_for  # noqa: E402
 from test_interop_aio import run_on, wait_until  # noqa: E402
 from test_rsa import Keys, aio_client, aio_rsa, rsa_server  # noqa: E402
@@ -406,6 +407,12 @@ def key_flags(keys: Keys, mode: str = "AES") -> list[str]:
     ]
 
 
+def serves(keys: Keys, address: str, func: str) -> bool:
+    """``func`` is in the server's status (a worker registered it)."""
+    r = cli(*key_flags(keys), "status", "--json", address=address)
+    return f'"{func}"' in r.stdout
+
+
 def test_cli_flags_status_submit_run(keys: Keys, rsa_proc: ServerProcess) -> None:
     """``periodic --rsa-...`` status / submit / run, and ``periodic-run``
     taking its keys from the environment."""
@@ -424,17 +431,31 @@ def test_cli_flags_status_submit_run(keys: Keys, rsa_proc: ServerProcess) -> Non
         },
     )  # fmt: skip
     try:
-        wait_for(
-            lambda: (
-                '"rev"'
-                in cli(*key_flags(keys), "status", "--json", address=addr).stdout
-            )
-        )
+        wait_for(lambda: serves(keys, addr, "rev"))
         r = cli(*key_flags(keys), "run", "rev", "n1", "-w", "abc", address=addr)
         assert r.returncode == 0, r.stderr
         assert r.stdout == "cba\n"
     finally:
         stop_worker(worker)
+
+
+def test_pipe_worker_flags(keys: Keys, rsa_proc: ServerProcess, tmp_path: Path) -> None:
+    """``periodic-run-pipe --rsa-...``: its runner answers with the job name."""
+    addr = rsa_proc.address
+    flags = ["--rsa-private-path", keys.small_private]
+    flags += ["--rsa-public-path", keys.server_public]
+    w = Script(
+        "periodic_run_pipe_main", "-H", addr, *flags,
+        "pipe", "sh", "-c", "echo hello; cat",
+        logdir=tmp_path,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: serves(keys, addr, "pipe"))
+        r = cli(*key_flags(keys), "run", "pipe", "n1", address=addr)
+        assert r.returncode == 0, (r.stderr, w.err())
+        assert r.stdout == "n1\n"
+    finally:
+        w.stop()
 
 
 def test_cli_env_fallbacks(keys: Keys, rsa_proc: ServerProcess) -> None:
