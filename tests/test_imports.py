@@ -57,6 +57,10 @@ CLIENT_SIDE = [
     "periodic_fast.worker",
     "periodic_fast.cluster",
     "periodic_fast.sync",
+    "periodic_fast.rsa_transport",
+    "periodic_fast._rsa_client",
+    "periodic_fast.pipe_worker",
+    "periodic_fast.exec_worker",
 ]
 
 
