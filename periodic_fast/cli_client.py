@@ -224,8 +224,10 @@ def _with_client(
     body: Callable[[Client], Awaitable[_T]],
     *,
     timeout: float = 10.0,
+    max_frame: int | None = None,
 ) -> _T:
-    """Connect, run ``body(client)``, close; any error -> one line, exit 1."""
+    """Connect, run ``body(client)``, close; any error -> one line, exit 1.
+    ``max_frame`` raises the client's cap on a reply frame (DUMP)."""
     from .client import Client, ClientError  # noqa: PLC0415
     from .errors import PeriodicError  # noqa: PLC0415
 
@@ -239,6 +241,7 @@ def _with_client(
             name=name,
             token=token,
             rsa=_rsa(ctx),
+            **({} if max_frame is None else {"max_frame": max_frame}),
         )
     except ValueError as exc:
         _die(str(exc))
@@ -407,7 +410,9 @@ def dump(
 ) -> None:
     """Write every job to FILE (the DUMP job list; default dump.db)."""
     path = Path(output or file_arg or "dump.db")
-    data = _with_client(ctx, lambda c: c.dump_raw(timeout=60))
+    # one DATA frame holds every job (~45 B each): past ~1.5M jobs it is larger
+    # than the default 64 MiB cap, so accept any size the u32 length allows
+    data = _with_client(ctx, lambda c: c.dump_raw(timeout=600), max_frame=2**32 - 1)
     try:
         path.write_bytes(data)
     except OSError as exc:

@@ -202,6 +202,31 @@ def _now() -> int:
 # -- the connection ---------------------------------------------------------------
 
 
+#: bytes a job adds to a job list besides its func, name and workload (an
+#: upper bound: length prefixes, sched_at, count, timeout)
+_JOB_OVERHEAD = 64
+
+
+def _load_parts(items: list[Job], chunk: int, chunk_bytes: int) -> list[list[Job]]:
+    """Cut ``items`` into LOAD frames: at most ``chunk`` jobs and about
+    ``chunk_bytes`` bytes each; always at least one (possibly empty) part."""
+    if chunk < 1 or chunk_bytes < 1:
+        raise ValueError("chunk and chunk_bytes must be >= 1")
+    parts: list[list[Job]] = []
+    part: list[Job] = []
+    size = 0
+    for job in items:
+        n = len(job[0]) + len(job[1]) + len(job[2]) + _JOB_OVERHEAD
+        if part and (len(part) >= chunk or size + n > chunk_bytes):
+            parts.append(part)
+            part, size = [], 0
+        part.append(job)
+        size += n
+    if part or not parts:
+        parts.append(part)
+    return parts
+
+
 class _Sink:
     """Receives every frame for one msgid until it removes itself (streams,
     batches, worker grab slots)."""
@@ -1096,17 +1121,20 @@ class Client(Connection):
         jobs: Iterable[Job] | bytes,
         *,
         chunk: int = 10000,
+        chunk_bytes: int = 16 * 1024 * 1024,
         timeout: float | None = None,
     ) -> bool:
         """Submit a job list (a list of jobs, or DUMP bytes) with LOAD.
 
-        Large lists go out as several LOAD frames of ``chunk`` jobs.
+        Large lists go out as several LOAD frames of at most ``chunk`` jobs
+        and about ``chunk_bytes`` bytes each (big workloads would otherwise
+        make a frame larger than the server accepts); a job larger than
+        ``chunk_bytes`` on its own gets a frame of its own.
         """
         items = decode_job_list(jobs) if isinstance(jobs, bytes) else list(jobs)
         ok = True
-        for i in range(0, max(len(items), 1), chunk):
-            part = encode_job_list(items[i : i + chunk])
-            pkt = await self._request(Command.LOAD, part, timeout)
+        for part in _load_parts(items, chunk, chunk_bytes):
+            pkt = await self._request(Command.LOAD, encode_job_list(part), timeout)
             ok = ok and pkt.command == Command.SUCCESS
         return ok
 

@@ -674,3 +674,33 @@ async def test_handler_timeout_kills_the_command() -> None:
         t0 = time.monotonic()
         res = await handler(_FakeJob("n"))  # type: ignore[arg-type]
         assert isinstance(res, Fail) and time.monotonic() - t0 < 10
+
+
+def test_dump_and_load_beyond_the_frame_limit(addr: str, tmp_path: Path) -> None:
+    """A dump file of ~72 MB (1,100 jobs of 64 KiB) loads (cut into LOAD
+    frames under the server's 64 MiB request limit) and dumps again (one DATA
+    reply larger than the client's default 64 MiB frame cap)."""
+    from periodic_fast.codec import decode_job_list, encode_job_list
+    from periodic_fast.job import Job
+
+    n, size = 1100, 64 * 1024
+    at = int(time.time()) + 3600
+    jobs = [Job(b"big", b"j%d" % i, bytes([i % 251]) * size, at) for i in range(n)]
+    src = tmp_path / "big.db"
+    src.write_bytes(encode_job_list(jobs))
+    assert src.stat().st_size > 64 * 2**20
+    try:
+        r = periodic("load", str(src), address=addr, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert status_json(addr)["big"]["jobs"] == n
+        out = tmp_path / "out.db"
+        r = periodic("dump", str(out), address=addr, timeout=120)
+        assert r.returncode == 0, r.stderr
+        got = sorted(
+            (j.name, j.workload)
+            for j in decode_job_list(out.read_bytes())
+            if j.func == b"big"
+        )
+        assert got == sorted((j.name, j.workload) for j in jobs)
+    finally:
+        periodic("drop", "big", address=addr)

@@ -640,3 +640,19 @@ async def test_aio_client_with_our_worker(server: Any, worker: Worker) -> None:
         assert st["oecho"]["worker_count"] == 1
     finally:
         c.close()
+
+
+def test_load_parts_cut_by_count_and_bytes() -> None:
+    from periodic_fast.client import _load_parts
+
+    small = [Job(b"f", b"n%d" % i) for i in range(25)]
+    assert [len(p) for p in _load_parts(small, 10, 10**9)] == [10, 10, 5]
+    big = [Job(b"f", b"n%d" % i, b"x" * 1000) for i in range(10)]
+    parts = _load_parts(big, 100, 3000)  # ~1070 B each: two per frame
+    assert [len(p) for p in parts] == [2] * 5
+    assert [j for p in parts for j in p] == big
+    huge = [Job(b"f", b"a", b"x" * 5000), Job(b"f", b"b")]
+    assert [len(p) for p in _load_parts(huge, 100, 3000)] == [1, 1]
+    assert _load_parts([], 10, 100) == [[]]  # an empty LOAD still goes out
+    with pytest.raises(ValueError):
+        _load_parts(small, 0, 100)
