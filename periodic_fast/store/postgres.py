@@ -8,7 +8,9 @@ everything that arrived while a commit was in flight goes into the next one
 (group commit), so the commit rate adapts to the load without a timer.
 
 Coalescing (only the net effect per job key is written) follows the rules of
-:mod:`periodic_fast.store._batch`, shared with the SQLite store.  Each batch
+:mod:`periodic_fast.store._batch`, shared with the SQLite store, as are the
+loop-side API, barriers, retry bookkeeping and metrics
+(:class:`~periodic_fast.store._writer.BatchWriter`).  Each batch
 is one transaction.  Without a ``delete_func_jobs`` it is a single
 statement (data-modifying CTEs over ``unnest`` arrays: one round trip, one
 commit); the keys of its parts are disjoint, so their order inside the
@@ -54,7 +56,7 @@ from ..job import Job, JobState
 from . import StoreSnapshot
 from ._batch import DELETE as _DELETE
 from ._batch import Batch as _Batch
-from ._batch import Callback
+from ._writer import BatchWriter
 
 __all__ = ["PostgresStore", "PostgresStoreError", "parse_postgres_uri"]
 
@@ -176,7 +178,7 @@ class PostgresStoreError(ConnectionError):
     server reports it like any other start-up I/O error)."""
 
 
-class PostgresStore:
+class PostgresStore(BatchWriter):
     """:class:`~periodic_fast.store.Store` on PostgreSQL (see the module doc).
 
     :param connect: ``asyncpg.connect`` keyword arguments (``dsn=`` or
@@ -197,9 +199,6 @@ class PostgresStore:
     reached).
     """
 
-    #: writes become durable later: the server holds replies for on_durable
-    deferred = True
-
     def __init__(
         self,
         connect: dict[str, Any],
@@ -215,10 +214,15 @@ class PostgresStore:
         if durability not in ("strict", "relaxed"):
             raise ValueError(f"durability {durability!r}: expected strict or relaxed")
         self.prefix = _check_prefix(prefix)
+        super().__init__(
+            "PostgreSQL",
+            "",
+            log,
+            retry_min=retry_min,
+            retry_max=retry_max,
+            close_timeout=close_timeout,
+        )
         self.durability = durability
-        self.retry_min = retry_min
-        self.retry_max = retry_max
-        self.close_timeout = close_timeout
         kwargs = dict(connect)
         settings = dict(kwargs.pop("server_settings", None) or {})
         settings.setdefault("application_name", "periodic_fast")
@@ -238,23 +242,7 @@ class PostgresStore:
         self._t_configs = f"{self.prefix}configs"
         self._sql_commit = self._commit_sql()
 
-        self._lock = threading.Lock()
-        self._pending = _Batch()
-        self._inflight: _Batch | None = None  # being committed by the writer
-        self._retained: _Batch | None = None  # failed, to retry (no callbacks)
-        self._idle = True  # the writer waits for a kick
-        self._closed = False
-        self._stopping = False
         self._conn: asyncpg.Connection | None = None
-        # metrics
-        self._commits = 0
-        self._rows = 0
-        self._errors = 0
-        self._commit_seconds = 0.0
-        self._last_commit_seconds = 0.0
-        self._healthy = True
-        self._failures = 0  # consecutive failed attempts
-
         self._wloop = _new_loop()
         self._wake: asyncio.Event | None = None
         self._thread = threading.Thread(
@@ -294,7 +282,6 @@ class PostgresStore:
         return fut.result(timeout)
 
     def _kick(self) -> None:
-        # called with the lock held, when the writer sleeps and work arrived
         self._idle = False
         self._wloop.call_soon_threadsafe(self._wake_writer)
 
@@ -307,6 +294,12 @@ class PostgresStore:
             with contextlib.suppress(RuntimeError):
                 self._wloop.call_soon_threadsafe(self._wloop.stop)
             self._thread.join(10)
+
+    def _stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(Exception):
+            self._call(self._stop_writer(), timeout=15)
+        self._shutdown_thread()
 
     async def _start_writer(self) -> None:
         self._writer_task = asyncio.ensure_future(self._writer())
@@ -423,51 +416,26 @@ class PostgresStore:
         """Commit batches until close() (runs on the writer loop)."""
         wake = self._wake
         assert wake is not None
-        lock = self._lock
         while True:
-            work: _Batch | None = None
-            barriers: list[Callback] = []
-            with lock:
-                batch = self._pending
-                retained = self._retained
-                if not batch.empty() or retained is not None:
-                    self._pending = _Batch()
-                    if retained is not None:
-                        self._retained = None
-                        retained.merge_newer(batch)
-                        batch = retained
-                    self._inflight = work = batch
-                elif batch.callbacks:
-                    # barriers registered behind a commit that has finished
-                    self._pending = _Batch()
-                    barriers = batch.callbacks
-                else:
+            with self._lock:
+                batch, commit = self._take()
+                if batch is None:
                     self._idle = True
-            if work is None:
-                if barriers:
-                    self._fire(barriers, None)
-                    continue
+            if batch is None:
                 if self._stopping:
                     return
                 await wake.wait()
                 wake.clear()
                 continue
-            async with self._conn_lock:
-                error = await self._commit(work)
-            with lock:
-                callbacks, work.callbacks = work.callbacks, []
-                if error is not None:
-                    self._retained = work
-            self._fire(callbacks, error)
-            with lock:
-                # only now: an on_durable() during _fire must queue behind it,
-                # or its callback could run before this batch's (out of order)
-                self._inflight = None
+            error: BaseException | None = None
+            if commit:
+                async with self._conn_lock:
+                    error = await self._commit(batch)
+            self._settle(batch, error)
             if error is not None:
                 if self._stopping:
                     return
-                delay = min(self.retry_max, self.retry_min * 2 ** (self._failures - 1))
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._retry_delay())
 
     async def _commit(self, batch: _Batch) -> BaseException | None:
         chunks = _statement_args(batch)
@@ -488,28 +456,8 @@ class PostgresStore:
                     # before refusing anything; a replay is harmless
                     log.info("PostgreSQL connection lost (%r); reconnecting", exc)
                     continue
-                self._errors += 1
-                self._failures += 1
-                self._healthy = False
-                if self._failures == 1 or self._failures % 100 == 0:
-                    log.error(
-                        "PostgreSQL commit of %d writes failed (try %d); retrying: %r",
-                        batch.writes,
-                        self._failures,
-                        exc,
-                    )
-                return exc
-        elapsed = time.perf_counter() - started
-        if self._failures:
-            log.warning(
-                "PostgreSQL commits work again after %d failures", self._failures
-            )
-        self._failures = 0
-        self._healthy = True
-        self._commits += 1
-        self._rows += len(batch.jobs) + len(batch.funcs) + len(batch.config)
-        self._commit_seconds += elapsed
-        self._last_commit_seconds = elapsed
+                return self._failed(batch, exc)
+        self._committed(batch, time.perf_counter() - started)
         return None
 
     async def _execute(
@@ -527,13 +475,6 @@ class PostgresStore:
                     await conn.execute(self._sql_commit, *args)
         else:  # the usual case: one statement, its own transaction
             await conn.execute(self._sql_commit, *chunks[0])
-
-    def _fire(self, callbacks: list[Callback], error: BaseException | None) -> None:
-        for cb in callbacks:
-            try:
-                cb(error)
-            except Exception:  # a broken callback must not stop the writer
-                log.exception("on_durable callback failed")
 
     # Store API (event-loop thread) --------------------------------------------
     def load(self) -> StoreSnapshot:
@@ -583,145 +524,6 @@ class PostgresStore:
             if gc_on:
                 gc.enable()
         return StoreSnapshot(jobs, funcs, config)
-
-    def save_job(self, job: Job, state: JobState) -> None:
-        """Insert or replace a job (enqueued)."""
-        with self._lock:
-            self._pending.save_job(job, state)
-            if self._idle:
-                self._kick()
-
-    def set_state(self, func: bytes, name: bytes, state: JobState) -> None:
-        """Change a stored job's state (enqueued; no-op for a missing job)."""
-        with self._lock:
-            self._pending.set_state(func, name, state)
-            if self._idle:
-                self._kick()
-
-    def delete_job(self, func: bytes, name: bytes) -> None:
-        """Delete a job (enqueued)."""
-        with self._lock:
-            self._pending.delete_job(func, name)
-            if self._idle:
-                self._kick()
-
-    def delete_func_jobs(self, func: bytes) -> None:
-        """Delete every job of ``func`` (enqueued)."""
-        with self._lock:
-            self._pending.delete_func_jobs(func)
-            if self._idle:
-                self._kick()
-
-    def save_func(self, func: bytes) -> None:
-        """Remember a func (enqueued)."""
-        with self._lock:
-            self._pending.save_func(func)
-            if self._idle:
-                self._kick()
-
-    def delete_func(self, func: bytes) -> None:
-        """Forget a func (enqueued)."""
-        with self._lock:
-            self._pending.delete_func(func)
-            if self._idle:
-                self._kick()
-
-    def save_config(self, key: str, value: int) -> None:
-        """Persist a config value (enqueued)."""
-        with self._lock:
-            self._pending.save_config(key, value)
-            if self._idle:
-                self._kick()
-
-    def on_durable(self, callback: Callback) -> None:
-        """Call ``callback(error)`` after the commit of everything written so
-        far (from the writer thread), or at once when nothing is outstanding."""
-        with self._lock:
-            batch = self._pending
-            if (
-                batch.empty()
-                and not batch.callbacks
-                and self._inflight is None
-                and self._retained is None
-            ):
-                now = True
-            else:
-                now = False
-                batch.callbacks.append(callback)
-                if self._idle:
-                    self._kick()
-        if now:
-            callback(None)
-
-    def flush(self, timeout: float | None = None) -> None:
-        """Block until everything written so far is committed; raise the
-        commit error (or :class:`TimeoutError` after ``timeout`` seconds)."""
-        self._check_open()
-        self._flush(timeout)
-
-    def _flush(self, timeout: float | None) -> None:
-        done = threading.Event()
-        box: list[BaseException | None] = []
-
-        def cb(error: BaseException | None) -> None:
-            box.append(error)
-            done.set()
-
-        self.on_durable(cb)
-        if not done.wait(timeout):
-            raise TimeoutError(f"PostgreSQL store: no commit within {timeout} s")
-        if box[0] is not None:
-            raise box[0]
-
-    def metrics(self) -> dict[str, float]:
-        """Counters for monitoring: ``commits``, ``rows`` (net rows written),
-        ``commit_seconds_sum``, ``last_commit_seconds``, ``errors`` (failed
-        commit attempts), ``pending`` (writes not yet committed) and
-        ``healthy`` (1 when the last commit attempt succeeded)."""
-        with self._lock:
-            pending = self._pending.writes
-            if self._inflight is not None:
-                pending += self._inflight.writes
-            if self._retained is not None:
-                pending += self._retained.writes
-        return {
-            "commits": float(self._commits),
-            "rows": float(self._rows),
-            "commit_seconds_sum": self._commit_seconds,
-            "last_commit_seconds": self._last_commit_seconds,
-            "errors": float(self._errors),
-            "pending": float(pending),
-            "healthy": 1.0 if self._healthy else 0.0,
-        }
-
-    def close(self) -> None:
-        """Commit what is pending (waiting at most ``close_timeout``), stop
-        the writer and disconnect.  Raises the last commit error, if the
-        final commit failed.  Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        error: BaseException | None = None
-        try:
-            self._flush(self.close_timeout)
-        except Exception as exc:
-            error = exc
-            log.error("PostgreSQL store closed with uncommitted writes: %r", exc)
-        self._stopping = True
-        with contextlib.suppress(Exception):
-            self._call(self._stop_writer(), timeout=15)
-        self._shutdown_thread()
-        if error is not None:
-            raise error
-
-    @property
-    def closed(self) -> bool:
-        """True after :meth:`close`."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("the PostgreSQL store is closed")
 
 
 def _statement_args(batch: _Batch) -> list[tuple[list[Any], ...]]:

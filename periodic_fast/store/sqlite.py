@@ -11,7 +11,10 @@ load without a timer.
 Batching and coalescing follow :mod:`periodic_fast.store._batch` (shared with
 the PostgreSQL store): per job key only the net effect is kept,
 ``delete_func_jobs`` is applied before the batch's later job writes, funcs and
-config values keep their last write.
+config values keep their last write.  The loop-side API, the barriers, the
+retry bookkeeping and the metrics are shared with it too
+(:class:`~periodic_fast.store._writer.BatchWriter`); this module keeps the
+writer thread and the SQLite commit and load code.
 
 Each batch is one transaction.  ``on_durable`` callbacks belong to the batch
 that is open when they are registered and fire, in registration order, after
@@ -52,7 +55,8 @@ from typing import Any
 
 from ..job import Job, JobState
 from . import StoreSnapshot
-from ._batch import DELETE, Batch, Callback
+from ._batch import DELETE, Batch
+from ._writer import BatchWriter
 
 __all__ = [
     "SqliteStore",
@@ -138,7 +142,7 @@ def parse_file_uri(uri: str) -> str:
     return path
 
 
-class SqliteStore:
+class SqliteStore(BatchWriter):
     """:class:`~periodic_fast.store.Store` in a SQLite file (see the module doc).
 
     :param path: the database file (created when missing; its directory must
@@ -155,9 +159,6 @@ class SqliteStore:
     by another process, and :class:`ValueError` for a bad ``durability``.
     """
 
-    #: writes become durable later: the server holds replies for on_durable
-    deferred = True
-
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -173,30 +174,17 @@ class SqliteStore:
                 f"durability {durability!r}: expected 'strict' or 'relaxed'"
             )
         self.path = os.fspath(path)
+        super().__init__(
+            "SQLite",
+            self.path,
+            log,
+            retry_min=retry_min,
+            retry_max=retry_max,
+            close_timeout=close_timeout,
+        )
         self.durability = durability
-        self.retry_min = retry_min
-        self.retry_max = retry_max
-        self.close_timeout = close_timeout
         self._cache_kib = cache_mib * 1024
-
-        self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._pending = Batch()
-        # the batch being committed, or whose callbacks are being fired
-        self._inflight: Batch | None = None
-        self._retained: Batch | None = None  # failed, to retry (no callbacks)
-        self._idle = True  # the writer waits for a kick
-        self._closed = False
-        self._stopping = False
-        self._loaded = False
-        # metrics
-        self._commits = 0
-        self._rows = 0
-        self._errors = 0
-        self._commit_seconds = 0.0
-        self._last_commit_seconds = 0.0
-        self._healthy = True
-        self._failures = 0  # consecutive failed attempts
 
         self._db_lock = threading.Lock()  # the writer and load() share _db
         self._db: sqlite3.Connection | None = self._open()
@@ -290,41 +278,35 @@ class SqliteStore:
         while True:
             with cond:
                 while True:
-                    batch = self._pending
-                    retained = self._retained
-                    if batch.writes or retained is not None:
-                        self._pending = Batch()
-                        if retained is not None:
-                            self._retained = None
-                            retained.merge_newer(batch)
-                            batch = retained
-                        commit = True
-                        break
-                    if batch.callbacks:  # barriers behind a finished commit
-                        self._pending = Batch()
-                        commit = False
+                    batch, commit = self._take()
+                    if batch is not None:
                         break
                     if self._stopping:
                         return
                     self._idle = True
                     cond.wait()
-                self._inflight = batch
             error = self._commit(batch) if commit else None
-            with cond:
-                callbacks, batch.callbacks = batch.callbacks, []
-                if error is not None:
-                    self._retained = batch
-            self._fire(callbacks, error)
-            with cond:
-                # only now: an on_durable() during _fire must queue behind it
-                self._inflight = None
-                if error is not None and not self._stopping:
-                    delay = min(
-                        self.retry_max, self.retry_min * 2 ** (self._failures - 1)
-                    )
-                    cond.wait(delay)  # close() cuts it short
-                if error is not None and self._stopping:
-                    return
+            self._settle(batch, error)
+            if error is not None:
+                with cond:
+                    if not self._stopping:
+                        cond.wait(self._retry_delay())  # close() cuts it short
+                    if self._stopping:
+                        return
+
+    def _kick(self) -> None:
+        self._idle = False
+        self._cond.notify()
+
+    def _stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(self.close_timeout)
+        with self._db_lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def _commit(self, batch: Batch) -> BaseException | None:
         """Write ``batch`` in one transaction; the error, or None."""
@@ -365,32 +347,8 @@ class SqliteStore:
                     self._rollback(db)
                     raise
         except Exception as exc:  # every failure is reported and retried
-            self._errors += 1
-            self._failures += 1
-            self._healthy = False
-            if self._failures == 1 or self._failures % 100 == 0:
-                log.error(
-                    "SQLite commit of %d writes to %s failed (try %d), will retry: %s",
-                    batch.writes,
-                    self.path,
-                    self._failures,
-                    exc,
-                )
-            return exc
-        elapsed = time.perf_counter() - started
-        if self._failures:
-            log.warning(
-                "SQLite commits to %s work again after %d failures",
-                self.path,
-                self._failures,
-            )
-        self._failures = 0
-        self._healthy = True
-        self._commits += 1
-        self._rows += len(batch.jobs) + len(batch.dropped)
-        self._rows += len(batch.funcs) + len(batch.config)
-        self._commit_seconds += elapsed
-        self._last_commit_seconds = elapsed
+            return self._failed(batch, exc)
+        self._committed(batch, time.perf_counter() - started)
         return None
 
     def _rollback(self, db: sqlite3.Connection) -> None:
@@ -406,13 +364,6 @@ class SqliteStore:
             finally:
                 self._db = None
 
-    def _fire(self, callbacks: list[Callback], error: BaseException | None) -> None:
-        for cb in callbacks:
-            try:
-                cb(error)
-            except Exception:  # a broken callback must not stop the writer
-                log.exception("on_durable callback failed")
-
     # Store API (event-loop thread) --------------------------------------------
     def load(self) -> StoreSnapshot:
         """Read every job, func and config value: one pass over each table
@@ -427,161 +378,6 @@ class SqliteStore:
             funcs = [r[0] for r in db.execute("SELECT func FROM funcs")]
             config = dict(db.execute("SELECT name, value FROM configs").fetchall())
         return StoreSnapshot(jobs, funcs, config)
-
-    def save_job(self, job: Job, state: JobState) -> None:
-        """Insert or replace a job (enqueued)."""
-        with self._lock:
-            self._pending.save_job(job, state)
-            if self._idle:
-                self._idle = False
-                self._cond.notify()
-
-    def set_state(self, func: bytes, name: bytes, state: JobState) -> None:
-        """Change a stored job's state (enqueued; no-op for a missing job)."""
-        with self._lock:
-            self._pending.set_state(func, name, state)
-            if self._idle:
-                self._idle = False
-                self._cond.notify()
-
-    def delete_job(self, func: bytes, name: bytes) -> None:
-        """Delete a job (enqueued)."""
-        with self._lock:
-            self._pending.delete_job(func, name)
-            if self._idle:
-                self._idle = False
-                self._cond.notify()
-
-    def delete_func_jobs(self, func: bytes) -> None:
-        """Delete every job of ``func`` (enqueued; applied before the later
-        writes of the same batch)."""
-        with self._lock:
-            self._pending.delete_func_jobs(func)
-            if self._idle:
-                self._idle = False
-                self._cond.notify()
-
-    def save_func(self, func: bytes) -> None:
-        """Remember a func (enqueued)."""
-        with self._lock:
-            self._pending.save_func(func)
-            if self._idle:
-                self._idle = False
-                self._cond.notify()
-
-    def delete_func(self, func: bytes) -> None:
-        """Forget a func (enqueued)."""
-        with self._lock:
-            self._pending.delete_func(func)
-            if self._idle:
-                self._idle = False
-                self._cond.notify()
-
-    def save_config(self, key: str, value: int) -> None:
-        """Persist a config value (enqueued)."""
-        with self._lock:
-            self._pending.save_config(key, value)
-            if self._idle:
-                self._idle = False
-                self._cond.notify()
-
-    def on_durable(self, callback: Callback) -> None:
-        """Call ``callback(error)`` after the commit of everything written so
-        far (from the writer thread), or at once when nothing is outstanding.
-        Callbacks fire in registration order."""
-        with self._lock:
-            batch = self._pending
-            now = (
-                not batch.writes
-                and not batch.callbacks
-                and self._inflight is None
-                and self._retained is None
-            )
-            if not now:
-                batch.callbacks.append(callback)
-                if self._idle:
-                    self._idle = False
-                    self._cond.notify()
-        if now:
-            callback(None)
-
-    def flush(self, timeout: float | None = None) -> None:
-        """Block until everything written so far is committed; raise the
-        commit error (or :class:`TimeoutError` after ``timeout`` seconds)."""
-        self._check_open()
-        self._flush(timeout)
-
-    def _flush(self, timeout: float | None) -> None:
-        done = threading.Event()
-        box: list[BaseException | None] = []
-
-        def cb(error: BaseException | None) -> None:
-            box.append(error)
-            done.set()
-
-        self.on_durable(cb)
-        if not done.wait(timeout):
-            raise TimeoutError(
-                f"SQLite store {self.path}: no commit within {timeout} s"
-            )
-        if box[0] is not None:
-            raise box[0]
-
-    def metrics(self) -> dict[str, float]:
-        """Counters for monitoring: ``commits``, ``rows`` (net rows written),
-        ``commit_seconds_sum``, ``last_commit_seconds``, ``errors`` (failed
-        commit attempts), ``pending`` (writes not yet committed) and
-        ``healthy`` (1 when the last commit attempt succeeded)."""
-        with self._lock:
-            pending = self._pending.writes
-            if self._inflight is not None:
-                pending += self._inflight.writes
-            if self._retained is not None:
-                pending += self._retained.writes
-        return {
-            "commits": float(self._commits),
-            "rows": float(self._rows),
-            "commit_seconds_sum": self._commit_seconds,
-            "last_commit_seconds": self._last_commit_seconds,
-            "errors": float(self._errors),
-            "pending": float(pending),
-            "healthy": 1.0 if self._healthy else 0.0,
-        }
-
-    def close(self) -> None:
-        """Commit what is pending (waiting at most ``close_timeout``), stop
-        the writer and close the file.  Raises the commit error when the last
-        commit failed (those writes are lost with the process).  Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        error: BaseException | None = None
-        try:
-            self._flush(self.close_timeout)
-        except Exception as exc:
-            error = exc
-            log.error(
-                "SQLite store %s closed with uncommitted writes: %s", self.path, exc
-            )
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._thread.join(self.close_timeout)
-        with self._db_lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-        if error is not None:
-            raise error
-
-    @property
-    def closed(self) -> bool:
-        """True after :meth:`close`."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"SQLite store {self.path} is closed")
 
 
 @contextlib.contextmanager
