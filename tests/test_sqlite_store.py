@@ -215,7 +215,7 @@ def test_durability_modes(db: Path, mode: str, level: int) -> None:
     again = SqliteStore(db, durability="strict" if mode == "relaxed" else "relaxed")
     try:
         assert list(again.load().jobs) == [
-            (Job(b"f", b"a", b"w", 2**40, 3, 7), JobState.RUNNING)
+            (Job(b"f", b"a", b"w", 2**40, 3, 7), JobState.PENDING)
         ]
     finally:
         again.close()

@@ -8,7 +8,13 @@ coalescing rules of both stores live here:
   a delete, a delete followed by ``set_state`` stays a delete (the row is gone);
 * ``delete_func_jobs(f)`` forgets the batch's earlier changes to jobs of ``f``
   and is applied before the batch's job changes (which all came after it);
-* funcs and config values: the last write wins.
+* funcs and config values: the last write wins;
+* running and locked are stored as pending.  Start-up turns every running
+  and locked job back to pending (protocol.md 4.16), so on disk the three are
+  the same; the dispatch of a job (pending -> running) and a lock wait then
+  write nothing, which spares a statement per job and often a whole commit.
+  A change *to* pending is still written: a row of an older file may hold
+  another state.
 
 A commit applies, in this order: ``dropped`` (delete every job of those
 funcs), then ``jobs`` (its keys are unique, so their order does not matter),
@@ -22,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..job import Job
+from ..job import Job, JobState
 
 __all__ = ["DELETE", "Batch", "Callback"]
 
@@ -32,6 +38,8 @@ Callback = Callable[[BaseException | None], None]
 #: job op markers in :attr:`Batch.jobs`: a ``(job, state)`` tuple is a save,
 #: an ``int`` a state change, ``DELETE`` a delete
 DELETE = None
+
+_PENDING = int(JobState.PENDING)
 
 
 class Batch:
@@ -56,14 +64,20 @@ class Batch:
         return not self.writes
 
     def save_job(self, job: Job, state: int) -> None:
-        """Insert or replace ``(job.func, job.name)``."""
-        self.jobs[(job.func, job.name)] = (job, int(state))
+        """Insert or replace ``(job.func, job.name)``, as pending whatever
+        ``state`` says (see the module doc)."""
+        self.jobs[(job.func, job.name)] = (job, _PENDING)
         self.writes += 1
 
     def set_state(self, func: bytes, name: bytes, state: int) -> None:
-        """Change a job's state (a no-op in the database for a missing job)."""
-        self._set_state((func, name), int(state))
-        self.writes += 1
+        """Change a job's state (a no-op in the database for a missing job).
+
+        Only a change to pending is recorded: running and locked are stored
+        as pending (see the module doc), so such a change writes nothing,
+        and an empty batch needs no commit."""
+        if state == _PENDING:
+            self._set_state((func, name), _PENDING)
+            self.writes += 1
 
     def _set_state(self, key: tuple[bytes, bytes], state: int) -> None:
         jobs = self.jobs
