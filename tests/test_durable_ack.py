@@ -155,33 +155,119 @@ def test_turns_release_in_order(run: Runner[None]) -> None:
     run(main())
 
 
-def test_job_assign_waits_for_the_submit_commit(run: Runner[None]) -> None:
+async def _idle_worker(store: GateStore, address: str, grabs: int = 1) -> Raw:
+    """A worker of func ``f`` with ``grabs`` grab slots (msgids 2, 3, ...),
+    every setup reply received."""
+    worker = await _registered(store, address, ClientType.WORKER)
+    worker.send(codec.encode_request(1, Command.CAN_DO, b"\x01f"))
+    for msgid in range(2, 2 + grabs):
+        worker.send(codec.encode_request(msgid, Command.GRAB_JOB))
+    for _ in range(1 + grabs):  # the CAN_DO and GRAB_JOB replies
+        assert (await _open_until(store, worker)).command == Command.SUCCESS
+    return worker
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_job_assign_leaves_before_the_submit_commit(
+    run: Runner[None], fail: bool
+) -> None:
+    """A JOB_ASSIGN is a push, not a confirmation: it leaves at once, while
+    the SUBMIT's SUCCESS waits for the commit.  The worker's WORK_DONE reply
+    waits for a later barrier, so it never arrives before the SUBMIT's
+    verdict; a failed commit refuses both (and the store converges on the
+    retry: the job is gone, as the scheduler has it)."""
+
+    async def main() -> None:
+        store = GateStore()
+        async with running_server(store=store) as srv:
+            worker = await _idle_worker(store, pick(srv, "tcp"))
+            client = await _registered(store, pick(srv, "tcp"), ClientType.CLIENT)
+            job = Job(b"f", b"now", b"", 0)
+            client.send(
+                codec.encode_request(3, Command.SUBMIT_JOB, codec.encode_job(job))
+            )
+            assign = await asyncio.wait_for(worker.recv(), 5)  # gate still shut
+            assert (assign.msgid, assign.command) == (2, Command.JOB_ASSIGN)
+            assert codec.decode_job(assign.payload).name == b"now"
+            await _nothing(client)  # the SUBMIT is not committed yet
+            flen = assign.payload[0]
+            handle = assign.payload[: 2 + flen + assign.payload[1 + flen]]
+            worker.send(codec.encode_request(2, Command.JOB_ASSIGNED))
+            worker.send(codec.encode_request(9, Command.WORK_DONE, handle))
+            await _nothing(worker)  # the done is held like any reply
+            await _nothing(client)
+            store.open(OSError(5, "I/O error") if fail else None)
+            verdict = Command.NO_WORKER if fail else Command.SUCCESS
+            assert (await client.recv()).command == verdict
+            assert (await _open_until(store, worker)).command == verdict
+            assert not srv.scheduler.jobs()  # done: gone, as in the store
+            assert not list(store.load().jobs)
+            await worker.close()
+            await client.close()
+
+    run(main())
+
+
+def test_grab_output_leaves_before_the_commit(run: Runner[None]) -> None:
+    """A GRAB_JOB confirms no stored change: its SUCCESS and the JOB_ASSIGN
+    of a job that is ready (its SUBMIT not committed yet) leave at once."""
+
     async def main() -> None:
         store = GateStore()
         async with running_server(store=store) as srv:
             worker = await _registered(store, pick(srv, "tcp"), ClientType.WORKER)
             worker.send(codec.encode_request(1, Command.CAN_DO, b"\x01f"))
-            worker.send(codec.encode_request(2, Command.GRAB_JOB))
-            client = await _registered(store, pick(srv, "tcp"), ClientType.CLIENT)
-            store.open()
-            await asyncio.sleep(0.05)
-            store.open()
-            while worker.packets or not worker.reader.at_eof():
-                try:
-                    await asyncio.wait_for(worker.recv(), 0.05)
-                except asyncio.TimeoutError:
-                    break
-            job = Job(b"f", b"now", b"", 0)
+            assert (await _open_until(store, worker)).command == Command.SUCCESS
+            client = await _registered(store, pick(srv, "unix"), ClientType.CLIENT)
+            ready = Job(b"f", b"ready", b"", 0)
             client.send(
-                codec.encode_request(3, Command.SUBMIT_JOB, codec.encode_job(job))
+                codec.encode_request(3, Command.SUBMIT_JOB, codec.encode_job(ready))
             )
-            await _nothing(worker)  # dispatched in memory, not yet on the wire
-            await _nothing(client)
+            await _nothing(client)  # held: the gate is shut
+            worker.send(codec.encode_request(6, Command.GRAB_JOB))
+            got = [await asyncio.wait_for(worker.recv(), 5) for _ in range(2)]
+            assert [(p.msgid, p.command) for p in got] == [
+                (6, Command.SUCCESS),
+                (6, Command.JOB_ASSIGN),
+            ]
             store.open()
-            assign = await worker.recv()
-            assert assign.command == Command.JOB_ASSIGN
-            assert codec.decode_job(assign.payload).name == b"now"
             assert (await client.recv()).command == Command.SUCCESS
+            await worker.close()
+            await client.close()
+
+    run(main())
+
+
+def test_job_assign_never_overtakes_a_held_reply(run: Runner[None]) -> None:
+    """A JOB_ASSIGN behind a held frame of the same connection (here the
+    reply to WORK_DONE, in the same write as the GRAB_JOB) waits with it:
+    a connection's frames keep their order."""
+
+    async def main() -> None:
+        store = GateStore()
+        async with running_server(store=store) as srv:
+            client = await _registered(store, pick(srv, "unix"), ClientType.CLIENT)
+            ready = Job(b"f", b"ready", b"", 0)  # due now, no worker yet
+            client.send(
+                codec.encode_request(3, Command.SUBMIT_JOB, codec.encode_job(ready))
+            )
+            assert (await _open_until(store, client)).command == Command.SUCCESS
+            worker = await _registered(store, pick(srv, "tcp"), ClientType.WORKER)
+            worker.send(codec.encode_request(1, Command.CAN_DO, b"\x01f"))
+            assert (await _open_until(store, worker)).command == Command.SUCCESS
+            unknown = b"\x01f\x07missing"  # WORK_DONE of no job: SUCCESS
+            worker.send(
+                codec.encode_request(5, Command.WORK_DONE, unknown)
+                + codec.encode_request(6, Command.GRAB_JOB)
+            )
+            await _nothing(worker)  # the assignment waits behind the reply
+            got = [await _open_until(store, worker)]
+            got += [await asyncio.wait_for(worker.recv(), 5) for _ in range(2)]
+            assert [(p.msgid, p.command) for p in got] == [
+                (5, Command.SUCCESS),  # WORK_DONE
+                (6, Command.SUCCESS),  # GRAB_JOB
+                (6, Command.JOB_ASSIGN),
+            ]
             await worker.close()
             await client.close()
 

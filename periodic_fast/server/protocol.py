@@ -74,6 +74,8 @@ WRITE_LOW_WATER = 256 * 1024
 _MAGICS = (MAGIC_REQUEST, MAGIC_RESPONSE)
 _SUCCESS = int(Command.SUCCESS)
 _NO_WORKER = int(Command.NO_WORKER)
+_JOB_ASSIGN = int(Command.JOB_ASSIGN)
+_GRAB_JOB = int(Command.GRAB_JOB)
 _U32 = struct.Struct(">I")
 _U32_MASK = 0xFFFFFFFF
 # pause/resume_reading may raise on transports that are closing (uvloop) or
@@ -211,6 +213,14 @@ class Hub:
         With a deferred store the frames of this loop turn are held instead,
         behind one ``store.on_durable`` barrier: they leave when everything
         the scheduler wrote so far is committed (see :meth:`_durable`).
+        The exception: the head of a connection's output that confirms no
+        state change (:attr:`ServerProtocol.free_output`: JOB_ASSIGN pushes
+        and the output of GRAB_JOB) while none of its frames is held.  After
+        a crash a dispatched job only comes back pending and runs again, so
+        a JOB_ASSIGN leaves at once, without waiting for the commit of its
+        SUBMIT; a connection's frames still never overtake each other.  The
+        reply to the worker's later WORK_DONE is held behind a later barrier,
+        which fires after the SUBMIT's.
         """
         self._flush_scheduled = False
         dirty = self._dirty
@@ -222,9 +232,20 @@ class Hub:
             return
         held: list[tuple[ServerProtocol, list[bytes]]] = []
         for proto in dirty:
+            free = proto.free_output
             frames = proto.take_output()
-            if frames:
-                held.append((proto, frames))
+            if not frames:
+                continue
+            if free and not proto.held_turns:
+                # the head of the output confirms no state change (see
+                # ServerProtocol.free_output) and nothing of this connection
+                # is held before it: it need not wait for the commit
+                if not proto.write_free(frames[:free]):
+                    continue  # dropped: the rest is moot
+                frames = frames[free:]
+                if not frames:
+                    continue
+            held.append((proto, frames))
         if held:
             self.hold(held)
 
@@ -291,6 +312,15 @@ class _HeldTurn:
         self.error: BaseException | None = None
 
 
+def _is_push(frame: bytes) -> bool:
+    """True when ``frame`` is exactly one JOB_ASSIGN frame."""
+    return (
+        len(frame) > 16
+        and frame[16] == _JOB_ASSIGN
+        and _U32.unpack_from(frame, 4)[0] + 12 == len(frame)
+    )
+
+
 def _refuse_successes(chunk: bytes) -> bytes:
     """Rewrite every SUCCESS frame in ``chunk`` as NO_WORKER (same msgid).
 
@@ -326,6 +356,8 @@ class ServerProtocol(asyncio.Protocol):
         "_close_when_released",
         "_closing",
         "_conn_id",
+        "_free",
+        "_grabbing",
         "_head",
         "_held_bytes",
         "_held_turns",
@@ -345,6 +377,10 @@ class ServerProtocol(asyncio.Protocol):
         self._parser: Parser | None = None
         self._head = b""  # first bytes, until the sniff decides
         self._out: list[bytes] = []
+        # leading frames of _out that confirm no state change, and whether
+        # the frames queued now do not (the output of a GRAB_JOB)
+        self._free = 0
+        self._grabbing = False
         self._conn_id: int | None = None
         self._closing = False
         self._write_paused = False
@@ -422,6 +458,7 @@ class ServerProtocol(asyncio.Protocol):
         if not self._closing:
             self._closing = True
             self._out.clear()
+            self._free = 0
             self._cancel_timer()
             self._release(defer=False)
         self._hub.protocols.discard(self)
@@ -501,17 +538,23 @@ class ServerProtocol(asyncio.Protocol):
                     return
                 continue
             assert msgid is not None  # only the registration frame has none
+            command = packet.command
+            # GRAB_JOB changes nothing durable (a grab slot, and a dispatch:
+            # a running job is stored as pending): its output is free
+            self._grabbing = command == _GRAB_JOB
             try:
-                scheduler.handle(cid, msgid, packet.command, packet.payload, now)
+                scheduler.handle(cid, msgid, command, packet.payload, now)
             except ProtocolError as exc:
                 self.drop(f"malformed payload: {exc.__class__.__name__}: {exc}")
                 return
             except Exception:
                 log.exception(
-                    "%s: internal error handling command %s", self._peer, packet.command
+                    "%s: internal error handling command %s", self._peer, command
                 )
                 self.drop("internal error")
                 return
+            finally:
+                self._grabbing = False
 
     def _register(self, client_type: int, payload: bytes, now: float) -> int | None:
         self._cancel_timer()
@@ -565,7 +608,17 @@ class ServerProtocol(asyncio.Protocol):
         out = self._out
         if not out:
             self._hub.mark_dirty(self)
+        if self._free == len(out) and (self._grabbing or _is_push(frame)):
+            self._free += 1
         out.append(frame)
+
+    @property
+    def free_output(self) -> int:
+        """How many of the pending frames, from the first, confirm no state
+        change, so that a crash before the commit breaks no promise: a
+        JOB_ASSIGN push (a job whose assignment is lost runs again) and the
+        output of a GRAB_JOB (its SUCCESS and the JOB_ASSIGN it may cause)."""
+        return self._free
 
     def take_output(self) -> list[bytes]:
         """Hand over the pending frames (the hub holds them for durability)."""
@@ -573,7 +626,22 @@ class ServerProtocol(asyncio.Protocol):
         if not out or self._closing:
             return []
         self._out = []
+        self._free = 0
         return out
+
+    def write_free(self, frames: list[bytes]) -> bool:
+        """Write ``frames`` (output that needs no commit) now, ahead of the
+        turn's held output; the caller checked nothing of this connection
+        is held before them.  False when the connection is gone or was
+        dropped for not reading its output."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() > self._hub.max_output:
+            self.drop("peer does not read its output", abort=True)
+            return False
+        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        return True
 
     def held_add(self, frames: list[bytes]) -> None:
         """``frames`` now wait for a barrier: count them for flow control."""
@@ -614,6 +682,7 @@ class ServerProtocol(asyncio.Protocol):
         if not out or self._closing:
             return
         self._out = []
+        self._free = 0
         transport = self._transport
         assert transport is not None
         if transport.get_write_buffer_size() > self._hub.max_output:
@@ -668,6 +737,7 @@ class ServerProtocol(asyncio.Protocol):
         out = self._out
         self._closing = True
         self._out = []
+        self._free = 0
         self._cancel_timer()
         if transport is not None and not abort:
             # send what is queued, unless the peer already sits on too much

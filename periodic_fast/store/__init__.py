@@ -8,16 +8,21 @@ Contract (every implementation, present and future):
 
 * **Load once.**  :meth:`Store.load` is called once, at start-up, before any
   write.  The scheduler resets running/locked jobs to pending itself (and
-  writes that back with :meth:`Store.set_state`).
+  writes that back with :meth:`Store.set_state`).  So a store need not keep
+  the running and locked states: the durable stores (SQLite, PostgreSQL)
+  store them as pending, which spares a write per dispatched job (a change
+  to running or locked writes nothing); the memory store keeps them.
 * **Writes are enqueued, not awaited.**  Every mutating method is called on the
   event loop, must be cheap and must not block on I/O.  A durable store appends
   the change to an in-memory batch (coalescing by key is allowed: the last
   write of a key wins) that a writer thread commits in groups.  Writes must be
   applied in call order per key.
 * **Durability barrier.**  :meth:`Store.on_durable` registers a callback for
-  "everything written so far is committed"; the server holds every reply (and
-  every push) of a loop turn until the barrier registered after that turn
-  fires, so nothing a peer sees is ever ahead of the disk.  Callbacks fire in
+  "everything written so far is committed"; the server holds every reply of
+  a loop turn until the barrier registered after that turn fires, so no
+  confirmation a peer sees is ever ahead of the disk.  (Only output that
+  confirms nothing stored leaves at once: JOB_ASSIGN pushes and the output
+  of GRAB_JOB at the head of a connection's output; server/protocol.py.)  Callbacks fire in
   registration order, exactly once each, with ``None`` on success or the
   exception when the commit covering them failed (the server then turns the
   held SUCCESS replies into NO_WORKER, the protocol's generic refusal).  A
