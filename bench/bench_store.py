@@ -32,6 +32,11 @@ reason when the binaries are missing).  Add one by adding an entry to
 :data:`STORES`: a name -> factory(tmpdir) returning the server's extra
 arguments (``-p URI``, ``--durability ...``) and a cleanup callable.
 
+``--baseline DIR`` runs every store a second time on the ``periodic_fast``
+of another checkout (``DIR``, e.g. ``/work/main``: its servers get
+``PYTHONPATH=DIR``), as ``NAME@base``, in the same rounds, so a change is
+measured side by side with what it changes (``*_vs_base`` in the summary).
+
 Example::
 
     .venv/bin/python bench/bench_store.py --rounds 3 --json stores.json
@@ -122,6 +127,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--startup-rounds", type=int, default=3)
     p.add_argument("--tmp", default="", help="directory for the database files")
     p.add_argument("--json", default="", help="write the report here")
+    p.add_argument(
+        "--baseline",
+        default="",
+        help="checkout whose periodic_fast also serves each store, as NAME@base",
+    )
     return p.parse_args(argv)
 
 
@@ -153,6 +163,19 @@ def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _check_code(proc: ServerProcess, where: str | None) -> None:
+    """With ``where``: the server's compiled modules come from that checkout
+    (a baseline run must not measure this checkout's code by mistake)."""
+    if not where or proc.pid is None:
+        return
+    with open(f"/proc/{proc.pid}/maps") as f:
+        libs = {line.split()[-1] for line in f if "periodic_fast" in line}
+    libs = {lib for lib in libs if lib.endswith(".so")}
+    wrong = [lib for lib in libs if not lib.startswith(where + os.sep)]
+    if wrong:
+        raise RuntimeError(f"baseline server runs {wrong[0]}, not code from {where}")
 
 
 # -- scenarios -----------------------------------------------------------------
@@ -255,24 +278,38 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, ServerProcess] = {}
     cleanups: list[Callable[[], None]] = []
     store_args: dict[str, list[str]] = {}
+    store_env: dict[str, dict[str, str]] = {}
+    variants = [(n, "") for n in names]
+    if args.baseline:
+        base = os.path.abspath(args.baseline)
+        report["baseline"] = base
+        # ``python -m`` puts the working directory first on sys.path: out of
+        # any checkout, so PYTHONPATH decides which periodic_fast a server runs
+        os.chdir(tmp)
+        variants += [(f"{n}@base", base) for n in names]
     try:
-        for name in names:
+        for name, base in variants:
             try:
-                extra, cleanup = STORES[name](tmp)
+                extra, cleanup = STORES[name.removesuffix("@base")](tmp)
             except Exception as exc:  # e.g. no PostgreSQL binaries
                 report["skipped"][name] = str(exc)
                 print(f"# {name}: skipped ({exc})", flush=True)
                 continue
             cleanups.append(cleanup)
             store_args[name] = extra
+            store_env[name] = {"PYTHONPATH": base} if base else {}
             report["stores"][name] = {"args": extra}
-        live = list(store_args)
+        # interleaved: a store and its baseline one after the other
+        live = sorted(store_args, key=lambda n: names.index(n.removesuffix("@base")))
         e2e_scen = [s for s in scenarios if s in ("submit", "lifecycle")]
         if e2e_scen or "dumpload" in scenarios:
             for name in live:
                 servers[name] = ServerProcess(
-                    [*store_args[name], "--log", "warning"], start_timeout=300
+                    [*store_args[name], "--log", "warning"],
+                    env=store_env[name],
+                    start_timeout=300,
                 ).start()
+                _check_code(servers[name], store_env[name].get("PYTHONPATH"))
             ns = _e2e_args(args)
             for scen in e2e_scen:  # warm-up, unmeasured
                 for name in live:
@@ -297,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         if "startup" in scenarios:
             for size in [int(s) for s in args.startup_sizes.split(",") if s]:
                 for name in live:
-                    if name == "memory":
-                        continue  # nothing survives a restart
+                    if name == "memory" or name.endswith("@base"):
+                        continue  # nothing survives a restart / e2e only
                     extra, cleanup = STORES[name](tmp)
                     cleanups.append(cleanup)
                     t0 = time.perf_counter()
@@ -347,11 +384,18 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
                 for size, r in data["startup"].items()
             }
         out[name] = row
-    base = out.get("memory", {})
-    for row in out.values():
+    for name, row in out.items():
+        suffix = "@base" if name.endswith("@base") else ""
+        memory = out.get("memory" + suffix, {})
+        before = {} if suffix else out.get(name + "@base", {})
         for key in ("submits_per_s", "lifecycles_per_s"):
-            if key in row and base.get(key):
-                row[key + "_vs_memory"] = round(row[key] / base[key], 3)
+            if key in row and memory.get(key):
+                row[key + "_vs_memory"] = round(row[key] / memory[key], 3)
+            if key in row and before.get(key):
+                row[key + "_vs_base"] = round(row[key] / before[key], 3)
+                # per round: the two ran one after the other
+                pairs = zip(row[key + "_all"], before[key + "_all"], strict=True)
+                row[key + "_vs_base_rounds"] = [round(a / b, 2) for a, b in pairs if b]
     return out
 
 
