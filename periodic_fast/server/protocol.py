@@ -539,8 +539,9 @@ class ServerProtocol(asyncio.Protocol):
                 continue
             assert msgid is not None  # only the registration frame has none
             command = packet.command
-            # GRAB_JOB changes nothing durable (a grab slot, and a dispatch:
-            # a running job is stored as pending): its output is free
+            # GRAB_JOB confirms nothing stored (a grab slot, and maybe a
+            # dispatch, which a crash turns back into a pending job): its
+            # output is free
             self._grabbing = command == _GRAB_JOB
             try:
                 scheduler.handle(cid, msgid, command, packet.payload, now)
