@@ -22,14 +22,14 @@ Contract (every implementation, present and future):
   a loop turn until the barrier registered after that turn fires, so no
   confirmation a peer sees is ever ahead of the disk.  (Only output that
   confirms nothing stored leaves at once: JOB_ASSIGN pushes and the output
-  of GRAB_JOB at the head of a connection's output; server/protocol.py.)  Callbacks fire in
-  registration order, exactly once each, with ``None`` on success or the
-  exception when the commit covering them failed (the server then turns the
-  held SUCCESS replies into NO_WORKER, the protocol's generic refusal).  A
-  failed batch is *not* forgotten: the store keeps it and retries it with the
-  next commit, so memory and disk converge once the disk recovers; a failed
-  fsync is never treated as done.  :meth:`Store.flush` is the blocking form
-  (shutdown, tests) and raises the commit error.
+  of GRAB_JOB at the head of a connection's output; server/protocol.py.)
+  Callbacks fire in registration order, exactly once each, with ``None`` on
+  success or the exception when the commit covering them failed (the server
+  then turns the held SUCCESS replies into NO_WORKER, the protocol's generic
+  refusal).  A failed batch is *not* forgotten: the store keeps it and
+  retries it with the next commit, so memory and disk converge once the disk
+  recovers; a failed fsync is never treated as done.  :meth:`Store.flush` is
+  the blocking form (shutdown, tests) and raises the commit error.
 * **Deferred or immediate.**  ``Store.deferred`` is True for a store whose
   writes become durable later (SQLite, PostgreSQL): the server holds output
   behind :meth:`Store.on_durable`.  The memory store is immediate
