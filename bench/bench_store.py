@@ -35,7 +35,8 @@ arguments (``-p URI``, ``--durability ...``) and a cleanup callable.
 ``--baseline DIR`` runs every store a second time on the ``periodic_fast``
 of another checkout (``DIR``, e.g. ``/work/main``: its servers get
 ``PYTHONPATH=DIR``), as ``NAME@base``, in the same rounds, so a change is
-measured side by side with what it changes (``*_vs_base`` in the summary).
+measured side by side with what it changes (``*_vs_base`` in the summary;
+the two take turns at running first).
 
 Example::
 
@@ -315,8 +316,16 @@ def main(argv: list[str] | None = None) -> int:
                 for name in live:
                     e2e.run_once(ns, servers[name].address, scen, "warm", 10_000)
             for rnd in range(args.rounds):
+                # a store and its baseline take turns at going first
+                order = sorted(
+                    live,
+                    key=lambda n: (
+                        names.index(n.removesuffix("@base")),
+                        n.endswith("@base") == (rnd % 2 == 0),
+                    ),
+                )
                 for scen in e2e_scen:
-                    for name in live:
+                    for name in order:
                         r = e2e.run_once(
                             ns, servers[name].address, scen, str(rnd), args.jobs
                         )
