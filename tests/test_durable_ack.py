@@ -238,36 +238,79 @@ def test_grab_output_leaves_before_the_commit(run: Runner[None]) -> None:
     run(main())
 
 
-def test_job_assign_never_overtakes_a_held_reply(run: Runner[None]) -> None:
-    """A JOB_ASSIGN behind a held frame of the same connection (here the
-    reply to WORK_DONE, in the same write as the GRAB_JOB) waits with it:
-    a connection's frames keep their order."""
+async def _ready_job_and_worker(store: GateStore, srv: object) -> tuple[Raw, Raw]:
+    """A committed job of ``f`` due now, then a worker of ``f`` (no grab
+    slot yet) with every setup reply received: nothing of it is held."""
+    client = await _registered(store, pick(srv, "unix"), ClientType.CLIENT)
+    ready = Job(b"f", b"ready", b"", 0)  # due now, no worker yet
+    client.send(codec.encode_request(3, Command.SUBMIT_JOB, codec.encode_job(ready)))
+    assert (await _open_until(store, client)).command == Command.SUCCESS
+    worker = await _registered(store, pick(srv, "tcp"), ClientType.WORKER)
+    worker.send(codec.encode_request(1, Command.CAN_DO, b"\x01f"))
+    assert (await _open_until(store, worker)).command == Command.SUCCESS
+    return client, worker
+
+
+def test_job_assign_overtakes_a_held_reply(run: Runner[None]) -> None:
+    """A JOB_ASSIGN (and the GRAB_JOB reply) queued behind a held reply of
+    the same connection (here the reply to WORK_DONE, sent in one write
+    with the GRAB_JOB) leaves at once: they confirm nothing stored, and
+    peers match replies by msgid.  The held reply follows the commit."""
 
     async def main() -> None:
         store = GateStore()
         async with running_server(store=store) as srv:
-            client = await _registered(store, pick(srv, "unix"), ClientType.CLIENT)
-            ready = Job(b"f", b"ready", b"", 0)  # due now, no worker yet
-            client.send(
-                codec.encode_request(3, Command.SUBMIT_JOB, codec.encode_job(ready))
-            )
-            assert (await _open_until(store, client)).command == Command.SUCCESS
-            worker = await _registered(store, pick(srv, "tcp"), ClientType.WORKER)
-            worker.send(codec.encode_request(1, Command.CAN_DO, b"\x01f"))
-            assert (await _open_until(store, worker)).command == Command.SUCCESS
+            client, worker = await _ready_job_and_worker(store, srv)
             unknown = b"\x01f\x07missing"  # WORK_DONE of no job: SUCCESS
             worker.send(
                 codec.encode_request(5, Command.WORK_DONE, unknown)
                 + codec.encode_request(6, Command.GRAB_JOB)
             )
-            await _nothing(worker)  # the assignment waits behind the reply
-            got = [await _open_until(store, worker)]
-            got += [await asyncio.wait_for(worker.recv(), 5) for _ in range(2)]
+            got = [await asyncio.wait_for(worker.recv(), 5) for _ in range(2)]
             assert [(p.msgid, p.command) for p in got] == [
-                (5, Command.SUCCESS),  # WORK_DONE
                 (6, Command.SUCCESS),  # GRAB_JOB
                 (6, Command.JOB_ASSIGN),
             ]
+            await _nothing(worker)  # the WORK_DONE reply waits for the commit
+            reply = await _open_until(store, worker)
+            assert (reply.msgid, reply.command) == (5, Command.SUCCESS)
+            await worker.close()
+            await client.close()
+
+    run(main())
+
+
+def test_slow_commit_does_not_close_a_confirming_worker(run: Runner[None]) -> None:
+    """A commit slower than assign-wait must not look like a worker that
+    never confirms: its JOB_ASSIGN is not held behind the commit, so the
+    worker confirms in time and keeps its job and its connection (under
+    load, PostgreSQL commits of over 2 s used to close healthy workers)."""
+
+    async def main() -> None:
+        store = GateStore()
+        async with running_server(store=store, config={"assign-wait": 1}) as srv:
+            client, worker = await _ready_job_and_worker(store, srv)
+            # a held reply first, then the grab; the gate stays shut
+            unknown = b"\x01f\x07missing"
+            worker.send(
+                codec.encode_request(5, Command.WORK_DONE, unknown)
+                + codec.encode_request(6, Command.GRAB_JOB)
+            )
+            got = [await asyncio.wait_for(worker.recv(), 5) for _ in range(2)]
+            assign = got[1]
+            assert (assign.msgid, assign.command) == (6, Command.JOB_ASSIGN)
+            worker.send(codec.encode_request(6, Command.JOB_ASSIGNED))
+            await asyncio.sleep(1.6)  # the commit takes longer than assign-wait
+            assert store.pending() >= 1  # still not committed
+            flen = assign.payload[0]
+            handle = assign.payload[: 2 + flen + assign.payload[1 + flen]]
+            worker.send(codec.encode_request(7, Command.WORK_DONE, handle))
+            got = [await _open_until(store, worker) for _ in range(2)]
+            assert [(p.msgid, p.command) for p in got] == [
+                (5, Command.SUCCESS),
+                (7, Command.SUCCESS),
+            ]
+            assert not srv.scheduler.jobs()  # done by the same worker
             await worker.close()
             await client.close()
 

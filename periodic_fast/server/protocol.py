@@ -213,14 +213,16 @@ class Hub:
         With a deferred store the frames of this loop turn are held instead,
         behind one ``store.on_durable`` barrier: they leave when everything
         the scheduler wrote so far is committed (see :meth:`_durable`).
-        The exception: the head of a connection's output that confirms no
-        state change (:attr:`ServerProtocol.free_output`: JOB_ASSIGN pushes
-        and the output of GRAB_JOB) while none of its frames is held.  After
-        a crash a dispatched job only comes back pending and runs again, so
-        a JOB_ASSIGN leaves at once, without waiting for the commit of its
-        SUBMIT; a connection's frames still never overtake each other.  The
-        reply to the worker's later WORK_DONE is held behind a later barrier,
-        which fires after the SUBMIT's.
+        The exception is output that confirms no state change
+        (:meth:`ServerProtocol.take_output`: JOB_ASSIGN pushes and the
+        output of GRAB_JOB).  After a crash a dispatched job only comes back
+        pending and runs again, so such frames leave at once, ahead of any
+        held reply of their connection: a worker gets its next job while the
+        commit of its last WORK_DONE is still on its way.  Replies match by
+        msgid, never by order (protocol.md 1.5), and held replies keep their
+        order among themselves: a worker's WORK_DONE reply waits behind a
+        later barrier than the SUBMIT of that job, so it never arrives
+        first.
         """
         self._flush_scheduled = False
         dirty = self._dirty
@@ -232,20 +234,11 @@ class Hub:
             return
         held: list[tuple[ServerProtocol, list[bytes]]] = []
         for proto in dirty:
-            free = proto.free_output
-            frames = proto.take_output()
-            if not frames:
-                continue
-            if free and not proto.held_turns:
-                # the head of the output confirms no state change (see
-                # ServerProtocol.free_output) and nothing of this connection
-                # is held before it: it need not wait for the commit
-                if not proto.write_free(frames[:free]):
-                    continue  # dropped: the rest is moot
-                frames = frames[free:]
-                if not frames:
-                    continue
-            held.append((proto, frames))
+            free, frames = proto.take_output()
+            if free and not proto.write_free(free):
+                continue  # dropped: the rest is moot
+            if frames:
+                held.append((proto, frames))
         if held:
             self.hold(held)
 
@@ -272,6 +265,11 @@ class Hub:
         """True while output waits for a durability barrier."""
         return bool(self._held)
 
+    @property
+    def deferred(self) -> bool:
+        """True when output waits for the store's commits (a durable store)."""
+        return self._store is not None
+
     def _durable(self, turn: _HeldTurn, error: BaseException | None) -> None:
         # called by the store: on its writer thread, or synchronously here
         if threading.get_ident() == self._loop_thread:
@@ -282,7 +280,7 @@ class Hub:
 
     def _release(self, turn: _HeldTurn, error: BaseException | None) -> None:
         """Mark ``turn`` durable (or failed); write every finished turn in
-        order, so a connection's frames never overtake each other."""
+        order, so held replies never overtake each other."""
         turn.done = True
         turn.error = error
         if error is not None:
@@ -356,7 +354,8 @@ class ServerProtocol(asyncio.Protocol):
         "_close_when_released",
         "_closing",
         "_conn_id",
-        "_free",
+        "_deferred",
+        "_free_out",
         "_grabbing",
         "_head",
         "_held_bytes",
@@ -377,9 +376,11 @@ class ServerProtocol(asyncio.Protocol):
         self._parser: Parser | None = None
         self._head = b""  # first bytes, until the sniff decides
         self._out: list[bytes] = []
-        # leading frames of _out that confirm no state change, and whether
-        # the frames queued now do not (the output of a GRAB_JOB)
-        self._free = 0
+        # with a deferred store: frames that confirm no state change, which
+        # need not wait for a commit (JOB_ASSIGN pushes and the output of a
+        # GRAB_JOB, while _grabbing), kept apart from _out
+        self._deferred = hub.deferred
+        self._free_out: list[bytes] = []
         self._grabbing = False
         self._conn_id: int | None = None
         self._closing = False
@@ -458,7 +459,7 @@ class ServerProtocol(asyncio.Protocol):
         if not self._closing:
             self._closing = True
             self._out.clear()
-            self._free = 0
+            self._free_out.clear()
             self._cancel_timer()
             self._release(defer=False)
         self._hub.protocols.discard(self)
@@ -607,34 +608,34 @@ class ServerProtocol(asyncio.Protocol):
         if self._closing:
             return
         out = self._out
-        if not out:
+        free = self._free_out
+        if not out and not free:
             self._hub.mark_dirty(self)
-        if self._free == len(out) and (self._grabbing or _is_push(frame)):
-            self._free += 1
-        out.append(frame)
+        if self._deferred and (self._grabbing or _is_push(frame)):
+            free.append(frame)
+        else:
+            out.append(frame)
 
-    @property
-    def free_output(self) -> int:
-        """How many of the pending frames, from the first, confirm no state
-        change, so that a crash before the commit breaks no promise: a
-        JOB_ASSIGN push (a job whose assignment is lost runs again) and the
-        output of a GRAB_JOB (its SUCCESS and the JOB_ASSIGN it may cause)."""
-        return self._free
+    def take_output(self) -> tuple[list[bytes], list[bytes]]:
+        """Hand over the pending frames as ``(free, held)``.
 
-    def take_output(self) -> list[bytes]:
-        """Hand over the pending frames (the hub holds them for durability)."""
-        out = self._out
-        if not out or self._closing:
-            return []
+        ``free`` confirm no state change, so a crash before the commit breaks
+        no promise: JOB_ASSIGN pushes (a job whose assignment is lost runs
+        again) and the output of a GRAB_JOB (its SUCCESS and the JOB_ASSIGN
+        it may cause).  The hub writes them at once and holds the rest for
+        durability.  Both are empty unless the store is deferred.
+        """
+        if self._closing:
+            return [], []
+        free, out = self._free_out, self._out
+        self._free_out = []
         self._out = []
-        self._free = 0
-        return out
+        return free, out
 
     def write_free(self, frames: list[bytes]) -> bool:
-        """Write ``frames`` (output that needs no commit) now, ahead of the
-        turn's held output; the caller checked nothing of this connection
-        is held before them.  False when the connection is gone or was
-        dropped for not reading its output."""
+        """Write ``frames`` (output that needs no commit) now, ahead of any
+        held output of this connection.  False when the connection is gone
+        or was dropped for not reading its output."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return False
@@ -683,7 +684,6 @@ class ServerProtocol(asyncio.Protocol):
         if not out or self._closing:
             return
         self._out = []
-        self._free = 0
         transport = self._transport
         assert transport is not None
         if transport.get_write_buffer_size() > self._hub.max_output:
@@ -736,21 +736,25 @@ class ServerProtocol(asyncio.Protocol):
     def _shutdown(self, *, abort: bool, defer: bool) -> None:
         transport = self._transport
         out = self._out
+        free = self._free_out
         self._closing = True
         self._out = []
-        self._free = 0
+        self._free_out = []
         self._cancel_timer()
         if transport is not None and not abort:
             # send what is queued, unless the peer already sits on too much
             if transport.get_write_buffer_size() > self._hub.max_output:
                 abort = True
-            elif self._hub.holding_for(self, out):
-                # output still waits for durability: close once it is out
-                self._close_when_released = True
-                self._release(defer=defer)
-                return
-            elif out:
-                transport.write(out[0] if len(out) == 1 else b"".join(out))
+            else:
+                if free:  # needs no commit: ahead of any held output
+                    transport.write(b"".join(free))
+                if self._hub.holding_for(self, out):
+                    # output still waits for durability: close once it is out
+                    self._close_when_released = True
+                    self._release(defer=defer)
+                    return
+                if out:
+                    transport.write(out[0] if len(out) == 1 else b"".join(out))
         if transport is not None:
             if abort:
                 transport.abort()
