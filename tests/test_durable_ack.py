@@ -317,6 +317,32 @@ def test_slow_commit_does_not_close_a_confirming_worker(run: Runner[None]) -> No
     run(main())
 
 
+def test_registration_reply_comes_first(run: Runner[None]) -> None:
+    """A worker that sends its registration, CAN_DO and GRAB_JOB in one
+    write gets the registration reply first: the GRAB_JOB reply may leave
+    before the commit, the connection id may not be overtaken."""
+
+    async def main() -> None:
+        store = GateStore()
+        async with running_server(store=store) as srv:
+            worker = await Raw.open(pick(srv, "tcp"))
+            worker.send(
+                codec.encode_registration(ClientType.WORKER)
+                + codec.encode_request(1, Command.CAN_DO, b"\x01f")
+                + codec.encode_request(2, Command.GRAB_JOB)
+            )
+            first = await asyncio.wait_for(worker.recv(), 5)  # gate shut
+            assert first.msgid is None  # the registration reply
+            grab = await asyncio.wait_for(worker.recv(), 5)
+            assert (grab.msgid, grab.command) == (2, Command.SUCCESS)
+            await _nothing(worker)  # the CAN_DO reply waits for the commit
+            reply = await _open_until(store, worker)
+            assert (reply.msgid, reply.command) == (1, Command.SUCCESS)
+            await worker.close()
+
+    run(main())
+
+
 def test_close_waits_for_held_output(run: Runner[None]) -> None:
     """A connection closed by the server (here: shutdown) still gets the
     replies that were waiting for the commit, and only after it."""

@@ -578,7 +578,16 @@ class ServerProtocol(asyncio.Protocol):
                 return None
         cid = hub.allocate_id(self)
         self._conn_id = cid
-        self._queue(encode_registration_reply(cid))
+        reply = encode_registration_reply(cid)
+        if self._deferred:
+            # it confirms nothing stored, and it must be the peer's first
+            # frame: free output of this same write (a GRAB_JOB right behind
+            # the registration) may not overtake it
+            if not self._out and not self._free_out:
+                hub.mark_dirty(self)
+            self._free_out.append(reply)
+        else:
+            self._queue(reply)
         try:
             hub.scheduler.connect(
                 cid, client_type, identity, self._send, self.close, now
