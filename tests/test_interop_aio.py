@@ -540,6 +540,34 @@ def test_broadcast_reaches_every_worker(loop_kind: str, transport: str) -> None:
     with_server(loop_kind, transport, check_broadcast_reaches_every_worker)
 
 
+DURABLE_CHECKS = [
+    check_submit_then_done,
+    check_sched_later_repeats_with_count,
+    check_fail_then_retry,
+    check_run_job_returns_worker_data,
+    check_remove_job,
+    check_lock_limits_concurrency,
+]
+
+
+@pytest.mark.parametrize("check", DURABLE_CHECKS, ids=lambda c: c.__name__[6:])
+def test_on_the_sqlite_store(
+    loop_kind: str, check: Callable[[str], Awaitable[None]]
+) -> None:
+    """The same scenarios on the default durable store, where replies wait
+    for commits and JOB_ASSIGN / GRAB_JOB output overtakes them: aio's
+    Client and Worker must not mind the order."""
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory(prefix="pf-aio-") as tmp:
+            store = f"file://{tmp}/jobs.db"
+            async with running_server(unix=False, store=store) as srv:
+                (addr,) = srv.addresses
+                await check(addr)
+
+    run_on(loop_kind, main)
+
+
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_worker_survives_server_restart(
     loop_kind: str, server_process: ServerProcess, how: str
