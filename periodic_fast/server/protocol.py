@@ -631,8 +631,9 @@ class ServerProtocol(asyncio.Protocol):
         ``free`` confirm no state change, so a crash before the commit breaks
         no promise: JOB_ASSIGN pushes (a job whose assignment is lost runs
         again) and the output of a GRAB_JOB (its SUCCESS and the JOB_ASSIGN
-        it may cause).  The hub writes them at once and holds the rest for
-        durability.  Both are empty unless the store is deferred.
+        it may cause), and the registration reply.  The hub writes them at
+        once and holds the rest for durability.  ``free`` stays empty unless
+        the store is deferred.
         """
         if self._closing:
             return [], []
