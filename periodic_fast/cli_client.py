@@ -28,7 +28,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
@@ -561,21 +561,7 @@ def run(
     if func is not None or exec_ is not None:
         if func is None or not exec_:
             _die("worker mode needs both -f FUNC and --exec CMD", 2)
-        _exec_worker(
-            ctx,
-            func,
-            exec_,
-            threads=thread,
-            timeout=timeout,
-            no_name=no_name,
-            broadcast=broadcast,
-            retry_secs=retry_secs,
-            skip_fail=skip_fail,
-            lock_name=lock_name,
-            lock_count=lock_count,
-            work_data=work_data,
-            mem_limit=mem_limit,
-        )
+        _exec_worker(ctx, func, exec_, work_data=work_data)
         return
     f = _pick(func_arg, None, "FUNC", ctx)
     n = _pick(name_arg, None, "NAME", ctx)
@@ -605,21 +591,43 @@ def _exec_worker(
     command: str | list[str],
     *,
     pipe: bool = False,
-    **kwargs: Any,
+    work_data: bool = False,
+    ready_timeout: float = 10.0,
 ) -> None:
-    """Run the exec worker (``pipe``: the pipe worker) until it drains."""
+    """Run the exec worker (``pipe``: the pipe worker, ``ready_timeout``)
+    until it drains.  The shared options come from the command's own
+    parameters (``run``, ``periodic-run`` and ``periodic-run-pipe`` name them
+    alike: ``thread``, ``timeout``, ``no_name``, ...), the address, identity
+    and RSA options from the global ones (or :func:`_hs_context`)."""
     from .client import ClientError  # noqa: PLC0415
-    from .exec_worker import run_exec_worker  # noqa: PLC0415
+    from .exec_worker import WorkerOptions, run_exec_worker  # noqa: PLC0415
     from .pipe_worker import run_pipe_worker  # noqa: PLC0415
 
-    serve: Callable[..., Coroutine[Any, Any, None]] = (
-        run_pipe_worker if pipe else run_exec_worker
-    )
     address = _address(ctx)
     name, token = _identity(ctx)
-    kwargs["rsa"] = _rsa(ctx)
+    p = ctx.params
+    options = WorkerOptions(
+        threads=p["thread"],
+        timeout=p["timeout"],
+        no_name=p["no_name"],
+        broadcast=p["broadcast"],
+        retry_secs=p["retry_secs"],
+        skip_fail=p["skip_fail"],
+        lock_name=p["lock_name"],
+        lock_count=p["lock_count"],
+        mem_limit=p["mem_limit"],
+        name=name,
+        token=token,
+        rsa=_rsa(ctx),
+    )
     try:
-        asyncio.run(serve(address, func, command, name=name, token=token, **kwargs))
+        asyncio.run(
+            run_pipe_worker(
+                address, func, command, options, ready_timeout=ready_timeout
+            )
+            if pipe
+            else run_exec_worker(address, func, command, options, work_data=work_data)
+        )
     except ClientError as exc:
         _die(str(exc))
     except ValueError as exc:
@@ -767,21 +775,7 @@ def periodic_run(
     FUNC --exec ...``; the last stdout line SCHED_LATER N / FAIL / DONE and the
     exit status decide the outcome)."""
     _hs_context(ctx)
-    _exec_worker(
-        ctx,
-        func,
-        list(command),
-        threads=thread,
-        timeout=timeout,
-        no_name=no_name,
-        broadcast=broadcast,
-        retry_secs=retry_secs,
-        skip_fail=skip_fail,
-        lock_name=lock_name,
-        lock_count=lock_count,
-        work_data=work_data,
-        mem_limit=mem_limit,
-    )
+    _exec_worker(ctx, func, list(command), work_data=work_data)
 
 
 def periodic_run_main() -> None:
@@ -858,22 +852,7 @@ def periodic_run_pipe(
     """Serve FUNC with --thread long-lived COMMAND [ARGS...] runners, one job
     per runner at a time over its stdin/stdout (see docs/usage.md 6)."""
     _hs_context(ctx)
-    _exec_worker(
-        ctx,
-        func,
-        list(command),
-        pipe=True,
-        threads=thread,
-        ready_timeout=ready_timeout,
-        timeout=timeout,
-        no_name=no_name,
-        broadcast=broadcast,
-        retry_secs=retry_secs,
-        skip_fail=skip_fail,
-        lock_name=lock_name,
-        lock_count=lock_count,
-        mem_limit=mem_limit,
-    )
+    _exec_worker(ctx, func, list(command), pipe=True, ready_timeout=ready_timeout)
 
 
 def periodic_run_pipe_main() -> None:

@@ -56,6 +56,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .client import ClientError
@@ -65,9 +66,11 @@ if TYPE_CHECKING:
     from .rsa_transport import RSAConfig
 
 __all__ = [
+    "WorkerOptions",
     "format_size",
     "group_rss",
     "make_handler",
+    "make_worker",
     "parse_output",
     "parse_size",
     "run_exec_worker",
@@ -76,6 +79,53 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _Outcome = Done | Fail | SchedLater
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """What the exec and the pipe worker share (``periodic run -f F --exec``,
+    ``periodic-run``, ``periodic-run-pipe``): connection and identity, how the
+    func is registered, the limits of a job and what a failure sends.
+
+    :param threads: concurrent jobs (the pipe worker: runner processes too).
+    :param timeout: seconds before a job's command (pipe: its runner) is
+        killed; None: the job's timeout as the server sent it; 0: never.
+    :param no_name: exec: do not append the job name to the command; pipe:
+        send the workload instead of the name.
+    :param broadcast: register the func as a broadcast func.
+    :param retry_secs: > 0: a failure is SCHED_LATER that many seconds.
+    :param skip_fail: a failure is WORK_DONE with an empty result (wins over
+        ``retry_secs``).
+    :param lock_name: run every job holding this lock (``lock_count`` slots).
+    :param lock_count: how many jobs may hold ``lock_name`` at once.
+    :param mem_limit: bytes of RSS of a command's (pipe: runner's) process
+        group before it is killed; 0: off.
+    :param name: the identity (``--client-name``), None for none.
+    :param token: its token.
+    :param rsa: connect through the RSA/AES transport.
+    """
+
+    threads: int = 1
+    timeout: float | None = None
+    no_name: bool = False
+    broadcast: bool = False
+    retry_secs: int = 0
+    skip_fail: bool = False
+    lock_name: str | None = None
+    lock_count: int = 1
+    mem_limit: int = 0
+    name: str | None = None
+    token: str | None = None
+    rsa: RSAConfig | None = None
+
+    def failed(self) -> _Outcome:
+        """What a failed job sends: WORK_DONE with ``skip_fail``, else
+        SCHED_LATER ``retry_secs`` when > 0, else WORK_FAIL."""
+        if self.skip_fail:
+            return Done(b"")
+        if self.retry_secs > 0:
+            return SchedLater(self.retry_secs)
+        return Fail()
 
 
 def parse_output(stdout: bytes, returncode: int | None) -> tuple[str, bytes, int]:
@@ -320,20 +370,19 @@ def _kill_group(proc: asyncio.subprocess.Process, sig: int) -> None:
 
 def make_handler(
     command: Sequence[str],
+    options: WorkerOptions | None = None,
     *,
-    timeout: float | None = None,
-    no_name: bool = False,
-    retry_secs: int = 0,
-    skip_fail: bool = False,
     echo: bool = True,
     work_data: bool = False,
-    mem_limit: int = 0,
 ) -> Callable[[WorkerJob], Awaitable[_Outcome]]:
-    """The async job handler that runs ``command`` (see the module doc)."""
+    """The async job handler that runs ``command`` (see the module doc);
+    of ``options`` it uses ``timeout``, ``no_name``, ``mem_limit`` and the
+    failure outcome.  ``echo``: copy the result to our stdout."""
+    opts = options if options is not None else WorkerOptions()
 
     async def handler(job: WorkerJob) -> _Outcome:
-        argv = list(command) if no_name else [*command, job.name]
-        limit = timeout if timeout is not None else float(job.timeout or 0)
+        argv = list(command) if opts.no_name else [*command, job.name]
+        limit = opts.timeout if opts.timeout is not None else float(job.timeout or 0)
         final: list[bytes] = []
 
         async def on_line(line: bytes) -> bool:
@@ -354,7 +403,7 @@ def make_handler(
             job.workload,
             limit or None,
             on_line if work_data else None,
-            mem_limit,
+            opts.mem_limit,
         )
         kind, result, delay = parse_output(out, code)
         if echo and result:
@@ -365,11 +414,7 @@ def make_handler(
         if final:
             result = final[-1]
         if kind == "fail":
-            if skip_fail:
-                return Done(b"")
-            if retry_secs > 0:
-                return SchedLater(retry_secs)
-            return Fail()
+            return opts.failed()
         if kind == "sched_later":
             return SchedLater(delay)
         return Done(result)
@@ -377,49 +422,49 @@ def make_handler(
     return handler
 
 
+async def make_worker(
+    address: str,
+    func: str,
+    handler: Callable[[WorkerJob], Awaitable[_Outcome]],
+    options: WorkerOptions,
+) -> Worker:
+    """A :class:`Worker` for ``address`` with the identity and transport of
+    ``options``, ``func`` registered (``broadcast``; under ``lock_name``
+    when set) to ``handler``; not connected yet."""
+    lock_name, lock_count = options.lock_name, options.lock_count
+
+    async def locked(job: WorkerJob) -> Any:
+        assert lock_name is not None
+        return await job.with_lock(lock_name, lock_count, lambda: handler(job))
+
+    worker = Worker(address, name=options.name, token=options.token, rsa=options.rsa)
+    await worker.add_func(
+        func, locked if lock_name else handler, broadcast=options.broadcast
+    )
+    return worker
+
+
 async def run_exec_worker(
     address: str,
     func: str,
     command: str | Sequence[str],
+    options: WorkerOptions | None = None,
     *,
-    threads: int = 1,
-    timeout: float | None = None,
-    no_name: bool = False,
-    broadcast: bool = False,
-    retry_secs: int = 0,
-    skip_fail: bool = False,
-    lock_name: str | None = None,
-    lock_count: int = 1,
-    name: str | None = None,
-    token: str | None = None,
     work_data: bool = False,
-    mem_limit: int = 0,
-    rsa: RSAConfig | None = None,
 ) -> None:
     """Serve ``func`` with ``command`` until SIGTERM/SIGINT (graceful drain).
-    ``rsa``: connect through the RSA/AES transport.
+    ``options``: see :class:`WorkerOptions` (None: the defaults);
+    ``work_data``: stream ``WORKDATA`` lines as they come (module doc).
 
     :raises periodic_fast.client.NotConnected: the first connect fails.
+    :raises ValueError: an empty command.
     """
+    opts = options if options is not None else WorkerOptions()
     argv = shlex.split(command) if isinstance(command, str) else list(command)
     if not argv:
         raise ValueError("empty command")
-    inner = make_handler(
-        argv,
-        timeout=timeout,
-        no_name=no_name,
-        retry_secs=retry_secs,
-        skip_fail=skip_fail,
-        work_data=work_data,
-        mem_limit=mem_limit,
-    )
-
-    async def locked(job: WorkerJob) -> Any:
-        assert lock_name is not None
-        return await job.with_lock(lock_name, lock_count, lambda: inner(job))
-
-    worker = Worker(address, name=name, token=token, rsa=rsa)
-    await worker.add_func(func, locked if lock_name else inner, broadcast=broadcast)
+    handler = make_handler(argv, opts, work_data=work_data)
+    worker = await make_worker(address, func, handler, opts)
     await worker.connect()
     print("Worker started.", file=sys.stderr, flush=True)
-    await worker.work(threads)
+    await worker.work(opts.threads)

@@ -42,14 +42,11 @@ import random
 import shlex
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .client import ClientError
-from .exec_worker import terminate, watch_memory
-from .worker import Done, Fail, SchedLater, Worker, WorkerJob
-
-if TYPE_CHECKING:
-    from .rsa_transport import RSAConfig
+from .exec_worker import WorkerOptions, make_worker, terminate, watch_memory
+from .worker import Done, Fail, SchedLater, WorkerJob
 
 __all__ = ["PipeRunner", "RunnerPool", "make_pipe_handler", "run_pipe_worker"]
 
@@ -353,21 +350,12 @@ class RunnerPool:
 
 
 def make_pipe_handler(
-    pool: RunnerPool,
-    *,
-    timeout: float | None = None,
-    no_name: bool = False,
-    retry_secs: int = 0,
-    skip_fail: bool = False,
+    pool: RunnerPool, options: WorkerOptions | None = None
 ) -> Callable[[WorkerJob], Awaitable[_Outcome]]:
-    """The async job handler that runs each job on a runner of ``pool``."""
-
-    def failed() -> _Outcome:
-        if skip_fail:
-            return Done(b"")
-        if retry_secs > 0:
-            return SchedLater(retry_secs)
-        return Fail()
+    """The async job handler that runs each job on a runner of ``pool``; of
+    ``options`` it uses ``timeout``, ``no_name`` and the failure outcome."""
+    opts = options if options is not None else WorkerOptions()
+    failed, no_name, timeout = opts.failed, opts.no_name, opts.timeout
 
     async def handler(job: WorkerJob) -> _Outcome:
         payload = job.workload if no_name else job.name_bytes
@@ -409,49 +397,29 @@ async def run_pipe_worker(
     address: str,
     func: str,
     command: str | Sequence[str],
+    options: WorkerOptions | None = None,
     *,
-    threads: int = 1,
     ready_timeout: float = 10.0,
-    timeout: float | None = None,
-    no_name: bool = False,
-    broadcast: bool = False,
-    retry_secs: int = 0,
-    skip_fail: bool = False,
-    lock_name: str | None = None,
-    lock_count: int = 1,
-    mem_limit: int = 0,
-    name: str | None = None,
-    token: str | None = None,
-    rsa: RSAConfig | None = None,
 ) -> None:
-    """Serve ``func`` with ``threads`` runners of ``command`` until
+    """Serve ``func`` with ``options.threads`` runners of ``command`` until
     SIGTERM/SIGINT (graceful drain, then the runners are stopped).
-    ``rsa``: connect through the RSA/AES transport.
+    ``options``: see :class:`~periodic_fast.exec_worker.WorkerOptions` (None:
+    the defaults); ``ready_timeout``: seconds a runner has for its ready line.
 
     :raises periodic_fast.client.NotConnected: the first connect fails.
     :raises ValueError: an empty command.
     """
+    opts = options if options is not None else WorkerOptions()
     argv = shlex.split(command) if isinstance(command, str) else list(command)
-    pool = RunnerPool(argv, threads, ready_timeout=ready_timeout, mem_limit=mem_limit)
-    inner = make_pipe_handler(
-        pool,
-        timeout=timeout,
-        no_name=no_name,
-        retry_secs=retry_secs,
-        skip_fail=skip_fail,
+    pool = RunnerPool(
+        argv, opts.threads, ready_timeout=ready_timeout, mem_limit=opts.mem_limit
     )
-
-    async def locked(job: WorkerJob) -> Any:
-        assert lock_name is not None
-        return await job.with_lock(lock_name, lock_count, lambda: inner(job))
-
-    worker = Worker(address, name=name, token=token, rsa=rsa)
-    await worker.add_func(func, locked if lock_name else inner, broadcast=broadcast)
+    worker = await make_worker(address, func, make_pipe_handler(pool, opts), opts)
     pool.start()
     try:
         await worker.connect()
         print("Pipe Worker started.", file=sys.stderr, flush=True)
-        await worker.work(threads)
+        await worker.work(opts.threads)
     finally:
         await pool.close()
 

@@ -661,13 +661,13 @@ async def test_work_data_handler(
 
 
 async def test_handler_timeout_kills_the_command() -> None:
-    from periodic_fast.exec_worker import make_handler
+    from periodic_fast.exec_worker import WorkerOptions, make_handler
     from periodic_fast.worker import Fail
 
     for work_data in (False, True):
         handler = make_handler(
             ["sh", "-c", "echo 'WORKDATA s'; sleep 30"],
-            timeout=0.5,
+            WorkerOptions(timeout=0.5),
             work_data=work_data,
             echo=False,
         )
