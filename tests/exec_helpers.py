@@ -8,11 +8,35 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from periodic_fast.testing import ServerProcess
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 _IDENTITY_ENV = ("PERIODIC_PORT", "PERIODIC_CLIENT_NAME", "PERIODIC_CLIENT_TOKEN")
+
+
+def server_fixtures(*args: str) -> tuple[Any, Any]:
+    """A module's ``server`` (one ``python -m periodic_fast -d ARGS`` for the
+    whole module, on the default event loop) and ``addr`` (its address)
+    fixtures; bind both at module level: ``server, addr = server_fixtures()``.
+    A factory, not a conftest fixture: ``server`` is the in-process server
+    elsewhere, and these modules keep their own process."""
+
+    @pytest.fixture(scope="module")
+    def server() -> Iterator[ServerProcess]:
+        with ServerProcess(list(args)) as proc:
+            yield proc
+
+    @pytest.fixture
+    def addr(server: ServerProcess) -> str:
+        return server.address
+
+    return server, addr
 
 
 def env(

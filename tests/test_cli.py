@@ -8,32 +8,17 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from exec_helpers import env as _env
+from exec_helpers import server_fixtures, status_json, wait_for
 
 from periodic_fast.testing import ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-
-
 NAME_ENV, TOKEN_ENV = "PERIODIC_CLIENT_NAME", "PERIODIC_CLIENT_TOKEN"
-
-
-def _env(address: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (ROOT, env.get("PYTHONPATH", "")) if p
-    )
-    for var in ("PERIODIC_PORT", NAME_ENV, TOKEN_ENV):
-        env.pop(var, None)
-    if address is not None:
-        env["PERIODIC_PORT"] = address
-    env.update(extra or {})
-    return env
 
 
 def periodic(
@@ -53,30 +38,7 @@ def periodic(
     )
 
 
-def wait_for(pred: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    # --loop asyncio: the server's protocol rejects uvloop transports (reported)
-    with ServerProcess(["--loop", "asyncio"]) as proc:
-        yield proc
-
-
-@pytest.fixture
-def addr(server: ServerProcess) -> str:
-    return server.address
-
-
-def status_json(addr: str) -> dict[str, dict[str, int]]:
-    r = periodic("status", "--json", address=addr)
-    assert r.returncode == 0, r.stderr
-    return {row["func"]: row for row in json.loads(r.stdout)}
+server, addr = server_fixtures()
 
 
 def start_worker(
@@ -415,7 +377,7 @@ def test_unknown_job_and_func(addr: str) -> None:
 
 
 def test_shutdown_command() -> None:
-    with ServerProcess(["--loop", "asyncio"]) as proc:
+    with ServerProcess() as proc:
         r = periodic("shutdown", address=proc.address)
         assert r.returncode == 0, r.stderr
         assert proc.wait(10) == 0
@@ -450,7 +412,7 @@ def test_client_name_and_token(tmp_path: Path) -> None:
     )
     web = ("--client-name", "web", "--client-token", "tok-web")
     ops = ("--client-name", "ops", "--client-token", "tok-ops")
-    with ServerProcess(["--loop", "asyncio", "--auth-file", str(auth)]) as proc:
+    with ServerProcess(["--auth-file", str(auth)]) as proc:
         a = proc.address
 
         def jobs_count() -> int:

@@ -7,14 +7,12 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from exec_helpers import Script, env, periodic, wait_for, workers
+from exec_helpers import Script, env, periodic, server_fixtures, wait_for, workers
 
 from periodic_fast.exec_worker import format_size, group_rss, parse_size
-from periodic_fast.testing import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,15 +27,7 @@ HOG = (
 )
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with ServerProcess(["--loop", "asyncio"]) as proc:
-        yield proc
-
-
-@pytest.fixture
-def addr(server: ServerProcess) -> str:
-    return server.address
+server, addr = server_fixtures()
 
 
 @pytest.mark.parametrize(

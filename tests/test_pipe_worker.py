@@ -6,20 +6,18 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from exec_helpers import (
     Script,
     periodic,
+    server_fixtures,
     spawn_periodic,
     status_json,
     wait_for,
     workers,
 )
-
-from periodic_fast.testing import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,15 +61,7 @@ for line in sys.stdin:
 """
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with ServerProcess(["--loop", "asyncio"]) as proc:
-        yield proc
-
-
-@pytest.fixture
-def addr(server: ServerProcess) -> str:
-    return server.address
+server, addr = server_fixtures()
 
 
 @pytest.fixture
