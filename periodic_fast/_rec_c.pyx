@@ -1,27 +1,49 @@
 # Cython twin of periodic_fast._rec_py (the spec: read its module docstring).
-# Same API and semantics; the numbers are C fields and the class is not
-# tracked by the cyclic GC (a record references only its Job tuple of bytes
-# and ints, so it can never be part of a cycle), so a record is 48 bytes
-# (16 object header + 1 pointer + 3 ints + 3 chars, in a 48-byte pymalloc
-# block) instead of 96 plus a 32-byte Python int for its id.  Ints assigned out of a
-# field's range raise OverflowError (the scheduler never does: ids are dense,
-# run counts are small, epochs wrap through repend()).
+# Same API and semantics.  JobRec keeps the job's fields as C fields (no Job
+# tuple, no Python int per due time) and is not tracked by the cyclic GC (it
+# references only bytes, so it can never be part of a cycle): 3 pointers,
+# one int64 and five C ints plus three chars after the 16-byte object header
+# (71 bytes, an 80-byte pymalloc block).  NameTable is an open-addressing
+# table of record pointers keyed by the record's name (linear probing,
+# backward-shift deletion, any table size through a multiply-shift index), so
+# a job costs one 8-byte slot at 50-75% load instead of a dict entry.  Ints
+# assigned out of a field's range raise OverflowError (the scheduler never
+# does: ids are dense, run counts are small, epochs wrap through repend(),
+# job fields are range-checked like the wire format).
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.string cimport memcpy
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.stdint cimport uint64_t
+from libc.string cimport memcmp, memcpy
 
 cimport cython
+
+
+cdef extern from *:
+    ctypedef unsigned long long u128 "unsigned __int128"
+
+from periodic_fast.job import Job
 
 #: ``epoch`` stays below ``2**31`` (it fits a C int).
 EPOCH_MASK = 0x7FFFFFFF
 
+cdef object _tuple_new = tuple.__new__
+
 
 @cython.no_gc
+@cython.final
 cdef class JobRec:
     """One stored job and its scheduling state."""
 
-    # order: ints first, then chars, so the struct packs into 40 bytes
-    cdef public object job
+    # order: pointers, the int64, ints, then chars: the struct packs into 71
+    cdef public bytes func
+    cdef readonly bytes name
+    cdef public bytes workload
+    cdef public long long sched_at
+    cdef public int count
+    cdef public int timeout
     cdef public int id
     cdef public int run
     cdef public int epoch
@@ -29,9 +51,38 @@ cdef class JobRec:
     cdef public signed char where
     cdef unsigned char _confirmed
 
-    def __cinit__(self, int jid, object job):
+    def __cinit__(
+        self,
+        int jid,
+        bytes func not None,
+        bytes name not None,
+        bytes workload not None = b"",
+        long long sched_at = 0,
+        int count = 0,
+        int timeout = 0,
+    ):
         self.id = jid
-        self.job = job
+        self.func = func
+        self.name = name
+        self.workload = workload
+        self.sched_at = sched_at
+        self.count = count
+        self.timeout = timeout
+
+    @property
+    def job(self):
+        """The job as a fresh :class:`~periodic_fast.job.Job`."""
+        return _tuple_new(
+            Job,
+            (
+                self.func,
+                self.name,
+                self.workload,
+                self.sched_at,
+                self.count,
+                self.timeout,
+            ),
+        )
 
     @property
     def confirmed(self):
@@ -45,9 +96,8 @@ cdef class JobRec:
     @property
     def key(self):
         """The job handle ``str8(func) + str8(name)``, built on each call."""
-        job = self.job  # a Job: a tuple subclass (a typed tuple must be exact)
-        cdef bytes func = job[0]
-        cdef bytes name = job[1]
+        cdef bytes func = self.func
+        cdef bytes name = self.name
         cdef Py_ssize_t nf = len(func)
         cdef Py_ssize_t nn = len(name)
         if nf > 255 or nn > 255:
@@ -65,3 +115,178 @@ cdef class JobRec:
         self.epoch = (self.epoch + 1) & 0x7FFFFFFF
         self.run = 0
         self._confirmed = 0
+
+
+cdef inline Py_ssize_t _home(Py_hash_t h, Py_ssize_t size) noexcept:
+    # multiply-shift onto [0, size): uses the hash's high bits (bytes hashes
+    # are SipHash, well mixed) and allows any size, so growth can be 1.5x
+    return <Py_ssize_t>((<u128><uint64_t>h * <uint64_t>size) >> 64)
+
+
+@cython.final
+cdef class NameTable:
+    """Records keyed by their ``name``: at most one record per name."""
+
+    cdef PyObject **slots
+    cdef Py_ssize_t size
+    cdef Py_ssize_t used
+
+    def __cinit__(self):
+        self.slots = <PyObject **>PyMem_Calloc(8, sizeof(PyObject *))
+        if self.slots == NULL:
+            raise MemoryError()
+        self.size = 8
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.slots != NULL:
+            for i in range(self.size):
+                if self.slots[i] != NULL:
+                    Py_DECREF(<object>self.slots[i])
+            PyMem_Free(self.slots)
+            self.slots = NULL
+
+    def __len__(self):
+        return self.used
+
+    cdef Py_ssize_t _find(self, bytes name) except -2:
+        """Slot index of the record named ``name``, or -1."""
+        cdef Py_hash_t h = hash(name)
+        cdef Py_ssize_t size = self.size
+        cdef Py_ssize_t i = _home(h, size)
+        cdef Py_ssize_t n = len(name)
+        cdef const char *p = PyBytes_AS_STRING(name)
+        cdef PyObject *slot
+        cdef bytes other
+        while True:
+            slot = self.slots[i]
+            if slot == NULL:
+                return -1
+            other = (<JobRec>slot).name
+            if other is name or (
+                len(other) == n and memcmp(PyBytes_AS_STRING(other), p, n) == 0
+            ):
+                return i
+            i += 1
+            if i == size:
+                i = 0
+
+    cdef int _resize(self, Py_ssize_t size) except -1:
+        cdef PyObject **old = self.slots
+        cdef Py_ssize_t old_size = self.size
+        cdef PyObject **new = <PyObject **>PyMem_Calloc(size, sizeof(PyObject *))
+        cdef Py_ssize_t i, j
+        cdef PyObject *slot
+        if new == NULL:
+            raise MemoryError()
+        for i in range(old_size):
+            slot = old[i]
+            if slot != NULL:
+                # hash() of a bytes object is cached: no rehash cost
+                j = _home(hash((<JobRec>slot).name), size)
+                while new[j] != NULL:
+                    j += 1
+                    if j == size:
+                        j = 0
+                new[j] = slot  # the reference moves with it
+        self.slots = new
+        self.size = size
+        PyMem_Free(old)
+        return 0
+
+    def __contains__(self, name):
+        if type(name) is not bytes:
+            return False
+        return self._find(<bytes>name) >= 0
+
+    def __iter__(self):
+        """The records (the table must not change while iterating)."""
+        cdef Py_ssize_t i
+        for i in range(self.size):
+            if self.slots[i] != NULL:
+                yield <object>self.slots[i]
+
+    def get(self, bytes name not None):
+        """The record named ``name``, or None."""
+        cdef Py_ssize_t i = self._find(name)
+        return None if i < 0 else <object>self.slots[i]
+
+    def add(self, JobRec rec not None):
+        """Insert ``rec``, replacing a record of the same name; returns the
+        replaced record (None if there was none; ``rec`` if it was there)."""
+        cdef Py_ssize_t i = self._find(rec.name)
+        cdef object old
+        if i >= 0:
+            old = <object>self.slots[i]
+            Py_INCREF(rec)
+            self.slots[i] = <PyObject *>rec
+            Py_DECREF(old)  # the table's reference; ``old`` keeps it alive
+            return old
+        if (self.used + 1) * 4 > self.size * 3:  # above 75%: grow to 50%
+            self._resize(2 * (self.used + 1))
+        cdef Py_ssize_t size = self.size
+        i = _home(hash(rec.name), size)
+        while self.slots[i] != NULL:
+            i += 1
+            if i == size:
+                i = 0
+        Py_INCREF(rec)
+        self.slots[i] = <PyObject *>rec
+        self.used += 1
+        return None
+
+    def pop(self, bytes name not None):
+        """Remove and return the record named ``name``, or None."""
+        cdef Py_ssize_t i = self._find(name)
+        if i < 0:
+            return None
+        cdef object rec = <object>self.slots[i]
+        Py_DECREF(rec)  # the table's reference; ``rec`` keeps it alive
+        self.slots[i] = NULL
+        self.used -= 1
+        # backward-shift deletion: pull later entries of the probe run into
+        # the hole unless that would move them before their home slot
+        cdef Py_ssize_t size = self.size
+        cdef Py_ssize_t j = i
+        cdef Py_ssize_t home
+        cdef PyObject *slot
+        while True:
+            j += 1
+            if j == size:
+                j = 0
+            slot = self.slots[j]
+            if slot == NULL:
+                break
+            home = _home(hash((<JobRec>slot).name), size)
+            # move when home is not cyclically within (i, j]
+            if (j - home + size) % size >= (j - i + size) % size:
+                self.slots[i] = slot
+                self.slots[j] = NULL
+                i = j
+        if self.size > 8 and self.used * 8 < self.size:  # below 12.5%: shrink
+            self._resize(max(8, 2 * self.used))
+        return rec
+
+    def values(self):
+        """A list of the records (safe to change the table meanwhile)."""
+        cdef list out = []
+        cdef Py_ssize_t i
+        for i in range(self.size):
+            if self.slots[i] != NULL:
+                out.append(<object>self.slots[i])
+        return out
+
+    def clear(self):
+        """Remove every record."""
+        cdef PyObject **new = <PyObject **>PyMem_Calloc(8, sizeof(PyObject *))
+        if new == NULL:
+            raise MemoryError()
+        cdef PyObject **old = self.slots
+        cdef Py_ssize_t i, size = self.size
+        self.slots = new
+        self.size = 8
+        self.used = 0
+        for i in range(size):
+            if old[i] != NULL:
+                Py_DECREF(<object>old[i])
+        PyMem_Free(old)

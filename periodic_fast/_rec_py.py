@@ -1,18 +1,23 @@
-"""The scheduler's per-job record, pure-Python twin (the spec).
+"""The scheduler's per-job record and name table, pure-Python twin (the spec).
 
 One :class:`JobRec` exists per stored job, so its size is most of the
 server's memory per scheduled job (docs/benchmarks.md, W3).  The Cython twin
-(``_rec_c``) has the same API and semantics with C fields and no GC header:
-48 bytes per record instead of 96 plus a Python int for the id.
-:mod:`periodic_fast.rec` picks the live twin.
+(``_rec_c``) has the same API and semantics with C fields and no GC header
+(80 bytes per record, the job's fields included), and a :class:`NameTable`
+of 8-byte slots instead of a dict.  :mod:`periodic_fast.rec` picks the live
+twin.
 
-Fields (read and written directly by :mod:`periodic_fast.scheduler`):
+:class:`JobRec` fields (read and written directly by
+:mod:`periodic_fast.scheduler`):
 
-* ``job``: the stored :class:`~periodic_fast.job.Job` (timeout 0 = the
-  server's default); the scheduler finds the job's func through ``job[0]``.
-  A record references nothing else (no func record, no connection), so it
-  can never be part of a reference cycle: the compiled twin is not tracked
-  by the cyclic GC, which saves its 16-byte header.
+* the job itself, no :class:`~periodic_fast.job.Job` tuple kept: ``func``
+  (bytes; the scheduler passes its func's own name object, so jobs share it),
+  ``name``, ``workload`` (bytes), ``sched_at`` (a signed 64-bit int),
+  ``count`` (signed 32-bit) and ``timeout`` (0 to ``2**31 - 1``; 0 = the
+  server's default).  :attr:`JobRec.job` builds a ``Job`` on demand and
+  assigning it sets all six fields.  A record references nothing but bytes
+  (no func record, no connection), so it can never be part of a reference
+  cycle: the compiled twin is not tracked by the cyclic GC.
 * ``id``: dense id, the timer wheel's key; ``0 <= id < 2**31``.
 * ``state``: ``JobState`` value, or -1 once deleted.
 * ``where``: 0 nowhere, 1 in the wheel, 2 in its func's ready queue.
@@ -21,13 +26,23 @@ Fields (read and written directly by :mod:`periodic_fast.scheduler`):
   at ``2**31`` (only equality matters).
 * ``run``: live assignments of this epoch.
 * ``confirmed``: some assignment of this epoch was confirmed.
+
+The compiled twin raises OverflowError (or TypeError for a non-bytes) when a
+field is given a value out of its C range; the scheduler and the stores check
+ranges before (the wire format has the same ones).
+
+:class:`NameTable` is a set of records keyed by their ``name`` (one per func
+in the scheduler and in the memory store): the compiled twin is an
+open-addressing table of record pointers, this one wraps a dict.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from .job import Job
 
-__all__ = ["EPOCH_MASK", "JobRec"]
+__all__ = ["EPOCH_MASK", "JobRec", "NameTable"]
 
 #: ``epoch`` stays below ``2**31`` (it fits the compiled twin's C int).
 EPOCH_MASK = 0x7FFFFFFF
@@ -35,15 +50,44 @@ EPOCH_MASK = 0x7FFFFFFF
 # the str8 length prefix of a handle, by length
 _LEN_BYTE = [bytes((n,)) for n in range(256)]
 
+_new = tuple.__new__
+
 
 class JobRec:
     """One stored job and its scheduling state."""
 
-    __slots__ = ("confirmed", "epoch", "id", "job", "run", "state", "where")
+    __slots__ = (
+        "confirmed",
+        "count",
+        "epoch",
+        "func",
+        "id",
+        "name",
+        "run",
+        "sched_at",
+        "state",
+        "timeout",
+        "where",
+        "workload",
+    )
 
-    def __init__(self, jid: int, job: Job) -> None:
+    def __init__(
+        self,
+        jid: int,
+        func: bytes,
+        name: bytes,
+        workload: bytes = b"",
+        sched_at: int = 0,
+        count: int = 0,
+        timeout: int = 0,
+    ) -> None:
         self.id = jid
-        self.job = job
+        self.func = func
+        self.name = name
+        self.workload = workload
+        self.sched_at = sched_at
+        self.count = count
+        self.timeout = timeout
         self.state = 0
         self.where = 0
         self.epoch = 0
@@ -51,11 +95,37 @@ class JobRec:
         self.confirmed = False
 
     @property
+    def job(self) -> Job:
+        """The job as a fresh :class:`~periodic_fast.job.Job`; assigning one
+        sets the six job fields."""
+        return _new(
+            Job,
+            (
+                self.func,
+                self.name,
+                self.workload,
+                self.sched_at,
+                self.count,
+                self.timeout,
+            ),
+        )
+
+    @job.setter
+    def job(self, job: Job) -> None:
+        (
+            self.func,
+            self.name,
+            self.workload,
+            self.sched_at,
+            self.count,
+            self.timeout,
+        ) = job
+
+    @property
     def key(self) -> bytes:
         """The job handle ``str8(func) + str8(name)``, built on each call."""
-        job = self.job
-        func = job[0]
-        name = job[1]
+        func = self.func
+        name = self.name
         return _LEN_BYTE[len(func)] + func + _LEN_BYTE[len(name)] + name
 
     def repend(self) -> None:
@@ -63,3 +133,48 @@ class JobRec:
         self.epoch = (self.epoch + 1) & EPOCH_MASK
         self.run = 0
         self.confirmed = False
+
+
+class NameTable:
+    """Records keyed by their ``name``: at most one record per name."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self) -> None:
+        self._d: dict[bytes, JobRec] = {}
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __contains__(self, name: object) -> bool:
+        # only bytes keys (the compiled twin compares bytes contents)
+        return type(name) is bytes and name in self._d
+
+    def __iter__(self) -> Iterator[JobRec]:
+        """The records (the table must not change while iterating)."""
+        return iter(self._d.values())
+
+    def get(self, name: bytes) -> JobRec | None:
+        """The record named ``name``, or None."""
+        return self._d.get(name)
+
+    def add(self, rec: JobRec) -> JobRec | None:
+        """Insert ``rec``, replacing a record of the same name; returns the
+        replaced record (None if there was none; ``rec`` if it was there)."""
+        d = self._d
+        name = rec.name
+        old = d.get(name)
+        d[name] = rec
+        return old
+
+    def pop(self, name: bytes) -> JobRec | None:
+        """Remove and return the record named ``name``, or None."""
+        return self._d.pop(name, None)
+
+    def values(self) -> list[JobRec]:
+        """A list of the records (safe to change the table meanwhile)."""
+        return list(self._d.values())
+
+    def clear(self) -> None:
+        """Remove every record."""
+        self._d.clear()

@@ -9,14 +9,17 @@ specified in docs/architecture.md.
 Data layout (persistence-and-scale.md section 3)
 
 * Jobs live in :class:`~periodic_fast.rec.JobRec` records (a Cython class
-  with C fields, or its pure-Python twin) indexed two ways: by name in their
-  func's ``jobs`` dict (a *handle*, ``str8(func) + str8(name)``, is split to
-  look one up; no per-job handle bytes are kept) and by a dense integer id
-  (free-list allocated) that the :class:`~periodic_fast.wheel.TimerWheel`
-  holds.  A record's ``Job`` tuple shares its func bytes with the func and is
-  the very object the store keeps (MemoryStore), so a scheduled job costs one
-  tuple, its name bytes, the record and two dict entries.  Future jobs sit in the
-  wheel; due ones bypass it and go to their func's ready deque.
+  with C fields, or its pure-Python twin) that hold the job's fields
+  themselves (no ``Job`` tuple is kept; one is built where a whole job is
+  needed: JOB_ASSIGN, DUMP, durable stores).  They are indexed two ways: by
+  name in their func's ``jobs`` :class:`~periodic_fast.rec.NameTable` (a
+  *handle*, ``str8(func) + str8(name)``, is split to look one up; no per-job
+  handle bytes are kept) and by a dense integer id (free-list allocated) that
+  the :class:`~periodic_fast.wheel.TimerWheel` holds.  A record's func bytes
+  are its func's own ``name``; a store with ``keeps_records`` (MemoryStore)
+  is handed the record itself, so a scheduled job costs the record, its name
+  bytes, two table slots, an id slot and its wheel entry.  Future jobs sit in
+  the wheel; due ones bypass it and go to their func's ready deque.
 * Each func keeps a ready deque (dispatch order: ascending ``(sched_at, name)``
   within each due batch, FIFO across batches) and ``avail``, an ordered set of
   the connections that registered it and may have a free grab slot.  Dispatch
@@ -44,7 +47,7 @@ import struct
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from .auth import AuthRules, Identity, Role
 from .codec import (
@@ -68,6 +71,7 @@ from .constants import (
 from .errors import TrailingBytes, TruncatedPayload, UnknownCommand
 from .job import FuncStat, Job, JobState
 from .rec import JobRec as _JobRec
+from .rec import NameTable as _NameTable
 from .store import Store, StoreSnapshot
 from .wheel import TimerWheel
 
@@ -218,8 +222,7 @@ def _show_key(key: bytes) -> str:
 
 
 def _due_order(rec: _JobRec) -> tuple[int, bytes]:
-    job = rec.job
-    return job.sched_at, job.name
+    return rec.sched_at, rec.name
 
 
 class _Func:
@@ -255,7 +258,7 @@ class _Func:
         self.avail: dict[_Conn, None] = {}  # registered conns, round-robin order
         # every stored job of the func, by name: the only name index (a
         # handle is split to look a job up), so a job costs no handle bytes
-        self.jobs: dict[bytes, _JobRec] = {}
+        self.jobs = _NameTable()
         self.n_running = 0
         self.n_locked = 0
 
@@ -519,6 +522,11 @@ class Scheduler:
         if max_jobs_per_func < 0:
             raise ValueError("max_jobs_per_func must be >= 0")
         self._store = store
+        # A store that keeps the scheduler's records (MemoryStore) is handed
+        # the record itself: no second per-job object.  Others get a fresh
+        # Job (they encode or copy it at once).
+        self._keeps_recs = bool(getattr(store, "keeps_records", False))
+        self._save_job: Callable[[Any, JobState], None] = store.save_job
         self._on_shutdown = on_shutdown
         self._auth = auth
         self._max_jobs = max_jobs_per_func
@@ -553,7 +561,6 @@ class Scheduler:
         t = int(now)
         self._jobs: list[_JobRec | None] = []  # id -> record
         self._free: list[int] = []  # free ids (LIFO keeps ids dense)
-        self._at: int = 0  # last sched_at stored: jobs due together share it
         self._funcs: dict[bytes, _Func] = {}
         self._conns: dict[int, _Conn] = {}
         self._wheel = TimerWheel(t)  # future pending jobs, by job id
@@ -600,7 +607,7 @@ class Scheduler:
         due: list[int] = []
         last = b""
         fs: _Func | None = None
-        jobs: dict[bytes, _JobRec] = {}
+        jobs = _NameTable()
         for job, state in snap.jobs:
             func = job[0]
             if fs is None or func != last:
@@ -614,13 +621,11 @@ class Scheduler:
             name = job[1]
             if name in jobs:  # a store should not hold duplicates
                 continue
-            if func is not fs.name:
-                # one func bytes object per func, not one per job
-                job = _new(Job, (fs.name, name, job[2], job[3], job[4], job[5]))
+            # one func bytes object per func (fs.name), not one per job
             jid = len(recs)
-            rec = rec_new(jid, job)
+            rec = rec_new(jid, fs.name, name, job[2], job[3], job[4], job[5])
             recs.append(rec)
-            jobs[name] = rec
+            jobs.add(rec)
             if state != _PENDING:  # protocol.md 4.16: all jobs pending at start
                 store.set_state(func, name, _PENDING)
             when = job[3]
@@ -852,7 +857,7 @@ class Scheduler:
 
     @staticmethod
     def _stat(fs: _Func, t: int) -> FuncStat:
-        sched = [r.job[3] for r in fs.jobs.values() if r.state == _PENDING]
+        sched = [r.sched_at for r in fs.jobs if r.state == _PENDING]
         return FuncStat(
             fs.name,
             fs.workers,
@@ -876,7 +881,7 @@ class Scheduler:
 
     def jobs(self) -> list[Job]:
         """Every stored job, any state (what DUMP returns)."""
-        return [rec.job for fs in self._funcs.values() for rec in fs.jobs.values()]
+        return [rec.job for fs in self._funcs.values() for rec in fs.jobs]
 
     @property
     def connection_count(self) -> int:
@@ -943,12 +948,12 @@ class Scheduler:
         out = []
         for name in sorted(self._funcs):
             fs = self._funcs[name]
-            pending = [r.job[3] for r in fs.jobs.values() if r.state == _PENDING]
+            pending = [r.sched_at for r in fs.jobs if r.state == _PENDING]
             oldest: int | None = None
             seen = 0
             for rec in fs.ready:  # about oldest first: look at the head only
                 if rec.where == _READY and rec.state == _PENDING:
-                    at = rec.job.sched_at
+                    at = rec.sched_at
                     if oldest is None or at < oldest:
                         oldest = at
                     seen += 1
@@ -1327,7 +1332,7 @@ class Scheduler:
         if fs.workers:
             return "busy"
         hlocks = self._hlocks
-        for rec in list(fs.jobs.values()):
+        for rec in fs.jobs.values():
             self._delete(rec, persist=False)
             if hlocks:
                 key = rec.key
@@ -1474,7 +1479,7 @@ class Scheduler:
         # delete whatever the state, whoever holds it (quirk kept, 3.3)
         rec = self._lookup(key)
         if rec is not None:
-            self._funcs[rec.job[0]].n_done += 1
+            self._funcs[rec.func].n_done += 1
         if self._waiters or self._hlocks:
             self._finish(key, rec, payload[end:])
         elif rec is not None:
@@ -1490,7 +1495,7 @@ class Scheduler:
             self._runtime.observe(self._now - a.at)
         rec = self._lookup(key)
         if rec is not None:
-            self._funcs[rec.job[0]].n_fail += 1
+            self._funcs[rec.func].n_fail += 1
             self._stats.event(
                 self._now, "fail", f"{_show_key(key)} failed (connection {conn.id})"
             )
@@ -1514,27 +1519,23 @@ class Scheduler:
             self._release_all(key)
         rec = self._lookup(key)
         if rec is not None:
-            self._funcs[rec.job[0]].n_later += 1
+            self._funcs[rec.func].n_later += 1
         w = self._waiters.get(key)
         if w is not None and w.results:
             self._finish(key, rec, RESULT_FAILED)
         elif rec is not None and rec.state == _RUNNING:
-            job = rec.job
             t = int(self._now)
             when = t + delay
             if when < t:
                 when = t
             elif when > _I64_MAX:
                 when = _I64_MAX
-            count = job.count + step
+            count = rec.count + step
             if count > _I32_MAX:
                 count = _I32_MAX
             elif count < _I32_MIN:
                 count = _I32_MIN
-            self._requeue(
-                rec,
-                _new(Job, (job.func, job.name, job.workload, when, count, job.timeout)),
-            )
+            self._requeue(rec, when, count)
         conn.send(encode_response(msgid, _SUCCESS))
 
     def _h_work_data(self, conn: _Conn, msgid: int, payload: bytes) -> None:
@@ -1605,19 +1606,6 @@ class Scheduler:
         fs = self._funcs.get(key[1 : 1 + n])
         return None if fs is None else fs.jobs.get(key[2 + n :])
 
-    def _new_rec(self, fs: _Func, job: Job) -> _JobRec:
-        free = self._free
-        if free:
-            jid = free.pop()
-            rec = _JobRec(jid, job)
-            self._jobs[jid] = rec
-        else:
-            jid = len(self._jobs)
-            rec = _JobRec(jid, job)
-            self._jobs.append(rec)
-        fs.jobs[job[1]] = rec
-        return rec
-
     def _submit(self, job: Job) -> None:
         """SUBMIT_JOB / LOAD / RUN_JOB (protocol.md 4.3)."""
         t = int(self._now)
@@ -1627,19 +1615,22 @@ class Scheduler:
             fs = self._func(func)
         if sched_at < t:
             sched_at = t
-        # Kept jobs share objects: the func's name bytes (not one copy per job)
-        # and the last due time (jobs submitted together mostly share it).
-        if sched_at == self._at:
-            sched_at = self._at
-        else:
-            self._at = sched_at
-        job = _new(Job, (fs.name, name, workload, sched_at, count, timeout))
         rec = fs.jobs.get(name)
         if rec is None:
-            # hot path, inlined: a new job
-            rec = self._new_rec(fs, job)
+            # hot path, inlined: a new job.  Its func bytes are the func's
+            # own name object (not one copy per job).
+            free = self._free
+            if free:
+                jid = free.pop()
+                rec = _JobRec(jid, fs.name, name, workload, sched_at, count, timeout)
+                self._jobs[jid] = rec
+            else:
+                jid = len(self._jobs)
+                rec = _JobRec(jid, fs.name, name, workload, sched_at, count, timeout)
+                self._jobs.append(rec)
+            fs.jobs.add(rec)
             fs.n_submit += 1
-            self._store.save_job(job, _PENDING)
+            self._save_job(rec if self._keeps_recs else rec.job, _PENDING)
             if sched_at > t:
                 self._wheel.add(rec.id, sched_at)
                 rec.where = _IN_WHEEL
@@ -1655,27 +1646,31 @@ class Scheduler:
             state = rec.state
             if state == _RUNNING:
                 return  # ignored; the running instance continues
-            rec.job = job  # latest version is what gets dispatched
+            # latest version is what gets dispatched
+            rec.workload = workload
+            rec.sched_at = sched_at
+            rec.count = count
+            rec.timeout = timeout
             if state == _LOCKED:
                 rec.state = _PENDING
                 fs.n_locked -= 1
             rec.repend()  # new epoch: no assignment of it yet
-        self._store.save_job(job, _PENDING)
+        self._save_job(rec if self._keeps_recs else rec.job, _PENDING)
         self._place(rec, t)
 
     def _place(self, rec: _JobRec, t: int) -> None:
         """Put a pending job where it belongs: wheel (future) or ready (due)."""
-        when = rec.job.sched_at
+        when = rec.sched_at
         if when > t:
             if rec.where == _READY:
-                self._funcs[rec.job[0]].n_ready -= 1  # its deque entry goes stale
+                self._funcs[rec.func].n_ready -= 1  # its deque entry goes stale
             self._wheel.add(rec.id, when)
             rec.where = _IN_WHEEL
         else:
             self._to_ready(rec, False)
 
     def _to_ready(self, rec: _JobRec, front: bool) -> None:
-        fs = self._funcs[rec.job[0]]
+        fs = self._funcs[rec.func]
         where = rec.where
         if where != _READY:
             if where == _IN_WHEEL:
@@ -1717,7 +1712,7 @@ class Scheduler:
             if rec is None:  # pragma: no cover - deleted jobs leave the wheel
                 continue
             rec.where = _NOWHERE
-            fs = funcs[rec.job[0]]
+            fs = funcs[rec.func]
             batch = groups.get(fs)
             if batch is None:
                 groups[fs] = [rec]
@@ -1736,31 +1731,32 @@ class Scheduler:
             if fs.avail:
                 self._pump(fs)
 
-    def _requeue(self, rec: _JobRec, job: Job) -> None:
-        """A running job goes back to pending with a new record (fail, later)."""
-        fs = self._funcs[rec.job[0]]
+    def _requeue(self, rec: _JobRec, sched_at: int, count: int) -> None:
+        """A running job goes back to pending, due at ``sched_at`` with run
+        count ``count`` (fail, later)."""
+        fs = self._funcs[rec.func]
         rec.state = _PENDING
         fs.n_running -= 1
         rec.repend()  # new epoch: no assignment of it yet
-        rec.job = job
-        self._store.save_job(job, _PENDING)
+        rec.sched_at = sched_at
+        rec.count = count
+        self._save_job(rec if self._keeps_recs else rec.job, _PENDING)
         self._place(rec, int(self._now))
 
     def _repend_now(self, rec: _JobRec, front: bool) -> None:
         """Running or locked -> pending, dispatchable at once (sched_at kept)."""
-        fs = self._funcs[rec.job[0]]
+        fs = self._funcs[rec.func]
         if rec.state == _RUNNING:
             fs.n_running -= 1
         elif rec.state == _LOCKED:
             fs.n_locked -= 1
         rec.state = _PENDING
         rec.repend()  # new epoch: no assignment of it yet
-        job = rec.job
-        self._store.set_state(job.func, job.name, _PENDING)
+        self._store.set_state(rec.func, rec.name, _PENDING)
         self._to_ready(rec, front)
 
     def _delete(self, rec: _JobRec, persist: bool = True) -> None:
-        fs = self._funcs[rec.job[0]]
+        fs = self._funcs[rec.func]
         state = rec.state
         if state == _RUNNING:
             fs.n_running -= 1
@@ -1774,12 +1770,11 @@ class Scheduler:
         rec.where = _NOWHERE
         rec.state = _DEAD
         rec.epoch = -1  # every assignment of it is stale now
-        job = rec.job
-        del fs.jobs[job[1]]
+        fs.jobs.pop(rec.name)
         self._jobs[rec.id] = None
         self._free.append(rec.id)
         if persist:
-            self._store.delete_job(fs.name, job[1])
+            self._store.delete_job(fs.name, rec.name)
 
     def _finish(self, key: bytes, rec: _JobRec | None, result: bytes) -> None:
         """The job ends: delete it, release its locks, EOF to streams, then
@@ -1806,21 +1801,7 @@ class Scheduler:
         if w is not None and w.results:
             self._finish(key, rec, RESULT_FAILED)
         elif rec is not None and rec.state == _RUNNING:
-            job = rec.job
-            self._requeue(
-                rec,
-                _new(
-                    Job,
-                    (
-                        job.func,
-                        job.name,
-                        job.workload,
-                        int(self._now) + 1,
-                        job.count,
-                        job.timeout,
-                    ),
-                ),
-            )
+            self._requeue(rec, int(self._now) + 1, rec.count)
 
     # -- dispatch -------------------------------------------------------------
 
@@ -1862,12 +1843,13 @@ class Scheduler:
             self._assign(conn, msgid, rec)
 
     def _assign(self, conn: _Conn, msgid: int, rec: _JobRec) -> None:
-        job = rec.job
-        func, name, workload, sched_at, count, timeout = job
+        func = rec.func
+        name = rec.name
+        sched_at = rec.sched_at
         now = self._now
         if rec.state == _PENDING:  # broadcast: only the first assignment
             rec.state = _RUNNING
-            self._funcs[rec.job[0]].n_running += 1
+            self._funcs[rec.func].n_running += 1
             self._store.set_state(func, name, _RUNNING)
             h = self._late  # Histogram.observe, inlined (hot path)
             v = now - sched_at
@@ -1882,8 +1864,10 @@ class Scheduler:
         else:
             # extension: assign-wait 0 = accepted on send
             self._confirm(_Assign(conn, msgid, rec, False, 0.0, now))
+        timeout = rec.timeout
         if timeout <= 0:  # JOB_ASSIGN carries the effective timeout
-            job = _new(Job, (func, name, workload, sched_at, count, self._timeout))
+            timeout = self._timeout
+        job = _new(Job, (func, name, rec.workload, sched_at, rec.count, timeout))
         conn.send(encode_response(msgid, _JOB_ASSIGN, encode_job(job)))
 
     def _confirm(self, a: _Assign) -> None:
@@ -1898,7 +1882,7 @@ class Scheduler:
         if old is not None:
             self._cancel_deadline(old)
         running[key] = a
-        timeout = rec.job[5]
+        timeout = rec.timeout
         if timeout <= 0:
             timeout = self._timeout
         afree = self._afree
@@ -2010,11 +1994,10 @@ class Scheduler:
             self._hlocks.setdefault(key, set()).add(lock)
         # refused: park the job until the lock is handed over
         rec.state = _LOCKED
-        fs = self._funcs[rec.job[0]]
+        fs = self._funcs[rec.func]
         fs.n_running -= 1
         fs.n_locked += 1
-        job = rec.job
-        self._store.set_state(job.func, job.name, _LOCKED)
+        self._store.set_state(rec.func, rec.name, _LOCKED)
         return False
 
     def _release(self, lock: bytes, key: bytes) -> None:
@@ -2078,7 +2061,7 @@ class Scheduler:
         limit = max([10, *(lk.max for lk in self._locks.values())])
         for fs in list(self._funcs.values()):
             if fs.n_locked:
-                locked = [r for r in fs.jobs.values() if r.state == _LOCKED][:limit]
+                locked = [r for r in fs.jobs if r.state == _LOCKED][:limit]
                 for rec in locked:
                     self._repend_now(rec, False)
 
@@ -2095,8 +2078,6 @@ class Scheduler:
                 del self._locks[name]
         for fs in list(self._funcs.values()):
             if fs.n_running:
-                orphans = [
-                    r for r in fs.jobs.values() if r.state == _RUNNING and r.run <= 0
-                ]
+                orphans = [r for r in fs.jobs if r.state == _RUNNING and r.run <= 0]
                 for rec in orphans:
                     self._fail(rec.key, rec)

@@ -4,6 +4,7 @@ compiled one is live unless the env var forbids it."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from periodic_fast import _rec_py
+from periodic_fast import rec as rec_mod
 from periodic_fast.job import Job
 
 TWINS: list[Any] = [_rec_py]
@@ -28,9 +30,12 @@ def twin(request: pytest.FixtureRequest) -> Any:
 
 
 def test_fields_and_defaults(twin: Any) -> None:
-    job = Job(b"f", b"n", b"w", 123)
-    rec = twin.JobRec(7, job)
+    job = Job(b"f", b"n", b"w", 123, -4, 5)
+    rec = twin.JobRec(7, *job)
     assert (rec.id, rec.job) == (7, job)
+    assert type(rec.job) is Job and rec.job is not rec.job  # built on demand
+    assert (rec.func, rec.name, rec.workload) == (b"f", b"n", b"w")
+    assert (rec.sched_at, rec.count, rec.timeout) == (123, -4, 5)
     assert (rec.state, rec.where, rec.epoch, rec.run, rec.confirmed) == (
         0,
         0,
@@ -44,6 +49,10 @@ def test_fields_and_defaults(twin: Any) -> None:
     rec.run -= 1
     rec.epoch = -1
     rec.confirmed = True
+    rec.sched_at = (1 << 63) - 1
+    rec.count = -(1 << 31)
+    rec.timeout = (1 << 31) - 1
+    rec.workload = b"x"
     assert (rec.state, rec.where, rec.run, rec.epoch, rec.confirmed) == (
         -1,
         2,
@@ -51,21 +60,28 @@ def test_fields_and_defaults(twin: Any) -> None:
         -1,
         True,
     )
+    assert rec.job == Job(b"f", b"n", b"x", (1 << 63) - 1, -(1 << 31), (1 << 31) - 1)
     assert not hasattr(rec, "__dict__")
     with pytest.raises(AttributeError):
-        rec.fs = None  # nothing but the job: a record can be in no cycle
+        rec.fs = None  # nothing but bytes and numbers: a record is in no cycle
+
+
+def test_defaults_share_the_empty_workload(twin: Any) -> None:
+    rec = twin.JobRec(0, b"f", b"n")
+    assert rec.job == Job(b"f", b"n")
+    assert rec.workload is twin.JobRec(1, b"g", b"m").workload  # one b""
 
 
 def test_key_is_the_handle(twin: Any) -> None:
-    rec = twin.JobRec(0, Job(b"func", b"name"))
+    rec = twin.JobRec(0, b"func", b"name")
     assert rec.key == b"\x04func\x04name"
     long = b"x" * 255
-    rec = twin.JobRec(0, Job(long, long))
+    rec = twin.JobRec(0, long, long)
     assert rec.key == b"\xff" + long + b"\xff" + long
 
 
 def test_repend_new_epoch_wraps(twin: Any) -> None:
-    rec = twin.JobRec(0, Job(b"f", b"n"))
+    rec = twin.JobRec(0, b"f", b"n")
     rec.run = 2
     rec.confirmed = True
     rec.repend()
@@ -73,6 +89,74 @@ def test_repend_new_epoch_wraps(twin: Any) -> None:
     rec.epoch = twin.EPOCH_MASK
     rec.repend()
     assert rec.epoch == 0
+
+
+def test_name_table_like_a_dict(twin: Any) -> None:
+    """Random inserts, replacements, pops and lookups against a dict (grows
+    and shrinks the compiled table through many sizes)."""
+    rnd = random.Random(8)
+    table = twin.NameTable()
+    ref: dict[bytes, Any] = {}
+    for k in range(60_000):
+        # a few thousand names, some sharing a prefix, one empty
+        name = b"n" * rnd.randrange(3) + str(rnd.randrange(3000)).encode()
+        if k % 997 == 0:
+            name = b""
+        op = rnd.random()
+        if op < 0.45:
+            rec = twin.JobRec(k, b"f", name)
+            assert table.add(rec) is ref.get(name)
+            ref[name] = rec
+        elif op < 0.75 or k > 50_000:  # the tail drains the table
+            assert table.pop(name) is ref.pop(name, None)
+        else:
+            assert table.get(name) is ref.get(name)
+            assert (name in table) == (name in ref)
+            assert (bytearray(name) in table) is False  # only bytes keys
+        assert len(table) == len(ref)
+        if k % 5000 == 0:
+            assert {id(r) for r in table} == {id(r) for r in ref.values()}
+            assert sorted(r.name for r in table.values()) == sorted(ref)
+    assert {id(r) for r in table} == {id(r) for r in ref.values()}
+
+
+def test_name_table_same_record_twice_and_clear(twin: Any) -> None:
+    table = twin.NameTable()
+    rec = twin.JobRec(0, b"f", b"n")
+    assert table.add(rec) is None
+    assert table.add(rec) is rec  # replacing itself: still one entry
+    assert len(table) == 1 and table.get(bytes(bytearray(b"n"))) is rec
+    assert table.pop(b"missing") is None
+    recs = [twin.JobRec(i, b"f", b"%d" % i) for i in range(100)]
+    for r in recs:
+        table.add(r)
+    for r in table.values():  # values() is a copy: popping meanwhile is safe
+        table.pop(r.name)
+    assert len(table) == 0 and list(table) == []
+    for r in recs:
+        table.add(r)
+    table.clear()
+    assert len(table) == 0 and table.get(b"1") is None
+    table.add(rec)
+    assert list(table) == [rec]
+
+
+def test_memory_store_keeps_the_records(twin: Any) -> None:
+    """The store indexes the record it is given (no copy); a plain Job is
+    copied into a record of its own."""
+    from periodic_fast.job import JobState
+    from periodic_fast.store.memory import MemoryStore
+
+    store = MemoryStore()
+    rec = rec_mod.JobRec(3, b"f", b"n", b"w", 10)
+    store.save_job(rec, JobState.PENDING)
+    assert store._jobs[b"f"].get(b"n") is rec
+    store.save_job(Job(b"f", b"m", b"", 5), JobState.RUNNING)
+    got = sorted(store.load().jobs)
+    assert got == [
+        (Job(b"f", b"m", b"", 5), JobState.RUNNING),
+        (Job(b"f", b"n", b"w", 10), JobState.PENDING),
+    ]
 
 
 CODE = "import periodic_fast.rec as r; print(r.IMPLEMENTATION, r.JobRec.__module__)"
@@ -110,6 +194,7 @@ def test_scheduler_uses_the_switch() -> None:
     from periodic_fast import rec, scheduler
 
     assert scheduler._JobRec is rec.JobRec
+    assert scheduler._NameTable is rec.NameTable
 
 
 def test_compiled_record_is_small_and_untracked() -> None:
@@ -117,6 +202,25 @@ def test_compiled_record_is_small_and_untracked() -> None:
         pytest.skip("C extensions not built")
     import gc
 
-    rec = TWINS[1].JobRec(0, Job(b"f", b"n"))
+    rec = TWINS[1].JobRec(0, b"f", b"n")
     assert not gc.is_tracked(rec)
-    assert sys.getsizeof(rec) <= 48
+    # 71 bytes of fields: an 80-byte pymalloc block
+    assert sys.getsizeof(rec) <= 72
+    assert not gc.is_tracked(TWINS[1].NameTable())
+
+
+def test_compiled_fields_are_range_checked() -> None:
+    if len(TWINS) < 2:
+        pytest.skip("C extensions not built")
+    c = TWINS[1]
+    with pytest.raises(OverflowError):
+        c.JobRec(0, b"f", b"n", b"", 1 << 63)
+    with pytest.raises(OverflowError):
+        c.JobRec(0, b"f", b"n", b"", 0, 1 << 31)
+    with pytest.raises(TypeError):
+        c.JobRec(0, b"f", None)
+    rec = c.JobRec(0, b"f", b"n")
+    with pytest.raises(AttributeError):
+        rec.name = b"m"  # the table key never changes
+    with pytest.raises(TypeError):
+        c.NameTable().add(object())

@@ -1,8 +1,17 @@
-"""The ``:memory:`` store: plain dicts, nothing survives the process.
+"""The ``:memory:`` store: in-process tables, nothing survives the process.
 
 It still honours the whole :class:`~periodic_fast.store.Store` contract, so a
 second scheduler built on the same instance sees what the first one wrote
 (that is how the tests simulate a restart).  Every write is "durable" at once.
+
+It keeps no per-job object of its own for the scheduler's jobs
+(``keeps_records``): the scheduler hands it its
+:class:`~periodic_fast.rec.JobRec` records and the store indexes those very
+objects, so a stored job costs one table slot here.  That is safe because the
+scheduler writes every change of a record's job fields through
+:meth:`MemoryStore.save_job` at once and never reuses a record for another
+job.  A plain :class:`~periodic_fast.job.Job` (tests, tools) is copied into a
+record of the store's own.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..job import Job, JobState
+from ..rec import JobRec, NameTable
 from . import StoreSnapshot
 
 __all__ = ["MemoryStore"]
@@ -23,12 +33,14 @@ class MemoryStore:
     #: writes are "durable" at once: the server need not hold replies
     deferred = False
 
+    #: :meth:`save_job` takes the scheduler's own records (kept, not copied)
+    keeps_records = True
+
     def __init__(self) -> None:
-        # func -> name -> job: two levels so DROP_FUNC is one pop and the hot
-        # calls need no tuple key.  The job is the caller's own tuple (the
-        # scheduler keeps the same object), so a stored job costs one dict
-        # entry here, not a second copy.
-        self._jobs: dict[bytes, dict[bytes, Job]] = {}
+        # func -> records by name: two levels so DROP_FUNC is one pop and the
+        # hot calls need no tuple key.  Only the job fields of a record are
+        # read here (its scheduling fields belong to the scheduler).
+        self._jobs: dict[bytes, NameTable] = {}
         # func -> name -> state, for jobs that are not pending only (running
         # and locked ones are few; most stored jobs wait for their time)
         self._states: dict[bytes, dict[bytes, JobState]] = {}
@@ -43,19 +55,25 @@ class MemoryStore:
         for func, per in self._jobs.items():
             states = self._states.get(func)
             if states:
-                jobs += [(job, states.get(job.name, pending)) for job in per.values()]
+                jobs += [(r.job, states.get(r.name, pending)) for r in per]
             else:
-                jobs += [(job, pending) for job in per.values()]
+                jobs += [(r.job, pending) for r in per]
         return StoreSnapshot(jobs, list(self._funcs), dict(self._config))
 
-    def save_job(self, job: Job, state: JobState) -> None:
-        """Insert or replace a job."""
-        func = job.func
+    def save_job(self, job: Job | JobRec, state: JobState) -> None:
+        """Insert or replace a job: a :class:`~periodic_fast.job.Job`, or a
+        scheduler's :class:`~periodic_fast.rec.JobRec` (kept as it is)."""
+        if isinstance(job, JobRec):
+            rec = job
+        else:
+            # the store's own record (its id and scheduling fields unused)
+            rec = JobRec(0, *job)
+        func = rec.func
         per = self._jobs.get(func)
         if per is None:
-            per = self._jobs[func] = {}
-        per[job.name] = job
-        self._put_state(func, job.name, state)
+            per = self._jobs[func] = NameTable()
+        per.add(rec)
+        self._put_state(func, rec.name, state)
 
     def _put_state(self, func: bytes, name: bytes, state: JobState) -> None:
         states = self._states.get(func)
@@ -77,8 +95,8 @@ class MemoryStore:
         """Delete one job."""
         per = self._jobs.get(func)
         if per is not None:
-            # an emptied per-func dict stays: the next save would recreate it
-            per.pop(name, None)
+            # an emptied per-func table stays: the next save would recreate it
+            per.pop(name)
             states = self._states.get(func)
             if states:
                 states.pop(name, None)
