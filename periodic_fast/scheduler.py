@@ -244,7 +244,7 @@ class _Func:
         "workers",
     )
 
-    def __init__(self, name: bytes) -> None:
+    def __init__(self, name: bytes, jobs: _NameTable) -> None:
         # counters since the func was created (SchedulerStats reads them)
         self.n_submit = 0
         self.n_done = 0
@@ -257,8 +257,9 @@ class _Func:
         self.n_ready = 0  # live entries of ``ready``
         self.avail: dict[_Conn, None] = {}  # registered conns, round-robin order
         # every stored job of the func, by name: the only name index (a
-        # handle is split to look a job up), so a job costs no handle bytes
-        self.jobs = _NameTable()
+        # handle is split to look a job up), so a job costs no handle bytes;
+        # shared with a store that keeps records (one slot per job in all)
+        self.jobs = jobs
         self.n_running = 0
         self.n_locked = 0
 
@@ -523,10 +524,14 @@ class Scheduler:
             raise ValueError("max_jobs_per_func must be >= 0")
         self._store = store
         # A store that keeps the scheduler's records (MemoryStore) is handed
-        # the record itself: no second per-job object.  Others get a fresh
-        # Job (they encode or copy it at once).
+        # the record itself, and its per-func name tables are the funcs' own
+        # index: no second per-job object or slot.  Others get a fresh Job
+        # (they encode or copy it at once).
         self._keeps_recs = bool(getattr(store, "keeps_records", False))
         self._save_job: Callable[[Any, JobState], None] = store.save_job
+        self._name_table: Callable[[bytes], _NameTable] | None = (
+            getattr(store, "name_table", None) if self._keeps_recs else None
+        )
         self._on_shutdown = on_shutdown
         self._auth = auth
         self._max_jobs = max_jobs_per_func
@@ -608,12 +613,20 @@ class Scheduler:
         last = b""
         fs: _Func | None = None
         jobs = _NameTable()
+        shared = self._name_table is not None
+        cleared: set[bytes] = set()
         for job, state in snap.jobs:
             func = job[0]
             if fs is None or func != last:
                 fs = funcs.get(func) or self._func(func)
                 jobs = fs.jobs
                 last = func
+                if shared and func not in cleared:
+                    # the store's table still holds the records the snapshot
+                    # was made from (of an earlier scheduler, or the store's
+                    # own): this scheduler's records replace them
+                    cleared.add(func)
+                    jobs.clear()
                 if not jobs:
                     # adopt the store's func bytes: stores that share one
                     # object among a func's jobs then need no tuple rebuilt
@@ -1574,7 +1587,9 @@ class Scheduler:
         """The func record, created (and persisted as known) on first use."""
         fs = self._funcs.get(name)
         if fs is None:
-            fs = self._funcs[name] = _Func(name)
+            table = self._name_table
+            jobs = _NameTable() if table is None else table(name)
+            fs = self._funcs[name] = _Func(name, jobs)
             if persist:
                 self._store.save_func(name)
         return fs

@@ -6,11 +6,14 @@ second scheduler built on the same instance sees what the first one wrote
 
 It keeps no per-job object of its own for the scheduler's jobs
 (``keeps_records``): the scheduler hands it its
-:class:`~periodic_fast.rec.JobRec` records and the store indexes those very
-objects, so a stored job costs one table slot here.  That is safe because the
-scheduler writes every change of a record's job fields through
-:meth:`MemoryStore.save_job` at once and never reuses a record for another
-job.  A plain :class:`~periodic_fast.job.Job` (tests, tools) is copied into a
+:class:`~periodic_fast.rec.JobRec` records and uses the store's per-func
+:class:`~periodic_fast.rec.NameTable` (:meth:`MemoryStore.name_table`) as its
+own name index, so a stored job costs nothing here but a state entry while it
+runs or is locked.  That is safe because the scheduler writes every change
+of a record's job fields through :meth:`MemoryStore.save_job` at once, never
+reuses a record for another job, and is the only writer while it runs (a
+scheduler built later on the same store replaces the records at start-up).
+A plain :class:`~periodic_fast.job.Job` (tests, tools) is copied into a
 record of the store's own.
 """
 
@@ -34,6 +37,7 @@ class MemoryStore:
     deferred = False
 
     #: :meth:`save_job` takes the scheduler's own records (kept, not copied)
+    #: and :meth:`name_table` shares the index with the scheduler
     keeps_records = True
 
     def __init__(self) -> None:
@@ -59,6 +63,16 @@ class MemoryStore:
             else:
                 jobs += [(r.job, pending) for r in per]
         return StoreSnapshot(jobs, list(self._funcs), dict(self._config))
+
+    def name_table(self, func: bytes) -> NameTable:
+        """The table of ``func``'s stored records (created empty if missing).
+
+        A scheduler uses it as its func's name index: it adds and pops its
+        records there itself, and the store's calls then find them done."""
+        per = self._jobs.get(func)
+        if per is None:
+            per = self._jobs[func] = NameTable()
+        return per
 
     def save_job(self, job: Job | JobRec, state: JobState) -> None:
         """Insert or replace a job: a :class:`~periodic_fast.job.Job`, or a
