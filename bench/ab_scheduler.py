@@ -1,17 +1,28 @@
 """A/B of two versions of ``periodic_fast/scheduler.py`` on this machine.
 
 Runs the runners of ``bench/bench_scheduler.py`` (lifecycle, submit due,
-submit into the wheel) against two scheduler source files, interleaved round
+submit into the wheel) against two scheduler versions, interleaved round
 by round, and reports CPU time (``time.process_time``) per operation: best
 and median of the rounds and their ratio.  CPU time rather than wall time
 keeps other processes on a shared machine mostly out of the figures.
 
+A version is a scheduler source file (it then runs with this checkout's
+record twin and memory store):
+
     git show REV:periodic_fast/scheduler.py > /tmp/old.py
     .venv/bin/python bench/ab_scheduler.py /tmp/old.py periodic_fast/scheduler.py 15
+
+or a source tree (a checkout or ``git worktree`` with its extensions built),
+whose scheduler, record twin (``_rec_c`` if built, unless
+``PERIODIC_FAST_NO_EXTENSIONS``; else ``_rec_py``) and memory store are
+loaded together; needed when those changed with the scheduler:
+
+    .venv/bin/python bench/ab_scheduler.py /work/main . 7
 """
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import statistics
 import sys
@@ -19,18 +30,57 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_scheduler as b  # noqa: E402
 
+from periodic_fast._compat import NO_EXTENSIONS  # noqa: E402
+from periodic_fast.store.memory import MemoryStore  # noqa: E402
 
-def _load(path: str, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"periodic_fast.{name}", path)
+
+def _load(path: str, name: str, package: str = "periodic_fast") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"{package}.{name}", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def _load_tree(root: Path, label: str) -> tuple[Any, Any]:
+    """Scheduler and MemoryStore classes of the source tree ``root``, bound
+    to that tree's record twin (loaded as ``periodic_fast.rec`` while the
+    two modules import it)."""
+    pkg = root / "periodic_fast"
+    built = sorted(pkg.glob("_rec_c.*.so"))
+    if built and not NO_EXTENSIONS:
+        # an extension module is found by its file; its init symbol fixes
+        # the last part of the name, so the two trees' twins differ in the
+        # package part only
+        loader = importlib.machinery.ExtensionFileLoader(
+            f"_ab_{label}._rec_c", str(built[0])
+        )
+        spec = importlib.util.spec_from_loader(loader.name, loader)
+        assert spec is not None
+        twin = importlib.util.module_from_spec(spec)
+        loader.exec_module(twin)
+    else:
+        twin = _load(str(pkg / "_rec_py.py"), f"_ab_{label}_rec_py")
+    real = sys.modules.get("periodic_fast.rec")
+    sys.modules["periodic_fast.rec"] = twin
+    try:
+        sched = _load(str(pkg / "scheduler.py"), f"_ab_{label}")
+        memory = _load(
+            str(pkg / "store" / "memory.py"),
+            f"_ab_{label}_memory",
+            "periodic_fast.store",
+        )
+    finally:
+        if real is not None:
+            sys.modules["periodic_fast.rec"] = real
+    print(f"{label}: {root} ({Path(twin.__file__ or '?').name})")
+    return sched.Scheduler, memory.MemoryStore
 
 
 def main(old: str, new: str, rounds: int) -> None:
@@ -41,7 +91,12 @@ def main(old: str, new: str, rounds: int) -> None:
     }
     runners: dict[str, dict[str, Callable[[], None]]] = {}
     for label, path in (("old", old), ("new", new)):
-        b.Scheduler = _load(path, f"_ab_{label}").Scheduler  # type: ignore[misc]
+        if Path(path).is_dir():
+            sched, store = _load_tree(Path(path).resolve(), label)
+        else:
+            sched, store = _load(path, f"_ab_{label}").Scheduler, MemoryStore
+        b.Scheduler = sched  # type: ignore[misc]
+        b.MemoryStore = store  # type: ignore[misc]
         runners[label] = {k: make() for k, make in kinds.items()}
     per_op: dict[str, dict[str, list[float]]] = {
         label: {k: [] for k in kinds} for label in runners
