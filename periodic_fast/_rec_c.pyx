@@ -201,10 +201,16 @@ cdef class NameTable:
 
     def __iter__(self):
         """The records (the table must not change while iterating)."""
+        cdef PyObject **slots = self.slots
+        cdef Py_ssize_t size = self.size
         cdef Py_ssize_t i
-        for i in range(self.size):
-            if self.slots[i] != NULL:
-                yield <object>self.slots[i]
+        for i in range(size):
+            # a resize frees the array: never read it after one (a change
+            # without a resize may skip or repeat records, like a dict's)
+            if self.slots != slots:
+                raise RuntimeError("NameTable changed size during iteration")
+            if slots[i] != NULL:
+                yield <object>slots[i]
 
     def get(self, bytes name not None):
         """The record named ``name``, or None."""

@@ -141,6 +141,18 @@ def test_name_table_same_record_twice_and_clear(twin: Any) -> None:
     assert list(table) == [rec]
 
 
+def test_name_table_growth_while_iterating_raises(twin: Any) -> None:
+    table = twin.NameTable()
+    table.add(twin.JobRec(0, b"f", b"a"))
+    table.add(twin.JobRec(1, b"f", b"b"))
+    it = iter(table)
+    next(it)
+    for i in range(100):  # grows the table (the compiled one reallocates)
+        table.add(twin.JobRec(i, b"f", b"%d" % i))
+    with pytest.raises(RuntimeError):
+        next(it)
+
+
 def test_memory_store_keeps_the_records(twin: Any) -> None:
     """The store indexes the record it is given (no copy); a plain Job is
     copied into a record of its own."""
