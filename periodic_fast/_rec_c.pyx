@@ -11,11 +11,15 @@
 # does: ids are dense, run counts are small, epochs wrap through repend(),
 # job fields are range-checked like the wire format).
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memcmp, memcpy
 
 cimport cython
@@ -23,6 +27,7 @@ cimport cython
 
 cdef extern from *:
     ctypedef unsigned long long u128 "unsigned __int128"
+    void __builtin_prefetch(const void *p) noexcept nogil
 
 from periodic_fast.job import Job
 
@@ -123,16 +128,30 @@ cdef inline Py_ssize_t _home(Py_hash_t h, Py_ssize_t size) noexcept:
     return <Py_ssize_t>((<u128><uint64_t>h * <uint64_t>size) >> 64)
 
 
+# A slot is a record pointer with 4 low bits of its name's hash in the
+# pointer's alignment bits (objects are 16-byte aligned): a probe skips
+# other names without loading their record and name (two cache misses).
+DEF TAG = 15
+
+cdef inline PyObject *_rec_of(uintptr_t slot) noexcept:
+    return <PyObject *>(slot & ~(<uintptr_t>TAG))
+
+
+cdef inline Py_hash_t _name_hash(uintptr_t slot) except? -1:
+    # hash() of a bytes object is cached in it: no rehash cost
+    return hash((<JobRec>_rec_of(slot)).name)
+
+
 @cython.final
 cdef class NameTable:
     """Records keyed by their ``name``: at most one record per name."""
 
-    cdef PyObject **slots
+    cdef uintptr_t *slots
     cdef Py_ssize_t size
     cdef Py_ssize_t used
 
     def __cinit__(self):
-        self.slots = <PyObject **>PyMem_Calloc(8, sizeof(PyObject *))
+        self.slots = <uintptr_t *>PyMem_Calloc(8, sizeof(uintptr_t))
         if self.slots == NULL:
             raise MemoryError()
         self.size = 8
@@ -141,8 +160,8 @@ cdef class NameTable:
         cdef Py_ssize_t i
         if self.slots != NULL:
             for i in range(self.size):
-                if self.slots[i] != NULL:
-                    Py_DECREF(<object>self.slots[i])
+                if self.slots[i]:
+                    Py_DECREF(<object>_rec_of(self.slots[i]))
             PyMem_Free(self.slots)
             self.slots = NULL
 
@@ -152,39 +171,47 @@ cdef class NameTable:
     cdef Py_ssize_t _find(self, bytes name) except -2:
         """Slot index of the record named ``name``, or -1."""
         cdef Py_hash_t h = hash(name)
+        cdef uintptr_t tag = <uintptr_t>h & TAG
         cdef Py_ssize_t size = self.size
         cdef Py_ssize_t i = _home(h, size)
         cdef Py_ssize_t n = len(name)
         cdef const char *p = PyBytes_AS_STRING(name)
-        cdef PyObject *slot
-        cdef bytes other
+        cdef uintptr_t slot
+        cdef PyObject *other
         while True:
             slot = self.slots[i]
-            if slot == NULL:
+            if not slot:
                 return -1
-            other = (<JobRec>slot).name
-            if other is name or (
-                len(other) == n and memcmp(PyBytes_AS_STRING(other), p, n) == 0
-            ):
-                return i
+            if slot & TAG == tag:
+                other = <PyObject *>(<JobRec>_rec_of(slot)).name
+                if other == <PyObject *>name or (
+                    PyBytes_GET_SIZE(<object>other) == n
+                    and memcmp(PyBytes_AS_STRING(<object>other), p, n) == 0
+                ):
+                    return i
             i += 1
             if i == size:
                 i = 0
 
     cdef int _resize(self, Py_ssize_t size) except -1:
-        cdef PyObject **old = self.slots
+        cdef uintptr_t *old = self.slots
         cdef Py_ssize_t old_size = self.size
-        cdef PyObject **new = <PyObject **>PyMem_Calloc(size, sizeof(PyObject *))
+        cdef uintptr_t *new = <uintptr_t *>PyMem_Calloc(size, sizeof(uintptr_t))
         cdef Py_ssize_t i, j
-        cdef PyObject *slot
+        cdef uintptr_t slot
         if new == NULL:
             raise MemoryError()
         for i in range(old_size):
+            # every entry's home needs its name's hash (record -> name ->
+            # cached hash): fetch records 16 slots and names 8 slots ahead
+            if i + 16 < old_size and old[i + 16]:
+                __builtin_prefetch(_rec_of(old[i + 16]))
+            if i + 8 < old_size and old[i + 8]:
+                __builtin_prefetch(<PyObject *>(<JobRec>_rec_of(old[i + 8])).name)
             slot = old[i]
-            if slot != NULL:
-                # hash() of a bytes object is cached: no rehash cost
-                j = _home(hash((<JobRec>slot).name), size)
-                while new[j] != NULL:
+            if slot:
+                j = _home(_name_hash(slot), size)
+                while new[j]:
                     j += 1
                     if j == size:
                         j = 0
@@ -201,7 +228,7 @@ cdef class NameTable:
 
     def __iter__(self):
         """The records (the table must not change while iterating)."""
-        cdef PyObject **slots = self.slots
+        cdef uintptr_t *slots = self.slots
         cdef Py_ssize_t size = self.size
         cdef Py_ssize_t i
         for i in range(size):
@@ -209,35 +236,39 @@ cdef class NameTable:
             # without a resize may skip or repeat records, like a dict's)
             if self.slots != slots:
                 raise RuntimeError("NameTable changed size during iteration")
-            if slots[i] != NULL:
-                yield <object>slots[i]
+            if slots[i]:
+                yield <object>_rec_of(slots[i])
 
     def get(self, bytes name not None):
         """The record named ``name``, or None."""
         cdef Py_ssize_t i = self._find(name)
-        return None if i < 0 else <object>self.slots[i]
+        return None if i < 0 else <object>_rec_of(self.slots[i])
 
     def add(self, JobRec rec not None):
         """Insert ``rec``, replacing a record of the same name; returns the
         replaced record (None if there was none; ``rec`` if it was there)."""
+        cdef uintptr_t ptr = <uintptr_t><PyObject *>rec
+        if ptr & TAG:  # pragma: no cover - CPython aligns objects to 16
+            raise SystemError("NameTable: record not 16-byte aligned")
+        cdef Py_hash_t h = hash(rec.name)
         cdef Py_ssize_t i = self._find(rec.name)
         cdef object old
         if i >= 0:
-            old = <object>self.slots[i]
+            old = <object>_rec_of(self.slots[i])
             Py_INCREF(rec)
-            self.slots[i] = <PyObject *>rec
+            self.slots[i] = ptr | (<uintptr_t>h & TAG)
             Py_DECREF(old)  # the table's reference; ``old`` keeps it alive
             return old
         if (self.used + 1) * 4 > self.size * 3:  # above 75%: grow to 50%
             self._resize(2 * (self.used + 1))
         cdef Py_ssize_t size = self.size
-        i = _home(hash(rec.name), size)
-        while self.slots[i] != NULL:
+        i = _home(h, size)
+        while self.slots[i]:
             i += 1
             if i == size:
                 i = 0
         Py_INCREF(rec)
-        self.slots[i] = <PyObject *>rec
+        self.slots[i] = ptr | (<uintptr_t>h & TAG)
         self.used += 1
         return None
 
@@ -246,28 +277,28 @@ cdef class NameTable:
         cdef Py_ssize_t i = self._find(name)
         if i < 0:
             return None
-        cdef object rec = <object>self.slots[i]
+        cdef object rec = <object>_rec_of(self.slots[i])
         Py_DECREF(rec)  # the table's reference; ``rec`` keeps it alive
-        self.slots[i] = NULL
+        self.slots[i] = 0
         self.used -= 1
         # backward-shift deletion: pull later entries of the probe run into
         # the hole unless that would move them before their home slot
         cdef Py_ssize_t size = self.size
         cdef Py_ssize_t j = i
         cdef Py_ssize_t home
-        cdef PyObject *slot
+        cdef uintptr_t slot
         while True:
             j += 1
             if j == size:
                 j = 0
             slot = self.slots[j]
-            if slot == NULL:
+            if not slot:
                 break
-            home = _home(hash((<JobRec>slot).name), size)
+            home = _home(_name_hash(slot), size)
             # move when home is not cyclically within (i, j]
             if (j - home + size) % size >= (j - i + size) % size:
                 self.slots[i] = slot
-                self.slots[j] = NULL
+                self.slots[j] = 0
                 i = j
         if self.size > 8 and self.used * 8 < self.size:  # below 12.5%: shrink
             self._resize(max(8, 2 * self.used))
@@ -278,21 +309,21 @@ cdef class NameTable:
         cdef list out = []
         cdef Py_ssize_t i
         for i in range(self.size):
-            if self.slots[i] != NULL:
-                out.append(<object>self.slots[i])
+            if self.slots[i]:
+                out.append(<object>_rec_of(self.slots[i]))
         return out
 
     def clear(self):
         """Remove every record."""
-        cdef PyObject **new = <PyObject **>PyMem_Calloc(8, sizeof(PyObject *))
+        cdef uintptr_t *new = <uintptr_t *>PyMem_Calloc(8, sizeof(uintptr_t))
         if new == NULL:
             raise MemoryError()
-        cdef PyObject **old = self.slots
+        cdef uintptr_t *old = self.slots
         cdef Py_ssize_t i, size = self.size
         self.slots = new
         self.size = 8
         self.used = 0
         for i in range(size):
-            if old[i] != NULL:
-                Py_DECREF(<object>old[i])
+            if old[i]:
+                Py_DECREF(<object>_rec_of(old[i]))
         PyMem_Free(old)

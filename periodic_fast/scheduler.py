@@ -616,7 +616,7 @@ class Scheduler:
         shared = self._name_table is not None
         cleared: set[bytes] = set()
         for job, state in snap.jobs:
-            func = job[0]
+            func, name, workload, when, count, timeout = job
             if fs is None or func != last:
                 fs = funcs.get(func) or self._func(func)
                 jobs = fs.jobs
@@ -628,20 +628,17 @@ class Scheduler:
                     cleared.add(func)
                     jobs.clear()
                 if not jobs:
-                    # adopt the store's func bytes: stores that share one
-                    # object among a func's jobs then need no tuple rebuilt
-                    fs.name = func
-            name = job[1]
-            if name in jobs:  # a store should not hold duplicates
-                continue
+                    fs.name = func  # adopt the store's func bytes
             # one func bytes object per func (fs.name), not one per job
             jid = len(recs)
-            rec = rec_new(jid, fs.name, name, job[2], job[3], job[4], job[5])
+            rec = rec_new(jid, fs.name, name, workload, when, count, timeout)
+            old = jobs.add(rec)
+            if old is not None:  # a store should not hold duplicates
+                jobs.add(old)  # the first one stays
+                continue
             recs.append(rec)
-            jobs.add(rec)
             if state != _PENDING:  # protocol.md 4.16: all jobs pending at start
                 store.set_state(func, name, _PENDING)
-            when = job[3]
             if when > t:
                 wheel_add(jid, when)
                 rec.where = _IN_WHEEL

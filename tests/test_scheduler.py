@@ -29,6 +29,7 @@ from periodic_fast.errors import (
 )
 from periodic_fast.job import FuncStat, Job, JobState
 from periodic_fast.scheduler import Scheduler
+from periodic_fast.store import StoreSnapshot
 from periodic_fast.store.memory import MemoryStore
 
 T0 = 1_700_000_000.0
@@ -1538,6 +1539,24 @@ def test_restart_dispatches_due_jobs_in_order() -> None:
     w = h.worker(b"f")
     got = [j.name for m in range(1, 5) for _, j in assigns(w.grab(m))]
     assert got == [b"a", b"b", b"c", b"d"]
+
+
+def test_restart_keeps_the_first_of_duplicate_names() -> None:
+    """A store should not hold two jobs of one name; if its snapshot does,
+    the first is kept (and gets the only record id)."""
+
+    class DupStore(MemoryStore):
+        def load(self) -> StoreSnapshot:
+            jobs = [
+                (Job(b"f", b"a", b"1", 5), JobState.PENDING),
+                (Job(b"f", b"a", b"2", 6), JobState.PENDING),
+                (Job(b"f", b"b", b"", 7), JobState.PENDING),
+            ]
+            return StoreSnapshot(jobs, [b"f"], {})
+
+    s = Scheduler(DupStore(), T0)
+    assert s.jobs() == [Job(b"f", b"a", b"1", 5), Job(b"f", b"b", b"", 7)]
+    assert len(s._jobs) == 2
 
 
 def test_identity_is_accepted_and_kept(h: Harness) -> None:
