@@ -171,6 +171,12 @@ class NameTable:
         """Remove and return the record named ``name``, or None."""
         return self._d.pop(name, None)
 
+    def min_sched_at(self, state: int) -> int | None:
+        """The earliest ``sched_at`` of the records in ``state``, or None."""
+        return min(
+            (r.sched_at for r in self._d.values() if r.state == state), default=None
+        )
+
     def values(self) -> list[JobRec]:
         """A list of the records (safe to change the table meanwhile)."""
         return list(self._d.values())

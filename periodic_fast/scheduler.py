@@ -867,14 +867,14 @@ class Scheduler:
 
     @staticmethod
     def _stat(fs: _Func, t: int) -> FuncStat:
-        sched = [r.sched_at for r in fs.jobs if r.state == _PENDING]
+        at = fs.jobs.min_sched_at(_PENDING)
         return FuncStat(
             fs.name,
             fs.workers,
             len(fs.jobs),
             fs.n_running,
             fs.n_locked,
-            min(sched) if sched else t,
+            t if at is None else at,
         )
 
     def get_config(self, key: str) -> int:
@@ -958,7 +958,6 @@ class Scheduler:
         out = []
         for name in sorted(self._funcs):
             fs = self._funcs[name]
-            pending = [r.sched_at for r in fs.jobs if r.state == _PENDING]
             oldest: int | None = None
             seen = 0
             for rec in fs.ready:  # about oldest first: look at the head only
@@ -977,7 +976,7 @@ class Scheduler:
                     fs.n_ready,
                     fs.n_running,
                     fs.n_locked,
-                    min(pending) if pending else None,
+                    fs.jobs.min_sched_at(_PENDING),
                     oldest,
                     fs.n_submit,
                     fs.n_done,

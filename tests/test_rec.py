@@ -141,6 +141,21 @@ def test_name_table_same_record_twice_and_clear(twin: Any) -> None:
     assert list(table) == [rec]
 
 
+def test_name_table_min_sched_at(twin: Any) -> None:
+    table = twin.NameTable()
+    assert table.min_sched_at(0) is None
+    rnd = random.Random(5)
+    recs = []
+    for i in range(500):
+        rec = twin.JobRec(i, b"f", b"%d" % i, b"", rnd.randrange(-(1 << 62), 1 << 62))
+        rec.state = rnd.randrange(3)
+        table.add(rec)
+        recs.append(rec)
+    for state in (0, 1, 2, 3):
+        want = [r.sched_at for r in recs if r.state == state]
+        assert table.min_sched_at(state) == (min(want) if want else None)
+
+
 def test_name_table_growth_while_iterating_raises(twin: Any) -> None:
     table = twin.NameTable()
     table.add(twin.JobRec(0, b"f", b"a"))
