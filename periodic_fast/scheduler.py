@@ -16,10 +16,11 @@ Data layout (persistence-and-scale.md section 3)
   *handle*, ``str8(func) + str8(name)``, is split to look one up; no per-job
   handle bytes are kept) and by a dense integer id (free-list allocated) that
   the :class:`~periodic_fast.wheel.TimerWheel` holds.  A record's func bytes
-  are its func's own ``name``; a store with ``keeps_records`` (MemoryStore)
-  is handed the record itself, so a scheduled job costs the record, its name
-  bytes, two table slots, an id slot and its wheel entry.  Future jobs sit in
-  the wheel; due ones bypass it and go to their func's ready deque.
+  are its func's own ``name``.  A store with ``keeps_records``
+  (MemoryStore) is handed the record itself and shares its per-func tables
+  as the index, so a scheduled job costs the record, its name bytes, one
+  table slot, an id slot and its wheel entry.  Future jobs sit in the wheel;
+  due ones bypass it and go to their func's ready deque.
 * Each func keeps a ready deque (dispatch order: ascending ``(sched_at, name)``
   within each due batch, FIFO across batches) and ``avail``, an ordered set of
   the connections that registered it and may have a free grab slot.  Dispatch
@@ -601,7 +602,7 @@ class Scheduler:
         """Start-up: index every stored job; future ones go into the wheel, due
         ones into their func's ready queue in (sched_at, name) order; running
         and locked jobs become pending (protocol.md 4.16).  One tight loop
-        (the _new_rec work inlined)."""
+        (the new-job work of _submit inlined)."""
         for func in snap.funcs:
             self._func(func, persist=False)
         store = self._store
