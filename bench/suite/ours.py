@@ -394,7 +394,11 @@ def w4(ctx: Context) -> dict[str, Result]:
     rows: list[Result] = []
     for n in ctx.size.w4_jobs:
         db = ctx.path(f"w4-{n}.db")
-        proc = ServerProcess(["-p", f"file://{db}", "--log", "warning"])
+        # the restart reads every stored job before it listens (about 20 s
+        # for 10M): the default start timeout is meant for empty servers
+        proc = ServerProcess(
+            ["-p", f"file://{db}", "--log", "warning"], start_timeout=600
+        )
         try:
             proc.start()
         except (RuntimeError, TimeoutError) as exc:
