@@ -38,12 +38,18 @@ Contract (every implementation, present and future):
   job, ``delete_func`` of an unknown func do nothing.
 * After :meth:`Store.close` no other method is called; ``close`` is idempotent.
 
-Optional: ``metrics() -> dict[str, float]`` (the memory, SQLite and PostgreSQL
-stores have it) gives monitoring figures for the HTTP ``/metrics`` and
-``/readyz`` pages: ``commits``, ``rows`` (net rows written), ``commit_seconds_sum``,
-``last_commit_seconds``, ``errors`` (failed commit attempts), ``pending``
-(writes not yet committed) and ``healthy`` (1.0 when the last commit attempt
-succeeded, else 0.0).  Callers check for it with ``getattr``.
+Monitoring: :meth:`Store.metrics` gives the figures of the HTTP ``/metrics``
+and ``/readyz`` pages: ``commits``, ``rows`` (net rows written),
+``commit_seconds_sum``, ``last_commit_seconds``, ``errors`` (failed commit
+attempts), ``pending`` (writes not yet committed) and ``healthy`` (1.0 when
+the last commit attempt succeeded, else 0.0); :attr:`Store.closed` is True
+after :meth:`Store.close`.
+
+Shared records (optional): a store whose ``keeps_records`` is True
+(the memory store) also implements :class:`RecordStore`: ``save_job`` then
+takes the scheduler's own record (a :class:`~periodic_fast.rec.JobRec`, which
+has the :class:`~periodic_fast.job.Job` fields) and ``name_table(func)`` hands
+the scheduler the store's per-func index, so one slot serves both.
 
 Store URIs (cli-and-http.md, docs/storage.md): ``:memory:``; ``file://PATH``
 (SQLite; ``cache+file://PATH`` and a bare path containing ``/`` mean the same);
@@ -53,11 +59,14 @@ Store URIs (cli-and-http.md, docs/storage.md): ``:memory:``; ``file://PATH``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 from ..job import Job, JobState
 
-__all__ = ["Store", "StoreSnapshot", "open_store"]
+if TYPE_CHECKING:
+    from ..rec import NameTable
+
+__all__ = ["RecordStore", "Store", "StoreSnapshot", "open_store"]
 
 
 class StoreSnapshot(NamedTuple):
@@ -82,6 +91,19 @@ class Store(Protocol):
     #: True when writes become durable later (the server must hold replies
     #: behind :meth:`on_durable`); False for an immediate store (memory).
     deferred: bool
+
+    #: True when ``save_job`` keeps the scheduler's records and the store
+    #: implements :class:`RecordStore` (see the module docstring).
+    keeps_records: bool
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        ...
+
+    def metrics(self) -> dict[str, float]:
+        """Monitoring figures (keys listed in the module docstring)."""
+        ...
 
     def load(self) -> StoreSnapshot:
         """Return everything stored; called once at start-up."""
@@ -133,6 +155,16 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Flush and release resources.  Idempotent."""
+        ...
+
+
+@runtime_checkable
+class RecordStore(Store, Protocol):
+    """A store that keeps the scheduler's own records (``keeps_records``)."""
+
+    def name_table(self, func: bytes) -> NameTable:
+        """The store's table of ``func``'s records (created empty if missing);
+        the scheduler adds and pops its records there itself."""
         ...
 
 

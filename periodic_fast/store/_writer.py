@@ -45,6 +45,9 @@ class BatchWriter:
     #: writes become durable later: the server holds replies for on_durable
     deferred = True
 
+    #: each write gets a fresh Job (encoded or copied at once)
+    keeps_records = False
+
     def __init__(
         self,
         kind: str,

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import re
 import threading
@@ -52,6 +51,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from .._gc import gc_paused
 from ..job import Job, JobState
 from . import StoreSnapshot
 from ._batch import DELETE as _DELETE
@@ -490,9 +490,8 @@ class PostgresStore(BatchWriter):
         conn = await self._connection()
         states = (JobState.PENDING, JobState.RUNNING, JobState.LOCKED)
         jobs: list[tuple[Job, JobState]] = []
-        gc_on = gc.isenabled()
-        gc.disable()  # a million new tuples: GC passes would double the time
-        try:
+        # a million new tuples: GC passes would double the time
+        with gc_paused():
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 await conn.execute("SET LOCAL enable_seqscan = on")  # a full read
                 # a cursor in chunks: the records of one chunk at a time
@@ -520,9 +519,6 @@ class PostgresStore(BatchWriter):
                         f"SELECT name, value FROM {self._t_configs}"
                     )
                 }
-        finally:
-            if gc_on:
-                gc.enable()
         return StoreSnapshot(jobs, funcs, config)
 
 

@@ -42,17 +42,15 @@ index: the scheduler's wheel is rebuilt from one full scan at start-up.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .._gc import gc_paused
 from ..job import Job, JobState
 from . import StoreSnapshot
 from ._batch import DELETE, Batch
@@ -370,7 +368,7 @@ class SqliteStore(BatchWriter):
         (per func, so the func bytes are shared by its jobs); the cyclic GC is
         paused meanwhile (it would rescan the growing list again and again)."""
         self._check_open()
-        with _gc_paused(), self._db_lock:
+        with gc_paused(), self._db_lock:
             db = self._db
             if db is None:
                 db = self._db = self._open()
@@ -378,18 +376,6 @@ class SqliteStore(BatchWriter):
             funcs = [r[0] for r in db.execute("SELECT func FROM funcs")]
             config = dict(db.execute("SELECT name, value FROM configs").fetchall())
         return StoreSnapshot(jobs, funcs, config)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Keep the cyclic GC off while millions of tuples are built."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 # every distinct func, one index probe each (a skip-scan over the primary key)
