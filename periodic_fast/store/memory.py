@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from ..job import Job, JobState
 from ..rec import JobRec, NameTable
-from . import StoreSnapshot
+from ._contract import StoreSnapshot
 
 __all__ = ["MemoryStore"]
 

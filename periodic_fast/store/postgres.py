@@ -53,9 +53,9 @@ import asyncpg
 
 from .._gc import gc_paused
 from ..job import Job, JobState
-from . import StoreSnapshot
 from ._batch import DELETE as _DELETE
 from ._batch import Batch as _Batch
+from ._contract import StoreSnapshot
 from ._writer import BatchWriter
 
 __all__ = ["PostgresStore", "PostgresStoreError", "parse_postgres_uri"]

@@ -52,8 +52,8 @@ from typing import Any
 
 from .._gc import gc_paused
 from ..job import Job, JobState
-from . import StoreSnapshot
 from ._batch import DELETE, Batch
+from ._contract import StoreSnapshot
 from ._writer import BatchWriter
 
 __all__ = [
