@@ -192,6 +192,24 @@ def load_auth_file(path: str | os.PathLike[str]) -> AuthRules:
     return parse_auth_file(data)
 
 
+def warn_if_readable(path: str) -> bool:
+    """Log a warning when users other than the owner may read the file at
+    ``path`` (its tokens would let them act as any identity in it); True if
+    it warned."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    if not mode & 0o077:
+        return False
+    log.warning(
+        "auth file %s can be read by other users (mode %o): run chmod 600 on it",
+        path,
+        mode & 0o777,
+    )
+    return True
+
+
 def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
@@ -219,6 +237,7 @@ class AuthFile:
             raise AuthFileError(f"{self._path}: {exc}") from None
         self._seen = seen
         self._failed: tuple[int, int, int, int] | None = None
+        warn_if_readable(self._path)
 
     @property
     def path(self) -> str:
@@ -258,5 +277,6 @@ class AuthFile:
         self._seen = sig
         self._failed = None
         self._rules = rules
+        warn_if_readable(self._path)
         log.info("auth file %s reloaded (%d identities)", self._path, len(rules))
         return rules

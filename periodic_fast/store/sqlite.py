@@ -116,6 +116,33 @@ def prepare_default_path() -> Path:
     return path
 
 
+def _create_private(path: str) -> None:
+    """Create the database file readable by its owner only, before SQLite
+    opens it: every workload is inside, and SQLite gives the WAL and shared
+    memory files the database file's mode.  An existing file keeps its mode
+    (the operator chose it); one that others can read gets a warning."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return
+        if mode & 0o077:
+            log.warning(
+                "SQLite store %s is readable by other users (mode %o):"
+                " chmod 600 it and its -wal/-shm files",
+                path,
+                mode & 0o777,
+            )
+        return
+    except OSError:
+        return  # sqlite3.connect reports the real problem with its own message
+    os.close(fd)
+
+
 def parse_file_uri(uri: str) -> str:
     """The file path of a SQLite store URI.
 
@@ -194,6 +221,7 @@ class SqliteStore(BatchWriter):
     # connection and schema -----------------------------------------------------
     def _open(self) -> sqlite3.Connection:
         where = f"SQLite store {self.path!r}"
+        _create_private(self.path)
         try:
             db = sqlite3.connect(
                 self.path,
