@@ -47,10 +47,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .._gc import gc_paused
 from ..job import Job, JobState
 from ._batch import DELETE, Batch
 from ._contract import StoreSnapshot
@@ -392,19 +392,33 @@ class SqliteStore(BatchWriter):
 
     # Store API (event-loop thread) --------------------------------------------
     def load(self) -> StoreSnapshot:
-        """Read every job, func and config value: one pass over each table
-        (per func, so the func bytes are shared by its jobs); the cyclic GC is
-        paused meanwhile (it would rescan the growing list again and again)."""
+        """Read every func and config value, and stream the jobs.
+
+        ``jobs`` is a one-pass iterator that reads the jobs table in chunks
+        (per func, so the func bytes are shared by its jobs) while the caller
+        consumes it: a restart holds one chunk of rows at a time, not a list
+        of every job beside the records built from it.  The writer waits for
+        the database until the iterator is exhausted or closed; writes
+        enqueued meanwhile (the scheduler resetting running jobs) are
+        committed after it."""
         self._check_open()
-        with gc_paused(), self._db_lock:
+        with self._db_lock:
             db = self._db
             if db is None:
                 db = self._db = self._open()
-            jobs = _read_jobs(db)
             funcs = [r[0] for r in db.execute("SELECT func FROM funcs")]
             config = dict(db.execute("SELECT name, value FROM configs").fetchall())
-        return StoreSnapshot(jobs, funcs, config)
+        return StoreSnapshot(self._stream_jobs(), funcs, config)
 
+    def _stream_jobs(self) -> Iterator[tuple[Job, JobState]]:
+        with self._db_lock:
+            db = self._db
+            if db is None:
+                raise SqliteStoreError(f"SQLite store {self.path!r} is closed")
+            yield from _read_jobs(db)
+
+
+_LOAD_CHUNK = 8192  # rows per fetch while the jobs stream in
 
 # every distinct func, one index probe each (a skip-scan over the primary key)
 _SQL_JOB_FUNCS = (
@@ -417,21 +431,16 @@ _SQL_JOBS_OF = (
 )
 
 
-def _read_jobs(db: sqlite3.Connection) -> list[tuple[Job, JobState]]:
-    """Every stored job with its state."""
+def _read_jobs(db: sqlite3.Connection) -> Iterator[tuple[Job, JobState]]:
+    """Every stored job with its state, read in chunks as it is consumed."""
     new = tuple.__new__
     states = (JobState.PENDING, JobState.RUNNING, JobState.LOCKED)
-    out: list[tuple[Job, JobState]] = []
-    append = out.append
     for (func,) in db.execute(_SQL_JOB_FUNCS).fetchall():
         cur = db.execute(_SQL_JOBS_OF, (func,))
-        while rows := cur.fetchmany(8192):
+        while rows := cur.fetchmany(_LOAD_CHUNK):
             for n, w, t, c, o, s in rows:
                 # an unknown state (a damaged row) loads as pending
-                append(
-                    (
-                        new(Job, (func, n, w, t, c, o)),
-                        states[s] if 0 <= s < 3 else states[0],
-                    )
+                yield (
+                    new(Job, (func, n, w, t, c, o)),
+                    states[s] if 0 <= s < 3 else states[0],
                 )
-    return out
