@@ -272,7 +272,7 @@ def test_writes_use_the_primary_key_on_a_bloated_table(
     for i in range(5):
         store.set_state(b"f", b"n%d" % (i + 1), JobState.RUNNING)
     store.flush()
-    assert len(store.load().jobs) == 100
+    assert len(list(store.load().jobs)) == 100
 
 
 def test_barriers_fire_in_order_once(store: Any) -> None:
@@ -300,7 +300,7 @@ def test_barriers_fire_in_order_once(store: Any) -> None:
     m = store.metrics()
     assert m["commits"] >= 1 and m["rows"] >= 3000 and m["pending"] == 0
     assert m["healthy"] == 1 and m["errors"] == 0
-    seen_rows.append(len(store.load().jobs))
+    seen_rows.append(len(list(store.load().jobs)))
     assert seen_rows == [3000]
     # nothing outstanding: the barrier runs at once, on this thread
     now: list[BaseException | None] = []

@@ -45,13 +45,12 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import asyncpg
 
-from .._gc import gc_paused
 from ..job import Job, JobState
 from ._batch import DELETE as _DELETE
 from ._batch import Batch as _Batch
@@ -68,7 +67,7 @@ _WRITER_PLANNER = {
     "enable_hashjoin": "off",
     "enable_mergejoin": "off",
 }
-_LOAD_CHUNK = 50_000  # rows per cursor fetch at start-up
+_LOAD_CHUNK = 8192  # rows per cursor fetch while the jobs stream in
 # a commit statement carries at most this many job rows / bytes; a bigger
 # batch is split over several statements in one transaction
 _CHUNK_ROWS = 200_000
@@ -478,48 +477,64 @@ class PostgresStore(BatchWriter):
 
     # Store API (event-loop thread) --------------------------------------------
     def load(self) -> StoreSnapshot:
-        """Read every job, func and config value (one pass over each table)."""
+        """Read every func and config value, and stream the jobs.
+
+        ``jobs`` is a one-pass iterator over a server-side cursor, fetched in
+        chunks of ``_LOAD_CHUNK`` rows as the caller consumes it (one chunk
+        in memory at a time, not a list of every job beside the records
+        built from it).  The writer waits for the connection until the
+        iterator is exhausted or closed."""
         self._check_open()
-        return self._call(self._load())
+        funcs, config = self._call(self._load_meta())
+        return StoreSnapshot(self._stream_jobs(), funcs, config)
 
-    async def _load(self) -> StoreSnapshot:
+    async def _load_meta(self) -> tuple[list[bytes], dict[str, int]]:
         async with self._conn_lock:
-            return await self._load_locked()
+            conn = await self._connection()
+            funcs = [
+                r[0] for r in await conn.fetch(f"SELECT func FROM {self._t_funcs}")
+            ]
+            rows = await conn.fetch(f"SELECT name, value FROM {self._t_configs}")
+            return funcs, {r[0]: r[1] for r in rows}
 
-    async def _load_locked(self) -> StoreSnapshot:
-        conn = await self._connection()
+    def _stream_jobs(self) -> Iterator[tuple[Job, JobState]]:
+        chunks = self._job_chunks()
+        try:
+            while (chunk := self._call(_next_chunk(chunks))) is not None:
+                yield from chunk
+        finally:
+            self._call(chunks.aclose())
+
+    async def _job_chunks(
+        self,
+    ) -> AsyncGenerator[list[tuple[Job, JobState]], None]:
         states = (JobState.PENDING, JobState.RUNNING, JobState.LOCKED)
-        jobs: list[tuple[Job, JobState]] = []
-        # a million new tuples: GC passes would double the time
-        with gc_paused():
+        async with self._conn_lock:
+            conn = await self._connection()
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 await conn.execute("SET LOCAL enable_seqscan = on")  # a full read
-                # a cursor in chunks: the records of one chunk at a time
                 cursor = await conn.cursor(
                     "SELECT func, name, workload, sched_at, count, timeout, state"
                     f" FROM {self._t_jobs}"
                 )
-                while True:
-                    rows = await cursor.fetch(_LOAD_CHUNK)
-                    if not rows:
-                        break
-                    jobs += [
+                while rows := await cursor.fetch(_LOAD_CHUNK):
+                    yield [
                         (
                             Job(f, n, w, t, c, o),
                             states[s] if 0 <= s < 3 else JobState(s),
                         )
                         for f, n, w, t, c, o, s in rows
                     ]
-                funcs = [
-                    r[0] for r in await conn.fetch(f"SELECT func FROM {self._t_funcs}")
-                ]
-                config = {
-                    r[0]: r[1]
-                    for r in await conn.fetch(
-                        f"SELECT name, value FROM {self._t_configs}"
-                    )
-                }
-        return StoreSnapshot(jobs, funcs, config)
+
+
+async def _next_chunk(
+    chunks: AsyncGenerator[list[tuple[Job, JobState]], None],
+) -> list[tuple[Job, JobState]] | None:
+    """The next chunk, or None at the end (a plain coroutine for _call)."""
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        return None
 
 
 def _statement_args(batch: _Batch) -> list[tuple[list[Any], ...]]:
