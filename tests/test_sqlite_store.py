@@ -280,7 +280,10 @@ def test_open_errors(tmp_path: Path) -> None:
 def test_damaged_state_loads_as_pending(db: Path) -> None:
     SqliteStore(db).close()
     con = sqlite3.connect(db)
-    con.execute("INSERT INTO jobs VALUES (x'66', x'61', x'', 5, 0, 0, 9)")
+    con.execute(
+        "INSERT INTO jobs (func, name, workload, sched_at, count, timeout, state)"
+        " VALUES (x'66', x'61', x'', 5, 0, 0, 9)"
+    )
     con.commit()
     con.close()
     store = SqliteStore(db)

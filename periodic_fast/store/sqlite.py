@@ -34,10 +34,22 @@ second process gets a clear error instead of sharing it.
 
 Layout (persistence-and-scale.md 4.1): ``jobs(func BLOB, name BLOB,
 workload BLOB, sched_at INTEGER, count INTEGER, timeout INTEGER,
-state INTEGER, PRIMARY KEY(func, name)) WITHOUT ROWID``,
+state INTEGER, gen INTEGER, PRIMARY KEY(func, name)) WITHOUT ROWID``,
 ``funcs(func BLOB PRIMARY KEY) WITHOUT ROWID``,
-``configs(name TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID``.  No time
+``configs(name TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID``,
+``func_gens(func BLOB PRIMARY KEY, gen INTEGER) WITHOUT ROWID``.  No time
 index: the scheduler's wheel is rebuilt from one full scan at start-up.
+
+Dropping a func's jobs is O(1) in the commit that acknowledges it: the drop
+bumps the func's generation in ``func_gens`` (one row), every job row carries
+the generation it was written in, and :meth:`SqliteStore.load` reads only the
+rows of each func's current generation.  The rows of earlier generations are
+deleted afterwards, ``PURGE_SLICE`` rows per transaction between the group
+commits, so a drop of a million jobs never holds other peers' commits up for
+the seconds such a DELETE takes.  A crash before the drop commits keeps
+every job, one after it keeps none of them (the leftover rows are invisible
+and purged after the restart): all or nothing, as a client sees it.
+Layout 1 files (no generations) are upgraded in place when opened.
 """
 
 from __future__ import annotations
@@ -68,23 +80,33 @@ log = logging.getLogger("periodic_fast.store")
 #: ``PRAGMA application_id`` of our files ("PfSt"): tells them from others
 APPLICATION_ID = 0x50665374
 #: ``PRAGMA user_version``: the layout version
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+#: rows of dropped generations deleted per purge transaction
+PURGE_SLICE = 2000
 
-_JOB_COLUMNS = ("func", "name", "workload", "sched_at", "count", "timeout", "state")
+_JOB_COLUMNS_V1 = ("func", "name", "workload", "sched_at", "count", "timeout", "state")
+_JOB_COLUMNS = (*_JOB_COLUMNS_V1, "gen")
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS jobs (func BLOB NOT NULL, name BLOB NOT NULL,"
     " workload BLOB NOT NULL, sched_at INTEGER NOT NULL, count INTEGER NOT NULL,"
     " timeout INTEGER NOT NULL, state INTEGER NOT NULL,"
-    " PRIMARY KEY (func, name)) WITHOUT ROWID",
+    " gen INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (func, name)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS funcs (func BLOB NOT NULL PRIMARY KEY) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS configs (name TEXT NOT NULL PRIMARY KEY,"
     " value INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS func_gens (func BLOB NOT NULL PRIMARY KEY,"
+    " gen INTEGER NOT NULL) WITHOUT ROWID",
 )
-_SQL_DROP = "DELETE FROM jobs WHERE func = ?"
+_SQL_UPGRADE_V1 = "ALTER TABLE jobs ADD COLUMN gen INTEGER NOT NULL DEFAULT 0"
+_SQL_DROP = "INSERT OR REPLACE INTO func_gens (func, gen) VALUES (?, ?)"
+_SQL_PURGE = (
+    "DELETE FROM jobs WHERE func = ?1 AND name IN"
+    " (SELECT name FROM jobs WHERE func = ?1 AND gen < ?2 LIMIT ?3)"
+)
 _SQL_DELETE = "DELETE FROM jobs WHERE func = ? AND name = ?"
 _SQL_SAVE = (
     "INSERT OR REPLACE INTO jobs (func, name, workload, sched_at, count, timeout,"
-    " state) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " state, gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SQL_STATE = "UPDATE jobs SET state = ? WHERE func = ? AND name = ?"
 _SQL_FUNC_ADD = "INSERT OR IGNORE INTO funcs (func) VALUES (?)"
@@ -276,6 +298,9 @@ class SqliteStore(BatchWriter):
                 )
             if "jobs" in tables:
                 cols = tuple(r[1] for r in db.execute("PRAGMA table_info(jobs)"))
+                if cols == _JOB_COLUMNS_V1:
+                    db.execute(_SQL_UPGRADE_V1)  # layout 1: every row is gen 0
+                    cols = _JOB_COLUMNS
                 if cols != _JOB_COLUMNS:
                     raise sqlite3.DatabaseError(
                         f"table jobs has another layout (columns {list(cols)}); "
@@ -291,11 +316,16 @@ class SqliteStore(BatchWriter):
                 db.execute(sql)
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")
+            gens = dict(db.execute("SELECT func, gen FROM func_gens").fetchall())
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        # func -> current generation (absent: 0); funcs that may still have
+        # rows of earlier generations to purge
+        self._gens: dict[bytes, int] = gens
+        self._purging: set[bytes] = set(gens)
 
     # the writer ------------------------------------------------------------------
     def _writer(self) -> None:
@@ -305,13 +335,22 @@ class SqliteStore(BatchWriter):
             with cond:
                 while True:
                     batch, commit = self._take()
-                    if batch is not None:
+                    if batch is not None or self._stopping:
                         break
-                    if self._stopping:
-                        return
+                    if self._purging:
+                        break  # idle: purge a slice of dropped rows
                     self._idle = True
                     cond.wait()
+            if batch is None:
+                if self._stopping:
+                    return
+                self._purge_slice()
+                continue
             error = self._commit(batch) if commit else None
+            if error is None and self._purging:
+                # one slice between two commits: a long purge never starves
+                # under a steady stream of batches, nor holds one up for long
+                self._purge_slice()
             self._settle(batch, error)
             if error is not None:
                 with cond:
@@ -339,13 +378,17 @@ class SqliteStore(BatchWriter):
         dels: list[tuple[bytes, bytes]] = []
         saves: list[tuple[Any, ...]] = []
         states: list[tuple[int, bytes, bytes]] = []
+        gens = self._gens
+        # a drop starts a new generation; the batch's job writes come after it
+        bumped = {f: gens.get(f, 0) + 1 for f in batch.dropped}
+        current = {**gens, **bumped} if bumped else gens
         for key, op in batch.jobs.items():
             if op is DELETE:
                 dels.append(key)
             elif type(op) is int:
                 states.append((op, key[0], key[1]))
             else:
-                saves.append(op[0] + (op[1],))
+                saves.append(op[0] + (op[1], current.get(key[0], 0)))
         started = time.perf_counter()
         try:
             with self._db_lock:
@@ -354,8 +397,8 @@ class SqliteStore(BatchWriter):
                     db = self._db = self._open()
                 try:
                     db.execute("BEGIN")
-                    if batch.dropped:
-                        db.executemany(_SQL_DROP, [(f,) for f in batch.dropped])
+                    if bumped:
+                        db.executemany(_SQL_DROP, list(bumped.items()))
                     if dels:
                         db.executemany(_SQL_DELETE, dels)
                     if saves:
@@ -374,8 +417,39 @@ class SqliteStore(BatchWriter):
                     raise
         except Exception as exc:  # every failure is reported and retried
             return self._failed(batch, exc)
+        if bumped:
+            gens.update(bumped)
+            self._purging.update(bumped)
         self._committed(batch, time.perf_counter() - started)
         return None
+
+    def _purge_slice(self) -> None:
+        """Delete up to ``PURGE_SLICE`` rows of a dropped generation in one
+        transaction of its own (the writer thread, between commits)."""
+        func = next(iter(self._purging))
+        try:
+            with self._db_lock:
+                db = self._db
+                if db is None:
+                    return  # reopened by the next commit; purged after that
+                try:
+                    db.execute("BEGIN")
+                    cur = db.execute(
+                        _SQL_PURGE, (func, self._gens.get(func, 0), PURGE_SLICE)
+                    )
+                    db.execute("COMMIT")
+                except BaseException:
+                    self._rollback(db)
+                    raise
+        except Exception as exc:
+            # the rows stay invisible; the next open purges them
+            log.error(
+                "SQLite store %s: purge of dropped jobs failed: %s", self.path, exc
+            )
+            self._purging.clear()
+            return
+        if cur.rowcount < PURGE_SLICE:
+            self._purging.discard(func)
 
     def _rollback(self, db: sqlite3.Connection) -> None:
         """Undo a failed transaction; drop the connection if that fails too
@@ -415,7 +489,7 @@ class SqliteStore(BatchWriter):
             db = self._db
             if db is None:
                 raise SqliteStoreError(f"SQLite store {self.path!r} is closed")
-            yield from _read_jobs(db)
+            yield from _read_jobs(db, dict(self._gens))
 
 
 _LOAD_CHUNK = 8192  # rows per fetch while the jobs stream in
@@ -427,16 +501,20 @@ _SQL_JOB_FUNCS = (
     " WHERE f.func IS NOT NULL) SELECT func FROM f WHERE func IS NOT NULL"
 )
 _SQL_JOBS_OF = (
-    "SELECT name, workload, sched_at, count, timeout, state FROM jobs WHERE func = ?"
+    "SELECT name, workload, sched_at, count, timeout, state FROM jobs"
+    " WHERE func = ? AND gen = ?"
 )
 
 
-def _read_jobs(db: sqlite3.Connection) -> Iterator[tuple[Job, JobState]]:
-    """Every stored job with its state, read in chunks as it is consumed."""
+def _read_jobs(
+    db: sqlite3.Connection, gens: dict[bytes, int]
+) -> Iterator[tuple[Job, JobState]]:
+    """Every stored job of its func's current generation, with its state,
+    read in chunks as it is consumed."""
     new = tuple.__new__
     states = (JobState.PENDING, JobState.RUNNING, JobState.LOCKED)
     for (func,) in db.execute(_SQL_JOB_FUNCS).fetchall():
-        cur = db.execute(_SQL_JOBS_OF, (func,))
+        cur = db.execute(_SQL_JOBS_OF, (func, gens.get(func, 0)))
         while rows := cur.fetchmany(_LOAD_CHUNK):
             for n, w, t, c, o, s in rows:
                 # an unknown state (a damaged row) loads as pending
