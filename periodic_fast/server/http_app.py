@@ -367,9 +367,10 @@ class HttpApp:
 
     def _metrics_response(self) -> asyncio.Future[Response]:
         """Numbers copied here, formatted in a worker thread (the slow part)."""
-        from . import metrics  # noqa: PLC0415 - prometheus-client on demand
+        # prometheus-client (~65 ms to import) only once /metrics is asked for
+        from .metrics import CONTENT_TYPE, render, snapshot  # noqa: PLC0415
 
-        snap = metrics.snapshot(
+        snap = snapshot(
             self.scheduler,
             self.clock(),
             name=self.name,
@@ -380,7 +381,7 @@ class HttpApp:
         )
         loop = self.loop
         out: asyncio.Future[Response] = loop.create_future()
-        rendering = loop.run_in_executor(None, metrics.render, snap)
+        rendering = loop.run_in_executor(None, render, snap)
 
         def done(fut: asyncio.Future[bytes]) -> None:
             if out.done():
@@ -391,7 +392,7 @@ class HttpApp:
                 log.exception("/metrics: rendering failed")
                 out.set_result(error_response(500, "internal error"))
                 return
-            out.set_result(Response(200, body, metrics.CONTENT_TYPE))
+            out.set_result(Response(200, body, CONTENT_TYPE))
 
         rendering.add_done_callback(done)
         return out
