@@ -39,6 +39,7 @@ from periodic_fast.server.app import (
     new_event_loop,
     parse_address,
 )
+from periodic_fast.store.memory import MemoryStore
 from periodic_fast.testing import (
     ServerProcess,
     free_port,
@@ -70,6 +71,13 @@ class FakeScheduler:
         self.jobs: dict[tuple[bytes, bytes], Job] = {}
         self.ticks = 0
         self.wakeup: float | None = None
+        self.store = MemoryStore()  # immediate: replies are never held
+        self.auth = None  # no auth file
+
+    def admit(
+        self, client_type: int, identity: tuple[bytes, bytes] | None
+    ) -> str | None:
+        return None  # auth off: every registration is accepted
 
     def connect(
         self,

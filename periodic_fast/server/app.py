@@ -26,7 +26,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from ..auth import AuthFile
 from ..constants import DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
@@ -35,8 +35,11 @@ from .protocol import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_REGISTRATION_TIMEOUT,
     Hub,
-    SchedulerLike,
 )
+from .views import SchedulerView
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..store import Store
 
 __all__ = [
     "NO_UVLOOP_ENV",
@@ -55,7 +58,7 @@ log = logging.getLogger("periodic_fast.server")
 NO_UVLOOP_ENV = "PERIODIC_FAST_NO_UVLOOP"
 
 #: ``factory(now, on_shutdown) -> scheduler``
-SchedulerFactory = Callable[[float, Callable[[], None]], SchedulerLike]
+SchedulerFactory = Callable[[float, Callable[[], None]], SchedulerView]
 
 LoopName = Literal["auto", "asyncio", "uvloop"]
 
@@ -153,13 +156,13 @@ def _bind_unix(path: str, mode: int) -> socket.socket:
 
 
 def _default_factory(
-    store: Any,
+    store: str | Store,
     durability: str,
     config: Mapping[str, int] | None,
-    owned: list[Any],
+    owned: list[Store],
     max_jobs_per_func: int = 0,
 ) -> SchedulerFactory:
-    def factory(now: float, on_shutdown: Callable[[], None]) -> SchedulerLike:
+    def factory(now: float, on_shutdown: Callable[[], None]) -> SchedulerView:
         from ..scheduler import Scheduler  # noqa: PLC0415  # L3 loaded on start
         from ..store import open_store  # noqa: PLC0415  # L2 loaded on start
 
@@ -222,7 +225,7 @@ class Server:
     :param http: answer HTTP on every listener (sniffed from the first bytes;
         docs/http.md).  Off with the RSA/AES transport.
     :param http_writes: let HTTP submit, remove and drop (else 403).
-    :param http_options: more :class:`~.http.HttpApp` keywords (``parser``,
+    :param http_options: more :class:`~.http_app.HttpApp` keywords (``parser``,
         ``max_body``, ``read_timeout``, ``idle_timeout``, ...).
     """
 
@@ -230,7 +233,7 @@ class Server:
         self,
         addresses: Sequence[str] = (DEFAULT_ADDRESS,),
         *,
-        store: Any = ":memory:",
+        store: str | Store = ":memory:",
         durability: str = "strict",
         config: Mapping[str, int] | None = None,
         scheduler_factory: SchedulerFactory | None = None,
@@ -261,7 +264,7 @@ class Server:
         if max_jobs_per_func and scheduler_factory is not None:
             raise ValueError("max_jobs_per_func needs the default scheduler")
         self._requested = [parse_address(a) for a in addresses]
-        self._owned: list[Any] = []  # stores we opened and must close
+        self._owned: list[Store] = []  # stores we opened and must close
         self._factory = scheduler_factory or _default_factory(
             store, durability, config, self._owned, max_jobs_per_func
         )
@@ -280,7 +283,7 @@ class Server:
         self._max_output = max_output
         self.name = name
         self._clock = clock
-        self._scheduler: SchedulerLike | None = None
+        self._scheduler: SchedulerView | None = None
         self._hub: Hub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -300,7 +303,7 @@ class Server:
         return list(self._addresses)
 
     @property
-    def scheduler(self) -> SchedulerLike:
+    def scheduler(self) -> SchedulerView:
         """The scheduler this server drives (after :meth:`start`)."""
         if self._scheduler is None:
             raise RuntimeError("server not started")
@@ -329,10 +332,7 @@ class Server:
             scheduler = self._factory(self._clock(), self.request_stop)
             self._scheduler = scheduler
             if self._auth is not None:
-                set_auth = getattr(scheduler, "set_auth", None)
-                if set_auth is None:
-                    raise ValueError("auth_file needs a scheduler with set_auth()")
-                set_auth(self._auth.rules, self._clock())
+                scheduler.set_auth(self._auth.rules, self._clock())
             hub = Hub(
                 scheduler,
                 loop,
@@ -341,7 +341,7 @@ class Server:
                 max_output=self._max_output,
                 clock=self._clock,
                 # replies wait for the store's commits (durable stores)
-                store=getattr(scheduler, "store", None),
+                store=scheduler.store,
                 max_connections=self._max_connections,
             )
             hub.on_input = self.input_done
@@ -359,7 +359,7 @@ class Server:
                     max_record=max(MAX_RECORD, self._max_frame + 64),
                 )
             if self._http and hub.secure is None:
-                from .http import HttpApp  # noqa: PLC0415  # loaded when used
+                from .http_app import HttpApp  # noqa: PLC0415  # loaded when used
 
                 hub.http = HttpApp(
                     scheduler,
@@ -412,9 +412,7 @@ class Server:
         try:
             rules = self._auth.poll()
             if rules is not None and self._scheduler is not None:
-                closed = self._scheduler.set_auth(  # type: ignore[attr-defined]
-                    rules, self._clock()
-                )
+                closed = self._scheduler.set_auth(rules, self._clock())
                 if closed:
                     log.warning(
                         "%s: auth file changed: closed %d connection(s) whose "
@@ -509,12 +507,10 @@ class Server:
                 await asyncio.wait_for(srv.wait_closed(), grace)
         self._servers.clear()
         for store in self._owned:
-            close = getattr(store, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:  # pragma: no cover - store bug
-                    log.exception("%s: error closing the store", self.name)
+            try:
+                store.close()
+            except Exception:  # pragma: no cover - store bug
+                log.exception("%s: error closing the store", self.name)
         self._owned.clear()
         self._state = "stopped"
         if self._done is not None:

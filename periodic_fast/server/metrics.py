@@ -1,6 +1,7 @@
 """``GET /metrics``: the server's state in the Prometheus text format.
 
-Each scrape copies the numbers on the event loop (:func:`snapshot`), then
+Each scrape copies the numbers on the event loop (:func:`snapshot`, from
+the scheduler and a few figures the HTTP side passes in), then
 :func:`render` builds a fresh :class:`~prometheus_client.CollectorRegistry`
 with one custom collector over that copy and formats it, in a worker
 thread.  Nothing is registered in the library's global registry and nothing
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import exposition as _exposition
@@ -24,9 +25,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .. import __version__
+from .views import SchedulerView
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .http import HttpApp
+    from ..scheduler import FuncDetail
 
 __all__ = ["CONTENT_TYPE", "Snapshot", "render", "snapshot"]
 
@@ -80,7 +82,7 @@ class Snapshot(NamedTuple):
     info: tuple[str, str, str]  #: version, server name, HTTP parser
     started: float
     ready: bool
-    funcs: list[Any]  #: Scheduler.func_details()
+    funcs: list[FuncDetail]  #: Scheduler.func_details()
     counters: dict[str, int]
     lateness: tuple[list[tuple[float, int]], float]  #: cumulative buckets, sum
     runtime: tuple[list[tuple[float, int]], float]
@@ -88,30 +90,37 @@ class Snapshot(NamedTuple):
     clients: int
     http_connections: int
     locks: int
-    store: dict[str, float] | None  #: store.metrics(), when the store has it
+    store: dict[str, float]  #: store.metrics()
 
 
-def snapshot(app: HttpApp) -> Snapshot:
-    """Read the server's state (on the loop: the scheduler is not thread-safe)."""
-    sched = app.scheduler
-    now = app.clock()
+def snapshot(
+    sched: SchedulerView,
+    now: float,
+    *,
+    name: str,
+    parser: str,
+    started: float,
+    ready: bool,
+    http_connections: int,
+) -> Snapshot:
+    """Copy the scheduler's figures (on the loop: it is not thread-safe);
+    the keywords describe the server and its HTTP side."""
     stats = sched.stats
     conns = sched.connections()
     workers = sum(1 for c in conns if c.worker)
-    read_store = getattr(getattr(sched, "store", None), "metrics", None)
     return Snapshot(
-        (__version__, app.name, app.parser_name),
-        app.started,
-        app.readiness()[0],
+        (__version__, name, parser),
+        started,
+        ready,
         sched.func_details(now),
         sched.counters(),
         (stats.lateness.cumulative(), stats.lateness.sum),
         (stats.runtime.cumulative(), stats.runtime.sum),
         workers,
         len(conns) - workers,
-        len(app.connections),
+        http_connections,
         len(sched.locks()),
-        dict(read_store()) if callable(read_store) else None,
+        dict(sched.store.metrics()),
     )
 
 
@@ -223,8 +232,7 @@ class _Collector(Collector):
         yield GaugeMetricFamily(
             "periodic_locks", "Named locks held or awaited.", value=snap.locks
         )
-        if snap.store is not None:
-            yield from self._store_metrics(snap.store)
+        yield from self._store_metrics(snap.store)
 
     @staticmethod
     def _store_metrics(values: dict[str, float]) -> Iterator[Metric]:

@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 from ..codec import (
     Packet,
@@ -51,6 +51,11 @@ from ..constants import (
     Command,
 )
 from ..errors import ProtocolError
+from .views import HttpSide, SchedulerLike
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..store import Store
+    from .secure import SecureConfig
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -81,33 +86,6 @@ _U32_MASK = 0xFFFFFFFF
 # pause/resume_reading may raise on transports that are closing (uvloop) or
 # that do not support it; neither matters to us.
 _PAUSE_RESUME_ERRORS = (RuntimeError, NotImplementedError, AttributeError)
-
-
-class SchedulerLike(Protocol):
-    """The part of :class:`periodic_fast.scheduler.Scheduler` the server uses.
-
-    See docs/architecture.md, "The seam between the server and the scheduler".
-    """
-
-    def connect(
-        self,
-        conn_id: int,
-        client_type: int,
-        identity: tuple[bytes, bytes] | None,
-        send: Callable[[bytes], None],
-        close: Callable[[], None],
-        now: float,
-    ) -> None: ...
-
-    def disconnect(self, conn_id: int, now: float) -> None: ...
-
-    def handle(
-        self, conn_id: int, msgid: int, command: int, payload: bytes, now: float
-    ) -> None: ...
-
-    def tick(self, now: float) -> None: ...
-
-    def next_wakeup(self) -> float | None: ...
 
 
 class Hub:
@@ -147,13 +125,13 @@ class Hub:
         registration_timeout: float = DEFAULT_REGISTRATION_TIMEOUT,
         max_output: int = DEFAULT_MAX_OUTPUT,
         clock: Callable[[], float] = time.time,
-        store: Any = None,
+        store: Store | None = None,
         max_connections: int = 0,
     ) -> None:
         self.scheduler = scheduler
         self.loop = loop
         # A deferred (durable) store: output waits behind its barrier.
-        self._store = store if getattr(store, "deferred", False) else None
+        self._store = store if store is not None and store.deferred else None
         self._held: deque[_HeldTurn] = deque()
         self._loop_thread = threading.get_ident()
         #: wall clock (float seconds) for every "now" handed to the scheduler
@@ -173,11 +151,11 @@ class Hub:
         #: called after each batch of input was handled (the server re-arms
         #: its timer if the scheduler now has earlier work)
         self.on_input: Callable[[], None] | None = None
-        #: RSA/AES transport config (a server.secure.SecureConfig) or None
-        self.secure: Any = None
-        #: the HTTP side (a server.http.HttpApp) that sniffed HTTP connections
-        #: are handed to, or None (HTTP off: they are closed as bad magic)
-        self.http: Any = None
+        #: RSA/AES transport config, or None
+        self.secure: SecureConfig | None = None
+        #: the HTTP side (a server.http_app.HttpApp) that sniffed HTTP
+        #: connections are handed to, or None (HTTP off: closed as bad magic)
+        self.http: HttpSide | None = None
 
     def factory(self) -> asyncio.Protocol:
         """Protocol factory for ``loop.create_server`` / ``create_unix_server``
@@ -516,7 +494,7 @@ class ServerProtocol(asyncio.Protocol):
         self.drop(f"bad magic {head[:4]!r}", abort=True)
         return None
 
-    def _to_http(self, http: Any, head: bytes) -> None:
+    def _to_http(self, http: HttpSide, head: bytes) -> None:
         """Hand the transport to the HTTP side; this protocol is done with it
         (nothing was registered with the scheduler)."""
         self._closing = True
@@ -570,12 +548,10 @@ class ServerProtocol(asyncio.Protocol):
         hub = self._hub
         # auth on: unknown identity, wrong token or none -> closed, no reply
         # (the reference refuses per command instead; docs/security.md)
-        admit = getattr(hub.scheduler, "admit", None)
-        if admit is not None:
-            refused = admit(client_type, identity)
-            if refused is not None:
-                self.drop(f"registration refused: {refused}")
-                return None
+        refused = hub.scheduler.admit(client_type, identity)
+        if refused is not None:
+            self.drop(f"registration refused: {refused}")
+            return None
         cid = hub.allocate_id(self)
         self._conn_id = cid
         reply = encode_registration_reply(cid)

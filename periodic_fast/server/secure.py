@@ -55,7 +55,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -86,6 +86,7 @@ from ..constants import MAGIC_REQUEST, MAGIC_RESPONSE
 __all__ = [
     "AES_CHUNK",
     "MAX_RECORD",
+    "InnerProtocol",
     "KeyFileError",
     "KeyRing",
     "RSAMode",
@@ -236,6 +237,32 @@ def _plain_frame(head: bytes | bytearray) -> bool:
     )
 
 
+class InnerProtocol(Protocol):
+    """What :class:`SecureProtocol` needs of the protocol it wraps (the
+    binary side's :class:`~.protocol.ServerProtocol`)."""
+
+    @property
+    def peer(self) -> str:
+        """Printable peer address, for logs."""
+        ...
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def eof_received(self) -> bool | None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    def pause_writing(self) -> None: ...
+
+    def resume_writing(self) -> None: ...
+
+    def drop(self, reason: str | None, *, abort: bool = False) -> None:
+        """Close the connection (``reason`` is logged)."""
+        ...
+
+
 class SecureProtocol(asyncio.Protocol):
     """Wraps one connection's protocol in the RSA/AES transport.
 
@@ -244,7 +271,7 @@ class SecureProtocol(asyncio.Protocol):
     connections) but receives bytes only after the handshake.
     """
 
-    def __init__(self, inner: Any, config: SecureConfig) -> None:
+    def __init__(self, inner: InnerProtocol, config: SecureConfig) -> None:
         self._inner = inner
         self._cfg = config
         self._raw: asyncio.Transport | None = None
@@ -314,7 +341,7 @@ class SecureProtocol(asyncio.Protocol):
             self._fail(f"bad ciphertext ({exc.__class__.__name__})")
             return
         except Exception:  # a bug here must not take the loop's logger down
-            log.exception("%s: rsa transport error", getattr(self._inner, "peer", "?"))
+            log.exception("%s: rsa transport error", self._inner.peer)
             self._fail("internal error")
             return
         if plain and not self._dead:
@@ -340,7 +367,7 @@ class SecureProtocol(asyncio.Protocol):
         return self._backlog
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()  # type: ignore[no-any-return]
+        return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._dead = True
@@ -419,7 +446,7 @@ class SecureProtocol(asyncio.Protocol):
         self._cfg.stats[f"{self.generation}/{self._mode.name}"] += 1
         log.debug(
             "%s: rsa handshake done (%s, %s)",
-            getattr(self._inner, "peer", "?"),
+            self._inner.peer,
             "v1" if self._v1 else "legacy",
             self._mode.name,
         )

@@ -1,0 +1,469 @@
+"""The HTTP application: routes, the JSON API, durable writes, health.
+
+:class:`HttpApp` is what the binary side hands a sniffed HTTP connection to
+(:meth:`HttpApp.accept` installs an :class:`~.http_conn.HttpConnection`);
+each parsed request comes back through :meth:`HttpApp.dispatch`.
+
+Routes (docs/http.md): the reference's API (``GET /``, ``GET /FUNC``,
+``POST /`` and ``POST /FUNC`` to submit or, with ``act=remove``, remove a
+job, ``DELETE /FUNC`` to drop a func), the status page (``/ui``, or ``GET /``
+when the client prefers HTML; :mod:`.status_page`), ``/api/overview``,
+``/metrics`` (:mod:`.metrics`), ``/healthz`` and ``/readyz``.  Writes go
+through the scheduler like the binary commands and are answered only after
+the store's durability barrier (``store.on_durable``) passed; they are
+refused with 403 unless the server runs with ``--http-writes``.
+:meth:`HttpApp._authorize` is the one place a request can be refused before
+routing (:mod:`.http_guard`: Host check, bearer tokens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from ..job import FuncStat, Job
+from .http_conn import HttpConnection
+from .http_guard import check_identity, host_allowed, refuse_write
+from .http_parsers import PARSERS, httptools, parser_name
+from .http_wire import (
+    DEFAULT_MAX_BODY,
+    HTML,
+    SUCCESS,
+    HttpError,
+    Request,
+    Response,
+    encode_response,
+    error_response,
+    form_fields,
+    int_field,
+    json_response,
+    looks_like_http,
+    text,
+)
+from .status_page import overview, render_fragment, render_page
+from .views import HubView, SchedulerView
+
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_WRITE_TIMEOUT",
+    "HttpApp",
+]
+
+log = logging.getLogger("periodic_fast.http")
+
+#: Seconds a started request may take to arrive completely (408 after).
+DEFAULT_READ_TIMEOUT: Final = 10.0
+#: Seconds an idle keep-alive connection stays open.
+DEFAULT_IDLE_TIMEOUT: Final = 30.0
+#: Seconds a write waits for the store's commit before 503.
+DEFAULT_WRITE_TIMEOUT: Final = 30.0
+#: Open HTTP connections at once; more get 503 and are closed.
+DEFAULT_MAX_CONNECTIONS: Final = 256
+
+_ALLOW: Final = "GET, HEAD, POST, DELETE, OPTIONS"
+
+
+class HttpApp:
+    """Routes and state shared by the HTTP connections of one server.
+
+    :param scheduler: the server's scheduler (status, writes, stats).
+    :param hub: the server's :class:`~.protocol.Hub` (peers of connections,
+        the timer re-arm after a write).
+    :param name: server name shown on the page.
+    :param addresses: the bound addresses (``/readyz``: listening).
+    :param running: False while the server stops (``/readyz``: draining).
+    :param clock: the server's wall clock.
+    :param writes: serve POST and DELETE (else 403).
+    :param parser: ``"auto"`` (httptools if importable), ``"httptools"``, ``"h11"``.
+    :param allowed_hosts: Host names accepted by the Host check besides IP
+        literals, ``localhost``, this machine's name and the listen hosts.
+    :param host_check: check the Host header of TCP requests (403 for other
+        names; docs/security.md).  On by default, auth or not: without it a
+        web page whose name resolves to 127.0.0.1 could read the status
+        through a visitor's browser (DNS rebinding).
+    """
+
+    def __init__(
+        self,
+        scheduler: SchedulerView,
+        hub: HubView,
+        *,
+        name: str = "periodicd",
+        addresses: Callable[[], list[str]] = list,
+        running: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.time,
+        writes: bool = False,
+        parser: str = "auto",
+        max_body: int = DEFAULT_MAX_BODY,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        allowed_hosts: Iterable[str] = (),
+        host_check: bool = True,
+    ) -> None:
+        if parser not in PARSERS:
+            raise ValueError(f"unknown HTTP parser {parser!r}")
+        if parser == "httptools" and httptools is None:
+            raise ValueError("httptools is not installed")
+        self.scheduler = scheduler
+        self.hub = hub
+        self.loop: asyncio.AbstractEventLoop = hub.loop
+        self.name = name
+        self._addresses = addresses
+        self._running = running
+        self.clock = clock
+        self.writes = writes
+        self.parser = parser
+        self.max_body = max_body
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
+        self.max_connections = max_connections
+        #: Host names accepted besides IP literals, localhost and the
+        #: listen hosts
+        hosts = {h.lower().rstrip(".") for h in allowed_hosts}
+        with contextlib.suppress(OSError):  # this machine's own name
+            hosts.add(socket.gethostname().lower())
+        self.allowed_hosts = frozenset(h for h in hosts if h)
+        self.host_check = host_check
+        self.started = clock()
+        self.connections: set[HttpConnection] = set()
+        self._loop_thread = threading.get_ident()
+
+    @property
+    def parser_name(self) -> str:
+        """The parser in use: ``"httptools"`` or ``"h11"``."""
+        return parser_name(self.parser)
+
+    # -- hand-over from the binary protocol -------------------------------------
+
+    @staticmethod
+    def sniff(head: bytes) -> bool | None:
+        """See :func:`~.http_wire.looks_like_http`."""
+        return looks_like_http(head)
+
+    def accept(self, transport: asyncio.Transport, head: bytes, peer: str) -> None:
+        """Take over ``transport`` (its first bytes were ``head``)."""
+        if len(self.connections) >= self.max_connections:
+            log.warning(
+                "%s: refusing HTTP: %d connections open", peer, len(self.connections)
+            )
+            refused = error_response(503, "too many HTTP connections")
+            transport.write(encode_response(refused, False, False))
+            transport.close()
+            return
+        conn = HttpConnection(self, transport, peer)
+        self.connections.add(conn)
+        transport.set_protocol(conn)
+        conn.data_received(head)
+
+    def close_all(self) -> None:
+        """Close every HTTP connection (server shutdown)."""
+        for conn in list(self.connections):
+            conn.close()
+
+    # -- routing -----------------------------------------------------------------
+
+    def _authorize(
+        self, req: Request, conn: HttpConnection | None = None
+    ) -> Response | None:
+        """The one check before routing: a Response refuses the request.
+
+        Over TCP the Host header must name this server (DNS rebinding;
+        ``host_check=False`` turns that off).  With an auth file
+        (docs/security.md) every request but ``/healthz`` and ``/readyz``
+        also needs ``Authorization: Bearer <token>`` of an identity whose
+        role and funcs allow it, as a client connection would need on the
+        binary side.
+        """
+        rules = self.scheduler.auth
+        unix = conn is not None and conn.peer.startswith("unix")
+        if (
+            self.host_check
+            and not unix
+            and not host_allowed(
+                req.header(b"host"), self.allowed_hosts, self._addresses
+            )
+        ):
+            return error_response(
+                403, "Host header not allowed (this server's names only)"
+            )
+        if rules is None:
+            return None
+        return check_identity(rules, req, req.path)
+
+    def dispatch(
+        self, req: Request, conn: HttpConnection | None = None
+    ) -> Response | asyncio.Future[Response]:
+        """Answer ``req``: a Response now, or a future one (writes)."""
+        try:
+            refused = self._authorize(req, conn)
+            if refused is not None:
+                return refused
+            return self._route(req)
+        except HttpError as exc:
+            return error_response(exc.status, exc.message)
+        except Exception:
+            log.exception("HTTP %s %r: internal error", req.method, req.target[:200])
+            return error_response(500, "internal error")
+
+    def _route(self, req: Request) -> Response | asyncio.Future[Response]:
+        method = req.method
+        path = req.path
+        if method in ("GET", "HEAD"):
+            return self._get(req, path)
+        if method == "POST":
+            return self._post(req, path)
+        if method == "DELETE":
+            return self._delete(req, path)
+        if method == "OPTIONS":
+            return Response(204, headers=(("Allow", _ALLOW),))
+        return error_response(
+            405, f"method {method} not allowed", headers=(("Allow", _ALLOW),)
+        )
+
+    def _get(self, req: Request, path: bytes) -> Response | asyncio.Future[Response]:
+        if path == b"/":
+            if _prefers_html(req):
+                return self._page()
+            return json_response(200, self._status_all(req))
+        if path in (b"/ui", b"/ui/"):
+            return self._page()
+        if path == b"/ui/fragment":
+            return Response(200, render_fragment(self.overview()).encode(), HTML)
+        if path == b"/api/overview":
+            return json_response(200, self.overview())
+        if path == b"/metrics":
+            return self._metrics_response()
+        if path == b"/healthz":
+            return json_response(200, {"status": "ok"})
+        if path == b"/readyz":
+            ready, checks = self.readiness()
+            return json_response(200 if ready else 503, {"ready": ready, **checks})
+        if path in (b"/api/funcs", b"/api/funcs/"):
+            return json_response(200, self._status_all(req))
+        if path == b"/favicon.ico":
+            return Response(204)
+        if path.startswith(b"/api/funcs/"):
+            return self._status_one(path[len(b"/api/funcs/") :])
+        return self._status_one(path[1:])
+
+    def _status_all(self, req: Request | None = None) -> dict[str, Any]:
+        now = self.clock()
+        ident = req.identity if req is not None else None
+        return {
+            text(s.func): _func_json(s)
+            for s in self.scheduler.status(now)
+            if ident is None or ident.func_allowed(s.func)
+        }
+
+    def _status_one(self, func: bytes) -> Response:
+        stat = self.scheduler.func_stat(func, self.clock())
+        if stat is None:
+            return error_response(404, f"unknown func {text(func)!r}")
+        return json_response(200, _func_json(stat))
+
+    # -- writes ----------------------------------------------------------------------
+
+    def _post(self, req: Request, path: bytes) -> Response | asyncio.Future[Response]:
+        refused = refuse_write(req, self.writes)
+        if refused is not None:
+            return refused
+        form = form_fields(req)
+        func = path[1:] if path not in (b"", b"/") else form.get("func", b"")
+        name = form.get("name", b"")
+        if not func or not name:
+            return error_response(400, "job name or func is required")
+        if len(func) > 255 or len(name) > 255:
+            return error_response(400, "func and name must be at most 255 bytes")
+        now = self.clock()
+        if form.get("act", b"").lower() == b"remove":
+            if not self.scheduler.remove(func, name, now):
+                return error_response(
+                    404, f"job {text(func)}:{text(name)} does not exist"
+                )
+            return self._durable(SUCCESS)
+        sched_at = int_field(form, "sched_at", -(1 << 63), (1 << 63) - 1)
+        timeout = int_field(form, "timeout", 0, (1 << 31) - 1)
+        job = Job(func, name, form.get("args", b""), sched_at, 0, timeout)
+        if not self.scheduler.submit(job, now):
+            return error_response(
+                409, f"func {text(func)!r} holds the maximum number of jobs"
+            )
+        return self._durable(SUCCESS)
+
+    def _delete(self, req: Request, path: bytes) -> Response | asyncio.Future[Response]:
+        refused = refuse_write(req, self.writes)
+        if refused is not None:
+            return refused
+        func = path[1:]
+        if not func:
+            return error_response(400, "func is required")
+        result = self.scheduler.drop_func(func, self.clock())
+        if result == "unknown":
+            return error_response(404, f"unknown func {text(func)!r}")
+        if result == "busy":
+            return error_response(
+                409, f"func {text(func)!r} has workers connected; not dropped"
+            )
+        return self._durable(SUCCESS)
+
+    def _durable(self, ok: Response) -> Response | asyncio.Future[Response]:
+        """``ok`` once the store committed what was just written, else 503."""
+        on_input = self.hub.on_input
+        if on_input is not None:
+            on_input()  # the write may have brought the next wake-up earlier
+        store = self.scheduler.store
+        loop = self.loop
+        fut: asyncio.Future[Response] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if fut.done():
+                return
+            if error is None:
+                fut.set_result(ok)
+            else:
+                fut.set_result(error_response(503, f"store commit failed: {error}"))
+
+        def durable(error: BaseException | None) -> None:
+            if threading.get_ident() == self._loop_thread:
+                settle(error)
+            else:
+                with contextlib.suppress(RuntimeError):  # loop closed
+                    loop.call_soon_threadsafe(settle, error)
+
+        store.on_durable(durable)
+        if fut.done():  # an immediate store answered synchronously
+            return fut.result()
+
+        def expire() -> None:
+            if not fut.done():
+                fut.set_result(
+                    error_response(503, "store commit did not finish in time")
+                )
+
+        timer = loop.call_later(self.write_timeout, expire)
+        fut.add_done_callback(lambda _: timer.cancel())
+        return fut
+
+    # -- health and metrics ----------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, checks): store healthy, listening, not draining."""
+        running = self._running()
+        listening = running and bool(self._addresses())
+        store_ok = _store_healthy(self.scheduler)
+        checks = {"listening": listening, "draining": not running, "store": store_ok}
+        return listening and store_ok and running, checks
+
+    def _metrics_response(self) -> asyncio.Future[Response]:
+        """Numbers copied here, formatted in a worker thread (the slow part)."""
+        # prometheus-client (~65 ms to import) only once /metrics is asked for
+        from .metrics import CONTENT_TYPE, render, snapshot  # noqa: PLC0415
+
+        snap = snapshot(
+            self.scheduler,
+            self.clock(),
+            name=self.name,
+            parser=self.parser_name,
+            started=self.started,
+            ready=self.readiness()[0],
+            http_connections=len(self.connections),
+        )
+        loop = self.loop
+        out: asyncio.Future[Response] = loop.create_future()
+        rendering = loop.run_in_executor(None, render, snap)
+
+        def done(fut: asyncio.Future[bytes]) -> None:
+            if out.done():
+                return
+            try:
+                body = fut.result()
+            except Exception:
+                log.exception("/metrics: rendering failed")
+                out.set_result(error_response(500, "internal error"))
+                return
+            out.set_result(Response(200, body, CONTENT_TYPE))
+
+        rendering.add_done_callback(done)
+        return out
+
+    # -- the status page -------------------------------------------------------------
+
+    def overview(self) -> dict[str, Any]:
+        """Everything the status page shows (also ``GET /api/overview``)."""
+        return overview(
+            self.scheduler,
+            self.clock(),
+            peers=self.hub.connections,
+            name=self.name,
+            addresses=self._addresses(),
+            started=self.started,
+            writes=self.writes,
+            draining=not self._running(),
+            http_connections=len(self.connections),
+        )
+
+    def _page(self) -> Response:
+        page = render_page(self.overview(), name=self.name, writes=self.writes)
+        return Response(200, page.encode(), HTML)
+
+
+# -- helpers for the routes ------------------------------------------------------
+
+
+def _prefers_html(req: Request) -> bool:
+    """True when the Accept header ranks text/html above JSON (a browser)."""
+    accept = req.header(b"accept")
+    if not accept:
+        return False
+    best_html = best_json = -1.0
+    for part in accept.decode("latin-1").split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for p in params:
+            if p.startswith("q="):
+                try:
+                    q = float(p[2:])
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if media in ("text/html", "application/xhtml+xml"):
+            best_html = max(best_html, q)
+        elif media in ("application/json", "*/*", "application/*"):
+            best_json = max(
+                best_json, q - (0.001 if media != "application/json" else 0)
+            )
+    return best_html > 0 and best_html >= best_json
+
+
+def _func_json(stat: FuncStat) -> dict[str, Any]:
+    """One STATUS line in the reference's JSON shape (plus locked, sched_at)."""
+    return {
+        "func_name": text(stat.func),
+        "total_worker": stat.workers,
+        "total_job": stat.jobs,
+        "processing": stat.processing,
+        "locked": stat.locked,
+        "sched_at": stat.sched_at,
+    }
+
+
+def _store_healthy(sched: SchedulerView) -> bool:
+    store = sched.store
+    if store.closed:
+        return False
+    try:
+        return bool(store.metrics().get("healthy", 1.0))
+    except Exception:  # pragma: no cover - a failing store is not ready
+        log.exception("store.metrics() failed")
+        return False

@@ -1,0 +1,140 @@
+"""Who may ask what over HTTP: the Host check, bearer tokens, write guards.
+
+:func:`host_allowed` keeps a browser from reading the server through a
+rebound DNS name; :func:`check_identity` applies the auth file's rules
+(docs/security.md) to a request as if it came from a client connection;
+:func:`refuse_write` turns writes off unless ``--http-writes``, and refuses
+a browser's cross-site or cross-origin write.  Each answers with a refusal
+(:class:`~.http_wire.Response`) or None; routing happens elsewhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+
+from ..auth import AuthRules, Identity, Role
+from .http_wire import Request, Response, error_response, form_fields, text
+
+__all__ = [
+    "PROBES",
+    "bearer_identity",
+    "check_identity",
+    "func_of",
+    "host_allowed",
+    "refuse_write",
+]
+
+#: Paths anyone may ask for, auth or not: nothing secret there.
+PROBES = (b"/healthz", b"/readyz", b"/favicon.ico")
+
+
+def bearer_identity(rules: AuthRules, header: bytes | None) -> Identity | None:
+    """The identity of an ``Authorization: Bearer <token>`` header, or None."""
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(b" ")
+    token = token.strip()
+    if scheme.lower() != b"bearer" or not token:
+        return None
+    return rules.authenticate_token(token)
+
+
+def check_identity(rules: AuthRules, req: Request, path: bytes) -> Response | None:
+    """Auth on: a refusal unless ``req`` carries the bearer token of an
+    identity whose role and funcs allow it (``req.identity`` is set then)."""
+    if path in PROBES:
+        return None
+    ident = bearer_identity(rules, req.header(b"authorization"))
+    if ident is None:
+        return error_response(
+            401,
+            "a valid 'Authorization: Bearer <token>' is required",
+            headers=(("WWW-Authenticate", 'Bearer realm="periodic"'),),
+        )
+    req.identity = ident
+    if not ident.may_connect_as(False):  # HTTP acts as a client connection
+        return error_response(403, "this identity may not act as a client")
+    if ident.role is Role.ADMIN:
+        return None
+    func = func_of(req, path)
+    if func is None:  # admin-only: drop, status page, overview, metrics
+        return error_response(403, "this request needs the admin role")
+    if func and not ident.func_allowed(func):
+        return error_response(
+            403, f"func {text(func)!r} is not allowed for this identity"
+        )
+    return None
+
+
+def func_of(req: Request, path: bytes) -> bytes | None:
+    """The func a non-admin request names: b"" when none (status list,
+    OPTIONS), None when the request is for admins only."""
+    method = req.method
+    if method == "OPTIONS":
+        return b""
+    if method in ("GET", "HEAD"):
+        if path in (b"/", b"/api/funcs", b"/api/funcs/"):
+            return b""  # filtered by identity when listed
+        if path.startswith(b"/api/funcs/"):
+            return path[len(b"/api/funcs/") :]
+        if path.startswith((b"/ui", b"/api/", b"/metrics")):
+            return None
+        return path[1:]  # GET /FUNC
+    if method == "POST":
+        if path not in (b"", b"/"):
+            return path[1:]
+        return form_fields(req).get("func", b"") or None
+    return None  # DELETE (drop func) and the rest
+
+
+def host_allowed(
+    host: bytes | None,
+    allowed: frozenset[str],
+    addresses: Callable[[], Iterable[str]],
+) -> bool:
+    """Is ``host`` (a Host header) a name of this server: an IP literal,
+    ``localhost``, one of ``allowed`` or the host of a bound ``tcp://``
+    address (``addresses()``, asked only when the rest did not match)?"""
+    if not host:
+        return False
+    value = host.decode("latin-1").strip().lower()
+    if value.startswith("["):  # [v6]:port
+        name = value[1 : value.find("]")] if "]" in value else ""
+    else:
+        name = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    name = name.rstrip(".")
+    if not name:
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return True  # an IP literal cannot be rebound
+    except ValueError:
+        pass
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    if name in allowed:
+        return True
+    for addr in addresses():
+        if addr.startswith("tcp://"):
+            bound = addr[6:].rsplit(":", 1)[0].strip("[]").lower()
+            if bound == name:
+                return True
+    return False
+
+
+def refuse_write(req: Request, writes: bool) -> Response | None:
+    """403 unless writes are on and the request is not a browser's
+    cross-site request (a page elsewhere posting to this server)."""
+    if not writes:
+        return error_response(
+            403, "writes over HTTP are off (start the server with --http-writes)"
+        )
+    if req.header(b"sec-fetch-site") == b"cross-site":
+        return error_response(403, "cross-site write refused")
+    origin = req.header(b"origin")
+    if origin is not None:
+        host = req.header(b"host") or b""
+        if origin.split(b"://", 1)[-1].rstrip(b"/") != host:
+            return error_response(403, "cross-origin write refused")
+    return None

@@ -1,0 +1,146 @@
+"""What the server side needs from its neighbours, as typed protocols.
+
+The server (layer L4) drives the scheduler (L3) through
+:class:`SchedulerLike`, the seam of docs/architecture.md plus ``admit`` and
+``store``; the HTTP side and ``/metrics`` also read and write through
+:class:`SchedulerView`.  :class:`HubView` is what the HTTP side uses of the
+connection hub, :class:`HttpSide` what the hub uses of the HTTP side.  The
+scheduler's read models are imported for type checking only: importing the
+server loads no scheduler or store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..auth import AuthRules
+    from ..job import FuncStat, Job
+    from ..scheduler import ConnInfo, FuncDetail, LockInfo, SchedulerStats
+    from ..store import Store
+
+__all__ = ["HttpSide", "HubView", "PeerView", "SchedulerLike", "SchedulerView"]
+
+
+class SchedulerLike(Protocol):
+    """The part of :class:`periodic_fast.scheduler.Scheduler` the binary
+    side of the server uses.
+
+    See docs/architecture.md, "The seam between the server and the scheduler".
+    """
+
+    def connect(
+        self,
+        conn_id: int,
+        client_type: int,
+        identity: tuple[bytes, bytes] | None,
+        send: Callable[[bytes], None],
+        close: Callable[[], None],
+        now: float,
+    ) -> None: ...
+
+    def disconnect(self, conn_id: int, now: float) -> None: ...
+
+    def handle(
+        self, conn_id: int, msgid: int, command: int, payload: bytes, now: float
+    ) -> None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def next_wakeup(self) -> float | None: ...
+
+    def admit(
+        self, client_type: int, identity: tuple[bytes, bytes] | None
+    ) -> str | None:
+        """Why a registration is refused (the connection is closed), or None."""
+        ...
+
+    @property
+    def store(self) -> Store:
+        """The store; a deferred one makes the hub hold replies for commits."""
+        ...
+
+
+class SchedulerView(SchedulerLike, Protocol):
+    """Everything the server asks of its scheduler: the binary seam, the
+    auth rules, the HTTP reads and writes and the figures of ``/metrics``."""
+
+    @property
+    def auth(self) -> AuthRules | None:
+        """The auth rules in force (None: auth off)."""
+        ...
+
+    def set_auth(self, rules: AuthRules | None, now: float) -> list[int]:
+        """New auth rules; the ids of the connections it closed."""
+        ...
+
+    @property
+    def stats(self) -> SchedulerStats:
+        """Histograms and recent events."""
+        ...
+
+    def status(self, now: float) -> list[FuncStat]: ...
+
+    def func_stat(self, func: bytes, now: float) -> FuncStat | None: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+    def rates(self, now: float) -> dict[str, float]: ...
+
+    def func_details(self, now: float) -> list[FuncDetail]: ...
+
+    def connections(self) -> list[ConnInfo]: ...
+
+    def locks(self) -> list[LockInfo]: ...
+
+    def submit(self, job: Job, now: float) -> bool: ...
+
+    def remove(self, func: bytes, name: bytes, now: float) -> bool: ...
+
+    def drop_func(
+        self, func: bytes, now: float
+    ) -> Literal["dropped", "busy", "unknown"]: ...
+
+
+class PeerView(Protocol):
+    """A registered connection, as the status page shows it."""
+
+    @property
+    def peer(self) -> str:
+        """Printable peer address."""
+        ...
+
+
+class HubView(Protocol):
+    """What the HTTP side uses of :class:`~.protocol.Hub`."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def on_input(self) -> Callable[[], None] | None:
+        """Re-arms the server's timer after a write (None: nobody to tell)."""
+        ...
+
+    @property
+    def connections(self) -> Mapping[int, PeerView]:
+        """Registered binary connections by connection id."""
+        ...
+
+
+class HttpSide(Protocol):
+    """What the hub uses of the HTTP side (:class:`~.http_app.HttpApp`)."""
+
+    def sniff(self, head: bytes) -> bool | None:
+        """True: HTTP; None: undecided yet (more bytes); False: not HTTP."""
+        ...
+
+    def accept(self, transport: asyncio.Transport, head: bytes, peer: str) -> None:
+        """Take over ``transport`` whose first bytes were ``head``."""
+        ...
+
+    def close_all(self) -> None:
+        """Close every HTTP connection (server shutdown)."""
+        ...
