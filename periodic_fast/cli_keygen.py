@@ -6,6 +6,7 @@ unencrypted, and ``RSA PUBLIC KEY``).  ``-s/--size`` is in *bytes*, as in
 the reference (its default 256 gives a 2048-bit key).  The private key file
 gets mode 0600 from its creation on; existing files are kept unless
 ``--force`` is given.  docs/transport.md shows how the files are used.
+:mod:`periodic_fast.cli` puts :func:`keygen` on the ``periodic`` app.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["keygen", "register", "write_key_pair"]
+__all__ = ["MAX_SIZE", "MIN_SIZE", "keygen", "write_key_pair"]
 
 #: Key sizes accepted by ``--size``, in bytes (1024 to 8192 bits).
 MIN_SIZE, MAX_SIZE = 128, 1024
@@ -128,8 +129,3 @@ def keygen(
         typer.echo(f"Error: cannot write the keys: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"Keys written to {private} and {public}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``keygen`` to ``app`` (the ``periodic`` app)."""
-    app.command("keygen")(keygen)

@@ -1,0 +1,357 @@
+"""What every ``periodic*`` command shares (cli-and-http.md 4.2, 4.4).
+
+* :func:`run_app`: runs a typer app, a usage error as one line, exit 2;
+* :func:`die`: one ``Error: ...`` line on stderr and an exit status;
+* the connection options of the client tools, declared once as Annotated
+  aliases, with their environment fallbacks through typer's ``envvar=``
+  (flag > variable > default; an empty variable counts as unset);
+* :class:`ClientOptions`, those options once parsed (the ``ctx.obj`` of a
+  client tool), and :func:`with_client`, which connects with them, runs one
+  coroutine and turns every error into one line and exit 1.
+
+Client code is imported inside the functions so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
+
+import typer
+from typer.exceptions import Abort, TyperException
+
+from .constants import ADDRESS_ENV, DEFAULT_ADDRESS
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .rsa_transport import RSAConfig, RSAModeName
+
+__all__ = [
+    "CONTEXT_SETTINGS",
+    "NAME_ENV",
+    "RSA_MODE_ENV",
+    "RSA_PRIVATE_ENV",
+    "RSA_PUBLIC_ENV",
+    "THREAD_ENV",
+    "TOKEN_ENV",
+    "ClientHostsOpt",
+    "ClientNameOpt",
+    "ClientOptions",
+    "ClientTokenOpt",
+    "HsClientNameOpt",
+    "HsClientTokenOpt",
+    "HsHostOpt",
+    "RsaModeOpt",
+    "RsaPrivateOpt",
+    "RsaPublicOpt",
+    "client_options",
+    "die",
+    "pick",
+    "read_workload",
+    "rsa_config",
+    "run_app",
+    "split_addresses",
+    "with_client",
+]
+
+_T = TypeVar("_T")
+NAME_ENV = "PERIODIC_CLIENT_NAME"
+TOKEN_ENV = "PERIODIC_CLIENT_TOKEN"
+RSA_PRIVATE_ENV = "PERIODIC_RSA_PRIVATE_PATH"
+RSA_PUBLIC_ENV = "PERIODIC_RSA_PUBLIC_PATH"
+RSA_MODE_ENV = "PERIODIC_RSA_MODE"
+THREAD_ENV = "THREAD"
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+
+
+# -- running an app ------------------------------------------------------------------
+
+
+def run_app(
+    application: typer.Typer, prog_name: str, args: list[str] | None = None
+) -> NoReturn:
+    """Run a typer app; a usage error becomes one line on stderr, exit 2.
+
+    Click's standalone mode prints a usage block and a boxed message; scripts
+    and health checks want one line they can log, and the exit status.
+    """
+    try:
+        code = application(args=args, prog_name=prog_name, standalone_mode=False)
+    except TyperException as exc:  # usage errors and the like (click's, vendored)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (try '{ctx.command_path} -h')" if ctx is not None else ""
+        print(f"Error: {exc.format_message()}{hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Abort:
+        print("Error: aborted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def die(message: str, code: int = 1) -> NoReturn:
+    """Print ``Error: message`` on stderr and exit with ``code``."""
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def split_addresses(hosts: list[str] | None) -> list[str]:
+    """The addresses of repeated and comma-separated ``-H`` values (the flag's
+    own, else ``$PERIODIC_PORT``'s), else the default address."""
+    out: list[str] = []
+    for h in hosts or ():
+        out.extend(a.strip() for a in h.split(",") if a.strip())
+    return out or [DEFAULT_ADDRESS]
+
+
+def pick(
+    positional: str | None, option: str | None, what: str, ctx: typer.Context
+) -> str:
+    """The option's value, else the positional one; neither: help, exit 2."""
+    value = option if option is not None else positional
+    if not value:
+        typer.echo(ctx.get_help(), err=True)
+        die(f"missing {what}", 2)
+    return value
+
+
+def read_workload(value: str | None) -> bytes:
+    """A ``-w`` value as bytes; ``@FILE`` reads the file (unreadable: exit 1)."""
+    if not value:
+        return b""
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).read_bytes()
+        except OSError as exc:
+            die(f"cannot read workload file {value[1:]}: {exc.strerror}")
+    return value.encode()
+
+
+# -- connection options ----------------------------------------------------------------
+
+# ``show_envvar=False``: each help text already names its variable.
+ClientHostsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-H",
+        "--host",
+        help=f"Server address (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS}).",
+        show_default=False,
+        envvar=ADDRESS_ENV,
+        show_envvar=False,
+    ),
+]
+ClientNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--client-name",
+        help="Identity for servers with an auth file "
+        f"(default: ${NAME_ENV}); needs --client-token.",
+        show_default=False,
+        envvar=NAME_ENV,
+        show_envvar=False,
+    ),
+]
+ClientTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--client-token",
+        help=f"Token of that identity (default: ${TOKEN_ENV}).",
+        show_default=False,
+        envvar=TOKEN_ENV,
+        show_envvar=False,
+    ),
+]
+
+# the same options on the HS tools' own command lines (periodic-run, -pipe)
+HsHostOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-H",
+        "--host",
+        help=f"Server address (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS}).",
+        show_default=False,
+        envvar=ADDRESS_ENV,
+        show_envvar=False,
+    ),
+]
+HsClientNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--client-name",
+        help=f"Identity (default: ${NAME_ENV}).",
+        show_default=False,
+        envvar=NAME_ENV,
+        show_envvar=False,
+    ),
+]
+HsClientTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--client-token",
+        help=f"Its token (default: ${TOKEN_ENV}).",
+        show_default=False,
+        envvar=TOKEN_ENV,
+        show_envvar=False,
+    ),
+]
+
+# The RSA/AES transport options every client tool shares; the mode is
+# checked when a connection is made (rsa_config), so that a bad one is one
+# line and exit 1, as with the reference tools.
+RsaPrivateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rsa-private-path",
+        help="Own RSA private key (PEM); connect through the RSA/AES transport "
+        f"(default: ${RSA_PRIVATE_ENV}; off when empty).",
+        show_default=False,
+        envvar=RSA_PRIVATE_ENV,
+        show_envvar=False,
+    ),
+]
+RsaPublicOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rsa-public-path",
+        help="The server's RSA public key, file or directory "
+        f"(default: ${RSA_PUBLIC_ENV}, else public_key.pem).",
+        show_default=False,
+        envvar=RSA_PUBLIC_ENV,
+        show_envvar=False,
+    ),
+]
+RsaModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rsa-mode",
+        help=f"Plain, RSA or AES (default: ${RSA_MODE_ENV}, else AES).",
+        show_default=False,
+        envvar=RSA_MODE_ENV,
+        show_envvar=False,
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    """The connection options of a client tool, parsed (the ``ctx.obj`` of
+    ``periodic`` and of the HS tools); an empty value counts as unset."""
+
+    address: str
+    name: str | None = None
+    token: str | None = None
+    rsa_private_path: str | None = None
+    rsa_public_path: str | None = None
+    rsa_mode: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        address: str,
+        name: str | None,
+        token: str | None,
+        rsa_private_path: str | None,
+        rsa_public_path: str | None,
+        rsa_mode: str | None,
+    ) -> ClientOptions:
+        """The options with empty strings turned into None."""
+        return cls(
+            address,
+            name or None,
+            token or None,
+            rsa_private_path or None,
+            rsa_public_path or None,
+            rsa_mode or None,
+        )
+
+    def identity(self) -> tuple[str | None, str | None]:
+        """``(name, token)``: both or neither, else one line and exit 1."""
+        if (self.name is None) != (self.token is None):
+            die(
+                "--client-name and --client-token must be provided together "
+                f"(or ${NAME_ENV} and ${TOKEN_ENV})"
+            )
+        return self.name, self.token
+
+
+def client_options(ctx: typer.Context) -> ClientOptions:
+    """The options the tool's root command stored in ``ctx.obj``."""
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, ClientOptions) else ClientOptions(DEFAULT_ADDRESS)
+
+
+def rsa_config(options: ClientOptions) -> RSAConfig | None:
+    """The RSA/AES transport options as a config with its keys read, or None
+    when no private key is given.  A bad mode (even with the transport off),
+    a missing or bad key file, or no ``cryptography``: one line, exit 1."""
+    from .rsa_transport import (  # noqa: PLC0415  # CLI starts fast
+        DEFAULT_PUBLIC_PATH,
+        MODES,
+        RSAConfig,
+        RSAUnavailable,
+    )
+
+    mode = options.rsa_mode or "AES"
+    if mode not in MODES:
+        die(
+            f"unknown RSA mode {mode!r} (--rsa-mode or ${RSA_MODE_ENV}: "
+            "Plain, RSA or AES)"
+        )
+    if not options.rsa_private_path:
+        return None
+    public = options.rsa_public_path or DEFAULT_PUBLIC_PATH
+    try:
+        config = RSAConfig(
+            options.rsa_private_path, public, mode=cast("RSAModeName", mode)
+        )
+        config.load()  # errors now, as one line; the client reuses the keys
+    except (ValueError, RSAUnavailable) as exc:
+        die(str(exc))
+    return config
+
+
+def with_client(
+    ctx: typer.Context,
+    body: Callable[[Client], Awaitable[_T]],
+    *,
+    timeout: float = 10.0,
+    max_frame: int | None = None,
+) -> _T:
+    """Connect, run ``body(client)``, close; any error -> one line, exit 1.
+    ``max_frame`` raises the client's cap on a reply frame (DUMP)."""
+    from .client import Client, ClientError  # noqa: PLC0415  # CLI starts fast
+    from .errors import PeriodicError  # noqa: PLC0415
+
+    options = client_options(ctx)
+    address = options.address
+    try:
+        name, token = options.identity()
+        client = Client(
+            address,
+            reconnect=False,
+            timeout=timeout,
+            name=name,
+            token=token,
+            rsa=rsa_config(options),
+            **({} if max_frame is None else {"max_frame": max_frame}),
+        )
+    except ValueError as exc:
+        die(str(exc))
+
+    async def main() -> _T:
+        try:
+            await client.connect()
+            return await body(client)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(main())
+    except ClientError as exc:
+        die(str(exc) or type(exc).__name__)
+    except (PeriodicError, OSError) as exc:
+        die(f"{address}: {exc}")

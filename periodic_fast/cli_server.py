@@ -1,0 +1,394 @@
+"""``periodicd`` (and ``periodic -d``): the server command and its options.
+
+Takes the reference server's flags where they apply (cli-and-http.md 4.3):
+``-H/--host`` (repeatable or comma-separated; fallback ``$PERIODIC_PORT``),
+``-p/--path`` (fallback ``$PERIODIC_PATH``, else a SQLite file,
+docs/storage.md), ``--log``, ``--name``, ``--auth-file``, plus
+``--durability`` and the config keys ``--timeout``, ``--assign-wait``,
+``--keepalive``, ``--lock-timeout`` and our ``--max-frame``,
+``--registration-timeout``, ``--max-output``, ``--loop``, ``--unix-mode``,
+``--max-connections``, ``--max-jobs-per-func``; the RSA/AES transport:
+``--rsa-private-path``, ``--rsa-public-path``, ``--rsa-mode``,
+``--no-rsa-legacy`` (docs/transport.md); HTTP on the same listeners:
+``--http-writes``, ``--no-http``, ``--http-host`` (docs/http.md).
+
+:func:`periodicd` is the command; :mod:`periodic_fast.cli` puts it on the
+``periodicd`` app.  Server code is imported inside it so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from .cli_common import split_addresses
+from .constants import ADDRESS_ENV, DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
+
+__all__ = ["PATH_ENV", "periodicd"]
+
+PATH_ENV = "PERIODIC_PATH"
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "notice": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "alert": logging.CRITICAL,
+    "emergency": logging.CRITICAL,
+}
+
+# -- options ------------------------------------------------------------
+
+HostOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-H",
+        "--host",
+        help=(
+            "Listen address: tcp://HOST:PORT, tcp://:PORT, tcp://[::1]:PORT, "
+            "unix://PATH or PATH. Repeat or comma-separate for several. "
+            f"Default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS}."
+        ),
+        show_default=False,
+        envvar=ADDRESS_ENV,
+        show_envvar=False,
+    ),
+]
+PathOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-p",
+        "--path",
+        help=(
+            f"Store URI: file://PATH (SQLite), postgres://..., :memory: (default:"
+            f" ${PATH_ENV}, else a SQLite file under $XDG_DATA_HOME or"
+            " ~/.local/share: periodic_fast/periodic.db)."
+        ),
+        show_default=False,
+        envvar=PATH_ENV,
+        show_envvar=False,
+    ),
+]
+DurabilityOpt = Annotated[
+    str,
+    typer.Option(
+        "--durability",
+        help=(
+            "strict: a reply waits until its change is on disk (fsync), nothing"
+            " acknowledged is lost even on power loss; relaxed: a power loss may"
+            " lose the last commits, a crash of the server loses nothing."
+        ),
+        metavar="strict|relaxed",
+    ),
+]
+LogOpt = Annotated[
+    str,
+    typer.Option(
+        "--log", help="Log level: debug, info, notice, warning, error, critical."
+    ),
+]
+NameOpt = Annotated[str, typer.Option("--name", help="Server name used in logs.")]
+TimeoutOpt = Annotated[
+    int | None,
+    typer.Option("--timeout", help="Config key timeout (s, default 600).", min=0),
+]
+AssignWaitOpt = Annotated[
+    int | None,
+    typer.Option("--assign-wait", help="Config key assign-wait (s, default 2).", min=0),
+]
+KeepaliveOpt = Annotated[
+    int | None,
+    typer.Option("--keepalive", help="Config key keepalive (s, default 120).", min=0),
+]
+LockTimeoutOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--lock-timeout", help="Config key lock-timeout (s, default 300).", min=0
+    ),
+]
+MaxFrameOpt = Annotated[
+    int,
+    typer.Option("--max-frame", help="Largest request frame body (bytes).", min=16),
+]
+RegTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--registration-timeout",
+        help="Seconds a connection may take to register (0: no limit).",
+        min=0,
+    ),
+]
+MaxOutputOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-output",
+        help="Unread output (bytes) after which a peer is dropped.",
+        min=1024,
+    ),
+]
+LoopOpt = Annotated[
+    str,
+    typer.Option(
+        "--loop", help="Event loop: auto (uvloop if installed), asyncio, uvloop."
+    ),
+]
+AuthFileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--auth-file",
+        help=(
+            "Auth file: '<role> <name> <token> <func1,func2>' per line; "
+            "reloaded when it changes (docs/security.md)."
+        ),
+        show_default=False,
+    ),
+]
+UnixModeOpt = Annotated[
+    str,
+    typer.Option("--unix-mode", help="Permissions of the unix socket file (octal)."),
+]
+MaxConnectionsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-connections",
+        help="Open connections allowed at once; extra ones are closed (0: no limit).",
+        min=0,
+    ),
+]
+MaxJobsPerFuncOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-jobs-per-func",
+        help="Stored jobs per func; submissions beyond get NO_WORKER (0: no limit).",
+        min=0,
+    ),
+]
+HttpWritesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--http-writes",
+        help="Let HTTP submit, remove and drop (POST, DELETE); else they get 403.",
+    ),
+]
+NoHttpOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-http",
+        help="Do not answer HTTP (status page, metrics, curl API) on the listeners.",
+    ),
+]
+HttpHostOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--http-host",
+        help=(
+            "A DNS name HTTP clients may use in the Host header with "
+            "--auth-file (IP addresses, localhost and this machine's name "
+            "always pass); repeatable."
+        ),
+        show_default=False,
+    ),
+]
+
+
+RsaPrivateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rsa-private-path",
+        help="Server RSA private key (PEM): every connection must then start "
+        "with the RSA/AES handshake (docs/transport.md).",
+        show_default=False,
+    ),
+]
+RsaPublicOpt = Annotated[
+    str,
+    typer.Option(
+        "--rsa-public-path",
+        help="Allowed client public keys: a PEM file or a directory of *.pem.",
+    ),
+]
+RsaModeOpt = Annotated[
+    str,
+    typer.Option(
+        "--rsa-mode",
+        help="Stream modes clients may choose, comma-separated: Plain, RSA, AES.",
+    ),
+]
+RsaLegacyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--rsa-legacy/--no-rsa-legacy",
+        help="Serve aio-periodic 1.0.0's legacy handshake (no proof that the "
+        "client holds its private key).",
+    ),
+]
+
+
+def _unix_mode(value: str) -> int:
+    """Parse an octal mode such as ``0600``, ``660`` or ``0o660``."""
+    digits = value[2:] if value.lower().startswith("0o") else value
+    if not digits or any(c not in "01234567" for c in digits) or int(digits, 8) > 0o777:
+        raise typer.BadParameter(
+            f"{value!r} is not an octal mode like 0600", param_hint="--unix-mode"
+        )
+    return int(digits, 8)
+
+
+# reference flags that have no effect here, accepted so scripts keep working
+_NoopOpt = Annotated[int | None, typer.Option(hidden=True)]
+
+
+def _setup_logging(level: str, name: str) -> None:
+    lvl = _LEVELS.get(level.lower())
+    if lvl is None:
+        raise typer.BadParameter(
+            f"unknown level {level!r} (one of {', '.join(_LEVELS)})",
+            param_hint="--log",
+        )
+    logging.basicConfig(
+        level=lvl,
+        stream=sys.stderr,
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _serve(
+    *,
+    host: list[str] | None,
+    path: str | None,
+    durability: str = "strict",
+    log: str,
+    name: str,
+    config: dict[str, int | None],
+    max_frame: int,
+    registration_timeout: float,
+    max_output: int,
+    loop: str,
+    auth_file: str | None = None,
+    unix_mode: str = "0600",
+    max_connections: int = 0,
+    max_jobs_per_func: int = 0,
+    rsa: tuple[str | None, str, str, bool] = (None, "public_keys.pem", "", True),
+    http_writes: bool = False,
+    no_http: bool = False,
+    http_hosts: list[str] | None = None,
+) -> int:
+    from .server.app import Server, run  # noqa: PLC0415  # keep CLI start fast
+
+    _setup_logging(log, name)
+    if loop not in ("auto", "asyncio", "uvloop"):
+        raise typer.BadParameter(f"unknown loop {loop!r}", param_hint="--loop")
+    mode = _unix_mode(unix_mode)
+    if durability not in ("strict", "relaxed"):
+        raise typer.BadParameter(
+            f"{durability!r} (expected strict or relaxed)", param_hint="--durability"
+        )
+    store = path or _default_store(name)
+    try:
+        server = Server(
+            split_addresses(host),
+            store=store,
+            durability=durability,
+            config={k: v for k, v in config.items() if v is not None} or None,
+            max_frame=max_frame,
+            registration_timeout=registration_timeout,
+            max_output=max_output,
+            name=name,
+            auth_file=auth_file,
+            unix_mode=mode,
+            max_connections=max_connections,
+            max_jobs_per_func=max_jobs_per_func,
+            rsa_private_path=rsa[0],
+            rsa_public_path=rsa[1],
+            rsa_modes=rsa[2] or "Plain,RSA,AES",
+            rsa_legacy=rsa[3],
+            http=not no_http,
+            http_writes=http_writes,
+            http_options={"allowed_hosts": http_hosts} if http_hosts else None,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--host") from None
+    return run(server, loop=loop)  # type: ignore[arg-type]
+
+
+def _default_store(name: str) -> str:
+    """The store of a server started without ``-p``: a SQLite file at the
+    default path (directory created), announced in the log."""
+    from .store.sqlite import prepare_default_path  # noqa: PLC0415
+
+    try:
+        path = prepare_default_path()
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot create the default store directory: {exc}", param_hint="--path"
+        ) from None
+    logging.getLogger("periodic_fast.server").info(
+        "%s: keeping jobs in %s (default store; -p to choose another)", name, path
+    )
+    return f"file://{path}"
+
+
+# -- periodicd -----------------------------------------------------------------
+
+
+def periodicd(
+    host: HostOpt = None,
+    path: PathOpt = None,
+    durability: DurabilityOpt = "strict",
+    log: LogOpt = "info",
+    name: NameOpt = "periodicd",
+    timeout: TimeoutOpt = None,
+    assign_wait: AssignWaitOpt = None,
+    keepalive: KeepaliveOpt = None,
+    lock_timeout: LockTimeoutOpt = None,
+    max_frame: MaxFrameOpt = DEFAULT_MAX_FRAME,
+    registration_timeout: RegTimeoutOpt = 30.0,
+    max_output: MaxOutputOpt = 64 * 1024 * 1024,
+    loop: LoopOpt = "auto",
+    auth_file: AuthFileOpt = None,
+    unix_mode: UnixModeOpt = "0600",
+    max_connections: MaxConnectionsOpt = 0,
+    max_jobs_per_func: MaxJobsPerFuncOpt = 0,
+    rsa_private_path: RsaPrivateOpt = None,
+    rsa_public_path: RsaPublicOpt = "public_keys.pem",
+    rsa_mode: RsaModeOpt = "Plain,RSA,AES",
+    rsa_legacy: RsaLegacyOpt = True,
+    http_writes: HttpWritesOpt = False,
+    no_http: NoHttpOpt = False,
+    http_host: HttpHostOpt = None,
+    push_task_size: _NoopOpt = None,
+    sched_task_size: _NoopOpt = None,
+    max_cache_size: _NoopOpt = None,
+) -> None:
+    """Run the Periodic server until SIGTERM, SIGINT or a SHUTDOWN request."""
+    code = _serve(
+        host=host,
+        path=path,
+        durability=durability,
+        log=log,
+        name=name,
+        config={
+            "timeout": timeout,
+            "assign-wait": assign_wait,
+            "keepalive": keepalive,
+            "lock-timeout": lock_timeout,
+        },
+        max_frame=max_frame,
+        registration_timeout=registration_timeout,
+        max_output=max_output,
+        loop=loop,
+        auth_file=auth_file,
+        unix_mode=unix_mode,
+        max_connections=max_connections,
+        max_jobs_per_func=max_jobs_per_func,
+        rsa=(rsa_private_path, rsa_public_path, rsa_mode, rsa_legacy),
+        http_writes=http_writes,
+        no_http=no_http,
+        http_hosts=http_host,
+    )
+    raise typer.Exit(code)
