@@ -17,11 +17,14 @@ from .cli import (
     periodic_run_pipe_app,
     periodic_run_pipe_main,
 )
+from .cli_worker import periodic_run, periodic_run_pipe
 
 __all__ = [
     "config_app",
+    "periodic_run",
     "periodic_run_app",
     "periodic_run_main",
+    "periodic_run_pipe",
     "periodic_run_pipe_app",
     "periodic_run_pipe_main",
 ]
