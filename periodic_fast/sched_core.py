@@ -135,7 +135,7 @@ class SchedulerCore:
         self._late = self._stats.lateness  # bound once: hot paths
         self._runtime = self._stats.runtime
 
-    # -- start-up -----------------------------------------------------------------
+    # -- start-up -------------------------------------------------------------
 
     def _rebuild(self, snap: StoreSnapshot, t: int) -> None:
         """Start-up: index every stored job; future ones go into the wheel, due
@@ -187,7 +187,7 @@ class SchedulerCore:
         if due:
             self._make_ready(due)  # sorted by (sched_at, name) per func
 
-    # -- config -------------------------------------------------------------------
+    # -- config ---------------------------------------------------------------
 
     def _apply_config(self) -> None:
         cfg = self._config
@@ -197,7 +197,7 @@ class SchedulerCore:
         self._keepalive = cfg["keepalive"]
         self._lock_timeout = cfg["lock-timeout"]
 
-    # -- reads -------------------------------------------------------------------
+    # -- reads ----------------------------------------------------------------
 
     def status(self, now: float) -> list[FuncStat]:
         """One :class:`FuncStat` per known func, sorted by func (protocol.md 2.4)."""
@@ -233,7 +233,7 @@ class SchedulerCore:
         """Every stored job, any state (what DUMP returns)."""
         return [rec.job for fs in self._funcs.values() for rec in fs.jobs]
 
-    # -- funcs --------------------------------------------------------------------
+    # -- funcs ----------------------------------------------------------------
 
     def _func(self, name: bytes, persist: bool = True) -> Func:
         """The func record, created (and persisted as known) on first use."""
@@ -265,7 +265,7 @@ class SchedulerCore:
                     if not conn.slots:
                         break
 
-    # -- jobs ---------------------------------------------------------------------
+    # -- jobs -----------------------------------------------------------------
 
     def _lookup(self, key: bytes) -> JobRec | None:
         """The record of a well-formed job handle, or None."""
@@ -518,7 +518,7 @@ class SchedulerCore:
         stats.event(self._now, "drop", f"func {show(func)} dropped")
         return "dropped"
 
-    # -- dispatch -----------------------------------------------------------------
+    # -- dispatch -------------------------------------------------------------
 
     def _pump(self, fs: Func) -> None:
         """Pair ready jobs of ``fs`` with free grab slots, round robin."""
@@ -634,7 +634,7 @@ class SchedulerCore:
         if rec.run <= 0 and not rec.confirmed and rec.state == RUNNING:
             self._repend_now(rec, True)
 
-    # -- connections --------------------------------------------------------------
+    # -- connections ----------------------------------------------------------
 
     def _kill(self, conn: Conn) -> None:
         """Forget ``conn`` and ask the server to close it."""
@@ -673,7 +673,7 @@ class SchedulerCore:
         lost = f", {len(running)} running job(s) back to pending" if running else ""
         stats.event(self._now, "disconnect", f"{kind} {conn.id} went away{lost}")
 
-    # -- waiters ------------------------------------------------------------------
+    # -- waiters --------------------------------------------------------------
 
     def _add_waiter(
         self, key: bytes, conn: Conn, msgid: int, timeout: int, result: bool

@@ -132,7 +132,7 @@ class CommandHandlers(SchedulerCore):
             JOB_UNASSIGNED: self._h_job_unassigned,
         }
 
-    # -- client commands ----------------------------------------------------------
+    # -- client commands ------------------------------------------------------
 
     def _h_ping(self, conn: Conn, msgid: int, payload: bytes) -> None:
         if payload:
@@ -226,7 +226,7 @@ class CommandHandlers(SchedulerCore):
 
     # worker commands ---------------------------------------------------------
 
-    # -- worker commands ----------------------------------------------------------
+    # -- worker commands ------------------------------------------------------
 
     def _h_can_do(self, conn: Conn, msgid: int, payload: bytes) -> None:
         self._register(conn, str8(payload), False)

@@ -217,7 +217,7 @@ class DispatchTables:
         return t
 
 
-# -- table entries and wrappers ------------------------------------------------
+# -- table entries and wrappers -----------------------------------------------
 
 
 def _reject(command: int) -> Handler:

@@ -140,7 +140,7 @@ class Scheduler(CommandHandlers):
             self._next_fast = now + _SWEEP_FAST
             self._next_locked = now + _SWEEP_LOCKED
             self._next_slow = now + _SWEEP_SLOW
-            jobs = snap.jobs
+            jobs = snap.jobs  # an unsized snapshot counts as big
             big = not isinstance(jobs, Sized) or len(jobs) >= _FREEZE_AT
             # The records live as long as their jobs: keep a big store's out
             # of every later GC pass (refcounting still frees them).  The
@@ -151,7 +151,7 @@ class Scheduler(CommandHandlers):
                 self._rebuild(snap, int(now))
                 del snap, jobs  # not frozen: garbage once the records exist
 
-    # -- connection life cycle ----------------------------------------------------
+    # -- connection life cycle ------------------------------------------------
 
     def connect(
         self,
@@ -197,7 +197,7 @@ class Scheduler(CommandHandlers):
             self._now = now
             self._drop(conn)
 
-    # -- authentication -----------------------------------------------------------
+    # -- authentication -------------------------------------------------------
 
     @property
     def auth(self) -> AuthRules | None:
@@ -264,7 +264,7 @@ class Scheduler(CommandHandlers):
             conn.table = self._dispatch.for_conn(conn)
         return closed
 
-    # -- input --------------------------------------------------------------------
+    # -- input ----------------------------------------------------------------
 
     def handle(
         self, conn_id: int, msgid: int, command: int, payload: bytes, now: float
@@ -284,7 +284,7 @@ class Scheduler(CommandHandlers):
         # 256 entries: codes 35-255 raise UnknownCommand (``command`` is a u8)
         conn.table[command](conn, msgid, payload)
 
-    # -- time ---------------------------------------------------------------------
+    # -- time -----------------------------------------------------------------
 
     def tick(self, now: float) -> None:
         """Advance time: due jobs, assign-wait, per-assignment timeouts,
@@ -390,7 +390,7 @@ class Scheduler(CommandHandlers):
                 for rec in orphans:
                     self._fail(rec.key, rec)
 
-    # -- introspection ------------------------------------------------------------
+    # -- introspection --------------------------------------------------------
 
     def get_config(self, key: str) -> int:
         """Current value of a config key (0 for unknown keys)."""
@@ -487,7 +487,7 @@ class Scheduler(CommandHandlers):
         """Every named lock with its holders and its queue, by name."""
         return self._lock_table.infos()
 
-    # -- writes from outside a connection (the HTTP API) --------------------------
+    # -- writes from outside a connection (the HTTP API) ----------------------
 
     def submit(self, job: Job, now: float) -> bool:
         """Submit or update ``job`` exactly as SUBMIT_JOB does (a running job
