@@ -6,16 +6,17 @@ by round, and reports CPU time (``time.process_time``) per operation: best
 and median of the rounds and their ratio.  CPU time rather than wall time
 keeps other processes on a shared machine mostly out of the figures.
 
-A version is a scheduler source file (it then runs with this checkout's
-record twin and memory store):
+A version is a scheduler source file (a single-module scheduler only; it
+then runs with this checkout's record twin, memory store and ``sched_*``
+modules):
 
     git show REV:periodic_fast/scheduler.py > /tmp/old.py
     .venv/bin/python bench/ab_scheduler.py /tmp/old.py periodic_fast/scheduler.py 15
 
 or a source tree (a checkout or ``git worktree`` with its extensions built),
-whose scheduler, record twin (``_rec_c`` if built, unless
-``PERIODIC_FAST_NO_EXTENSIONS``; else ``_rec_py``) and memory store are
-loaded together; needed when those changed with the scheduler:
+whose scheduler with its ``sched_*`` modules, record twin (``_rec_c`` if
+built, unless ``PERIODIC_FAST_NO_EXTENSIONS``; else ``_rec_py``) and memory
+store are loaded together; needed when those changed with the scheduler:
 
     .venv/bin/python bench/ab_scheduler.py /work/main . 7
 """
@@ -35,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_scheduler as b  # noqa: E402
 
+import periodic_fast  # noqa: E402
 from periodic_fast._compat import NO_EXTENSIONS  # noqa: E402
 from periodic_fast.store.memory import MemoryStore  # noqa: E402
 
@@ -46,6 +48,10 @@ def _load(path: str, name: str, package: str = "periodic_fast") -> ModuleType:
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def _sched_modules() -> list[str]:
+    return [k for k in sys.modules if k.startswith("periodic_fast.sched_")]
 
 
 def _load_tree(root: Path, label: str) -> tuple[Any, Any]:
@@ -69,6 +75,11 @@ def _load_tree(root: Path, label: str) -> tuple[Any, Any]:
         twin = _load(str(pkg / "_rec_py.py"), f"_ab_{label}_rec_py")
     real = sys.modules.get("periodic_fast.rec")
     sys.modules["periodic_fast.rec"] = twin
+    # a split scheduler imports its sched_* siblings: take them from this
+    # tree as well (searched first), bound to this tree's twin
+    saved = {k: sys.modules.pop(k) for k in _sched_modules()}
+    path = periodic_fast.__path__
+    periodic_fast.__path__ = [str(pkg), *path]
     try:
         sched = _load(str(pkg / "scheduler.py"), f"_ab_{label}")
         memory = _load(
@@ -77,6 +88,10 @@ def _load_tree(root: Path, label: str) -> tuple[Any, Any]:
             "periodic_fast.store",
         )
     finally:
+        periodic_fast.__path__ = path
+        for k in _sched_modules():
+            del sys.modules[k]  # the loaded scheduler keeps its own
+        sys.modules.update(saved)
         if real is not None:
             sys.modules["periodic_fast.rec"] = real
     print(f"{label}: {root} ({Path(twin.__file__ or '?').name})")
