@@ -59,7 +59,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .client import ClientError
+from .errors import ClientError
 from .worker import Done, Fail, SchedLater, Worker, WorkerJob
 
 if TYPE_CHECKING:
@@ -456,7 +456,7 @@ async def run_exec_worker(
     ``options``: see :class:`WorkerOptions` (None: the defaults);
     ``work_data``: stream ``WORKDATA`` lines as they come (module doc).
 
-    :raises periodic_fast.client.NotConnected: the first connect fails.
+    :raises periodic_fast.errors.NotConnected: the first connect fails.
     :raises ValueError: an empty command.
     """
     opts = options if options is not None else WorkerOptions()

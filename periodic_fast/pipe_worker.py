@@ -44,7 +44,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .client import ClientError
+from .errors import ClientError
 from .exec_worker import WorkerOptions, make_worker, terminate, watch_memory
 from .worker import Done, Fail, SchedLater, WorkerJob
 
@@ -406,7 +406,7 @@ async def run_pipe_worker(
     ``options``: see :class:`~periodic_fast.exec_worker.WorkerOptions` (None:
     the defaults); ``ready_timeout``: seconds a runner has for its ready line.
 
-    :raises periodic_fast.client.NotConnected: the first connect fails.
+    :raises periodic_fast.errors.NotConnected: the first connect fails.
     :raises ValueError: an empty command.
     """
     opts = options if options is not None else WorkerOptions()
