@@ -1,7 +1,7 @@
 """The RSA/AES transport, client side (protocol.md 5.4): the handshake.
 
 :class:`ClientSecureProtocol` sits between the socket and the client's own
-protocol (:class:`periodic_fast.client._Protocol`), as
+protocol (:class:`periodic_fast._connection._Protocol`), as
 :class:`periodic_fast.server.secure.SecureProtocol` does on the server.  On
 connect it sends the first block at once; when the server's answer checks out
 it sends the rest of the handshake, then hands the inner protocol a transport
@@ -24,7 +24,7 @@ import asyncio
 import hmac
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -45,10 +45,7 @@ from ._rsa_common import (
     load_public_keys,
     server_proof,
 )
-from .rsa_transport import RSAHandshakeError
-
-if TYPE_CHECKING:
-    from .rsa_transport import RSAConfig
+from .errors import RSAHandshakeError
 
 __all__ = ["ClientKeys", "ClientSecureProtocol"]
 
@@ -81,20 +78,24 @@ class ClientKeys:
         self.block = private_key.key_size // 8
 
     @classmethod
-    def load(cls, config: RSAConfig) -> ClientKeys:
-        """Read the key files of ``config`` (raises :class:`KeyFileError`)."""
-        private = load_private_key(config.private_key_path)
-        where = os.fspath(config.server_public_key_path)
+    def load(
+        cls,
+        private_key_path: str | os.PathLike[str],
+        server_public_key_path: str | os.PathLike[str],
+        *,
+        mode: str = "AES",
+        v1: bool = True,
+    ) -> ClientKeys:
+        """Read the key files (raises :class:`KeyFileError`); ``mode`` is a
+        stream mode's name (``Plain``, ``RSA``, ``AES``).  The fields of an
+        :class:`~periodic_fast.rsa_transport.RSAConfig` come in one by one, so
+        this module never imports the one that imports it."""
+        private = load_private_key(private_key_path)
+        where = os.fspath(server_public_key_path)
         keys = load_public_keys(where)
         if not keys:
             raise KeyFileError(f"no RSA public key in {where!r}")
-        return cls(
-            private,
-            keys[0],
-            mode=RSAMode[config.mode],
-            v1=config.handshake == "v1",
-            server_key_path=where,
-        )
+        return cls(private, keys[0], mode=RSAMode[mode], v1=v1, server_key_path=where)
 
     def protocol(self, inner: Any, address: str) -> ClientSecureProtocol:
         """A handshake protocol wrapping ``inner`` for one connection."""

@@ -32,8 +32,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, overload
 
+from ._address import BytesLike
 from ._drain import SignalDrain
-from .client import BytesLike, Client, ClientError, NotConnected, StreamCallback
+from .client import Client, StreamCallback
+from .errors import ClientError, NotConnected
 from .job import FuncStat
 from .worker import Handler, Worker
 

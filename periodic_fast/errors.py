@@ -2,17 +2,31 @@
 
 Plain Python on purpose: the Cython twins import and raise these classes, so an
 ``except ProtocolError`` clause catches errors from either implementation.
+
+The client side's errors (:class:`ClientError` and its subclasses, with
+:class:`RSAHandshakeError`) live here too, so the client, the worker and the
+RSA transport share them without importing each other; they stay importable
+from :mod:`periodic_fast.client` and :mod:`periodic_fast.rsa_transport`.
 """
 
 from __future__ import annotations
+
+from .constants import Command
 
 __all__ = [
     "BadMagic",
     "BadRegistration",
     "CRCMismatch",
+    "ClientError",
+    "ConnectionLost",
     "FrameTooLarge",
+    "NoWorkerError",
+    "NotConnected",
     "PeriodicError",
     "ProtocolError",
+    "RSAHandshakeError",
+    "RequestRejected",
+    "RequestTimeout",
     "TrailingBytes",
     "TruncatedPayload",
     "UnknownCommand",
@@ -65,3 +79,50 @@ class TrailingBytes(ProtocolError):
 
 class BadRegistration(ProtocolError):
     """The registration frame has an unknown client type or a malformed identity."""
+
+
+# -- the client side ---------------------------------------------------------------
+
+
+class ClientError(PeriodicError):
+    """Base class of the errors a :class:`~periodic_fast.client.Client` or
+    worker raises."""
+
+
+class NotConnected(ClientError, ConnectionError):
+    """The server could not be reached (connect refused, no such socket...)."""
+
+
+class ConnectionLost(ClientError, ConnectionError):
+    """The connection closed while the request was in flight."""
+
+
+class RequestTimeout(ClientError, TimeoutError):
+    """No reply within the request's timeout."""
+
+
+class NoWorkerError(ClientError):
+    """RUN_JOB / RECV_DATA: no worker has registered the func (or the server
+    refused the request for lack of permission: same reply on the wire)."""
+
+
+class RequestRejected(ClientError):
+    """The server answered with an unexpected command (e.g. ``NO_WORKER`` for a
+    request the identity may not make)."""
+
+    def __init__(self, command: int, payload: bytes = b"") -> None:
+        try:
+            cname = Command(command).name
+        except ValueError:
+            cname = str(command)
+        super().__init__(f"unexpected reply {cname}")
+        self.command = command
+        self.payload = payload
+
+
+class RSAHandshakeError(NotConnected):
+    """The RSA handshake failed: the server closed the connection during it
+    (our key is not among its allowed keys, or it cannot read what we
+    encrypted to its key), its fingerprint or proof is wrong, or it did not
+    answer in time.  A :class:`NotConnected`, so reconnect loops retry it like
+    a server that is down."""

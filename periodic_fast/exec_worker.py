@@ -59,7 +59,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .client import ClientError
+from ._lines import read_lines
+from .errors import ClientError
 from .worker import Done, Fail, SchedLater, Worker, WorkerJob
 
 if TYPE_CHECKING:
@@ -277,19 +278,11 @@ async def _communicate_lines(
 
     feeder = asyncio.get_running_loop().create_task(feed())
     kept = bytearray()
-    pending = b""
     try:
-        while True:
-            chunk = await proc.stdout.read(65536)
-            if not chunk:
-                break
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                if not await on_line(line + b"\n"):
-                    kept += line + b"\n"
-        if pending and not await on_line(pending):
-            kept += pending
+        async with contextlib.aclosing(read_lines(proc.stdout)) as lines:
+            async for line in lines:
+                if not await on_line(line):
+                    kept += line
         await proc.wait()
     finally:
         if not feeder.done():
@@ -456,7 +449,7 @@ async def run_exec_worker(
     ``options``: see :class:`WorkerOptions` (None: the defaults);
     ``work_data``: stream ``WORKDATA`` lines as they come (module doc).
 
-    :raises periodic_fast.client.NotConnected: the first connect fails.
+    :raises periodic_fast.errors.NotConnected: the first connect fails.
     :raises ValueError: an empty command.
     """
     opts = options if options is not None else WorkerOptions()

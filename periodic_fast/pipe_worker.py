@@ -44,7 +44,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .client import ClientError
+from ._lines import LineTooLong, read_lines
+from .errors import ClientError
 from .exec_worker import WorkerOptions, make_worker, terminate, watch_memory
 from .worker import Done, Fail, SchedLater, WorkerJob
 
@@ -161,21 +162,12 @@ class PipeRunner:
         then replies to the current msgid go to the job, the rest to our
         stdout.  At EOF the runner is gone (``eof`` set)."""
         assert proc.stdout is not None
-        pending = b""
         try:
-            while True:
-                chunk = await proc.stdout.read(65536)
-                if not chunk:
-                    break
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    self._line(proc, line + b"\n", ready)
-                if len(pending) > MAX_LINE:
-                    _log(f"Error: runner {self.index} wrote a line over {MAX_LINE} B")
-                    break
-            if pending and len(pending) <= MAX_LINE:
-                self._line(proc, pending, ready)
+            async with contextlib.aclosing(read_lines(proc.stdout, MAX_LINE)) as lines:
+                async for line in lines:
+                    self._line(proc, line, ready)
+        except LineTooLong:
+            _log(f"Error: runner {self.index} wrote a line over {MAX_LINE} B")
         finally:
             if not ready.done():
                 ready.set_exception(EOFError())
@@ -406,7 +398,7 @@ async def run_pipe_worker(
     ``options``: see :class:`~periodic_fast.exec_worker.WorkerOptions` (None:
     the defaults); ``ready_timeout``: seconds a runner has for its ready line.
 
-    :raises periodic_fast.client.NotConnected: the first connect fails.
+    :raises periodic_fast.errors.NotConnected: the first connect fails.
     :raises ValueError: an empty command.
     """
     opts = options if options is not None else WorkerOptions()

@@ -16,6 +16,8 @@ talks to servers that only know aio-periodic 1.0.0's generation.
 This module needs nothing beyond the standard library: the crypto lives in
 :mod:`periodic_fast._rsa_client`, loaded (with ``cryptography``, the ``rsa``
 extra) when a connection object is built with ``rsa=``.
+:class:`RSAHandshakeError` is defined in :mod:`periodic_fast.errors` (a
+:class:`~periodic_fast.errors.NotConnected`) and re-exported here.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from .client import NotConnected
+from .errors import RSAHandshakeError
 
 if TYPE_CHECKING:
     from ._rsa_client import ClientKeys
@@ -45,14 +47,6 @@ RSAModeName = Literal["Plain", "RSA", "AES"]
 MODES = ("Plain", "RSA", "AES")
 #: Where the server's public key is looked for by default (cli-and-http.md 4.2).
 DEFAULT_PUBLIC_PATH = "public_key.pem"
-
-
-class RSAHandshakeError(NotConnected):
-    """The RSA handshake failed: the server closed the connection during it
-    (our key is not among its allowed keys, or it cannot read what we
-    encrypted to its key), its fingerprint or proof is wrong, or it did not
-    answer in time.  A :class:`~periodic_fast.client.NotConnected`, so
-    reconnect loops retry it like a server that is down."""
 
 
 class RSAUnavailable(ImportError):
@@ -114,6 +108,11 @@ class RSAConfig:
                 "the RSA transport needs the 'cryptography' package "
                 "(pip install 'periodic-fast[rsa]')"
             ) from exc
-        keys = ClientKeys.load(self)
+        keys = ClientKeys.load(
+            self.private_key_path,
+            self.server_public_key_path,
+            mode=self.mode,
+            v1=self.handshake == "v1",
+        )
         object.__setattr__(self, "_keys", keys)  # frozen: the one cached field
         return keys

@@ -19,7 +19,8 @@ from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .client import BytesLike, Client
+from ._address import BytesLike
+from .client import Client
 from .job import FuncStat, Job
 
 __all__ = ["SyncClient"]

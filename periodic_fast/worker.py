@@ -49,18 +49,12 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, overload
 
+from ._address import BytesLike, to_bytes
+from ._connection import Connection, _Protocol, _Sink
 from ._drain import SignalDrain
-from .client import (
-    BytesLike,
-    ClientError,
-    Connection,
-    RequestRejected,
-    _Protocol,
-    _Sink,
-    to_bytes,
-)
 from .codec import Packet, decode_payload, encode_payload
 from .constants import ClientType, Command
+from .errors import ClientError, RequestRejected
 from .job import Job
 
 __all__ = [
