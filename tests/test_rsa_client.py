@@ -57,7 +57,13 @@ MODES: list[RSAModeName] = ["Plain", "RSA", "AES"]
 # many RSA blocks (2048-bit server key: 190 bytes each) / several AES records
 SIZES = {"Plain": 300_000, "RSA": 20_000, "AES": 3 * AES_CHUNK + 1000}
 UNSET_RSA = dict.fromkeys(
-    ("PERIODIC_RSA_PRIVATE_PATH", "PERIODIC_RSA_PUBLIC_PATH", "PERIODIC_RSA_MODE"), ""
+    (
+        "PERIODIC_RSA_PRIVATE_PATH",
+        "PERIODIC_RSA_PUBLIC_PATH",
+        "PERIODIC_RSA_MODE",
+        "PERIODIC_RSA_HANDSHAKE",
+    ),
+    "",
 )
 
 # test_rsa's fixtures, found here by these names: its key pairs (module
@@ -408,6 +414,25 @@ def key_flags(keys: Keys, mode: str = "AES") -> list[str]:
         keys.server_public,
         "--rsa-mode",
         mode,
+    ]
+
+
+def test_cli_handshake_env(keys: Keys, rsa_proc: ServerProcess) -> None:
+    """``$PERIODIC_RSA_HANDSHAKE``: v1 is served, legacy refused (the
+    server's default), a bad name is one line and exit 1."""
+    addr = rsa_proc.address
+    env = {"PERIODIC_RSA_HANDSHAKE": "v1"}
+    r = cli(*key_flags(keys), "status", address=addr, env=env)
+    assert r.returncode == 0, r.stderr
+    env = {"PERIODIC_RSA_HANDSHAKE": "legacy"}
+    r = cli(*key_flags(keys), "status", address=addr, env=env)
+    assert r.returncode == 1 and "during the RSA handshake" in r.stderr, r.stderr
+    assert "legacy handshake refused" in rsa_proc.output()
+    env = {"PERIODIC_RSA_HANDSHAKE": "v3"}
+    r = cli(*key_flags(keys), "status", address=addr, env=env)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "Error: unknown RSA handshake 'v3' ($PERIODIC_RSA_HANDSHAKE: v2, v1 or legacy)"
     ]
 
 
