@@ -9,10 +9,14 @@ whose ``write`` encrypts and from then on decrypts what arrives.  The
 connection's opener awaits :meth:`ClientSecureProtocol.wait_ready` before it
 sends the registration frame.
 
-v1 (default): ``client_fp || nonce`` -> the server's fingerprint, its proof
-over our nonce and a challenge -> our proof over the challenge, the mode and
-(AES) the session key.  Legacy: ``client_fp`` -> the server's fingerprint ->
-mode and session key.  Every message is one OAEP block to the recipient's key.
+v2 (default): ``client_fp || nonce || 0x02`` -> the server's fingerprint,
+its proof (keyed with our nonce, over the transcript) and a challenge -> the
+mode, (AES) the session key, and our proof (keyed with the challenge, over
+the transcript, mode and session key).  v1: ``client_fp || nonce`` -> the
+server's fingerprint, its proof over our nonce and a challenge -> our proof
+over the challenge, the mode and (AES) the session key.  Legacy:
+``client_fp`` -> the server's fingerprint -> mode and session key.  Every
+message is one OAEP block to the recipient's key.
 
 Imported only when a connection is built with ``rsa=``: it needs
 ``cryptography``.
@@ -34,6 +38,7 @@ from ._rsa_common import (
     OAEP,
     OAEP_OVERHEAD,
     SESSION_KEY_SIZE,
+    V2_MARK,
     BadStream,
     KeyFileError,
     RSAMode,
@@ -44,6 +49,9 @@ from ._rsa_common import (
     load_private_key,
     load_public_keys,
     server_proof,
+    v2_client_proof,
+    v2_server_proof,
+    v2_transcript,
 )
 from .errors import RSAHandshakeError
 
@@ -62,10 +70,10 @@ class ClientKeys:
         server_key: rsa.RSAPublicKey,
         *,
         mode: RSAMode = RSAMode.AES,
-        v1: bool = True,
+        generation: str = "v2",
         server_key_path: str = "",
     ) -> None:
-        if server_key.key_size // 8 - OAEP_OVERHEAD < FP_SIZE + NONCE_SIZE:
+        if server_key.key_size // 8 - OAEP_OVERHEAD < FP_SIZE + NONCE_SIZE + 1:
             raise KeyFileError(f"{server_key_path}: server key too small")
         self.private_key = private_key
         self.fingerprint = fingerprint(private_key.public_key())
@@ -73,7 +81,8 @@ class ClientKeys:
         self.server_fingerprint = fingerprint(server_key)
         self.server_key_path = server_key_path
         self.mode = mode
-        self.v1 = v1
+        #: ``"v2"``, ``"v1"`` or ``"legacy"``
+        self.generation = generation
         #: bytes of one block to us
         self.block = private_key.key_size // 8
 
@@ -84,7 +93,7 @@ class ClientKeys:
         server_public_key_path: str | os.PathLike[str],
         *,
         mode: str = "AES",
-        v1: bool = True,
+        generation: str = "v2",
     ) -> ClientKeys:
         """Read the key files (raises :class:`KeyFileError`); ``mode`` is a
         stream mode's name (``Plain``, ``RSA``, ``AES``).  The fields of an
@@ -95,7 +104,13 @@ class ClientKeys:
         keys = load_public_keys(where)
         if not keys:
             raise KeyFileError(f"no RSA public key in {where!r}")
-        return cls(private, keys[0], mode=RSAMode[mode], v1=v1, server_key_path=where)
+        return cls(
+            private,
+            keys[0],
+            mode=RSAMode[mode],
+            generation=generation,
+            server_key_path=where,
+        )
 
     def protocol(self, inner: Any, address: str) -> ClientSecureProtocol:
         """A handshake protocol wrapping ``inner`` for one connection."""
@@ -131,8 +146,8 @@ class ClientSecureProtocol(asyncio.Protocol):
 
     @property
     def generation(self) -> str | None:
-        """``"v1"`` or ``"legacy"``."""
-        return "v1" if self._keys.v1 else "legacy"
+        """``"v2"``, ``"v1"`` or ``"legacy"``."""
+        return self._keys.generation
 
     @property
     def backlog(self) -> bool:
@@ -155,7 +170,10 @@ class ClientSecureProtocol(asyncio.Protocol):
         raw: asyncio.Transport = transport  # type: ignore[assignment]
         self._raw = raw
         keys = self._keys
-        hello = keys.fingerprint + (self._nonce if keys.v1 else b"")
+        gen = keys.generation
+        hello = keys.fingerprint
+        if gen != "legacy":
+            hello += self._nonce + (V2_MARK if gen == "v2" else b"")
         raw.write(keys.server_key.encrypt(hello, OAEP))
 
     def data_received(self, data: bytes) -> None:
@@ -190,7 +208,8 @@ class ClientSecureProtocol(asyncio.Protocol):
                     f"{self._address} closed the connection during the RSA "
                     "handshake (is our public key among its allowed keys, is "
                     f"{self._keys.server_key_path!r} its key, is its RSA "
-                    "transport on?)"
+                    f"transport on, does it serve the {self._keys.generation} "
+                    "handshake?)"
                 )
             )
         # the inner protocol may never have been connected: it ignores that
@@ -247,8 +266,9 @@ class ClientSecureProtocol(asyncio.Protocol):
         """Read the server's answer once it is all there and send the rest
         of the handshake; returns stream bytes that followed (Plain)."""
         keys = self._keys
+        gen = keys.generation
         k = keys.block
-        count = 3 if keys.v1 else 1  # fingerprint[, proof, challenge]
+        count = 1 if gen == "legacy" else 3  # fingerprint[, proof, challenge]
         buf = self._buf
         if len(buf) < count * k:
             return b""
@@ -259,30 +279,41 @@ class ClientSecureProtocol(asyncio.Protocol):
             raise BadStream(
                 f"the server's key is not the one in {keys.server_key_path!r}"
             )
+        mode = keys.mode
+        session = os.urandom(SESSION_KEY_SIZE) if mode == RSAMode.AES else b""
         out: list[bytes] = []
-        if keys.v1:
-            if not hmac.compare_digest(
-                msgs[1], server_proof(self._nonce, keys.server_fingerprint)
-            ):
+        transcript = b""
+        if gen != "legacy":
+            challenge = msgs[2]
+            if len(challenge) != NONCE_SIZE:
+                raise BadStream(f"challenge of {len(challenge)} bytes")
+            if gen == "v2":
+                transcript = v2_transcript(
+                    keys.fingerprint, self._nonce, keys.server_fingerprint, challenge
+                )
+                expect = v2_server_proof(self._nonce, transcript)
+            else:
+                expect = server_proof(self._nonce, keys.server_fingerprint)
+            if not hmac.compare_digest(msgs[1], expect):
                 raise BadStream("wrong server proof")
-            if len(msgs[2]) != NONCE_SIZE:
-                raise BadStream(f"challenge of {len(msgs[2])} bytes")
-            out.append(client_proof(msgs[2], keys.fingerprint))
-        out.append(bytes((keys.mode,)))
-        session = b""
-        if keys.mode == RSAMode.AES:
-            session = os.urandom(SESSION_KEY_SIZE)
+            if gen == "v1":
+                out.append(client_proof(challenge, keys.fingerprint))
+        out.append(bytes((mode,)))
+        if session:
             out.append(session)
+        if gen == "v2":  # last: it covers the mode and session key
+            out.append(v2_client_proof(challenge, transcript, mode, session))
         assert self._raw is not None
         encrypt = keys.server_key.encrypt
         self._raw.write(b"".join(encrypt(m, OAEP) for m in out))
-        if keys.mode != RSAMode.Plain:
+        if mode != RSAMode.Plain:
             self._cipher = StreamCipher(
-                keys.mode,
+                mode,
                 own_key=keys.private_key,
                 peer_key=keys.server_key,
                 session=session,
-                v1=keys.v1,
+                generation=gen,
+                transcript=transcript,
             )
         self._open = True
         self._inner.connection_made(SecureTransport(self._raw, self))

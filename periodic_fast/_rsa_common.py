@@ -1,9 +1,20 @@
 """What both ends of the RSA/AES transport (protocol.md 5.4) share.
 
-Keys (loading, fingerprints), the handshake constants and proofs, the
-stream ciphers that run once the handshake is done (:class:`StreamCipher`:
-RSA-OAEP blocks or AES-CTR records, with the v1 HMAC tag) and the transport
-face an inner protocol writes plaintext to (:class:`SecureTransport`).
+Keys (loading, fingerprints), the handshake constants and proofs of the
+three generations, the stream ciphers that run once the handshake is done
+(:class:`StreamCipher`: RSA-OAEP blocks or AES-CTR records, with the v1 HMAC
+tag or the v2 per-direction keys and sequenced tag) and the transport face
+an inner protocol writes plaintext to (:class:`SecureTransport`).
+
+Generation v2 is ours (docs/transport.md): the hello is
+``client_fp || nonce || 0x02``; both proofs are HMAC-SHA-256 keyed with a
+secret only the holder of a private key can have decrypted (the server's
+with the client's nonce, the client's with the server's challenge) over the
+whole transcript: both fingerprints, nonce, challenge and, for the client,
+the chosen mode and session key.  A relay can therefore swap no block
+without the proof failing.  The stream keys are derived per direction from
+the session key and the transcript, and every AES record's tag covers its
+sequence number, so records cannot be replayed, reordered or reflected.
 
 The server side (:mod:`periodic_fast.server.secure`) and the client side
 (:mod:`periodic_fast._rsa_client`) build their handshakes on these; neither
@@ -41,10 +52,14 @@ __all__ = [
     "StreamCipher",
     "client_proof",
     "fingerprint",
+    "generation_of",
     "load_private_key",
     "load_public_keys",
     "parse_modes",
     "server_proof",
+    "v2_client_proof",
+    "v2_server_proof",
+    "v2_transcript",
 ]
 
 #: OAEP(SHA-256) overhead: a ``k``-byte block carries at most ``k - 66`` bytes.
@@ -61,6 +76,12 @@ TAG_SIZE = 32
 SESSION_KEY_SIZE = 32
 SERVER_DOMAIN = b"metro-rsa-server-v1"
 CLIENT_DOMAIN = b"metro-rsa-client-v1"
+#: v2: the last byte of the hello (``client_fp || nonce || V2_MARK``, 49
+#: bytes: neither legacy's 32 nor v1's 48, so the reference refuses it).
+V2_MARK = b"\x02"
+V2_DOMAIN = b"periodic-fast-rsa-v2"
+#: The handshake generations, oldest first.
+GENERATIONS = ("legacy", "v1", "v2")
 
 OAEP = padding.OAEP(
     mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
@@ -119,6 +140,45 @@ def server_proof(nonce: bytes, server_fp: bytes) -> bytes:
 def client_proof(challenge: bytes, client_fp: bytes) -> bytes:
     """v1: what the client sends to show it read the server's challenge."""
     return hashlib.sha256(CLIENT_DOMAIN + challenge + client_fp).digest()
+
+
+def generation_of(hello: bytes) -> str | None:
+    """The generation a decrypted first block speaks (None: none)."""
+    size = len(hello)
+    if size == FP_SIZE:
+        return "legacy"
+    if size == FP_SIZE + NONCE_SIZE:
+        return "v1"
+    if size == FP_SIZE + NONCE_SIZE + 1 and hello[-1:] == V2_MARK:
+        return "v2"
+    return None
+
+
+def v2_transcript(
+    client_fp: bytes, nonce: bytes, server_fp: bytes, challenge: bytes
+) -> bytes:
+    """v2: what both proofs and the stream keys cover (every field has a
+    fixed size, so the concatenation is unambiguous)."""
+    return V2_DOMAIN + client_fp + nonce + server_fp + challenge
+
+
+def v2_server_proof(nonce: bytes, transcript: bytes) -> bytes:
+    """v2: the server read our nonce (only its private key decrypts it) and
+    answers this very hello with this challenge."""
+    return hmac.new(nonce, b"server" + transcript, hashlib.sha256).digest()
+
+
+def v2_client_proof(
+    challenge: bytes, transcript: bytes, mode: RSAMode, session: bytes
+) -> bytes:
+    """v2: the client read the challenge (only its private key decrypts it)
+    and chose this mode and session key: a relay cannot swap either."""
+    msg = b"client" + transcript + bytes((mode,)) + session
+    return hmac.new(challenge, msg, hashlib.sha256).digest()
+
+
+def _v2_key(session: bytes, transcript: bytes, label: bytes) -> bytes:
+    return hmac.new(session, label + transcript, hashlib.sha256).digest()
 
 
 def load_private_key(path: str | os.PathLike[str]) -> rsa.RSAPrivateKey:
@@ -184,7 +244,12 @@ class StreamCipher:
         encrypted to).
     :param peer_key: the peer's public key (RSA mode: what we encrypt to).
     :param session: the AES session key (AES mode).
-    :param v1: AES records carry the HMAC tag (v1 handshake).
+    :param generation: ``"legacy"`` (AES records without tag), ``"v1"``
+        (tag keyed with the session key) or ``"v2"`` (keys per direction
+        derived from ``session`` and ``transcript``; the tag covers the
+        record's sequence number).
+    :param transcript: v2: :func:`v2_transcript` of the handshake.
+    :param server: v2: we are the server (picks the direction keys).
     :param max_record: largest AES record accepted (bytes after the length).
     """
 
@@ -195,11 +260,15 @@ class StreamCipher:
         own_key: rsa.RSAPrivateKey,
         peer_key: rsa.RSAPublicKey,
         session: bytes = b"",
-        v1: bool = True,
+        generation: str = "v1",
+        transcript: bytes = b"",
+        server: bool = False,
         max_record: int = MAX_RECORD,
     ) -> None:
         if mode == RSAMode.AES and len(session) != SESSION_KEY_SIZE:
             raise ValueError("AES mode needs a 32-byte session key")
+        if generation not in GENERATIONS:
+            raise ValueError(f"unknown handshake generation {generation!r}")
         self.mode = mode
         self.own_key = own_key
         self.peer_key = peer_key
@@ -208,8 +277,26 @@ class StreamCipher:
         #: plaintext bytes per RSA block to the peer
         self.step = peer_key.key_size // 8 - OAEP_OVERHEAD
         self.session = session
-        self.v1 = v1
+        self.generation = generation
+        self.tagged = generation != "legacy"
         self.max_record = max_record
+        # AES keys: (encryption, tag) of what we send and of what we receive
+        self._send = self._recv = (session, session)
+        #: v2: sequence numbers of the next record sent / received
+        self.sequenced = generation == "v2"
+        self.sent = self.received = 0
+        if self.sequenced and mode == RSAMode.AES:
+            if not transcript:
+                raise ValueError("v2 needs the handshake transcript")
+            c2s = (
+                _v2_key(session, transcript, b"c2s enc"),
+                _v2_key(session, transcript, b"c2s mac"),
+            )
+            s2c = (
+                _v2_key(session, transcript, b"s2c enc"),
+                _v2_key(session, transcript, b"s2c mac"),
+            )
+            self._send, self._recv = (s2c, c2s) if server else (c2s, s2c)
 
     def encrypt(self, data: bytes) -> list[bytes]:
         """Plaintext stream bytes -> the wire chunks (RSA blocks, or AES
@@ -222,17 +309,23 @@ class StreamCipher:
             for pos in range(0, len(data), step):
                 out.append(key.encrypt(bytes(view[pos : pos + step]), OAEP))
             return out
-        session = self.session
-        tag = TAG_SIZE if self.v1 else 0
+        enc_key, mac_key = self._send
+        tag = TAG_SIZE if self.tagged else 0
+        sequenced = self.sequenced
         for pos in range(0, len(data), AES_CHUNK):
             iv = os.urandom(IV_SIZE)
-            enc = Cipher(algorithms.AES(session), modes.CTR(iv)).encryptor()
+            enc = Cipher(algorithms.AES(enc_key), modes.CTR(iv)).encryptor()
             ct = enc.update(view[pos : pos + AES_CHUNK]) + enc.finalize()
             out.append(_U64.pack(IV_SIZE + len(ct) + tag))
             out.append(iv)
             out.append(ct)
-            if tag:
-                out.append(hmac.new(session, iv + ct, hashlib.sha256).digest())
+            if sequenced:
+                mac = hmac.new(mac_key, _U64.pack(self.sent) + iv, hashlib.sha256)
+                mac.update(ct)
+                self.sent += 1
+                out.append(mac.digest())
+            elif tag:
+                out.append(hmac.new(mac_key, iv + ct, hashlib.sha256).digest())
         return out
 
     def decrypt(self, buf: bytearray, max_blocks: int = 0) -> bytes:
@@ -256,9 +349,10 @@ class StreamCipher:
                 out.append(decrypt(bytes(buf[pos : pos + k]), OAEP))
             del buf[:n]
             return b"".join(out)
-        v1 = self.v1
-        key = self.session
-        low = IV_SIZE + TAG_SIZE if v1 else IV_SIZE
+        tagged = self.tagged
+        sequenced = self.sequenced
+        key, mac_key = self._recv
+        low = IV_SIZE + TAG_SIZE if tagged else IV_SIZE
         high = self.max_record
         pos = 0
         end = len(buf)
@@ -271,10 +365,18 @@ class StreamCipher:
             start = pos + 8
             pos = start + size
             iv = bytes(buf[start : start + IV_SIZE])
-            if v1:
+            if tagged:
                 ct = bytes(buf[start + IV_SIZE : pos - TAG_SIZE])
-                mac = hmac.new(key, iv + ct, hashlib.sha256).digest()
-                if not hmac.compare_digest(mac, bytes(buf[pos - TAG_SIZE : pos])):
+                if sequenced:
+                    head = _U64.pack(self.received) + iv
+                    self.received += 1
+                else:
+                    head = iv
+                mac = hmac.new(mac_key, head, hashlib.sha256)
+                mac.update(ct)
+                if not hmac.compare_digest(
+                    mac.digest(), bytes(buf[pos - TAG_SIZE : pos])
+                ):
                     raise BadStream("bad AES record tag")
             else:
                 ct = bytes(buf[start + IV_SIZE : pos])

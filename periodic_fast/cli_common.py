@@ -15,6 +15,7 @@ Client code is imported inside the functions so the CLI starts fast.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,11 +29,12 @@ from .constants import ADDRESS_ENV, DEFAULT_ADDRESS
 
 if TYPE_CHECKING:
     from .client import Client
-    from .rsa_transport import RSAConfig, RSAModeName
+    from .rsa_transport import RSAConfig, RSAHandshakeName, RSAModeName
 
 __all__ = [
     "CONTEXT_SETTINGS",
     "NAME_ENV",
+    "RSA_HANDSHAKE_ENV",
     "RSA_MODE_ENV",
     "RSA_PRIVATE_ENV",
     "RSA_PUBLIC_ENV",
@@ -64,6 +66,10 @@ TOKEN_ENV = "PERIODIC_CLIENT_TOKEN"
 RSA_PRIVATE_ENV = "PERIODIC_RSA_PRIVATE_PATH"
 RSA_PUBLIC_ENV = "PERIODIC_RSA_PUBLIC_PATH"
 RSA_MODE_ENV = "PERIODIC_RSA_MODE"
+#: The handshake generation of the client tools (v2, v1 for the reference
+#: server, legacy): an environment variable only, for the rare server that
+#: does not speak v2.
+RSA_HANDSHAKE_ENV = "PERIODIC_RSA_HANDSHAKE"
 THREAD_ENV = "THREAD"
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 
@@ -290,6 +296,7 @@ def rsa_config(options: ClientOptions) -> RSAConfig | None:
     a missing or bad key file, or no ``cryptography``: one line, exit 1."""
     from .rsa_transport import (  # noqa: PLC0415  # CLI starts fast
         DEFAULT_PUBLIC_PATH,
+        HANDSHAKES,
         MODES,
         RSAConfig,
         RSAUnavailable,
@@ -301,12 +308,21 @@ def rsa_config(options: ClientOptions) -> RSAConfig | None:
             f"unknown RSA mode {mode!r} (--rsa-mode or ${RSA_MODE_ENV}: "
             "Plain, RSA or AES)"
         )
+    handshake = os.environ.get(RSA_HANDSHAKE_ENV) or HANDSHAKES[0]
+    if handshake not in HANDSHAKES:
+        die(
+            f"unknown RSA handshake {handshake!r} "
+            f"(${RSA_HANDSHAKE_ENV}: v2, v1 or legacy)"
+        )
     if not options.rsa_private_path:
         return None
     public = options.rsa_public_path or DEFAULT_PUBLIC_PATH
     try:
         config = RSAConfig(
-            options.rsa_private_path, public, mode=cast("RSAModeName", mode)
+            options.rsa_private_path,
+            public,
+            mode=cast("RSAModeName", mode),
+            handshake=cast("RSAHandshakeName", handshake),
         )
         config.load()  # errors now, as one line; the client reuses the keys
     except (ValueError, RSAUnavailable) as exc:

@@ -9,7 +9,7 @@ docs/storage.md), ``--log``, ``--name``, ``--auth-file``, plus
 ``--registration-timeout``, ``--max-output``, ``--loop``, ``--unix-mode``,
 ``--max-connections``, ``--max-jobs-per-func``; the RSA/AES transport:
 ``--rsa-private-path``, ``--rsa-public-path``, ``--rsa-mode``,
-``--no-rsa-legacy`` (docs/transport.md); HTTP on the same listeners:
+``--rsa-legacy``, ``--no-rsa-v1`` (docs/transport.md); HTTP on the same listeners:
 ``--http-writes``, ``--no-http``, ``--http-host`` (docs/http.md).
 
 :func:`periodicd` is the command; :mod:`periodic_fast.cli` puts it on the
@@ -223,8 +223,17 @@ RsaLegacyOpt = Annotated[
     bool,
     typer.Option(
         "--rsa-legacy/--no-rsa-legacy",
-        help="Serve aio-periodic 1.0.0's legacy handshake (no proof that the "
-        "client holds its private key).",
+        help="Also serve aio-periodic 1.0.0's legacy handshake (no proof that "
+        "the client holds its private key: anyone who knows an allowed public "
+        "key gets in).",
+    ),
+]
+RsaV1Opt = Annotated[
+    bool,
+    typer.Option(
+        "--rsa-v1/--no-rsa-v1",
+        help="Serve the reference's v1 handshake (a relay can swap its mode "
+        "and session key); v2 is always served.",
     ),
 ]
 
@@ -273,7 +282,13 @@ def _serve(
     unix_mode: str = "0600",
     max_connections: int = 0,
     max_jobs_per_func: int = 0,
-    rsa: tuple[str | None, str, str, bool] = (None, "public_keys.pem", "", True),
+    rsa: tuple[str | None, str, str, bool, bool] = (
+        None,
+        "public_keys.pem",
+        "",
+        False,
+        True,
+    ),
     http_writes: bool = False,
     no_http: bool = False,
     http_hosts: list[str] | None = None,
@@ -307,6 +322,7 @@ def _serve(
             rsa_public_path=rsa[1],
             rsa_modes=rsa[2] or "Plain,RSA,AES",
             rsa_legacy=rsa[3],
+            rsa_v1=rsa[4],
             http=not no_http,
             http_writes=http_writes,
             http_options={"allowed_hosts": http_hosts} if http_hosts else None,
@@ -357,7 +373,8 @@ def periodicd(
     rsa_private_path: RsaPrivateOpt = None,
     rsa_public_path: RsaPublicOpt = "public_keys.pem",
     rsa_mode: RsaModeOpt = "Plain,RSA,AES",
-    rsa_legacy: RsaLegacyOpt = True,
+    rsa_legacy: RsaLegacyOpt = False,
+    rsa_v1: RsaV1Opt = True,
     http_writes: HttpWritesOpt = False,
     no_http: NoHttpOpt = False,
     http_host: HttpHostOpt = None,
@@ -386,7 +403,7 @@ def periodicd(
         unix_mode=unix_mode,
         max_connections=max_connections,
         max_jobs_per_func=max_jobs_per_func,
-        rsa=(rsa_private_path, rsa_public_path, rsa_mode, rsa_legacy),
+        rsa=(rsa_private_path, rsa_public_path, rsa_mode, rsa_legacy, rsa_v1),
         http_writes=http_writes,
         no_http=no_http,
         http_hosts=http_host,

@@ -9,9 +9,13 @@ protocol.md 5.4 before the registration frame::
     async with Client("tcp://host:5000", rsa=rsa) as c:
         await c.ping()
 
-The client speaks the **v1** handshake by default (both sides prove they hold
-their private keys; AES records carry an HMAC tag); ``handshake="legacy"``
-talks to servers that only know aio-periodic 1.0.0's generation.
+The client speaks the **v2** handshake by default (both sides prove they hold
+their private keys over the whole transcript, mode and session key included;
+AES records carry a sequenced HMAC tag with keys per direction): a periodic_fast
+server serves it.  ``handshake="v1"`` talks to the reference server 1.2.9.1
+(whose v1 lets a relay swap the mode and session key), ``handshake="legacy"``
+to servers that only know aio-periodic 1.0.0's generation (no client proof at
+all).  docs/transport.md says what each protects.
 
 This module needs nothing beyond the standard library: the crypto lives in
 :mod:`periodic_fast._rsa_client`, loaded (with ``cryptography``, the ``rsa``
@@ -33,9 +37,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PUBLIC_PATH",
+    "HANDSHAKES",
     "MODES",
     "RSAConfig",
     "RSAHandshakeError",
+    "RSAHandshakeName",
     "RSAModeName",
     "RSAUnavailable",
 ]
@@ -43,8 +49,13 @@ __all__ = [
 #: A stream mode's name.
 RSAModeName = Literal["Plain", "RSA", "AES"]
 
+#: A handshake generation's name.
+RSAHandshakeName = Literal["v2", "v1", "legacy"]
+
 #: Stream modes a client may pick (names as the reference spells them).
 MODES = ("Plain", "RSA", "AES")
+#: Handshake generations a client may speak, newest (the default) first.
+HANDSHAKES = ("v2", "v1", "legacy")
 #: Where the server's public key is looked for by default (cli-and-http.md 4.2).
 DEFAULT_PUBLIC_PATH = "public_key.pem"
 
@@ -64,8 +75,11 @@ class RSAConfig:
         one used).
     :param mode: ``"AES"`` (default), ``"RSA"`` or ``"Plain"``
         (case-sensitive): how the stream travels after the handshake.
-    :param handshake: ``"v1"`` (default, reference 1.2.9.1) or ``"legacy"``
-        (aio-periodic 1.0.0: no proofs, AES records without tag).
+    :param handshake: ``"v2"`` (default: periodic_fast servers; the whole
+        transcript is bound), ``"v1"`` (the reference server 1.2.9.1) or
+        ``"legacy"`` (aio-periodic 1.0.0: no proofs, AES records without
+        tag; periodic_fast servers refuse it unless started with
+        ``--rsa-legacy``).
     :raises ValueError: an unknown mode or handshake.
 
     The key files are read once per config object, on the first
@@ -77,7 +91,7 @@ class RSAConfig:
     private_key_path: str | os.PathLike[str]
     server_public_key_path: str | os.PathLike[str] = DEFAULT_PUBLIC_PATH
     mode: RSAModeName = "AES"
-    handshake: Literal["v1", "legacy"] = "v1"
+    handshake: RSAHandshakeName = "v2"
     _keys: ClientKeys | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -85,8 +99,10 @@ class RSAConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown RSA mode {self.mode!r} (Plain, RSA or AES)")
-        if self.handshake not in ("v1", "legacy"):
-            raise ValueError(f"unknown RSA handshake {self.handshake!r} (v1, legacy)")
+        if self.handshake not in HANDSHAKES:
+            raise ValueError(
+                f"unknown RSA handshake {self.handshake!r} (v2, v1 or legacy)"
+            )
         if not os.fspath(self.private_key_path):
             raise ValueError("RSA transport: no private key path")
 
@@ -112,7 +128,7 @@ class RSAConfig:
             self.private_key_path,
             self.server_public_key_path,
             mode=self.mode,
-            v1=self.handshake == "v1",
+            generation=self.handshake,
         )
         object.__setattr__(self, "_keys", keys)  # frozen: the one cached field
         return keys

@@ -4,11 +4,15 @@
   mode, Plain, RSA and AES, with its Client and Worker against our server:
   submit, run_job, and payloads large enough that both directions are cut
   into many RSA blocks / several AES records.
-* the v1 handshake (reference 1.2.9.1) through a small client written here
-  from the spec: proofs both ways, AES records with an HMAC tag.
+* the v1 handshake (reference 1.2.9.1) and our v2 through a small client
+  written here from the spec (docs/transport.md): proofs both ways, AES
+  records with an HMAC tag (v2: keys per direction, sequenced tags).
 * refusals, each closing only that connection with a log line: unknown key,
-  wrong proof, mode not allowed, legacy refused, undecryptable block,
-  oversized or tampered AES record, a plain Periodic client.
+  wrong proof, mode not allowed, legacy refused (the default, with a
+  rate-limited warning naming --rsa-legacy), undecryptable block, oversized,
+  tampered or replayed AES record, a plain Periodic client.
+* legacy is served only with ``rsa_legacy=True`` / ``--rsa-legacy`` (the aio
+  1.0.0 tests here pass it).
 * ``periodic keygen`` output loads in aio-periodic and in the server; the
   periodicd flags work end to end in a subprocess.
 """
@@ -123,6 +127,8 @@ def loop_kind(request: pytest.FixtureRequest) -> str:
 
 
 def rsa_server(keys: Keys, **kw: Any) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Our server with the transport on (pass ``rsa_legacy=True`` for
+    aio-periodic 1.0.0's clients: legacy is off by default)."""
     kw.setdefault("tcp", True)
     kw.setdefault("unix", False)
     return running_server(
@@ -184,7 +190,7 @@ def test_aio_rsatransport_each_mode(keys: Keys, loop_kind: str, mode: AioMode) -
         return b"R" + job.workload[::-1]
 
     async def main() -> None:
-        async with rsa_server(keys) as srv:
+        async with rsa_server(keys, rsa_legacy=True) as srv:
             (addr,) = srv.addresses
             async with (
                 aio_client(aio_rsa(addr, keys, mode)) as client,
@@ -209,7 +215,7 @@ def test_aio_rsatransport_each_mode(keys: Keys, loop_kind: str, mode: AioMode) -
 
 def test_aio_over_unix_socket_aes(keys: Keys) -> None:
     async def main() -> None:
-        async with rsa_server(keys, tcp=False, unix=True) as srv:
+        async with rsa_server(keys, tcp=False, unix=True, rsa_legacy=True) as srv:
             (addr,) = srv.addresses
             async with aio_client(aio_rsa(addr, keys, AioMode.AES)) as client:
                 assert await client.ping() is True
@@ -222,7 +228,7 @@ def test_wrong_key_refused(keys: Keys, caplog: pytest.LogCaptureFixture) -> None
     with a log line; an allowed client on the same server is undisturbed."""
 
     async def main() -> None:
-        async with rsa_server(keys) as srv:
+        async with rsa_server(keys, rsa_legacy=True) as srv:
             (addr,) = srv.addresses
             async with aio_client(aio_rsa(addr, keys, AioMode.AES)) as good:
                 bad = aio_rsa(addr, keys, AioMode.AES, keys.stranger_private)
@@ -257,8 +263,12 @@ def test_server_with_other_key(keys: Keys, caplog: pytest.LogCaptureFixture) -> 
 # -- raw handshakes written from protocol.md 5.4 ---------------------------------------
 
 
+def _mac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
 class RawClient:
-    """A spec-level client: legacy or v1 handshake, then any mode."""
+    """A spec-level client: legacy, v1 or v2 handshake, then any mode."""
 
     def __init__(self, keys: Keys, private: str = "") -> None:
         self.key = load_private_key(private or keys.client_private)
@@ -269,8 +279,11 @@ class RawClient:
         self.reader: asyncio.StreamReader
         self.writer: asyncio.StreamWriter
         self.session = b""
-        self.v1 = False
+        self.gen = "legacy"
         self.mode = 0
+        # AES (encryption, tag) keys and sequence numbers, each direction
+        self.send_keys = self.recv_keys = (b"", b"")
+        self.sent = self.received = 0
 
     async def open(self, address: str) -> None:
         host, port = address[len("tcp://") :].rsplit(":", 1)
@@ -284,35 +297,63 @@ class RawClient:
         return self.key.decrypt(block, OAEP)
 
     async def handshake(
-        self, *, v1: bool, mode: int, proof: bytes | None = None
+        self, *, gen: str, mode: int, proof: bytes | None = None
     ) -> None:
-        self.v1, self.mode = v1, mode
+        """``gen``: "legacy", "v1" or "v2"; ``proof`` replaces ours."""
+        self.gen, self.mode = gen, mode
         nonce = os.urandom(16)
-        self.send_block(self.fp + nonce if v1 else self.fp)
+        hello = {"legacy": b"", "v1": nonce, "v2": nonce + b"\x02"}[gen]
+        self.send_block(self.fp + hello)
         assert await self.recv_block() == self.server_fp
-        if v1:
-            server_proof = await self.recv_block()
+        self.session = os.urandom(32) if mode == 2 else b""
+        self.send_keys = self.recv_keys = (self.session, self.session)
+        if gen == "legacy":
+            self.send_block(bytes([mode]))
+            if self.session:
+                self.send_block(self.session)
+            return
+        server_proof = await self.recv_block()
+        challenge = await self.recv_block()
+        assert len(challenge) == 16
+        if gen == "v1":
             expect = hashlib.sha256(b"metro-rsa-server-v1" + nonce + self.server_fp)
             assert server_proof == expect.digest()
-            challenge = await self.recv_block()
-            assert len(challenge) == 16
             if proof is None:
                 proof = hashlib.sha256(
                     b"metro-rsa-client-v1" + challenge + self.fp
                 ).digest()
-            self.send_block(proof)
-        self.send_block(bytes([mode]))
-        if mode == 2:
-            self.session = os.urandom(32)
-            self.send_block(self.session)
+            for block in (proof, bytes([mode]), self.session):
+                if block:
+                    self.send_block(block)
+            return
+        # v2 (docs/transport.md): HMACs keyed with the peer's secret over the
+        # transcript; the client's proof, last, covers mode and session key
+        t = b"periodic-fast-rsa-v2" + self.fp + nonce + self.server_fp + challenge
+        assert server_proof == _mac(nonce, b"server" + t)
+        if proof is None:
+            proof = _mac(challenge, b"client" + t + bytes([mode]) + self.session)
+        for block in (bytes([mode]), self.session, proof):
+            if block:
+                self.send_block(block)
+        if self.session:
+            keys = {
+                label: _mac(self.session, label + t)
+                for label in (b"c2s enc", b"c2s mac", b"s2c enc", b"s2c mac")
+            }
+            self.send_keys = (keys[b"c2s enc"], keys[b"c2s mac"])
+            self.recv_keys = (keys[b"s2c enc"], keys[b"s2c mac"])
 
     def record(self, data: bytes) -> bytes:
+        enc_key, mac_key = self.send_keys
         iv = os.urandom(16)
-        enc = Cipher(algorithms.AES(self.session), modes.CTR(iv)).encryptor()
+        enc = Cipher(algorithms.AES(enc_key), modes.CTR(iv)).encryptor()
         ct = enc.update(data) + enc.finalize()
-        tag = (
-            hmac.new(self.session, iv + ct, hashlib.sha256).digest() if self.v1 else b""
-        )
+        tag = b""
+        if self.gen == "v1":
+            tag = _mac(mac_key, iv + ct)
+        elif self.gen == "v2":
+            tag = _mac(mac_key, struct.pack(">Q", self.sent) + iv + ct)
+            self.sent += 1
         return struct.pack(">Q", 16 + len(ct) + len(tag)) + iv + ct + tag
 
     def send(self, data: bytes) -> None:
@@ -336,13 +377,15 @@ class RawClient:
             body = await asyncio.wait_for(r.readexactly(size), 5)
         except asyncio.IncompleteReadError:
             return b""
-        tag = b""
-        if self.v1:
+        enc_key, mac_key = self.recv_keys
+        if self.gen != "legacy":
             body, tag = body[:-32], body[-32:]
-            assert hmac.compare_digest(
-                tag, hmac.new(self.session, body, hashlib.sha256).digest()
-            )
-        dec = Cipher(algorithms.AES(self.session), modes.CTR(body[:16])).decryptor()
+            head = b""
+            if self.gen == "v2":
+                head = struct.pack(">Q", self.received)
+                self.received += 1
+            assert hmac.compare_digest(tag, _mac(mac_key, head + body))
+        dec = Cipher(algorithms.AES(enc_key), modes.CTR(body[:16])).decryptor()
         return dec.update(body[16:]) + dec.finalize()
 
     async def ping(self, msgid: int = 7) -> bool:
@@ -382,11 +425,12 @@ async def _registered(c: RawClient) -> None:
 
 
 @pytest.mark.parametrize("mode", [0, 1, 2], ids=["Plain", "RSA", "AES"])
-@pytest.mark.parametrize("v1", [False, True], ids=["legacy", "v1"])
+@pytest.mark.parametrize("gen", ["legacy", "v1", "v2"])
 def test_raw_handshake(
-    keys: Keys, v1: bool, mode: int, monkeypatch: pytest.MonkeyPatch
+    keys: Keys, gen: str, mode: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Checklist 77/78: both generations in each mode, then 4000 PINGs in one
+    """Checklist 77/78: every generation in each mode (legacy with
+    ``rsa_legacy=True``), then 4000 PINGs in one
     write (frames spanning blocks/records).  RSA mode decrypts 2 blocks per
     loop turn here, so the backlog path (reading paused) is exercised."""
     backlogged: list[bool] = []
@@ -401,11 +445,11 @@ def test_raw_handshake(
         monkeypatch.setattr(secure.SecureProtocol, "_pump", counting_pump)
 
     async def main() -> None:
-        async with rsa_server(keys) as srv:
+        async with rsa_server(keys, rsa_legacy=gen == "legacy") as srv:
             c = RawClient(keys)
             await c.open(srv.addresses[0])
             try:
-                await c.handshake(v1=v1, mode=mode)
+                await c.handshake(gen=gen, mode=mode)
                 await _registered(c)
                 assert await c.ping()
                 pings = b"".join(encode_request(i, Command.PING) for i in range(4000))
@@ -416,7 +460,6 @@ def test_raw_handshake(
                     data = await c.recv()
                     assert data
                     got += sum(p.command == Command.PONG for p in parser.feed(data))
-                gen = "v1" if v1 else "legacy"
                 name = ["Plain", "RSA", "AES"][mode]
                 assert dict(srv.hub.secure.stats) == {f"{gen}/{name}": 1}
                 assert (mode == 1) == any(backlogged)
@@ -441,7 +484,7 @@ def _refused(
             addr = srv.addresses[0]
             other = RawClient(keys)
             await other.open(addr)
-            await other.handshake(v1=True, mode=2)
+            await other.handshake(gen="v2", mode=2)
             await _registered(other)
             c = RawClient(keys)
             await c.open(addr)
@@ -458,16 +501,19 @@ def _refused(
     assert expect_log in caplog.text, caplog.text
 
 
-def test_wrong_client_proof(keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("gen", ["v1", "v2"])
+def test_wrong_client_proof(
+    keys: Keys, caplog: pytest.LogCaptureFixture, gen: str
+) -> None:
     async def script(c: RawClient) -> None:
-        await c.handshake(v1=True, mode=2, proof=b"\0" * 32)
+        await c.handshake(gen=gen, mode=2, proof=b"\0" * 32)
 
     _refused(keys, caplog, script, "wrong client proof")
 
 
 def test_mode_not_allowed(keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
     async def script(c: RawClient) -> None:
-        await c.handshake(v1=True, mode=0)
+        await c.handshake(gen="v2", mode=0)
 
     _refused(keys, caplog, script, "mode Plain not allowed", rsa_modes="RSA,AES")
 
@@ -478,14 +524,21 @@ def test_bad_mode_byte(keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
         assert await c.recv_block() == c.server_fp
         c.send_block(b"\x07")
 
-    _refused(keys, caplog, script, "bad mode block")
+    _refused(keys, caplog, script, "bad mode block", rsa_legacy=True)
 
 
-def test_legacy_refused_when_off(keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
+def test_legacy_refused_by_default(
+    keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 16.8: legacy is opt-in; the refusal names the flag."""
+
     async def script(c: RawClient) -> None:
         c.send_block(c.fp)
 
-    _refused(keys, caplog, script, "legacy handshake refused", rsa_legacy=False)
+    _refused(
+        keys, caplog, script, "legacy handshake refused (allow it with --rsa-legacy)"
+    )
+    assert "start the server with --rsa-legacy" in caplog.text
 
 
 def test_undecryptable_block(keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
@@ -502,22 +555,39 @@ def test_bad_first_block_length(keys: Keys, caplog: pytest.LogCaptureFixture) ->
     _refused(keys, caplog, script, "first block of 33 bytes")
 
 
+def test_v1_refused_when_off(keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
+    async def script(c: RawClient) -> None:
+        c.send_block(c.fp + os.urandom(16))
+
+    _refused(keys, caplog, script, "v1 handshake refused", rsa_v1=False)
+
+
 def test_oversized_record_refused_before_body(
     keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A record header over the limit closes at once: no body was sent."""
 
     async def script(c: RawClient) -> None:
-        await c.handshake(v1=False, mode=2)
+        await c.handshake(gen="legacy", mode=2)
         c.writer.write(struct.pack(">Q", 64 * 1024 * 1024 + 1))
 
     # limit: max(64 MiB, max_frame + 64)
-    _refused(keys, caplog, script, "AES record of 67108865 bytes", max_frame=4096)
+    _refused(
+        keys,
+        caplog,
+        script,
+        "AES record of 67108865 bytes",
+        max_frame=4096,
+        rsa_legacy=True,
+    )
 
 
-def test_tampered_record_tag(keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("gen", ["v1", "v2"])
+def test_tampered_record_tag(
+    keys: Keys, caplog: pytest.LogCaptureFixture, gen: str
+) -> None:
     async def script(c: RawClient) -> None:
-        await c.handshake(v1=True, mode=2)
+        await c.handshake(gen=gen, mode=2)
         rec = bytearray(c.record(encode_registration(ClientType.CLIENT)))
         rec[30] ^= 1  # one ciphertext bit
         c.writer.write(bytes(rec))
@@ -527,7 +597,7 @@ def test_tampered_record_tag(keys: Keys, caplog: pytest.LogCaptureFixture) -> No
 
 def test_short_v1_record(keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
     async def script(c: RawClient) -> None:
-        await c.handshake(v1=True, mode=2)
+        await c.handshake(gen="v2", mode=2)
         c.writer.write(struct.pack(">Q", 47) + b"\0" * 47)
 
     _refused(keys, caplog, script, "AES record of 47 bytes")
@@ -574,13 +644,13 @@ def test_new_public_key_picked_up_without_restart(keys: Keys, tmp_path: Path) ->
             srv.hub.secure.keys.poll = 0.0
             c = RawClient(keys, keys.small_private)
             await c.open(addr)
-            c.send_block(c.fp)
+            c.send_block(c.fp + os.urandom(16) + b"\x02")
             assert await c.closed()  # not allowed yet
             c.close()
             shutil.copy(keys.small_public, allowed / "small.pem")
             c = RawClient(keys, keys.small_private)
             await c.open(addr)
-            await c.handshake(v1=True, mode=1)
+            await c.handshake(gen="v2", mode=1)
             await _registered(c)
             assert await c.ping()
             c.close()
@@ -667,9 +737,10 @@ def test_keygen_files(keys: Keys, tmp_path: Path) -> None:
 
 
 def test_periodicd_flags_end_to_end(keys: Keys) -> None:
-    """``periodic -d --rsa-private-path ... --rsa-mode AES`` in a subprocess:
-    aio-periodic in AES mode is served, in RSA mode refused."""
+    """``periodic -d --rsa-private-path ... --rsa-mode AES --rsa-legacy`` in
+    a subprocess: aio-periodic in AES mode is served, in RSA mode refused."""
     args = [
+        "--rsa-legacy",
         "--loop",
         "asyncio",
         "--rsa-private-path",
@@ -686,7 +757,7 @@ def test_periodicd_flags_end_to_end(keys: Keys) -> None:
                 assert await c.ping() is True
             c2 = RawClient(keys)
             await c2.open(proc.address)
-            await c2.handshake(v1=False, mode=1)
+            await c2.handshake(gen="legacy", mode=1)
             assert await c2.closed()
             c2.close()
 

@@ -1,15 +1,15 @@
 """Our Client, Worker and CLI through the RSA/AES transport (protocol.md 5.4).
 
 * our Client and Worker (``rsa=RSAConfig(...)``) against our server in each
-  mode, v1 handshake by default and legacy on request: ping, submit, and
+  mode, v2 handshake by default, v1 and legacy on request: ping, submit, and
   ``run_job`` with payloads cut into many RSA blocks / several AES records
   both ways; client and worker keys of different sizes;
 * refusals end in a clear :class:`RSAHandshakeError` (or the connection
   error that names the mode), never a hang: unknown client key, wrong
   server key, a plain or silent server, a mode the server does not allow;
 * key and option errors (missing file, bad mode, no ``cryptography``);
-* a mixed pair: aio-periodic 1.0.0's ``RSATransport`` client (legacy) and
-  our worker (v1) on one server;
+* a mixed pair: aio-periodic 1.0.0's ``RSATransport`` client (legacy, with
+  the server's opt-in) and our worker (v2) on one server;
 * ``periodic --rsa-...`` and ``periodic-run`` in subprocesses, with the
   ``PERIODIC_RSA_*`` fallbacks (flags win, empty = unset, bad mode: exit 1).
 
@@ -57,7 +57,13 @@ MODES: list[RSAModeName] = ["Plain", "RSA", "AES"]
 # many RSA blocks (2048-bit server key: 190 bytes each) / several AES records
 SIZES = {"Plain": 300_000, "RSA": 20_000, "AES": 3 * AES_CHUNK + 1000}
 UNSET_RSA = dict.fromkeys(
-    ("PERIODIC_RSA_PRIVATE_PATH", "PERIODIC_RSA_PUBLIC_PATH", "PERIODIC_RSA_MODE"), ""
+    (
+        "PERIODIC_RSA_PRIVATE_PATH",
+        "PERIODIC_RSA_PUBLIC_PATH",
+        "PERIODIC_RSA_MODE",
+        "PERIODIC_RSA_HANDSHAKE",
+    ),
+    "",
 )
 
 # test_rsa's fixtures, found here by these names: its key pairs (module
@@ -94,8 +100,9 @@ async def stop(worker: Worker, task: asyncio.Task[None]) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_client_and_worker_each_mode(keys: Keys, loop_kind: str, mode: str) -> None:
     """Client (2048-bit key) and Worker (1024-bit key: another block size)
-    over the v1 handshake: ping, submit, run_job with a large workload and
-    result, status; the server counts v1 handshakes in that mode only."""
+    over the v2 handshake (the default): ping, submit, run_job with a large
+    workload and result, status; the server counts v2 handshakes in that mode
+    only."""
     big = os.urandom(SIZES[mode])
     m: RSAModeName = mode  # type: ignore[assignment]
 
@@ -115,22 +122,24 @@ def test_client_and_worker_each_mode(keys: Keys, loop_kind: str, mode: str) -> N
             finally:
                 await stop(worker, task)
             stats = dict(srv.hub.secure.stats)
-            assert stats == {f"v1/{mode}": 2}, stats
+            assert stats == {f"v2/{mode}": 2}, stats
 
     run_on(loop_kind, main, timeout=100)
 
 
+@pytest.mark.parametrize("gen", ["v1", "legacy"])
 @pytest.mark.parametrize("mode", ["RSA", "AES"])
-def test_legacy_handshake_on_request(keys: Keys, mode: str) -> None:
-    """``handshake="legacy"`` speaks aio-periodic 1.0.0's generation (AES
-    records without tag), for servers that know only that one."""
+def test_older_handshake_on_request(keys: Keys, mode: str, gen: str) -> None:
+    """``handshake="v1"`` speaks the reference's generation, ``"legacy"``
+    aio-periodic 1.0.0's (AES records without tag; our server serves it
+    only with ``rsa_legacy=True``), for servers that know only those."""
     m: RSAModeName = mode  # type: ignore[assignment]
     big = os.urandom(SIZES[mode])
 
     async def main() -> None:
-        async with rsa_server(keys) as srv:
+        async with rsa_server(keys, rsa_legacy=True) as srv:
             (addr,) = srv.addresses
-            cfg = client_rsa(keys, m, handshake="legacy")
+            cfg = client_rsa(keys, m, handshake=gen)
             worker = Worker(addr, rsa=cfg)
             task = await serve(worker)
             try:
@@ -140,7 +149,7 @@ def test_legacy_handshake_on_request(keys: Keys, mode: str) -> None:
                     )
             finally:
                 await stop(worker, task)
-            assert dict(srv.hub.secure.stats) == {f"legacy/{mode}": 2}
+            assert dict(srv.hub.secure.stats) == {f"{gen}/{mode}": 2}
 
     run_on("asyncio", main, timeout=100)
 
@@ -159,7 +168,7 @@ def test_unix_socket_and_reconnect(keys: Keys) -> None:
                 assert c._proto is not None and c._proto.transport is not None
                 c._proto.transport.abort()
                 await wait_until(
-                    lambda: srv.hub.secure.stats["v1/AES"] == 2, 10, "reconnect"
+                    lambda: srv.hub.secure.stats["v2/AES"] == 2, 10, "reconnect"
                 )
                 assert await c.ping() is True
             finally:
@@ -189,7 +198,7 @@ def test_sync_client_and_clusters(keys: Keys) -> None:
                 await wc.add_func("echo", echo)
                 await wc.start(1)
                 assert await cc.run_job("echo", "c", b"abc") == b"Rcba"
-            assert srv.hub.secure.stats["v1/AES"] == 3
+            assert srv.hub.secure.stats["v2/AES"] == 3
 
     run_on("asyncio", main)
 
@@ -296,7 +305,7 @@ def test_config_errors(keys: Keys, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown RSA mode 'aes'"):
         RSAConfig(keys.client_private, mode="aes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="handshake"):
-        RSAConfig(keys.client_private, handshake="v2")  # type: ignore[arg-type]
+        RSAConfig(keys.client_private, handshake="v3")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no private key"):
         RSAConfig("")
     with pytest.raises(KeyFileError, match="cannot read private key"):
@@ -353,12 +362,13 @@ def test_plain_client_untouched() -> None:
 
 
 def test_aio_client_with_our_worker(keys: Keys) -> None:
-    """aio-periodic 1.0.0's RSATransport client (legacy handshake) runs a job
-    on our RSA worker (v1) through one server."""
+    """aio-periodic 1.0.0's RSATransport client (legacy handshake, allowed
+    by the server's opt-in) runs a job on our RSA worker (v2) through one
+    server."""
     big = os.urandom(100_000)
 
     async def main() -> None:
-        async with rsa_server(keys) as srv:
+        async with rsa_server(keys, rsa_legacy=True) as srv:
             (addr,) = srv.addresses
             worker = Worker(addr, rsa=client_rsa(keys, private=keys.small_private))
             task = await serve(worker)
@@ -370,7 +380,7 @@ def test_aio_client_with_our_worker(keys: Keys) -> None:
             finally:
                 await stop(worker, task)
             stats = dict(srv.hub.secure.stats)
-            assert stats == {"v1/AES": 1, "legacy/AES": 1}, stats
+            assert stats == {"v2/AES": 1, "legacy/AES": 1}, stats
 
     run_on("asyncio", main, timeout=80)
 
@@ -404,6 +414,25 @@ def key_flags(keys: Keys, mode: str = "AES") -> list[str]:
         keys.server_public,
         "--rsa-mode",
         mode,
+    ]
+
+
+def test_cli_handshake_env(keys: Keys, rsa_proc: ServerProcess) -> None:
+    """``$PERIODIC_RSA_HANDSHAKE``: v1 is served, legacy refused (the
+    server's default), a bad name is one line and exit 1."""
+    addr = rsa_proc.address
+    env = {"PERIODIC_RSA_HANDSHAKE": "v1"}
+    r = cli(*key_flags(keys), "status", address=addr, env=env)
+    assert r.returncode == 0, r.stderr
+    env = {"PERIODIC_RSA_HANDSHAKE": "legacy"}
+    r = cli(*key_flags(keys), "status", address=addr, env=env)
+    assert r.returncode == 1 and "during the RSA handshake" in r.stderr, r.stderr
+    assert "legacy handshake refused" in rsa_proc.output()
+    env = {"PERIODIC_RSA_HANDSHAKE": "v3"}
+    r = cli(*key_flags(keys), "status", address=addr, env=env)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "Error: unknown RSA handshake 'v3' ($PERIODIC_RSA_HANDSHAKE: v2, v1 or legacy)"
     ]
 
 

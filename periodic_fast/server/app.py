@@ -221,7 +221,10 @@ class Server:
         keys allowed) or a directory of ``*.pem`` files.
     :param rsa_modes: stream modes clients may pick: ``"Plain,RSA,AES"``.
     :param rsa_legacy: also serve aio-periodic 1.0.0's legacy handshake
-        (which does not prove the client holds its private key).
+        (which does not prove the client holds its private key; default
+        off, a refused legacy hello is logged naming ``--rsa-legacy``).
+    :param rsa_v1: serve the reference's v1 handshake (default on; whose
+        mode and session key a relay can swap); v2 is always served.
     :param http: answer HTTP on every listener (sniffed from the first bytes;
         docs/http.md).  Off with the RSA/AES transport.
     :param http_writes: let HTTP submit, remove and drop (else 403).
@@ -250,7 +253,8 @@ class Server:
         rsa_private_path: str | os.PathLike[str] | None = None,
         rsa_public_path: str | os.PathLike[str] = "public_keys.pem",
         rsa_modes: str | Sequence[str] = "Plain,RSA,AES",
-        rsa_legacy: bool = True,
+        rsa_legacy: bool = False,
+        rsa_v1: bool = True,
         http: bool = True,
         http_writes: bool = False,
         http_options: Mapping[str, Any] | None = None,
@@ -268,7 +272,7 @@ class Server:
         self._factory = scheduler_factory or _default_factory(
             store, durability, config, self._owned, max_jobs_per_func
         )
-        self._rsa = (rsa_private_path, rsa_public_path, rsa_modes, rsa_legacy)
+        self._rsa = (rsa_private_path, rsa_public_path, rsa_modes, rsa_legacy, rsa_v1)
         self._http = http
         self._http_writes = http_writes
         self._http_options = dict(http_options or {})
@@ -346,7 +350,7 @@ class Server:
             )
             hub.on_input = self.input_done
             self._hub = hub
-            private, public, modes, legacy = self._rsa
+            private, public, modes, legacy, v1 = self._rsa
             if private is not None:
                 from .secure import MAX_RECORD, SecureConfig  # noqa: PLC0415
 
@@ -355,6 +359,7 @@ class Server:
                     public,
                     modes=modes,
                     legacy=legacy,
+                    v1=v1,
                     # an AES record must be able to carry the largest frame
                     max_record=max(MAX_RECORD, self._max_frame + 64),
                 )

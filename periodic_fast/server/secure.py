@@ -9,17 +9,24 @@ the inner protocol a transport whose ``write`` encrypts.  Keys, proofs, the
 stream ciphers and that transport are shared with the client side
 (:mod:`periodic_fast._rsa_common`).
 
-Two handshake generations exist; the length of the first decrypted block
-tells them apart:
+Three handshake generations exist; the first decrypted block tells them
+apart (docs/transport.md has what each protects):
 
 * **legacy** (aio-periodic 1.0.0's ``RSATransport``): the client sends its key
   fingerprint (32 bytes), the server answers with its own, the client sends
   the mode and, for AES, the session key.  The client never proves it holds
-  its private key: anyone who knows an allowed *public* key gets in.  Refuse
-  it with ``legacy=False`` when the clients can speak v1.
+  its private key: anyone who knows an allowed *public* key gets in.  Off
+  unless ``legacy=True`` (``periodicd --rsa-legacy``); a refused legacy hello
+  logs a warning naming that flag (at most once a minute).
 * **v1** (reference 1.2.9.1): fingerprint + 16-byte nonce; the server answers
   with its fingerprint, a proof over the nonce and a challenge; the client
   answers with a proof over the challenge.  AES records carry an HMAC tag.
+  The mode and session key are not covered by the proof: a relay can swap
+  them and be served as the client.  On unless ``v1=False``.
+* **v2** (ours; our client's default): fingerprint + nonce + ``0x02``; the
+  same blocks as v1 but both proofs are keyed with the peer's secret and
+  cover the whole transcript, the client's proof (sent last) also its mode
+  and session key; AES keys per direction, sequenced tags.
 
 After the handshake the stream is, per direction:
 
@@ -76,10 +83,14 @@ from .._rsa_common import (
     StreamCipher,
     client_proof,
     fingerprint,
+    generation_of,
     load_private_key,
     load_public_keys,
     parse_modes,
     server_proof,
+    v2_client_proof,
+    v2_server_proof,
+    v2_transcript,
 )
 from ..constants import MAGIC_REQUEST, MAGIC_RESPONSE
 
@@ -104,6 +115,11 @@ log = logging.getLogger("periodic_fast.server")
 #: one peer's burst cannot stall the other connections for long.
 RSA_BATCH = 32
 _HEADER = struct.Struct(">4sII")  # magic, length, crc of a Periodic frame
+#: The flag (and ``Server`` keyword) that lets the legacy handshake in.
+LEGACY_FLAG = "--rsa-legacy"
+#: Seconds between two "legacy refused" warnings (one scanner must not
+#: flood the log).
+REFUSAL_LOG_EVERY = 60.0
 
 
 class KeyRing:
@@ -164,7 +180,9 @@ class SecureConfig:
     :param keys: the allowed client public keys.
     :param modes: stream modes clients may choose (default: all three).
     :param legacy: serve the legacy handshake (aio-periodic 1.0.0), which
-        does not prove that the client holds its private key.
+        does not prove that the client holds its private key (default off).
+    :param v1: serve the v1 handshake (the reference's clients), whose
+        mode and session key a relay can swap (default on).
     :param max_record: largest AES record accepted (bytes after the length).
     """
 
@@ -174,7 +192,8 @@ class SecureConfig:
         keys: KeyRing,
         *,
         modes: Iterable[RSAMode] = tuple(RSAMode),
-        legacy: bool = True,
+        legacy: bool = False,
+        v1: bool = True,
         max_record: int = MAX_RECORD,
     ) -> None:
         self.private_key = private_key
@@ -185,6 +204,8 @@ class SecureConfig:
         if not self.modes:
             raise ValueError("no RSA mode allowed")
         self.legacy = legacy
+        self.v1 = v1
+        self._legacy_warned = -REFUSAL_LOG_EVERY  # monotonic time of the last one
         if max_record < IV_SIZE + TAG_SIZE + 1:
             raise ValueError("max_record too small")
         self.max_record = max_record
@@ -198,7 +219,8 @@ class SecureConfig:
         public_path: str | os.PathLike[str],
         *,
         modes: str | Iterable[str] = "Plain,RSA,AES",
-        legacy: bool = True,
+        legacy: bool = False,
+        v1: bool = True,
         max_record: int = MAX_RECORD,
     ) -> SecureConfig:
         """Read the keys (raises :class:`KeyFileError`) and build the config.
@@ -210,12 +232,33 @@ class SecureConfig:
         if not len(ring):
             raise KeyFileError(f"no RSA public key in {os.fspath(public_path)!r}")
         return cls(
-            key, ring, modes=parse_modes(modes), legacy=legacy, max_record=max_record
+            key,
+            ring,
+            modes=parse_modes(modes),
+            legacy=legacy,
+            v1=v1,
+            max_record=max_record,
         )
 
     def decrypt(self, block: bytes) -> bytes:
         """One OAEP block to us -> its plaintext (ValueError if bad)."""
         return self.private_key.decrypt(block, OAEP)
+
+    def legacy_refused(self, peer: str) -> None:
+        """Log, at most once per :data:`REFUSAL_LOG_EVERY` s, that a legacy
+        hello was refused and which flag would let it in."""
+        now = time.monotonic()
+        if now - self._legacy_warned < REFUSAL_LOG_EVERY:
+            return
+        self._legacy_warned = now
+        log.warning(
+            "%s: legacy RSA handshake (aio-periodic 1.0.0) refused: it does not "
+            "authenticate the client; start the server with %s (Server("
+            "rsa_legacy=True)) to serve it (this warning: at most once per %gs)",
+            peer,
+            LEGACY_FLAG,
+            REFUSAL_LOG_EVERY,
+        )
 
 
 # handshake states
@@ -278,8 +321,9 @@ class SecureProtocol(asyncio.Protocol):
         self._face: SecureTransport | None = None
         self._buf = bytearray()
         self._state = _HELLO
-        self._v1 = False
+        self._gen = ""  # "legacy", "v1" or "v2" once the hello is read
         self._challenge = b""
+        self._transcript = b""  # v2
         self._client_fp = b""
         self._peer_key: rsa.RSAPublicKey | None = None
         self._peer_block = 0
@@ -299,10 +343,8 @@ class SecureProtocol(asyncio.Protocol):
 
     @property
     def generation(self) -> str | None:
-        """``"legacy"`` or ``"v1"`` once the first block is read."""
-        if self._state == _HELLO:
-            return None
-        return "v1" if self._v1 else "legacy"
+        """``"legacy"``, ``"v1"`` or ``"v2"`` once the first block is read."""
+        return self._gen or None
 
     # -- asyncio callbacks ---------------------------------------------------------
 
@@ -413,13 +455,13 @@ class SecureProtocol(asyncio.Protocol):
             if msg is None:
                 return b""
             state = self._state
+            v2 = self._gen == "v2"
+            # v1: proof, mode[, key]; v2 and legacy: mode[, key][, proof (v2)]
             if state == _HELLO:
                 self._hello(msg)
             elif state == _PROOF:
-                expect = client_proof(self._challenge, self._client_fp)
-                if not hmac.compare_digest(msg, expect):
-                    raise BadStream("wrong client proof")
-                self._state = _MODE
+                self._check_proof(msg)
+                self._state = _OPEN if v2 else _MODE
             elif state == _MODE:
                 if len(msg) != 1 or msg[0] not in RSAMode._value2member_map_:
                     raise BadStream(f"bad mode block {msg[:8].hex()}")
@@ -427,12 +469,13 @@ class SecureProtocol(asyncio.Protocol):
                 if mode not in cfg.modes:
                     raise BadStream(f"mode {mode.name} not allowed")
                 self._mode = mode
-                self._state = _KEY if mode == RSAMode.AES else _OPEN
+                done = _PROOF if v2 else _OPEN
+                self._state = _KEY if mode == RSAMode.AES else done
             else:  # _KEY
                 if len(msg) != SESSION_KEY_SIZE:
                     raise BadStream(f"session key of {len(msg)} bytes")
                 self._session = msg
-                self._state = _OPEN
+                self._state = _PROOF if v2 else _OPEN
         if self._mode != RSAMode.Plain:
             assert self._peer_key is not None
             self._cipher = StreamCipher(
@@ -440,14 +483,16 @@ class SecureProtocol(asyncio.Protocol):
                 own_key=cfg.private_key,
                 peer_key=self._peer_key,
                 session=self._session,
-                v1=self._v1,
+                generation=self._gen,
+                transcript=self._transcript,
+                server=True,
                 max_record=cfg.max_record,
             )
-        self._cfg.stats[f"{self.generation}/{self._mode.name}"] += 1
+        self._cfg.stats[f"{self._gen}/{self._mode.name}"] += 1
         log.debug(
             "%s: rsa handshake done (%s, %s)",
             self._inner.peer,
-            "v1" if self._v1 else "legacy",
+            self._gen,
             self._mode.name,
         )
         if self._mode == RSAMode.Plain:
@@ -456,16 +501,29 @@ class SecureProtocol(asyncio.Protocol):
             return rest
         return b""
 
+    def _check_proof(self, msg: bytes) -> None:
+        """The client's proof: v1 over the challenge; v2 keyed with it over
+        the transcript, the mode and the session key read before it."""
+        if self._gen == "v2":
+            expect = v2_client_proof(
+                self._challenge, self._transcript, self._mode, self._session
+            )
+        else:
+            expect = client_proof(self._challenge, self._client_fp)
+        if not hmac.compare_digest(msg, expect):
+            raise BadStream("wrong client proof")
+
     def _hello(self, msg: bytes) -> None:
         cfg = self._cfg
-        if len(msg) == FP_SIZE:
-            if not cfg.legacy:
-                raise BadStream("legacy handshake refused (v1 only)")
-            self._v1 = False
-        elif len(msg) == FP_SIZE + NONCE_SIZE:
-            self._v1 = True
-        else:
-            raise BadStream(f"first block of {len(msg)} bytes (want 32 or 48)")
+        gen = generation_of(msg)
+        if gen is None:
+            raise BadStream(f"first block of {len(msg)} bytes (want 32, 48 or 49)")
+        if gen == "legacy" and not cfg.legacy:
+            cfg.legacy_refused(self._inner.peer)
+            raise BadStream(f"legacy handshake refused (allow it with {LEGACY_FLAG})")
+        if gen == "v1" and not cfg.v1:
+            raise BadStream("v1 handshake refused (v2 only)")
+        self._gen = gen
         fp = msg[:FP_SIZE]
         key = cfg.keys.get(fp)
         if key is None:
@@ -476,14 +534,19 @@ class SecureProtocol(asyncio.Protocol):
         if self._peer_block - OAEP_OVERHEAD < FP_SIZE:  # pragma: no cover
             raise BadStream("client key too small")
         self._send_block(cfg.fingerprint)
-        if self._v1:
-            nonce = msg[FP_SIZE:]
-            self._challenge = os.urandom(NONCE_SIZE)
-            self._send_block(server_proof(nonce, cfg.fingerprint))
-            self._send_block(self._challenge)
-            self._state = _PROOF
-        else:
+        if gen == "legacy":
             self._state = _MODE
+            return
+        nonce = msg[FP_SIZE : FP_SIZE + NONCE_SIZE]
+        challenge = self._challenge = os.urandom(NONCE_SIZE)
+        if gen == "v2":
+            self._transcript = v2_transcript(fp, nonce, cfg.fingerprint, challenge)
+            self._send_block(v2_server_proof(nonce, self._transcript))
+            self._state = _MODE
+        else:
+            self._send_block(server_proof(nonce, cfg.fingerprint))
+            self._state = _PROOF
+        self._send_block(challenge)
 
     def _decrypt_stream(self) -> bytes:
         """Every whole block / record in the buffer -> plaintext (RSA mode:
