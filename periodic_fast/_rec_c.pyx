@@ -6,10 +6,13 @@
 # (71 bytes, an 80-byte pymalloc block).  NameTable is an open-addressing
 # table of record pointers keyed by the record's name (linear probing,
 # backward-shift deletion, any table size through a multiply-shift index), so
-# a job costs one 8-byte slot at 50-75% load instead of a dict entry.  Ints
-# assigned out of a field's range raise OverflowError (the scheduler never
-# does: ids are dense, run counts are small, epochs wrap through repend(),
-# job fields are range-checked like the wire format).
+# a job costs one 8-byte slot at 50-75% load instead of a dict entry.  Each
+# array draws a fresh odd multiplier for that index (see _home): the records
+# left after deleting in slot order, or added in another table's slot order,
+# are then spread evenly instead of packed into one probe run.  Ints assigned
+# out of a field's range raise OverflowError (the scheduler never does: ids
+# are dense, run counts are small, epochs wrap through repend(), job fields
+# are range-checked like the wire format).
 
 from cpython.bytes cimport (
     PyBytes_AS_STRING,
@@ -122,10 +125,29 @@ cdef class JobRec:
         self._confirmed = 0
 
 
-cdef inline Py_ssize_t _home(Py_hash_t h, Py_ssize_t size) noexcept:
-    # multiply-shift onto [0, size): uses the hash's high bits (bytes hashes
-    # are SipHash, well mixed) and allows any size, so growth can be 1.5x
-    return <Py_ssize_t>((<u128><uint64_t>h * <uint64_t>size) >> 64)
+cdef inline Py_ssize_t _home(Py_hash_t h, uint64_t mul, Py_ssize_t size) noexcept:
+    # multiply-shift onto [0, size): the high bits of h * mul (mod 2**64),
+    # any size, so growth can be 1.5x.  Without the per-array multiplier the
+    # index would be monotone in h at every size: deleting in slot order
+    # leaves the names of one hash range, which a shrink then packs into a
+    # fraction of the smaller table (one run of them all, quadratic pops);
+    # a fresh pseudo-random odd mul (universal multiply-shift) per array
+    # makes its homes independent of the old array's order.
+    return <Py_ssize_t>((<u128>(<uint64_t>h * mul) * <uint64_t>size) >> 64)
+
+
+# the splitmix64 sequence the multipliers come from: deterministic, and no
+# two arrays of one process share a multiplier
+cdef uint64_t _mul_state = 0
+
+
+cdef inline uint64_t _next_mul() noexcept:
+    global _mul_state
+    _mul_state += 0x9E3779B97F4A7C15ULL
+    cdef uint64_t z = _mul_state
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+    return (z ^ (z >> 31)) | 1
 
 
 # A slot is a record pointer with 4 low bits of its name's hash in the
@@ -149,12 +171,14 @@ cdef class NameTable:
     cdef uintptr_t *slots
     cdef Py_ssize_t size
     cdef Py_ssize_t used
+    cdef uint64_t mul  # the index multiplier of this array (_home)
 
     def __cinit__(self):
         self.slots = <uintptr_t *>PyMem_Calloc(8, sizeof(uintptr_t))
         if self.slots == NULL:
             raise MemoryError()
         self.size = 8
+        self.mul = _next_mul()
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -168,19 +192,22 @@ cdef class NameTable:
     def __len__(self):
         return self.used
 
-    cdef Py_ssize_t _find(self, bytes name) except -2:
-        """Slot index of the record named ``name``, or -1."""
-        cdef Py_hash_t h = hash(name)
+    cdef inline Py_ssize_t _probe(
+        self, bytes name, Py_hash_t h, Py_ssize_t *empty
+    ) noexcept:
+        """Slot index of the record named ``name`` (of hash ``h``), or -1
+        with ``*empty`` set to the empty slot ending its probe run."""
         cdef uintptr_t tag = <uintptr_t>h & TAG
         cdef Py_ssize_t size = self.size
-        cdef Py_ssize_t i = _home(h, size)
-        cdef Py_ssize_t n = len(name)
+        cdef Py_ssize_t i = _home(h, self.mul, size)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
         cdef const char *p = PyBytes_AS_STRING(name)
         cdef uintptr_t slot
         cdef PyObject *other
         while True:
             slot = self.slots[i]
             if not slot:
+                empty[0] = i
                 return -1
             if slot & TAG == tag:
                 other = <PyObject *>(<JobRec>_rec_of(slot)).name
@@ -193,10 +220,16 @@ cdef class NameTable:
             if i == size:
                 i = 0
 
+    cdef Py_ssize_t _find(self, bytes name) except -2:
+        """Slot index of the record named ``name``, or -1."""
+        cdef Py_ssize_t empty = 0
+        return self._probe(name, hash(name), &empty)
+
     cdef int _resize(self, Py_ssize_t size) except -1:
         cdef uintptr_t *old = self.slots
         cdef Py_ssize_t old_size = self.size
         cdef uintptr_t *new = <uintptr_t *>PyMem_Calloc(size, sizeof(uintptr_t))
+        cdef uint64_t mul = _next_mul()
         cdef Py_ssize_t i, j
         cdef uintptr_t slot
         if new == NULL:
@@ -210,7 +243,7 @@ cdef class NameTable:
                 __builtin_prefetch(<PyObject *>(<JobRec>_rec_of(old[i + 8])).name)
             slot = old[i]
             if slot:
-                j = _home(_name_hash(slot), size)
+                j = _home(_name_hash(slot), mul, size)
                 while new[j]:
                     j += 1
                     if j == size:
@@ -218,6 +251,7 @@ cdef class NameTable:
                 new[j] = slot  # the reference moves with it
         self.slots = new
         self.size = size
+        self.mul = mul
         PyMem_Free(old)
         return 0
 
@@ -251,7 +285,8 @@ cdef class NameTable:
         if ptr & TAG:  # pragma: no cover - CPython aligns objects to 16
             raise SystemError("NameTable: record not 16-byte aligned")
         cdef Py_hash_t h = hash(rec.name)
-        cdef Py_ssize_t i = self._find(rec.name)
+        cdef Py_ssize_t empty = 0
+        cdef Py_ssize_t i = self._probe(rec.name, h, &empty)
         cdef object old
         if i >= 0:
             old = <object>_rec_of(self.slots[i])
@@ -261,14 +296,9 @@ cdef class NameTable:
             return old
         if (self.used + 1) * 4 > self.size * 3:  # above 75%: grow to 50%
             self._resize(2 * (self.used + 1))
-        cdef Py_ssize_t size = self.size
-        i = _home(h, size)
-        while self.slots[i]:
-            i += 1
-            if i == size:
-                i = 0
+            self._probe(rec.name, h, &empty)  # its empty slot in the new array
         Py_INCREF(rec)
-        self.slots[i] = ptr | (<uintptr_t>h & TAG)
+        self.slots[empty] = ptr | (<uintptr_t>h & TAG)
         self.used += 1
         return None
 
@@ -284,6 +314,7 @@ cdef class NameTable:
         # backward-shift deletion: pull later entries of the probe run into
         # the hole unless that would move them before their home slot
         cdef Py_ssize_t size = self.size
+        cdef uint64_t mul = self.mul
         cdef Py_ssize_t j = i
         cdef Py_ssize_t home
         cdef uintptr_t slot
@@ -294,7 +325,7 @@ cdef class NameTable:
             slot = self.slots[j]
             if not slot:
                 break
-            home = _home(_name_hash(slot), size)
+            home = _home(_name_hash(slot), mul, size)
             # move when home is not cyclically within (i, j]
             if (j - home + size) % size >= (j - i + size) % size:
                 self.slots[i] = slot
@@ -341,7 +372,32 @@ cdef class NameTable:
         self.slots = new
         self.size = 8
         self.used = 0
+        # a fresh index too: refilling from values() is then no slot-order fill
+        self.mul = _next_mul()
         for i in range(size):
             if old[i]:
                 Py_DECREF(<object>_rec_of(old[i]))
         PyMem_Free(old)
+
+    def _probe_stats(self):
+        """``(longest_run, displacement)``: the longest run of occupied slots
+        (it bounds the probes of an insert, a miss or a deletion's backward
+        shift) and the total distance of the records from their home slots
+        (the probes of looking every record up once).  For tests and benches:
+        one pass over the array."""
+        cdef Py_ssize_t size = self.size
+        cdef uintptr_t *slots = self.slots
+        cdef Py_ssize_t start = 0, k, i, home, run = 0, longest = 0
+        cdef Py_ssize_t displacement = 0
+        while slots[start]:  # the load stays below 1: an empty slot exists
+            start += 1
+        for k in range(1, size + 1):  # from an empty slot: runs never wrap
+            i = (start + k) % size
+            if slots[i]:
+                run += 1
+                longest = max(longest, run)
+                home = _home(_name_hash(slots[i]), self.mul, size)
+                displacement += (i - home + size) % size
+            else:
+                run = 0
+        return longest, displacement

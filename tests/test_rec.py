@@ -3,6 +3,7 @@ compiled one is live unless the env var forbids it."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import subprocess
@@ -166,6 +167,115 @@ def test_name_table_growth_while_iterating_raises(twin: Any) -> None:
         table.add(twin.JobRec(i, b"f", b"%d" % i))
     with pytest.raises(RuntimeError):
         next(it)
+
+
+def test_name_table_shrink_or_clear_while_iterating_raises(twin: Any) -> None:
+    table = twin.NameTable()
+    recs = [twin.JobRec(i, b"f", b"%d" % i) for i in range(100)]
+    for r in recs:
+        table.add(r)
+    it = iter(table)
+    next(it)
+    for r in recs[:95]:  # shrinks the table (the compiled one reallocates)
+        table.pop(r.name)
+    with pytest.raises(RuntimeError):
+        next(it)
+    it = iter(table)
+    next(it)
+    table.clear()
+    with pytest.raises(RuntimeError):
+        next(it)
+
+
+# Issue 17: deleting the compiled table's records in slot order used to be
+# quadratic (a shrink packed the names left, all of one hash range, into one
+# probe run).  The bound checked is the probe work of the table's state
+# (longest run of occupied slots, total distance from home), not a time;
+# bench/bench_nametable_delete.py has the times.
+N_ORDERED = 200_000
+MAX_RUN = 1000  # a random 200k table at <= 75% load: about 200
+
+
+@functools.lru_cache(maxsize=1)
+def _colliding_names() -> list[bytes]:
+    """N_ORDERED names whose hashes share their top 4 bits: a multiply-shift
+    index of the hash alone homes them all in the first 16th of any table."""
+    out: list[bytes] = []
+    fmt = b"c%d".__mod__
+    start = 0
+    while len(out) < N_ORDERED:
+        chunk = map(fmt, range(start, start + (1 << 20)))
+        out += [n for n in chunk if hash(n) >> 60 == 0]
+        start += 1 << 20
+    return out[:N_ORDERED]
+
+
+def _names(order: str) -> list[bytes]:
+    if order == "colliding":
+        return _colliding_names()
+    return [b"job-%d" % i for i in range(N_ORDERED)]
+
+
+def _assert_cheap_probes(table: Any) -> None:
+    longest, displacement = table._probe_stats()
+    assert longest <= MAX_RUN, (len(table), longest)
+    assert displacement <= 3 * len(table) + 64, (len(table), displacement)
+
+
+@pytest.mark.parametrize("order", ["slot", "reverse", "random", "colliding"])
+def test_name_table_deletes_in_any_order(twin: Any, order: str) -> None:
+    """Every record popped in slot (iteration) order, reverse slot order,
+    random order, or slot order of names with colliding hash bits: every
+    lookup right after each batch, and cheap probes at every table state."""
+    table = twin.NameTable()
+    for i, name in enumerate(_names(order)):
+        table.add(twin.JobRec(i, b"f", name))
+    _assert_cheap_probes(table)
+    recs = table.values()  # slot order
+    if order == "reverse":
+        recs.reverse()
+    elif order == "random":
+        random.Random(17).shuffle(recs)
+    get, pop = table.get, table.pop
+    i = 0
+    while i < len(recs):
+        # an eighth of the rest per batch: at most one resize in between
+        # (a shrink leaves half the slots used, the next needs 3/4 gone)
+        j = i + max(1, (len(recs) - i) // 8)
+        batch = recs[i:j]
+        assert all([pop(r.name) is r for r in batch])
+        assert not any([r.name in table for r in batch])
+        i = j
+        assert len(table) == len(recs) - i
+        assert all([get(r.name) is r for r in recs[i:]])
+        _assert_cheap_probes(table)
+    assert list(table) == [] and table.pop(recs[0].name) is None
+
+
+@pytest.mark.parametrize("refill", ["copy", "clear"])
+def test_name_table_fills_in_slot_order(twin: Any, refill: str) -> None:
+    """Adding the records in a table's slot order (into another table, or
+    into the same one after clear()) keeps the probes cheap as it grows."""
+    src = twin.NameTable()
+    for i, name in enumerate(_names("colliding")):
+        src.add(twin.JobRec(i, b"f", name))
+    recs = src.values()
+    if refill == "clear":
+        src.clear()
+        assert len(src) == 0 and src.get(recs[0].name) is None
+        table = src
+    else:
+        table = twin.NameTable()
+    add = table.add
+    i = 0
+    while i < len(recs):
+        # a quarter of the size per batch: at most one growth in between
+        j = i + max(1, len(table) // 4)
+        assert all([add(r) is None for r in recs[i:j]])
+        i = j
+        assert len(table) == min(i, len(recs))
+        _assert_cheap_probes(table)
+    assert all([table.get(r.name) is r for r in recs])
 
 
 def test_memory_store_keeps_the_records(twin: Any) -> None:
