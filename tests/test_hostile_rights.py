@@ -1,0 +1,248 @@
+"""Hostile peers against the scheduler's rights and limits (issue 16).
+
+Each test is an attack from the issue, bounded in time and memory, that
+failed before its fix:
+
+* item 4: RUN_JOB / RECV_DATA waiters outlive their connection and are
+  unbounded (``max_waiters``, ``max_waiters_per_conn``);
+* item 6: locks step outside the ACL (lock rights), a later acquirer widens
+  a lock, a parked job is granted on a second ACQUIRE;
+* item 10: unbounded funcs (``max_funcs``);
+* item 11: func names with ``,`` or a newline forge STATUS lines;
+* item 12: DROP_FUNC is allowed to a non-admin whose rights cover the func.
+
+Sans-I/O against :class:`~periodic_fast.scheduler.Scheduler`, plus one
+attack per limit over a real connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import zlib
+from typing import Any
+
+import pytest
+
+from periodic_fast.codec import Packet, Parser, encode_payload
+from periodic_fast.constants import ClientType
+from periodic_fast.constants import Command as C
+from periodic_fast.job import Job
+from periodic_fast.scheduler import Scheduler
+from periodic_fast.server.app import parse_address
+from periodic_fast.store.memory import MemoryStore
+from periodic_fast.testing import running_server
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = 1_700_000_000.0
+WAIT = 5.0
+_HEADER = struct.Struct(">4sII")
+
+AUTH_TEXT = b"""\
+client   web      web-tok     email,thumb
+worker   mailer   mailer-tok  email
+worker   thumber  thumber-tok thumb
+worker   locker   locker-tok  email,lock:shared,lock:pool-*
+admin    ops      ops-tok     -
+"""
+
+
+class Peer:
+    """A fake connection: the commands of the frames the scheduler sent."""
+
+    def __init__(
+        self,
+        s: Scheduler,
+        cid: int,
+        worker: bool,
+        name: bytes | None = None,
+    ) -> None:
+        self.s, self.id = s, cid
+        self.parser = Parser(requests=False)
+        self.frames: list[Packet] = []
+        self.closed = 0
+        self._msgid = 0
+        if name is None:
+            ctype = ClientType.WORKER if worker else ClientType.CLIENT
+            identity = None
+        else:
+            ctype = ClientType.AUTH_WORKER if worker else ClientType.AUTH_CLIENT
+            identity = (name, name + b"-tok")
+        s.connect(cid, ctype, identity, self.send, self.close, T0)
+
+    def send(self, data: bytes) -> None:
+        self.frames.extend(self.parser.feed(data))
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def packets(self, command: int, *fields: Any, now: float = T0) -> list[Packet]:
+        self._msgid += 1
+        payload = encode_payload(command, *fields)
+        self.s.handle(self.id, self._msgid, command, payload, now)
+        out, self.frames = self.frames, []
+        return out
+
+    def req(self, command: int, *fields: Any, now: float = T0) -> list[int]:
+        return [p.command for p in self.packets(command, *fields, now=now)]
+
+
+def frame(body: bytes) -> bytes:
+    return _HEADER.pack(b"\x00REQ", len(body), zlib.crc32(body)) + body
+
+
+class Raw:
+    """A raw TCP connection to a running server."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.parser = Parser(requests=False, registration=True)
+        self.frames: list[Packet] = []
+        self._msgid = 0
+
+    @classmethod
+    async def open(cls, address: str, ctype: int = ClientType.CLIENT) -> Raw:
+        addr = parse_address(address)
+        r, w = await asyncio.open_connection(addr.host, addr.port)
+        raw = cls(r, w)
+        w.write(frame(bytes((ctype,))))
+        got = await raw.recv()
+        assert got is not None and got.msgid is None
+        return raw
+
+    async def recv(self) -> Packet | None:
+        while not self.frames:
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), WAIT)
+            except ConnectionError:
+                data = b""
+            if not data:
+                return None
+            self.frames.extend(self.parser.feed(data))
+        return self.frames.pop(0)
+
+    def send(self, command: int, *fields: Any) -> int:
+        self._msgid += 1
+        payload = encode_payload(command, *fields)
+        self.writer.write(frame(struct.pack(">IB", self._msgid, command) + payload))
+        return self._msgid
+
+    async def call(self, command: int, *fields: Any) -> int | None:
+        msgid = self.send(command, *fields)
+        while True:
+            got = await self.recv()
+            if got is None:
+                return None
+            if got.msgid == msgid:
+                return got.command
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+async def wait_until(pred: Any, timeout: float = WAIT) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def status_funcs(p: Peer) -> list[bytes]:
+    [got] = p.packets(C.STATUS)
+    return [line.split(b",")[0] for line in got.payload.split(b"\n") if line]
+
+
+# -- item 11: STATUS cannot be forged ----------------------------------------------
+
+FORGED = b"ok,1,2,3,4,5\nfake"
+
+
+def test_func_names_that_would_forge_status_are_refused() -> None:
+    s = Scheduler(MemoryStore(), T0)
+    c = Peer(s, 1, False)
+    w = Peer(s, 2, True)
+    assert c.req(C.SUBMIT_JOB, Job(b"ok", b"a")) == [C.SUCCESS]
+    for bad in (FORGED, b"a,b", b"a\nb", b"a\rb"):
+        assert c.req(C.SUBMIT_JOB, Job(bad, b"x")) == [C.NO_WORKER]
+        assert w.req(C.CAN_DO, bad) == [C.NO_WORKER]
+        assert w.req(C.BROADCAST, bad) == [C.NO_WORKER]
+        assert c.req(C.LOAD, [Job(b"fine", b"l"), Job(bad, b"l")]) == [C.NO_WORKER]
+        assert c.req(C.RUN_JOB, Job(bad, b"r")) == [C.NO_WORKER]
+        assert c.req(C.RECV_DATA, Job(bad, b"r")) == [C.NO_WORKER]
+        assert c.req(C.DROP_FUNC, bad) == [C.NO_WORKER]
+        with pytest.raises(ValueError, match="func"):
+            s.submit(Job(bad, b"h"), T0)
+    assert status_funcs(c) == [b"ok"]
+    assert [j.func for j in s.jobs()] == [b"ok"]
+    # names are refused only where they enter: other bytes stay valid
+    assert c.req(C.SUBMIT_JOB, Job(b"x y;z\t\xff", b"a")) == [C.SUCCESS]
+
+
+async def test_forged_status_over_a_socket() -> None:
+    async with running_server(unix=False) as srv:
+        c = await Raw.open(srv.addresses[0])
+        assert await c.call(C.SUBMIT_JOB, Job(FORGED, b"a")) == C.NO_WORKER
+        assert await c.call(C.SUBMIT_JOB, Job(b"ok", b"a")) == C.SUCCESS
+        c.send(C.STATUS)
+        got = await c.recv()
+        assert got is not None and got.command == C.DATA
+        assert got.payload.startswith(b"ok,0,1,0,0,")
+        assert b"\n" not in got.payload
+        await c.close()
+
+
+# -- item 10: funcs are bounded ------------------------------------------------------
+
+
+def test_max_funcs_refuses_new_funcs_and_forgets_idle_ones() -> None:
+    s = Scheduler(MemoryStore(), T0, max_funcs=3)
+    c = Peer(s, 1, False)
+    w = Peer(s, 2, True)
+    assert c.req(C.SUBMIT_JOB, Job(b"a", b"j")) == [C.SUCCESS]
+    assert w.req(C.CAN_DO, b"b") == [C.SUCCESS]
+    assert w.req(C.BROADCAST, b"c") == [C.SUCCESS]
+    # full: every way a func enters is refused, nothing changes
+    assert c.req(C.SUBMIT_JOB, Job(b"d", b"j")) == [C.NO_WORKER]
+    assert w.req(C.CAN_DO, b"d") == [C.NO_WORKER]
+    assert w.req(C.BROADCAST, b"d") == [C.NO_WORKER]
+    assert c.req(C.LOAD, [Job(b"d", b"j")]) == [C.NO_WORKER]
+    assert not s.submit(Job(b"d", b"j"), T0)
+    assert status_funcs(c) == [b"a", b"b", b"c"]
+    # known funcs are still served
+    assert c.req(C.SUBMIT_JOB, Job(b"b", b"j")) == [C.SUCCESS]
+    assert w.req(C.CAN_DO, b"a") == [C.SUCCESS]
+    # the worker leaves: "c" has no job and no worker, and is forgotten when
+    # room is needed ("a" and "b" hold jobs and stay)
+    s.disconnect(w.id, T0 + 1)
+    assert status_funcs(c) == [b"a", b"b", b"c"]  # not before
+    assert c.req(C.SUBMIT_JOB, Job(b"d", b"j"), now=T0 + 2) == [C.SUCCESS]
+    assert status_funcs(c) == [b"a", b"b", b"d"]
+    assert s.counters()["submit"] == 3
+
+
+def test_funcs_from_a_closed_client_stay_bounded() -> None:
+    s = Scheduler(MemoryStore(), T0)  # the default limit
+    w = Peer(s, 1, True)
+    refused = 0
+    for i in range(10_050):
+        refused += w.req(C.CAN_DO, b"f%d" % i) == [C.NO_WORKER]
+    assert refused == 50
+    s.disconnect(w.id, T0)
+    c = Peer(s, 2, False)
+    assert c.req(C.SUBMIT_JOB, Job(b"new", b"j"), now=T0 + 5) == [C.SUCCESS]
+    assert status_funcs(c) == [b"new"]  # the idle ones were forgotten
+
+
+async def test_max_funcs_over_a_socket() -> None:
+    async with running_server(unix=False, max_funcs=2) as srv:
+        w = await Raw.open(srv.addresses[0], ClientType.WORKER)
+        assert await w.call(C.CAN_DO, b"a") == C.SUCCESS
+        assert await w.call(C.SUBMIT_JOB, Job(b"b", b"j")) == C.SUCCESS
+        assert await w.call(C.CAN_DO, b"c") == C.NO_WORKER
+        assert await w.call(C.SUBMIT_JOB, Job(b"c", b"j")) == C.NO_WORKER
+        await w.close()
