@@ -171,7 +171,9 @@ class CommandHandlers(SchedulerCore):
             conn.send(encode_response(msgid, NO_WORKER))
             return
         key = payload[: 2 + len(job.func) + len(job.name)]
-        self._add_waiter(key, conn, msgid, job.timeout, True)
+        if not self._add_waiter(key, conn, msgid, job.timeout, True):
+            self._refuse(conn, msgid, "waiter", "RUN_JOB beyond the waiter limits")
+            return
         # a running handle is not resubmitted: the caller waits for that run
         self._submit(job)
 
@@ -182,7 +184,9 @@ class CommandHandlers(SchedulerCore):
             conn.send(encode_response(msgid, NO_WORKER))
             return
         key = payload[: 2 + len(job.func) + len(job.name)]
-        self._add_waiter(key, conn, msgid, job.timeout, False)
+        if not self._add_waiter(key, conn, msgid, job.timeout, False):
+            self._refuse(conn, msgid, "waiter", "RECV_DATA beyond the waiter limits")
+            return
         conn.send(encode_response(msgid, SUCCESS))
 
     def _h_status(self, conn: Conn, msgid: int, payload: bytes) -> None:

@@ -246,3 +246,75 @@ async def test_max_funcs_over_a_socket() -> None:
         assert await w.call(C.CAN_DO, b"c") == C.NO_WORKER
         assert await w.call(C.SUBMIT_JOB, Job(b"c", b"j")) == C.NO_WORKER
         await w.close()
+
+
+# -- item 4: waiters go with their connection and are bounded -------------------------
+
+
+def _waiters(s: Scheduler) -> int:
+    return sum(len(w.results) + len(w.streams) for w in s._waiters.values())
+
+
+def test_waiters_are_dropped_with_their_connection() -> None:
+    s = Scheduler(MemoryStore(), T0)
+    w = Peer(s, 1, True)
+    assert w.req(C.CAN_DO, b"f") == [C.SUCCESS]
+    c = Peer(s, 2, False)
+    stay = Peer(s, 3, False)
+    big = (1 << 31) - 1  # a lifetime the client picks
+    for i in range(500):
+        assert c.req(C.RECV_DATA, Job(b"f", b"r%d" % i, timeout=big)) == [C.SUCCESS]
+        assert c.req(C.RUN_JOB, Job(b"f", b"j%d" % i, timeout=big)) == []
+    assert stay.req(C.RUN_JOB, Job(b"f", b"j0", timeout=big)) == []
+    assert _waiters(s) == 1001
+    s.disconnect(c.id, T0 + 1)
+    assert len(s._waiters) == 1 and _waiters(s) == 1  # the other client's
+    # the jobs stay (like submitted ones); the remaining waiter still works
+    assert w.req(C.GRAB_JOB) == [C.SUCCESS, C.JOB_ASSIGN]
+    assert len(s.jobs()) == 500
+    s.remove(b"f", b"j0", T0 + 2)
+    assert [p.payload for p in stay.frames] == [b"removed"]
+    assert not s._waiters
+
+
+def test_waiter_limits() -> None:
+    s = Scheduler(MemoryStore(), T0, max_waiters=5, max_waiters_per_conn=3)
+    w = Peer(s, 1, True)
+    assert w.req(C.CAN_DO, b"f") == [C.SUCCESS]
+    a, b = Peer(s, 2, False), Peer(s, 3, False)
+    for i in range(3):
+        assert a.req(C.RECV_DATA, Job(b"f", b"%d" % i)) == [C.SUCCESS]
+    assert a.req(C.RECV_DATA, Job(b"f", b"x")) == [C.NO_WORKER]  # per conn
+    assert a.req(C.RUN_JOB, Job(b"f", b"x")) == [C.NO_WORKER]
+    assert s.job(b"f", b"x") is None  # a refused RUN_JOB stores nothing
+    assert b.req(C.RUN_JOB, Job(b"f", b"y")) == []
+    assert b.req(C.RECV_DATA, Job(b"f", b"y")) == [C.SUCCESS]
+    assert b.req(C.RECV_DATA, Job(b"f", b"z")) == [C.NO_WORKER]  # global
+    s.remove(b"f", b"y", T0)  # its two waiters end: room again
+    assert [p.payload for p in b.frames] == [b"EOF", b"removed"]
+    b.frames.clear()
+    assert b.req(C.RECV_DATA, Job(b"f", b"z")) == [C.SUCCESS]
+    s.disconnect(a.id, T0)
+    assert [b.req(C.RECV_DATA, Job(b"f", b"%d" % i)) for i in range(3)] == [
+        [C.SUCCESS],
+        [C.SUCCESS],
+        [C.NO_WORKER],  # b's own three
+    ]
+
+
+async def test_waiters_of_a_closed_connection_are_released() -> None:
+    async with running_server(unix=False, max_waiters_per_conn=100) as srv:
+        w = await Raw.open(srv.addresses[0], ClientType.WORKER)
+        assert await w.call(C.CAN_DO, b"f") == C.SUCCESS
+        c = await Raw.open(srv.addresses[0])
+        for i in range(100):
+            assert await c.call(C.RECV_DATA, Job(b"f", b"%d" % i)) == C.SUCCESS
+        assert await c.call(C.RECV_DATA, Job(b"f", b"x")) == C.NO_WORKER
+        for i in range(50):
+            c.send(C.RUN_JOB, Job(b"f", b"r%d" % i, timeout=1 << 30))
+        assert await c.call(C.PING) == C.PONG
+        sched: Any = srv.scheduler
+        assert len(sched._waiters) == 100
+        await c.close()
+        await wait_until(lambda: not sched._waiters)
+        await w.close()
