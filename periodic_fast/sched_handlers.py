@@ -18,6 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Final
 
+from .auth import Role
 from .codec import (
     decode_job,
     decode_job_list,
@@ -408,8 +409,10 @@ class CommandHandlers(SchedulerCore):
 
     def _h_acquire(self, conn: Conn, msgid: int, payload: bytes) -> None:
         lock, count, func, name = decode_payload(ACQUIRE, payload)
+        ident = conn.auth  # with auth, only admins may widen a lock
+        widen = ident is None or ident.role is Role.ADMIN
         granted = self._lock_table.acquire(
-            lock, count, handle_key(func, name), self._now
+            lock, count, handle_key(func, name), self._now, widen
         )
         conn.send(encode_response(msgid, ACQUIRED, _GRANTED if granted else _REFUSED))
 

@@ -369,8 +369,9 @@ def test_job_ownership_with_auth() -> None:
         assert w2.one(cmd, *fields) == C.NO_WORKER, cmd
     stored = s.job(b"email", b"j")
     assert stored is not None and stored[1] == 1  # still running
-    assert w1.one(C.ACQUIRE, b"L", 1, b"email", b"j") == C.ACQUIRED
-    assert w1.one(C.RELEASE, b"L", b"email", b"j") == C.SUCCESS
+    # a lock named after its func (the default lock rights, issue 16 item 6)
+    assert w1.one(C.ACQUIRE, b"email-L", 1, b"email", b"j") == C.ACQUIRED
+    assert w1.one(C.RELEASE, b"email-L", b"email", b"j") == C.SUCCESS
     assert w1.one(C.WORK_DONE, b"email", b"j", b"r") == C.SUCCESS
     assert s.job(b"email", b"j") is None
     # not assigned to anyone (pending, unknown): refused too

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from periodic_fast.auth import parse_auth_file
 from periodic_fast.codec import Packet, Parser, encode_payload
 from periodic_fast.constants import ClientType
 from periodic_fast.constants import Command as C
@@ -318,3 +319,107 @@ async def test_waiters_of_a_closed_connection_are_released() -> None:
         await c.close()
         await wait_until(lambda: not sched._waiters)
         await w.close()
+
+
+# -- item 6: locks have rights of their own; nobody widens or slips in ---------------
+
+
+def _auth_scheduler() -> Scheduler:
+    rules = parse_auth_file(AUTH_TEXT)
+    return Scheduler(MemoryStore(), T0, auth=rules, config={"assign-wait": 0})
+
+
+def _running(s: Scheduler, w: Peer, func: bytes, *names: bytes) -> None:
+    """Jobs of ``func`` submitted by an admin and assigned to ``w``."""
+    ops = Peer(s, 1000 + w.id, False, b"ops")
+    assert w.req(C.CAN_DO, func) == [C.SUCCESS]
+    for name in names:
+        assert ops.req(C.SUBMIT_JOB, Job(func, name)) == [C.SUCCESS]
+        assert w.req(C.GRAB_JOB) == [C.SUCCESS, C.JOB_ASSIGN]
+
+
+def _acquire(w: Peer, lock: bytes, count: int, func: bytes, name: bytes) -> int:
+    [got] = w.packets(C.ACQUIRE, lock, count, func, name)
+    if got.command != C.ACQUIRED:
+        return -int(got.command)  # refused: -NO_WORKER
+    return got.payload[0]
+
+
+def test_lock_names_need_rights() -> None:
+    s = _auth_scheduler()
+    mailer = Peer(s, 1, True, b"mailer")
+    thumber = Peer(s, 2, True, b"thumber")
+    locker = Peer(s, 3, True, b"locker")
+    _running(s, mailer, b"email", b"m")
+    _running(s, thumber, b"thumb", b"a", b"b")
+    _running(s, locker, b"email", b"k")
+    assert _acquire(thumber, b"thumb-mutex", 1, b"thumb", b"a") == 1
+    # the issue's attack: a worker allowed only email widens thumb's lock
+    assert _acquire(mailer, b"thumb-mutex", 1000, b"email", b"m") == -C.NO_WORKER
+    # so two thumb jobs never hold the count-1 lock at once
+    assert _acquire(thumber, b"thumb-mutex", 1, b"thumb", b"b") == 0
+    [info] = s.locks()
+    assert info.max == 1 and [h[1] for h in info.holders] == [b"a"]
+    # default rights: FUNC and FUNC-...; lock: entries add names and prefixes
+    assert _acquire(mailer, b"email", 1, b"email", b"m") == 1
+    assert _acquire(mailer, b"email-x", 1, b"email", b"m") == 1
+    assert _acquire(mailer, b"emailx", 1, b"email", b"m") == -C.NO_WORKER
+    assert _acquire(mailer, b"shared", 1, b"email", b"m") == -C.NO_WORKER
+    assert _acquire(locker, b"shared", 1, b"email", b"k") == 1
+    assert _acquire(locker, b"pool-7", 1, b"email", b"k") == 1
+    assert _acquire(locker, b"shared2", 1, b"email", b"k") == -C.NO_WORKER
+    assert _acquire(locker, b"thumb-mutex", 1, b"email", b"k") == -C.NO_WORKER
+
+
+def test_a_later_acquirer_does_not_widen_a_lock_with_auth() -> None:
+    s = _auth_scheduler()
+    thumber = Peer(s, 1, True, b"thumber")
+    _running(s, thumber, b"thumb", b"a", b"b", b"c")
+    assert _acquire(thumber, b"thumb", 1, b"thumb", b"a") == 1
+    assert _acquire(thumber, b"thumb", 1000, b"thumb", b"b") == 0  # not widened
+    # an admin may widen (as everyone may without auth: protocol.md 4.11)
+    ops = Peer(s, 2, True, b"ops")
+    _running(s, ops, b"other", b"o")
+    assert _acquire(ops, b"thumb", 2, b"other", b"o") == 1
+    assert s.locks()[0].max == 2
+
+
+@pytest.mark.parametrize("auth", [False, True])
+def test_a_parked_job_asking_again_is_refused(auth: bool) -> None:
+    s = _auth_scheduler() if auth else Scheduler(MemoryStore(), T0)
+    w = Peer(s, 1, True, b"thumber" if auth else None)
+    if auth:
+        _running(s, w, b"thumb", b"a", b"b")
+    else:
+        assert w.req(C.CAN_DO, b"thumb") == [C.SUCCESS]
+        for name in (b"a", b"b"):
+            assert w.req(C.SUBMIT_JOB, Job(b"thumb", name)) == [C.SUCCESS]
+            got = w.packets(C.GRAB_JOB)
+            assert [p.command for p in got] == [C.SUCCESS, C.JOB_ASSIGN]
+            s.handle(w.id, w._msgid, C.JOB_ASSIGNED, b"", T0)
+    assert _acquire(w, b"thumb", 1, b"thumb", b"a") == 1
+    assert _acquire(w, b"thumb", 1, b"thumb", b"b") == 0  # parked
+    assert _acquire(w, b"thumb", 5, b"thumb", b"b") == 0  # not granted now
+    [info] = s.locks()
+    assert [h[1] for h in info.holders] == [b"a"]
+    assert [q[1] for q in info.waiting] == [b"b"]
+
+
+def test_auth_file_lock_entries() -> None:
+    from periodic_fast.auth import AuthFileError
+
+    rules = parse_auth_file(
+        b"worker w t f,lock:a,lock:b-*,lock:**\nworker v t lock:z\n"
+    )
+    w = rules.identities[b"w"]
+    assert w.funcs == frozenset({b"f"}) and w.locks == frozenset({b"a"})
+    assert w.lock_prefixes == (b"*", b"b-")  # lock:** is the prefix "*"
+    assert w.lock_allowed(b"a") and w.lock_allowed(b"b-1") and w.lock_allowed(b"f-1")
+    assert not w.lock_allowed(b"b") and not w.func_allowed(b"lock:a")
+    v = rules.identities[b"v"]  # only a lock entry: valid, no func
+    assert v.funcs == frozenset() and v.lock_allowed(b"z")
+    assert parse_auth_file(b"worker w t lock:*\n").identities[b"w"].lock_allowed(b"q")
+    with pytest.raises(AuthFileError, match="without a name"):
+        parse_auth_file(b"worker w t f,lock:\n")
+    with pytest.raises(AuthFileError, match="longer than 255"):
+        parse_auth_file(b"worker w t lock:" + b"x" * 256 + b"\n")
