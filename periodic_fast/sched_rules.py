@@ -72,7 +72,9 @@ WORKER_COMMANDS: Final = frozenset(
 )
 
 #: With an auth file only ``admin`` identities may send these (stricter than
-#: the reference, which lets any identity).
+#: the reference, which lets any identity).  DROP_FUNC is not one: like
+#: REMOVE_JOB it is func-checked (an identity whose rights cover the func
+#: may already remove each of its jobs).
 ADMIN_COMMANDS: Final = frozenset(
     int(c)
     for c in (
@@ -80,7 +82,6 @@ ADMIN_COMMANDS: Final = frozenset(
         Command.CONFIG_SET,
         Command.DUMP,
         Command.LOAD,
-        Command.DROP_FUNC,
     )
 )
 

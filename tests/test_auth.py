@@ -303,7 +303,6 @@ def test_admin_only_commands() -> None:
         p = peer(s, worker, who)
         assert p.one(C.DUMP) == C.NO_WORKER
         assert p.raw(C.LOAD, blob)[0].command == C.NO_WORKER
-        assert p.one(C.DROP_FUNC, b"email") == C.NO_WORKER
         assert p.one(C.CONFIG_SET, b"timeout", 5) == C.NO_WORKER
         assert p.one(C.SHUTDOWN) == C.NO_WORKER
     assert s.get_config("timeout") == 600 and s.jobs() == [] and not shutdowns

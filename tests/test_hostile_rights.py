@@ -423,3 +423,29 @@ def test_auth_file_lock_entries() -> None:
         parse_auth_file(b"worker w t f,lock:\n")
     with pytest.raises(AuthFileError, match="longer than 255"):
         parse_auth_file(b"worker w t lock:" + b"x" * 256 + b"\n")
+
+
+# -- item 12: DROP_FUNC for an identity whose rights cover the func -------------------
+
+
+def test_drop_func_follows_func_rights() -> None:
+    s = _auth_scheduler()
+    web = Peer(s, 1, False, b"web")  # email, thumb
+    mailer = Peer(s, 2, True, b"mailer")  # email
+    ops = Peer(s, 3, False, b"ops")
+    for func in (b"email", b"thumb", b"other"):
+        assert ops.req(C.SUBMIT_JOB, Job(func, b"j")) == [C.SUCCESS]
+    assert mailer.req(C.DROP_FUNC, b"thumb") == [C.NO_WORKER]  # not its func
+    assert web.req(C.DROP_FUNC, b"other") == [C.NO_WORKER]
+    assert web.req(C.DROP_FUNC, b"email") == [C.SUCCESS]
+    assert mailer.req(C.DROP_FUNC, b"thumb") == [C.NO_WORKER]
+    assert ops.req(C.DROP_FUNC, b"other") == [C.SUCCESS]  # admin: any func
+    assert [j.func for j in s.jobs()] == [b"thumb"]
+    # the other admin-only commands stay admin-only
+    for cmd, fields in (
+        (C.DUMP, ()),
+        (C.CONFIG_SET, (b"timeout", 5)),
+        (C.SHUTDOWN, ()),
+        (C.LOAD, ([Job(b"email", b"l")],)),
+    ):
+        assert web.req(cmd, *fields) == [C.NO_WORKER], cmd
