@@ -449,3 +449,20 @@ def test_drop_func_follows_func_rights() -> None:
         (C.LOAD, ([Job(b"email", b"l")],)),
     ):
         assert web.req(cmd, *fields) == [C.NO_WORKER], cmd
+
+
+def test_periodicd_scheduler_limit_options() -> None:
+    from periodic_fast.testing import ServerProcess
+
+    args = ["--max-funcs", "1", "--max-waiters-per-conn", "1", "--log", "warning"]
+    with ServerProcess(args) as proc:
+
+        async def main() -> None:
+            w = await Raw.open(proc.address, ClientType.WORKER)
+            assert await w.call(C.CAN_DO, b"f") == C.SUCCESS
+            assert await w.call(C.CAN_DO, b"g") == C.NO_WORKER  # max-funcs
+            assert await w.call(C.RECV_DATA, Job(b"f", b"a")) == C.SUCCESS
+            assert await w.call(C.RECV_DATA, Job(b"f", b"b")) == C.NO_WORKER
+            await w.close()
+
+        asyncio.run(asyncio.wait_for(main(), 20))
