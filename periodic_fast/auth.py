@@ -7,11 +7,17 @@ identity per line, exactly four whitespace-separated fields::
     client   web       s3cret    email,thumbnail
     worker   mailer    t0ken     email
     admin    ops       r00t      *
+    worker   resizer   t1ken     thumb,lock:gpu,lock:disk-*
 
 * ``role`` is ``client``, ``worker`` or ``admin``;
 * the func list is comma-separated; empty entries are skipped, every other
   entry must be 1-255 bytes, and at least one must remain (admins need a
   placeholder: they may use every func anyway);
+* an entry ``lock:NAME`` is no func: it lets the identity ACQUIRE the lock
+  ``NAME`` (``lock:PREFIX*``: every lock starting with ``PREFIX``;
+  ``lock:*``: every lock).  Without such entries an identity may use the
+  locks named after one of its funcs: ``FUNC`` or ``FUNC-anything``
+  (:meth:`Identity.lock_allowed`; docs/security.md, "Locks");
 * ``#`` starts a comment anywhere on a line; blank lines are ignored; space,
   tab and CR separate fields; a later line with the same name replaces an
   earlier one;
@@ -51,6 +57,7 @@ log = logging.getLogger("periodic_fast.auth")
 
 _FIELD_SEPARATORS: Final = b" \t\r\v\f"
 _MAX_FUNC: Final = 255
+_LOCK: Final = b"lock:"  # a func-list entry naming a lock (or lock prefix)
 
 
 class AuthFileError(ValueError):
@@ -73,10 +80,32 @@ class Identity:
     name: bytes
     token: bytes
     funcs: frozenset[bytes]
+    #: ``lock:NAME`` entries: lock names, and prefixes (``lock:PREFIX*``)
+    locks: frozenset[bytes] = frozenset()
+    lock_prefixes: tuple[bytes, ...] = ()
 
     def func_allowed(self, func: bytes) -> bool:
         """May this identity name ``func`` (submit, run, can-do, ...)?"""
         return self.role is Role.ADMIN or func in self.funcs
+
+    def lock_allowed(self, lock: bytes) -> bool:
+        """May this identity ACQUIRE the lock ``lock``?
+
+        Admins: any.  Others: a lock named by a ``lock:`` entry (or starting
+        with a ``lock:PREFIX*`` prefix), or named after one of its funcs:
+        the func itself or ``FUNC-...``.
+        """
+        if self.role is Role.ADMIN or lock in self.locks:
+            return True
+        funcs = self.funcs
+        if lock in funcs:
+            return True
+        i = lock.find(b"-")
+        while i > 0:  # FUNC-...: every '-' may end a func name
+            if lock[:i] in funcs:
+                return True
+            i = lock.find(b"-", i + 1)
+        return any(lock.startswith(p) for p in self.lock_prefixes)
 
     def may_connect_as(self, worker: bool) -> bool:
         """Does the role fit the connection's role (protocol.md 5.3)?
@@ -168,17 +197,36 @@ def parse_auth_file(data: bytes) -> AuthRules:
                 f"line {lineno}: unknown role {role_s!r} (client, worker or admin)"
             ) from None
         funcs: set[bytes] = set()
-        for func in funcs_s.split(b","):
-            if not func:
+        locks: set[bytes] = set()
+        prefixes: set[bytes] = set()
+        for entry in funcs_s.split(b","):
+            if not entry:
                 continue
-            if len(func) > _MAX_FUNC:
+            lock = entry[len(_LOCK) :] if entry.startswith(_LOCK) else None
+            if len(lock if lock is not None else entry) > _MAX_FUNC:
                 raise AuthFileError(
-                    f"line {lineno}: func name longer than {_MAX_FUNC} bytes"
+                    f"line {lineno}: func or lock name longer than {_MAX_FUNC} bytes"
                 )
-            funcs.add(func)
-        if not funcs:
+            if lock is None:
+                funcs.add(entry)
+            elif lock.endswith(b"*"):
+                prefixes.add(lock[:-1])  # b"" (lock:*): every lock
+            elif lock:
+                locks.add(lock)
+            else:
+                raise AuthFileError(f"line {lineno}: 'lock:' without a name")
+        if not funcs and not locks and not prefixes:
             raise AuthFileError(f"line {lineno}: empty func list")
-        idents.append(Identity(role, name, token, frozenset(funcs)))
+        idents.append(
+            Identity(
+                role,
+                name,
+                token,
+                frozenset(funcs),
+                frozenset(locks),
+                tuple(sorted(prefixes)),
+            )
+        )
     return AuthRules(idents)
 
 

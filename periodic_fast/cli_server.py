@@ -26,6 +26,11 @@ import typer
 
 from .cli_common import split_addresses
 from .constants import ADDRESS_ENV, DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
+from .sched_limits import (
+    DEFAULT_MAX_FUNCS,
+    DEFAULT_MAX_WAITERS,
+    DEFAULT_MAX_WAITERS_PER_CONN,
+)
 
 __all__ = ["PATH_ENV", "periodicd"]
 
@@ -168,6 +173,32 @@ MaxJobsPerFuncOpt = Annotated[
         min=0,
     ),
 ]
+MaxFuncsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-funcs",
+        help="Known funcs; new ones beyond get NO_WORKER once the idle ones "
+        "are forgotten (0: no limit).",
+        min=0,
+    ),
+]
+MaxWaitersOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-waiters",
+        help="RUN_JOB/RECV_DATA waiters, all connections together; beyond: "
+        "NO_WORKER (0: no limit).",
+        min=0,
+    ),
+]
+MaxWaitersPerConnOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-waiters-per-conn",
+        help="RUN_JOB/RECV_DATA waiters per connection (0: no limit).",
+        min=0,
+    ),
+]
 HttpWritesOpt = Annotated[
     bool,
     typer.Option(
@@ -282,6 +313,11 @@ def _serve(
     unix_mode: str = "0600",
     max_connections: int = 0,
     max_jobs_per_func: int = 0,
+    limits: tuple[int, int, int] = (
+        DEFAULT_MAX_FUNCS,
+        DEFAULT_MAX_WAITERS,
+        DEFAULT_MAX_WAITERS_PER_CONN,
+    ),
     rsa: tuple[str | None, str, str, bool, bool] = (
         None,
         "public_keys.pem",
@@ -318,6 +354,9 @@ def _serve(
             unix_mode=mode,
             max_connections=max_connections,
             max_jobs_per_func=max_jobs_per_func,
+            max_funcs=limits[0],
+            max_waiters=limits[1],
+            max_waiters_per_conn=limits[2],
             rsa_private_path=rsa[0],
             rsa_public_path=rsa[1],
             rsa_modes=rsa[2] or "Plain,RSA,AES",
@@ -370,6 +409,9 @@ def periodicd(
     unix_mode: UnixModeOpt = "0600",
     max_connections: MaxConnectionsOpt = 0,
     max_jobs_per_func: MaxJobsPerFuncOpt = 0,
+    max_funcs: MaxFuncsOpt = DEFAULT_MAX_FUNCS,
+    max_waiters: MaxWaitersOpt = DEFAULT_MAX_WAITERS,
+    max_waiters_per_conn: MaxWaitersPerConnOpt = DEFAULT_MAX_WAITERS_PER_CONN,
     rsa_private_path: RsaPrivateOpt = None,
     rsa_public_path: RsaPublicOpt = "public_keys.pem",
     rsa_mode: RsaModeOpt = "Plain,RSA,AES",
@@ -403,6 +445,7 @@ def periodicd(
         unix_mode=unix_mode,
         max_connections=max_connections,
         max_jobs_per_func=max_jobs_per_func,
+        limits=(max_funcs, max_waiters, max_waiters_per_conn),
         rsa=(rsa_private_path, rsa_public_path, rsa_mode, rsa_legacy, rsa_v1),
         http_writes=http_writes,
         no_http=no_http,

@@ -53,6 +53,7 @@ from .codec import encode_job, encode_response
 from .constants import RESULT_FAILED, RESULT_REMOVED, STREAM_EOF
 from .job import FuncStat, Job, JobState
 from .rec import JobRec, NameTable
+from .sched_limits import FuncRefused, RefusalLog, bad_func_name
 from .sched_locks import LockTable
 from .sched_model import (
     DEAD,
@@ -132,6 +133,13 @@ class SchedulerCore:
         self._locks = self._lock_table.locks
         self._hlocks = self._lock_table.held  # handle -> locks held/awaited
         self._stats = SchedulerStats(now)
+        # limits (0 = none; the Scheduler sets them) and their refusal log
+        self._max_funcs = 0
+        self._max_waiters = 0
+        self._max_conn_waiters = 0
+        self._n_waiters = 0  # waiter entries, all handles together
+        self._idle_scan_at = 0.0  # no idle-func scan before this time
+        self._refusals = RefusalLog()
         self._late = self._stats.lateness  # bound once: hot paths
         self._runtime = self._stats.runtime
 
@@ -143,7 +151,7 @@ class SchedulerCore:
         and locked jobs become pending (protocol.md 4.16).  One tight loop
         (the new-job work of _submit inlined)."""
         for func in snap.funcs:
-            self._func(func, persist=False)
+            self._func(func, persist=False, check=False)
         store = self._store
         funcs = self._funcs
         recs = self._jobs
@@ -158,7 +166,7 @@ class SchedulerCore:
         for job, state in snap.jobs:
             func, name, workload, when, count, timeout = job
             if fs is None or func != last:
-                fs = funcs.get(func) or self._func(func)
+                fs = funcs.get(func) or self._func(func, check=False)
                 jobs = fs.jobs
                 last = func
                 if shared and func not in cleared:
@@ -235,16 +243,49 @@ class SchedulerCore:
 
     # -- funcs ----------------------------------------------------------------
 
-    def _func(self, name: bytes, persist: bool = True) -> Func:
-        """The func record, created (and persisted as known) on first use."""
+    def _func(self, name: bytes, persist: bool = True, check: bool = True) -> Func:
+        """The func record, created (and persisted as known) on first use.
+
+        A new func is checked (unless loaded from the store): a name that
+        would break STATUS, or one func beyond ``max_funcs``, raises
+        :class:`FuncRefused` (nothing changed)."""
         fs = self._funcs.get(name)
         if fs is None:
+            if check:
+                self._check_new_func(name)
             table = self._name_table
             jobs = NameTable() if table is None else table(name)
             fs = self._funcs[name] = Func(name, jobs)
             if persist:
                 self._store.save_func(name)
         return fs
+
+    def _check_new_func(self, name: bytes) -> None:
+        if bad_func_name(name):
+            raise FuncRefused(f"func name {show(name)!r} holds ',', LF or CR", False)
+        limit = self._max_funcs
+        if limit and len(self._funcs) >= limit and not self._forget_idle():
+            raise FuncRefused(f"{limit} funcs known (max_funcs)", True)
+
+    def _forget_idle(self) -> bool:
+        """At the func cap: forget every func with no job and no worker
+        (docs/protocol.md section 9); True if room was made.  A scan that
+        freed nothing is not repeated for a second (it costs O(funcs))."""
+        now = self._now
+        if now < self._idle_scan_at:
+            return False
+        idle = [n for n, fs in self._funcs.items() if not fs.workers and not fs.jobs]
+        for name in idle:
+            self._retire(self._funcs.pop(name))
+        if not idle:
+            self._idle_scan_at = now + 1.0
+            return False
+        self._stats.event(now, "drop", f"{len(idle)} idle func(s) forgotten")
+        return True
+
+    def _refused(self, kind: str, message: str) -> None:
+        """Count and log (rate-limited) a refused peer request."""
+        self._refusals.refused(kind, message, self._now)
 
     def _register(self, conn: Conn, func: bytes, broadcast: bool) -> None:
         if func in conn.funcs:
@@ -463,7 +504,7 @@ class SchedulerCore:
         if self._hlocks and key in self._hlocks:
             self._lock_table.release_all(key, self._now)
         if self._waiters:
-            w = self._waiters.pop(key, None)
+            w = self._pop_waiters(key)
             if w is not None:
                 for c, m in w.streams:
                     if c.alive:
@@ -507,16 +548,19 @@ class SchedulerCore:
                 if key in hlocks:
                     self._lock_table.release_all(key, self._now)
         del self._funcs[func]
-        self._store.delete_func_jobs(func)
-        self._store.delete_func(func)
-        stats = self._stats
-        retired = stats.retired
+        self._retire(fs)
+        self._stats.event(self._now, "drop", f"func {show(func)} dropped")
+        return "dropped"
+
+    def _retire(self, fs: Func) -> None:
+        """A forgotten func: out of the store; its counters kept in the totals."""
+        self._store.delete_func_jobs(fs.name)
+        self._store.delete_func(fs.name)
+        retired = self._stats.retired
         retired[0] += fs.n_submit
         retired[1] += fs.n_done
         retired[2] += fs.n_fail
         retired[3] += fs.n_later
-        stats.event(self._now, "drop", f"func {show(func)} dropped")
-        return "dropped"
 
     # -- dispatch -------------------------------------------------------------
 
@@ -653,6 +697,8 @@ class SchedulerCore:
             fs.avail.pop(conn, None)
         conn.funcs.clear()
         conn.slots.clear()
+        if conn.waits:
+            self._drop_waiters(conn)
         unconfirmed = list(conn.unconfirmed.values())
         conn.unconfirmed.clear()
         for a in unconfirmed:
@@ -677,10 +723,52 @@ class SchedulerCore:
 
     def _add_waiter(
         self, key: bytes, conn: Conn, msgid: int, timeout: int, result: bool
-    ) -> None:
+    ) -> bool:
+        """Add a RUN_JOB (``result``) or RECV_DATA waiter; False (nothing
+        added) when ``max_waiters`` or ``max_waiters_per_conn`` is reached."""
+        limit = self._max_conn_waiters
+        if limit and conn.n_waits >= limit:
+            return False
+        limit = self._max_waiters
+        if limit and self._n_waiters >= limit:
+            return False
         w = self._waiters.get(key)
         if w is None:
             w = self._waiters[key] = Waiters()
         (w.results if result else w.streams).append((conn, msgid))
+        self._n_waiters += 1
+        waits = conn.waits
+        waits[key] = waits.get(key, 0) + 1
+        conn.n_waits += 1
         # every new waiter overwrites the expiry (protocol.md 4.7)
         w.expiry = self._now + (timeout if timeout > 0 else _WAITER_DEFAULT)
+        return True
+
+    def _pop_waiters(self, key: bytes) -> Waiters | None:
+        """The waiters of ``key``, forgotten (the job ended)."""
+        w = self._waiters.pop(key, None)
+        if w is not None:
+            for entries in (w.results, w.streams):
+                self._n_waiters -= len(entries)
+                for c, _ in entries:
+                    n = c.waits.pop(key, 0)
+                    c.n_waits -= n
+        return w
+
+    def _drop_waiters(self, conn: Conn) -> None:
+        """The connection is gone: its waiters go with it (protocol.md 4.8
+        allows it), so a closed client holds nothing."""
+        waiters = self._waiters
+        for key, n in conn.waits.items():
+            w = waiters.get(key)
+            if w is None:  # pragma: no cover - popped entries leave conn.waits
+                continue
+            w.results = [e for e in w.results if e[0] is not conn]
+            w.streams = [e for e in w.streams if e[0] is not conn]
+            self._n_waiters -= n
+            if not w.results and not w.streams:
+                del waiters[key]
+        conn.waits.clear()
+        conn.n_waits = 0
+        if not waiters:  # a dict keeps its peak size: let it go
+            self._waiters = {}

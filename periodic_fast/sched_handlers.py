@@ -18,6 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Final
 
+from .auth import Role
 from .codec import (
     decode_job,
     decode_job_list,
@@ -29,6 +30,7 @@ from .codec import (
 from .constants import RESULT_FAILED
 from .errors import TrailingBytes, TruncatedPayload
 from .sched_core import SchedulerCore
+from .sched_limits import FuncRefused, bad_func_name
 from .sched_model import RUNNING, Conn, Handler
 from .sched_wire import (
     ACQUIRE,
@@ -70,6 +72,7 @@ from .sched_wire import (
     exact_handle,
     handle_end,
     handle_key,
+    show,
     show_key,
     str8,
 )
@@ -150,8 +153,17 @@ class CommandHandlers(SchedulerCore):
         conn.send(encode_response(msgid, UNKNOWN))
 
     def _h_submit_job(self, conn: Conn, msgid: int, payload: bytes) -> None:
-        self._submit(decode_job(payload))
+        try:
+            self._submit(decode_job(payload))
+        except FuncRefused as exc:  # a new func only: not the hot path
+            self._refuse(conn, msgid, "func", str(exc))
+            return
         conn.send(encode_response(msgid, SUCCESS))
+
+    def _refuse(self, conn: Conn, msgid: int, kind: str, why: str) -> None:
+        """NO_WORKER for a request beyond a limit, and a (rate-limited) log line."""
+        self._refused(kind, f"connection {conn.id}: {why}")
+        conn.send(encode_response(msgid, NO_WORKER))
 
     def _h_run_job(self, conn: Conn, msgid: int, payload: bytes) -> None:
         job = decode_job(payload)
@@ -160,7 +172,9 @@ class CommandHandlers(SchedulerCore):
             conn.send(encode_response(msgid, NO_WORKER))
             return
         key = payload[: 2 + len(job.func) + len(job.name)]
-        self._add_waiter(key, conn, msgid, job.timeout, True)
+        if not self._add_waiter(key, conn, msgid, job.timeout, True):
+            self._refuse(conn, msgid, "waiter", "RUN_JOB beyond the waiter limits")
+            return
         # a running handle is not resubmitted: the caller waits for that run
         self._submit(job)
 
@@ -171,7 +185,9 @@ class CommandHandlers(SchedulerCore):
             conn.send(encode_response(msgid, NO_WORKER))
             return
         key = payload[: 2 + len(job.func) + len(job.name)]
-        self._add_waiter(key, conn, msgid, job.timeout, False)
+        if not self._add_waiter(key, conn, msgid, job.timeout, False):
+            self._refuse(conn, msgid, "waiter", "RECV_DATA beyond the waiter limits")
+            return
         conn.send(encode_response(msgid, SUCCESS))
 
     def _h_status(self, conn: Conn, msgid: int, payload: bytes) -> None:
@@ -180,7 +196,11 @@ class CommandHandlers(SchedulerCore):
         conn.send(encode_response(msgid, DATA, encode_status(self.status(self._now))))
 
     def _h_drop_func(self, conn: Conn, msgid: int, payload: bytes) -> None:
-        self._drop_func(str8(payload))
+        func = str8(payload)
+        if bad_func_name(func):  # no such func can exist: say so
+            self._refuse(conn, msgid, "func", f"DROP_FUNC of {show(func)!r}")
+            return
+        self._drop_func(func)
         conn.send(encode_response(msgid, SUCCESS))
 
     def _h_remove_job(self, conn: Conn, msgid: int, payload: bytes) -> None:
@@ -196,9 +216,18 @@ class CommandHandlers(SchedulerCore):
 
     def _h_load(self, conn: Conn, msgid: int, payload: bytes) -> None:
         jobs = decode_job_list(payload)
-        for job in jobs:  # all funcs first (protocol.md 3.2)
-            if job.func not in self._funcs:
-                self._func(job.func)
+        funcs = self._funcs
+        new = {job.func: None for job in jobs if job.func not in funcs}
+        try:  # refused as a whole: every new func is checked first
+            for func in new:
+                self._check_new_func(func)
+            if self._max_funcs and len(funcs) + len(new) > self._max_funcs:
+                raise FuncRefused(f"LOAD of {len(new)} new funcs (max_funcs)", True)
+        except FuncRefused as exc:
+            self._refuse(conn, msgid, "func", str(exc))
+            return
+        for func in new:  # all funcs first (protocol.md 3.2)
+            self._func(func, check=False)
         for job in jobs:
             self._submit(job)
         conn.send(encode_response(msgid, SUCCESS))
@@ -229,12 +258,17 @@ class CommandHandlers(SchedulerCore):
     # -- worker commands ------------------------------------------------------
 
     def _h_can_do(self, conn: Conn, msgid: int, payload: bytes) -> None:
-        self._register(conn, str8(payload), False)
-        conn.send(encode_response(msgid, SUCCESS))
-        self._pump_conn(conn)
+        self._h_register(conn, msgid, str8(payload), False)
 
     def _h_broadcast(self, conn: Conn, msgid: int, payload: bytes) -> None:
-        self._register(conn, str8(payload), True)
+        self._h_register(conn, msgid, str8(payload), True)
+
+    def _h_register(self, conn: Conn, msgid: int, func: bytes, broadcast: bool) -> None:
+        try:
+            self._register(conn, func, broadcast)
+        except FuncRefused as exc:
+            self._refuse(conn, msgid, "func", str(exc))
+            return
         conn.send(encode_response(msgid, SUCCESS))
         self._pump_conn(conn)
 
@@ -375,8 +409,10 @@ class CommandHandlers(SchedulerCore):
 
     def _h_acquire(self, conn: Conn, msgid: int, payload: bytes) -> None:
         lock, count, func, name = decode_payload(ACQUIRE, payload)
+        ident = conn.auth  # with auth, only admins may widen a lock
+        widen = ident is None or ident.role is Role.ADMIN
         granted = self._lock_table.acquire(
-            lock, count, handle_key(func, name), self._now
+            lock, count, handle_key(func, name), self._now, widen
         )
         conn.send(encode_response(msgid, ACQUIRED, _GRANTED if granted else _REFUSED))
 

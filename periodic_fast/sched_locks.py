@@ -55,29 +55,41 @@ class LockTable:
         self.locks: dict[bytes, Lock] = {}
         self.held: dict[bytes, set[bytes]] = {}  # handle -> locks held/awaited
 
-    def acquire(self, lock: bytes, count: int, key: bytes, now: float) -> bool:
+    def acquire(
+        self, lock: bytes, count: int, key: bytes, now: float, widen: bool = True
+    ) -> bool:
         """ACQUIRE: True when granted; a refused running job is parked
-        (locked) in the lock's queue until it is handed the lock."""
+        (locked) in the lock's queue until it is handed the lock.
+
+        A handle already queued on ``lock`` is refused whatever its state
+        (docs/protocol.md 6.5), so a parked job cannot slip in by asking
+        again.  ``widen`` False (a non-admin identity with auth on): the
+        count cannot raise the max holders of an existing lock; the first
+        acquirer's count holds while the lock exists.
+        """
         rec = self._lookup(key)
+        lk = self.locks.get(lock)
+        if lk is not None and key in lk.queue:
+            if rec is not None and rec.state == RUNNING:
+                self._park(rec)  # dispatched again: parked again
+            return False
         if rec is None or rec.state != RUNNING:
             return True  # not running: granted, nothing recorded
-        lk = self.locks.get(lock)
         if lk is None:
             lk = self.locks[lock] = Lock(lock, count)
             lk.holders[key] = now
             self.held.setdefault(key, set()).add(lock)
             return True
-        if count > lk.max:
-            lk.max = count  # max holders only grows
+        if widen and count > lk.max:
+            lk.max = count  # max holders only grows (protocol.md 4.11)
         if key in lk.holders:
             return True
-        if key not in lk.queue:
-            if len(lk.holders) < lk.max:
-                lk.holders[key] = now
-                self.held.setdefault(key, set()).add(lock)
-                return True
-            lk.queue[key] = now
+        if len(lk.holders) < lk.max:
+            lk.holders[key] = now
             self.held.setdefault(key, set()).add(lock)
+            return True
+        lk.queue[key] = now
+        self.held.setdefault(key, set()).add(lock)
         # refused: park the job until the lock is handed over
         self._park(rec)
         return False

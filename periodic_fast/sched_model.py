@@ -124,11 +124,13 @@ class Conn:
         "id",
         "identity",
         "last_seen",
+        "n_waits",
         "running",
         "send",
         "slots",
         "table",
         "unconfirmed",
+        "waits",
         "worker",
     )
 
@@ -153,6 +155,10 @@ class Conn:
         self.slots: dict[int, None] = {}  # grab msgids; popitem() = most recent
         self.unconfirmed: dict[int, Assign] = {}  # msgid -> awaiting confirmation
         self.running: dict[bytes, Assign] = {}  # handle -> confirmed assignment
+        # handle -> this connection's RUN_JOB/RECV_DATA waiter entries on it
+        # (dropped with the connection; their sum counts against the limits)
+        self.waits: dict[bytes, int] = {}
+        self.n_waits = 0  # sum of ``waits``
         self.table: list[Handler] = []
 
 

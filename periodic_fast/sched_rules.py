@@ -72,7 +72,9 @@ WORKER_COMMANDS: Final = frozenset(
 )
 
 #: With an auth file only ``admin`` identities may send these (stricter than
-#: the reference, which lets any identity).
+#: the reference, which lets any identity).  DROP_FUNC is not one: like
+#: REMOVE_JOB it is func-checked (an identity whose rights cover the func
+#: may already remove each of its jobs).
 ADMIN_COMMANDS: Final = frozenset(
     int(c)
     for c in (
@@ -80,7 +82,6 @@ ADMIN_COMMANDS: Final = frozenset(
         Command.CONFIG_SET,
         Command.DUMP,
         Command.LOAD,
-        Command.DROP_FUNC,
     )
 )
 
@@ -314,12 +315,18 @@ def _func_checked(command: int, inner: Handler) -> Handler:
 def _owned(command: int, inner: Handler) -> Handler:
     """Auth on: WORK_DONE, WORK_FAIL, SCHED_LATER, WORK_DATA, ACQUIRE and
     RELEASE only for a job assigned to this connection, else NO_WORKER
-    (stricter than the reference, which lets any worker end any job)."""
+    (stricter than the reference, which lets any worker end any job); and
+    ACQUIRE only of a lock the identity may use (docs/security.md, "Locks")."""
 
     def owned(conn: Conn, msgid: int, payload: bytes) -> None:
         if command in (ACQUIRE, RELEASE):
             fields = decode_payload(command, payload)  # malformed: close
             key = handle_key(fields[-2], fields[-1])
+            ident = conn.auth
+            assert ident is not None
+            if command == ACQUIRE and not ident.lock_allowed(fields[0]):
+                conn.send(encode_response(msgid, NO_WORKER))
+                return
         else:  # the payload starts with the handle
             key = payload[: handle_end(payload)]
         if key in conn.running or any(

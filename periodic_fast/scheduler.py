@@ -36,6 +36,14 @@ from .job import Job
 from .rec import JobRec as _JobRec  # noqa: F401 - tests check the twin switch
 from .rec import NameTable as _NameTable  # noqa: F401
 from .sched_handlers import CommandHandlers
+from .sched_limits import (
+    DEFAULT_MAX_FUNCS,
+    DEFAULT_MAX_WAITERS,
+    DEFAULT_MAX_WAITERS_PER_CONN,
+    FuncRefused,
+    bad_func_name,
+    check_limit,
+)
 from .sched_model import LOCKED, PENDING, READY, RUNNING, Conn
 from .sched_rules import ADMIN_COMMANDS, WORKER_COMMANDS, DispatchTables
 from .sched_stats import (
@@ -106,6 +114,14 @@ class Scheduler(CommandHandlers):
         them with :meth:`set_auth`.
     :param max_jobs_per_func: refuse (NO_WORKER) a SUBMIT_JOB, RUN_JOB or
         LOAD that would store more jobs than this for one func; 0 = no limit.
+    :param max_funcs: known funcs at most: a SUBMIT_JOB, LOAD, CAN_DO or
+        BROADCAST that would create one more gets NO_WORKER, once the funcs
+        with no job and no worker were forgotten to make room; 0 = no limit.
+    :param max_waiters: RUN_JOB and RECV_DATA waiters at most, every
+        connection together (NO_WORKER beyond); 0 = no limit.
+    :param max_waiters_per_conn: the same, per connection; 0 = no limit.
+
+    The limits and their defaults are listed in docs/security.md.
 
     Not thread-safe: the server's event loop is the only caller.
     """
@@ -119,9 +135,14 @@ class Scheduler(CommandHandlers):
         on_shutdown: Callable[[], None] | None = None,
         auth: AuthRules | None = None,
         max_jobs_per_func: int = 0,
+        max_funcs: int = DEFAULT_MAX_FUNCS,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
+        max_waiters_per_conn: int = DEFAULT_MAX_WAITERS_PER_CONN,
     ) -> None:
-        if max_jobs_per_func < 0:
-            raise ValueError("max_jobs_per_func must be >= 0")
+        check_limit("max_jobs_per_func", max_jobs_per_func)
+        check_limit("max_funcs", max_funcs)
+        check_limit("max_waiters", max_waiters)
+        check_limit("max_waiters_per_conn", max_waiters_per_conn)
         # Loading a big store creates millions of objects: no GC pass may scan
         # them meanwhile (each would rescan everything built so far).
         with gc_paused():
@@ -131,6 +152,9 @@ class Scheduler(CommandHandlers):
             )
             self._auth = auth
             self._max_jobs = max_jobs_per_func
+            self._max_funcs = max_funcs
+            self._max_waiters = max_waiters
+            self._max_conn_waiters = max_waiters_per_conn
             self._dispatch = DispatchTables(
                 self._handler_table,
                 lambda: self.status(self._now),
@@ -491,14 +515,18 @@ class Scheduler(CommandHandlers):
 
     def submit(self, job: Job, now: float) -> bool:
         """Submit or update ``job`` exactly as SUBMIT_JOB does (a running job
-        is left alone).  False when ``max_jobs_per_func`` refuses a new job.
+        is left alone).  False when ``max_jobs_per_func`` refuses a new job
+        or ``max_funcs`` a new func.
 
-        Raises ValueError for a field the wire format cannot carry.  The
+        Raises ValueError for a field the wire format cannot carry and for a
+        func name that would break STATUS (``,``, LF, CR).  The
         caller waits for ``store.on_durable`` before it reports success.
         """
         func, name = job.func, job.name
         if not 0 < len(func) <= 255 or not 0 < len(name) <= 255:
             raise ValueError("func and name must be 1 to 255 bytes")
+        if bad_func_name(func):
+            raise ValueError("a func name may not hold ',', LF or CR")
         if not -(1 << 63) <= job.sched_at <= I64_MAX:
             raise ValueError("sched_at out of range")
         if not (I32_MIN <= job.count <= I32_MAX and 0 <= job.timeout <= I32_MAX):
@@ -512,7 +540,11 @@ class Scheduler(CommandHandlers):
                 and len(fs.jobs) >= self._max_jobs
             ):
                 return False
-        self._submit(job)
+        try:
+            self._submit(job)
+        except FuncRefused as exc:
+            self._refused("func", f"HTTP submit: {exc}")
+            return False
         return True
 
     def remove(self, func: bytes, name: bytes, now: float) -> bool:

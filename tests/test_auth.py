@@ -303,7 +303,6 @@ def test_admin_only_commands() -> None:
         p = peer(s, worker, who)
         assert p.one(C.DUMP) == C.NO_WORKER
         assert p.raw(C.LOAD, blob)[0].command == C.NO_WORKER
-        assert p.one(C.DROP_FUNC, b"email") == C.NO_WORKER
         assert p.one(C.CONFIG_SET, b"timeout", 5) == C.NO_WORKER
         assert p.one(C.SHUTDOWN) == C.NO_WORKER
     assert s.get_config("timeout") == 600 and s.jobs() == [] and not shutdowns
@@ -369,8 +368,9 @@ def test_job_ownership_with_auth() -> None:
         assert w2.one(cmd, *fields) == C.NO_WORKER, cmd
     stored = s.job(b"email", b"j")
     assert stored is not None and stored[1] == 1  # still running
-    assert w1.one(C.ACQUIRE, b"L", 1, b"email", b"j") == C.ACQUIRED
-    assert w1.one(C.RELEASE, b"L", b"email", b"j") == C.SUCCESS
+    # a lock named after its func (the default lock rights, issue 16 item 6)
+    assert w1.one(C.ACQUIRE, b"email-L", 1, b"email", b"j") == C.ACQUIRED
+    assert w1.one(C.RELEASE, b"email-L", b"email", b"j") == C.SUCCESS
     assert w1.one(C.WORK_DONE, b"email", b"j", b"r") == C.SUCCESS
     assert s.job(b"email", b"j") is None
     # not assigned to anyone (pending, unknown): refused too

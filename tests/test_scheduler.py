@@ -1165,8 +1165,9 @@ def test_67_reacquire(h: Harness) -> None:
     assert _acq(w, b"L", 1, b"h1") == 1
     assert _acq(w, b"L", 1, b"h1") == 1
     assert _acq(w, b"L", 1, b"h2") == 0
-    # h2 is parked now (not running): step 1 of 4.11 grants without recording
-    assert _acq(w, b"L", 1, b"h2") == 1
+    # h2 is parked now, still queued: refused (checklist 67; issue 16 item 6:
+    # step 1 of 4.11 granted it without recording, a lock held by two)
+    assert _acq(w, b"L", 2, b"h2") == 0
     # once it runs again (60 s sweep) while still queued: refused
     w.grab(3)
     h.advance(61)

@@ -31,6 +31,11 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from ..auth import AuthFile
 from ..constants import DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 from ..errors import PeriodicError
+from ..sched_limits import (
+    DEFAULT_MAX_FUNCS,
+    DEFAULT_MAX_WAITERS,
+    DEFAULT_MAX_WAITERS_PER_CONN,
+)
 from .protocol import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_REGISTRATION_TIMEOUT,
@@ -56,6 +61,13 @@ log = logging.getLogger("periodic_fast.server")
 
 #: Environment variable that forces the stock asyncio loop (any non-empty value).
 NO_UVLOOP_ENV = "PERIODIC_FAST_NO_UVLOOP"
+
+# the scheduler's own limits (docs/security.md), as Server keywords
+_DEFAULT_LIMITS = {
+    "max_funcs": DEFAULT_MAX_FUNCS,
+    "max_waiters": DEFAULT_MAX_WAITERS,
+    "max_waiters_per_conn": DEFAULT_MAX_WAITERS_PER_CONN,
+}
 
 #: ``factory(now, on_shutdown) -> scheduler``
 SchedulerFactory = Callable[[float, Callable[[], None]], SchedulerView]
@@ -161,7 +173,10 @@ def _default_factory(
     config: Mapping[str, int] | None,
     owned: list[Store],
     max_jobs_per_func: int = 0,
+    limits: Mapping[str, int] | None = None,
 ) -> SchedulerFactory:
+    lim = {**_DEFAULT_LIMITS, **(limits or {})}
+
     def factory(now: float, on_shutdown: Callable[[], None]) -> SchedulerView:
         from ..scheduler import Scheduler  # noqa: PLC0415  # L3 loaded on start
         from ..store import open_store  # noqa: PLC0415  # L2 loaded on start
@@ -177,6 +192,9 @@ def _default_factory(
             config=config,
             on_shutdown=on_shutdown,
             max_jobs_per_func=max_jobs_per_func,
+            max_funcs=lim["max_funcs"],
+            max_waiters=lim["max_waiters"],
+            max_waiters_per_conn=lim["max_waiters_per_conn"],
         )
 
     return factory
@@ -215,6 +233,11 @@ class Server:
         is closed at once and logged (0: no limit).
     :param max_jobs_per_func: stored jobs allowed per func; a submission
         beyond it gets NO_WORKER (0: no limit; default scheduler only).
+    :param max_funcs: known funcs allowed (0: no limit; default scheduler
+        only; docs/security.md).
+    :param max_waiters: RUN_JOB/RECV_DATA waiters allowed, all connections
+        together (0: no limit; default scheduler only).
+    :param max_waiters_per_conn: the same per connection.
     :param rsa_private_path: the server's RSA private key (PEM); set, every
         connection must start with the RSA/AES handshake (docs/transport.md).
     :param rsa_public_path: allowed client public keys: a PEM file (several
@@ -250,6 +273,9 @@ class Server:
         unix_mode: int = 0o600,
         max_connections: int = 0,
         max_jobs_per_func: int = 0,
+        max_funcs: int = DEFAULT_MAX_FUNCS,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
+        max_waiters_per_conn: int = DEFAULT_MAX_WAITERS_PER_CONN,
         rsa_private_path: str | os.PathLike[str] | None = None,
         rsa_public_path: str | os.PathLike[str] = "public_keys.pem",
         rsa_modes: str | Sequence[str] = "Plain,RSA,AES",
@@ -267,10 +293,19 @@ class Server:
             raise ValueError("limits must be >= 0")
         if max_jobs_per_func and scheduler_factory is not None:
             raise ValueError("max_jobs_per_func needs the default scheduler")
+        limits = {
+            "max_funcs": max_funcs,
+            "max_waiters": max_waiters,
+            "max_waiters_per_conn": max_waiters_per_conn,
+        }
+        if min(limits.values()) < 0:
+            raise ValueError("limits must be >= 0")
+        if scheduler_factory is not None and limits != _DEFAULT_LIMITS:
+            raise ValueError("scheduler limits need the default scheduler")
         self._requested = [parse_address(a) for a in addresses]
         self._owned: list[Store] = []  # stores we opened and must close
         self._factory = scheduler_factory or _default_factory(
-            store, durability, config, self._owned, max_jobs_per_func
+            store, durability, config, self._owned, max_jobs_per_func, limits
         )
         self._rsa = (rsa_private_path, rsa_public_path, rsa_modes, rsa_legacy, rsa_v1)
         self._http = http
