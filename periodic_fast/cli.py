@@ -73,6 +73,7 @@ _HS_CONTEXT: dict[str, Any] = {**CONTEXT_SETTINGS, "allow_interspersed_args": Fa
 periodicd_app = typer.Typer(
     name="periodicd",
     add_completion=False,
+    rich_markup_mode=None,
     context_settings=CONTEXT_SETTINGS,
     help="The Periodic job server.",
 )
@@ -133,6 +134,7 @@ config_app = typer.Typer(
     name="config",
     help="Read or write server config keys.",
     no_args_is_help=True,
+    rich_markup_mode=None,
     context_settings=CONTEXT_SETTINGS,
 )
 config_app.command("get")(config_get)
@@ -141,6 +143,7 @@ config_app.command("set")(config_set)
 app = typer.Typer(
     name="periodic",
     add_completion=False,
+    rich_markup_mode=None,
     context_settings=CONTEXT_SETTINGS,
     help="Periodic: -d runs the server; sub-commands talk to one.",
 )
@@ -202,6 +205,7 @@ def main() -> None:
 periodic_run_app = typer.Typer(
     name="periodic-run",
     add_completion=False,
+    rich_markup_mode=None,
     context_settings=_HS_CONTEXT,
     help="Exec worker, HS syntax: periodic-run [OPTIONS] FUNC COMMAND [ARGS...].",
 )
@@ -210,6 +214,7 @@ periodic_run_app.command()(periodic_run)
 periodic_run_pipe_app = typer.Typer(
     name="periodic-run-pipe",
     add_completion=False,
+    rich_markup_mode=None,
     context_settings=_HS_CONTEXT,
     help="Pipe worker: periodic-run-pipe [OPTIONS] FUNC COMMAND [ARGS...].",
 )

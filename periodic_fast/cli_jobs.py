@@ -49,6 +49,13 @@ __all__ = [
     "submit",
 ]
 
+_FuncOpt = Annotated[
+    str | None, typer.Option("-f", "--func", metavar="FUNC", help="Func.")
+]
+_NameOpt = Annotated[
+    str | None, typer.Option("-n", "--name", metavar="NAME", help="Job name.")
+]
+
 
 def status(
     ctx: typer.Context,
@@ -56,7 +63,7 @@ def status(
         bool, typer.Option("--json", help="Print JSON instead of a table.")
     ] = False,
 ) -> None:
-    """Show per-func statistics (workers, jobs, processing, locked, next run)."""
+    """Show per-func workers, jobs, processing, locked and next run."""
     stats = with_client(ctx, lambda c: c.status_list())
     if as_json:
         rows = [
@@ -94,10 +101,10 @@ def status(
 
 def submit(
     ctx: typer.Context,
-    func_arg: Annotated[str | None, typer.Argument(metavar="[FUNC]")] = None,
-    name_arg: Annotated[str | None, typer.Argument(metavar="[NAME]")] = None,
-    func: Annotated[str | None, typer.Option("-f", "--func", help="Func.")] = None,
-    name: Annotated[str | None, typer.Option("-n", "--name", help="Job name.")] = None,
+    func_arg: Annotated[str | None, typer.Argument(metavar="FUNC")] = None,
+    name_arg: Annotated[str | None, typer.Argument(metavar="NAME")] = None,
+    func: _FuncOpt = None,
+    name: _NameOpt = None,
     workload: Annotated[
         str | None,
         typer.Option("-w", "--workload", "--args", help="Workload, or @FILE."),
@@ -113,7 +120,7 @@ def submit(
         typer.Option("-t", "--timeout", help="Run timeout (s, 0: server's).", min=0),
     ] = 0,
 ) -> None:
-    """Submit a job: ``submit F N`` or ``submit -f F -n N``."""
+    """Submit a job: submit F N, or submit -f F -n N."""
     f = pick(func_arg, func, "FUNC (-f)", ctx)
     n = pick(name_arg, name, "NAME (-n)", ctx)
     data = read_workload(workload)
@@ -126,12 +133,12 @@ def submit(
 def remove(
     ctx: typer.Context,
     args: Annotated[
-        list[str] | None, typer.Argument(metavar="[FUNC NAME...]", show_default=False)
+        list[str] | None, typer.Argument(metavar="FUNC NAME...", show_default=False)
     ] = None,
-    func: Annotated[str | None, typer.Option("-f", "--func", help="Func.")] = None,
-    name: Annotated[str | None, typer.Option("-n", "--name", help="Job name.")] = None,
+    func: _FuncOpt = None,
+    name: _NameOpt = None,
 ) -> None:
-    """Remove jobs: ``remove F N [N...]`` or ``remove -f F -n N``."""
+    """Remove jobs: remove F N [N...], or remove -f F -n N."""
     rest = list(args or [])
     f = func if func is not None else (rest.pop(0) if rest else None)
     names = ([name] if name is not None else []) + rest
@@ -149,11 +156,11 @@ def remove(
 def drop(
     ctx: typer.Context,
     funcs: Annotated[
-        list[str] | None, typer.Argument(metavar="[FUNC...]", show_default=False)
+        list[str] | None, typer.Argument(metavar="FUNC...", show_default=False)
     ] = None,
-    func: Annotated[str | None, typer.Option("-f", "--func", help="Func.")] = None,
+    func: _FuncOpt = None,
 ) -> None:
-    """Drop funcs and their jobs (only funcs with no worker): ``drop F...``."""
+    """Drop funcs with no worker, and their jobs: drop F [F...]."""
     names = ([func] if func else []) + list(funcs or [])
     if not names:
         typer.echo(ctx.get_help(), err=True)
@@ -168,7 +175,7 @@ def drop(
 
 def dump(
     ctx: typer.Context,
-    file_arg: Annotated[str | None, typer.Argument(metavar="[FILE]")] = None,
+    file_arg: Annotated[str | None, typer.Argument(metavar="FILE")] = None,
     output: Annotated[
         str | None, typer.Option("-o", "--output", help="Output file (dump.db).")
     ] = None,
@@ -186,12 +193,12 @@ def dump(
 
 def load(
     ctx: typer.Context,
-    file_arg: Annotated[str | None, typer.Argument(metavar="[FILE]")] = None,
+    file_arg: Annotated[str | None, typer.Argument(metavar="FILE")] = None,
     input_: Annotated[
         str | None, typer.Option("-i", "--input", help="Input file (dump.db).")
     ] = None,
 ) -> None:
-    """Load the jobs of a dump FILE (default dump.db; ours/HS or Go-2016)."""
+    """Load the jobs of a dump FILE (ours, HS or Go-2016; dump.db)."""
     from .codec import decode_job_list  # noqa: PLC0415
     from .errors import ProtocolError  # noqa: PLC0415
 
@@ -251,8 +258,8 @@ def _go_dump_jobs(raw: bytes) -> list[Job]:
 
 def recv(
     ctx: typer.Context,
-    func: Annotated[str, typer.Argument(help="Func.")],
-    name: Annotated[str, typer.Argument(help="Job name.")],
+    func: Annotated[str, typer.Argument(metavar="FUNC", help="Func.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Job name.")],
     timeout: Annotated[
         float, typer.Option("--timeout", help="Max wait per chunk (s).", min=0.1)
     ] = 120.0,
@@ -279,7 +286,8 @@ def shutdown(ctx: typer.Context) -> None:
 
 
 def config_get(
-    ctx: typer.Context, key: Annotated[str, typer.Argument(help="Config key.")]
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(metavar="KEY", help="Config key.")],
 ) -> None:
     """Print the value of KEY (unknown keys read 0)."""
     typer.echo(str(with_client(ctx, lambda c: c.config_get(key))))
@@ -287,8 +295,10 @@ def config_get(
 
 def config_set(
     ctx: typer.Context,
-    key: Annotated[str, typer.Argument(help="Config key.")],
-    value: Annotated[int, typer.Argument(help="Integer value.", min=0)],
+    key: Annotated[str, typer.Argument(metavar="KEY", help="Config key.")],
+    value: Annotated[
+        int, typer.Argument(metavar="VALUE", help="Integer value.", min=0)
+    ],
 ) -> None:
     """Set KEY to VALUE."""
     if not with_client(ctx, lambda c: c.config_set(key, value)):

@@ -117,8 +117,8 @@ MemLimitOpt = Annotated[
 
 def run(
     ctx: typer.Context,
-    func_arg: Annotated[str | None, typer.Argument(metavar="[FUNC]")] = None,
-    name_arg: Annotated[str | None, typer.Argument(metavar="[NAME]")] = None,
+    func_arg: Annotated[str | None, typer.Argument(metavar="FUNC")] = None,
+    name_arg: Annotated[str | None, typer.Argument(metavar="NAME")] = None,
     func: Annotated[
         str | None, typer.Option("-f", "--func", help="Func to serve (worker).")
     ] = None,
@@ -157,9 +157,11 @@ def run(
         ),
     ] = False,
 ) -> None:
-    """``run -f F --exec CMD``: exec worker (job name appended, workload on
-    stdin, last stdout line SCHED_LATER N / FAIL / DONE decides).
-    ``run F N``: run a job now, print its result."""
+    """Run an exec worker, or one job.
+
+    run -f F --exec CMD: exec worker (job name appended, workload on stdin,
+    last stdout line SCHED_LATER N / FAIL / DONE decides).  run F N: run a
+    job now, print its result."""
     if func is not None or exec_ is not None:
         if func is None or not exec_:
             die("worker mode needs both -f FUNC and --exec CMD", 2)
@@ -294,8 +296,8 @@ def periodic_run(
     rsa_public_path: RsaPublicOpt = None,
     rsa_mode: RsaModeOpt = None,
 ) -> None:
-    """Serve FUNC: run COMMAND [ARGS...] for each job (as ``periodic run -f
-    FUNC --exec ...``; the last stdout line SCHED_LATER N / FAIL / DONE and the
+    """Serve FUNC: run COMMAND [ARGS...] for each job (as periodic run -f
+    FUNC --exec ...; the last stdout line SCHED_LATER N / FAIL / DONE and the
     exit status decide the outcome)."""
     _exec_worker(ctx, _hs_options(ctx), func, list(command), work_data=work_data)
 

@@ -1,0 +1,80 @@
+"""What a user of the command line sees (issue 19): help that fits 80
+columns, one line and a non-zero exit for every bad input (never a
+traceback), ``--version``, feedback from ``ping``, ``config set`` and
+``dump``/``load``, shell completion.
+
+Help is rendered in process (typer's runner, ``COLUMNS=80``); everything
+else runs ``python -m periodic_fast`` in a subprocess, as a user would.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+import typer
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from periodic_fast import cli
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# -- help at 80 columns ----------------------------------------------------------------
+
+# rich markup that leaked as text: [bold], [/], [red] ... and literal backticks
+_MARKUP = re.compile(r"`|\[/?(?:bold|italic|dim|red|green|blue|yellow|b|i|u)\b[^\]]*\]")
+_APPS = {
+    "periodic": cli.app,
+    "periodicd": cli.periodicd_app,
+    "periodic-run": cli.periodic_run_app,
+    "periodic-run-pipe": cli.periodic_run_pipe_app,
+}
+
+
+def _commands() -> Iterator[tuple[str, typer.Typer, list[str], object]]:
+    """(program, app, sub-command path, click command) of every command."""
+    for prog, application in _APPS.items():
+        root = get_command(application)
+        todo: list[tuple[list[str], object]] = [([], root)]
+        while todo:
+            path, command = todo.pop()
+            yield prog, application, path, command
+            subs = getattr(command, "commands", {})
+            todo.extend(([*path, name], sub) for name, sub in subs.items())
+
+
+def _help_cases() -> list[object]:
+    return [
+        pytest.param(prog, path, id=" ".join([prog, *path]))
+        for prog, _, path, _ in _commands()
+    ]
+
+
+@pytest.mark.parametrize(("prog", "path"), _help_cases())
+def test_help_fits_80_columns(prog: str, path: list[str]) -> None:
+    """Every option name is shown whole, no line is wider than 80 columns,
+    no markup character is printed literally."""
+    application, command = next(
+        (a, c) for p, a, q, c in _commands() if p == prog and q == path
+    )
+    result = CliRunner().invoke(
+        application, [*path, "--help"], prog_name=prog, env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "Usage:" in out
+    for line in out.splitlines():
+        assert len(line) <= 80, line
+        assert "…" not in line, line
+        assert not _MARKUP.search(line), line
+        # click cuts a command's summary in the list with "..."
+        assert line.startswith("Usage:") or not line.endswith("..."), line
+    words = set(re.findall(r"--?[\w-]+", out))
+    for param in getattr(command, "params", []):
+        if getattr(param, "hidden", False) or param.param_type_name != "option":
+            continue
+        for name in [*param.opts, *param.secondary_opts]:
+            assert name in words, (name, out)
