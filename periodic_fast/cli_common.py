@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
+from typer._click.exceptions import MissingParameter
 from typer.exceptions import Abort, TyperException
 
 from .constants import ADDRESS_ENV, DEFAULT_ADDRESS
@@ -55,6 +56,7 @@ __all__ = [
     "rsa_config",
     "run_app",
     "split_addresses",
+    "usage_error",
     "with_client",
 ]
 
@@ -74,7 +76,8 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 def run_app(
     application: typer.Typer, prog_name: str, args: list[str] | None = None
 ) -> NoReturn:
-    """Run a typer app; a usage error becomes one line on stderr, exit 2.
+    """Run a typer app; a usage error becomes one line on stderr, exit 2
+    (a missing argument: the usage line, then that line).
 
     Click's standalone mode prints a usage block and a boxed message; scripts
     and health checks want one line they can log, and the exit status.
@@ -84,6 +87,8 @@ def run_app(
     except TyperException as exc:  # usage errors and the like (click's, vendored)
         ctx = getattr(exc, "ctx", None)
         hint = f" (try '{ctx.command_path} -h')" if ctx is not None else ""
+        if isinstance(exc, MissingParameter) and ctx is not None:
+            print(ctx.get_usage(), file=sys.stderr)
         print(f"Error: {exc.format_message()}{hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except Abort:
@@ -110,12 +115,18 @@ def split_addresses(hosts: list[str] | None) -> list[str]:
 def pick(
     positional: str | None, option: str | None, what: str, ctx: typer.Context
 ) -> str:
-    """The option's value, else the positional one; neither: help, exit 2."""
+    """The option's value, else the positional one; neither: usage, exit 2."""
     value = option if option is not None else positional
     if not value:
-        typer.echo(ctx.get_help(), err=True)
-        die(f"missing {what}", 2)
+        usage_error(ctx, f"missing {what}")
     return value
+
+
+def usage_error(ctx: typer.Context, message: str) -> NoReturn:
+    """The command's usage line, ``Error: message (try '... -h')``, exit 2:
+    what click prints for a missing argument, without the whole help."""
+    typer.echo(ctx.get_usage(), err=True)
+    die(f"{message} (try '{ctx.command_path} -h')", 2)
 
 
 def read_workload(value: str | None) -> bytes:

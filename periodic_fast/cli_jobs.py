@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .cli_common import die, pick, read_workload, with_client
+from .cli_common import die, pick, read_workload, usage_error, with_client
 
 if TYPE_CHECKING:
     from .client import Client
@@ -143,8 +143,7 @@ def remove(
     f = func if func is not None else (rest.pop(0) if rest else None)
     names = ([name] if name is not None else []) + rest
     if not f or not names:
-        typer.echo(ctx.get_help(), err=True)
-        die("need FUNC and at least one NAME", 2)
+        usage_error(ctx, "need FUNC and at least one NAME")
 
     async def body(c: Client) -> bool:
         return all([await c.remove_job(f, n) for n in names])
@@ -163,8 +162,7 @@ def drop(
     """Drop funcs with no worker, and their jobs: drop F [F...]."""
     names = ([func] if func else []) + list(funcs or [])
     if not names:
-        typer.echo(ctx.get_help(), err=True)
-        die("need at least one FUNC", 2)
+        usage_error(ctx, "need at least one FUNC")
 
     async def body(c: Client) -> bool:
         return all([await c.drop_func(f) for f in names])

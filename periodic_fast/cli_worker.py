@@ -38,6 +38,7 @@ from .cli_common import (
     pick,
     read_workload,
     rsa_config,
+    usage_error,
     with_client,
 )
 from .constants import DEFAULT_ADDRESS
@@ -164,7 +165,7 @@ def run(
     job now, print its result."""
     if func is not None or exec_ is not None:
         if func is None or not exec_:
-            die("worker mode needs both -f FUNC and --exec CMD", 2)
+            usage_error(ctx, "worker mode needs both -f FUNC and --exec CMD")
         _exec_worker(ctx, client_options(ctx), func, exec_, work_data=work_data)
         return
     f = pick(func_arg, None, "FUNC", ctx)

@@ -10,10 +10,13 @@ else runs ``python -m periodic_fast`` in a subprocess, as a user would.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 import typer
+from exec_helpers import env
 from typer.main import get_command
 from typer.testing import CliRunner
 
@@ -78,3 +81,55 @@ def test_help_fits_80_columns(prog: str, path: list[str]) -> None:
             continue
         for name in [*param.opts, *param.secondary_opts]:
             assert name in words, (name, out)
+
+
+# -- running the tools ---------------------------------------------------------------
+
+DOWN = "tcp://127.0.0.1:1"  # nothing listens: a command that connects fails
+
+
+def periodic(
+    *args: str, address: str = DOWN, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m periodic_fast ARGS`` to completion, at 80 columns."""
+    return subprocess.run(
+        [sys.executable, "-m", "periodic_fast", *args],
+        capture_output=True,
+        text=True,
+        env=env(address, {"COLUMNS": "80", **(extra or {})}),
+        timeout=60,
+    )
+
+
+def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
+    """The single ``Error: ...`` line of a failed command (no traceback)."""
+    assert r.returncode != 0, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("Error: "), r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "usage", "error"),
+    [
+        (["submit", "f"], "periodic submit", "missing NAME"),
+        (["submit"], "periodic submit", "missing FUNC"),
+        (["remove", "f"], "periodic remove", "need FUNC and at least one NAME"),
+        (["drop"], "periodic drop", "need at least one FUNC"),
+        (["run", "f"], "periodic run", "missing NAME"),
+        (["run", "-f", "f"], "periodic run", "needs both -f FUNC and --exec"),
+        (["recv", "f"], "periodic recv", "Missing argument"),
+        (["config", "set", "timeout"], "periodic config set", "Missing argument"),
+    ],
+)
+def test_missing_argument_is_usage_and_one_error(
+    args: list[str], usage: str, error: str
+) -> None:
+    """A missing argument: the usage line and the error, not the whole help."""
+    r = periodic(*args)
+    assert r.returncode == 2, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2, r.stderr
+    assert lines[0].startswith(f"Usage: {usage} "), r.stderr
+    assert lines[1].startswith("Error: ") and error in lines[1], r.stderr
