@@ -31,6 +31,7 @@ from .cli_common import (
     RsaModeOpt,
     RsaPrivateOpt,
     RsaPublicOpt,
+    VersionOpt,
     run_app,
     split_addresses,
 )
@@ -112,6 +113,7 @@ def periodic(
     rsa_private_path: RsaPrivateOpt = None,
     rsa_public_path: RsaPublicOpt = None,
     rsa_mode: RsaModeOpt = None,
+    version: VersionOpt = False,
 ) -> None:
     """Periodic job server and client tool."""
     if daemon:  # only reached through --help paths; main() forwards -d

@@ -2,6 +2,8 @@
 
 * :func:`run_app`: runs a typer app, a usage error as one line, exit 2;
 * :func:`die`: one ``Error: ...`` line on stderr and an exit status;
+* :func:`build_info` and ``--version`` (:data:`VersionOpt`): the version and
+  which twins (compiled or pure Python) are running;
 * the connection options of the client tools, declared once as Annotated
   aliases, with their environment fallbacks through typer's ``envvar=``
   (flag > variable > default; an empty variable counts as unset);
@@ -39,6 +41,8 @@ __all__ = [
     "RSA_PUBLIC_ENV",
     "THREAD_ENV",
     "TOKEN_ENV",
+    "VersionOpt",
+    "build_info",
     "ClientHostsOpt",
     "ClientNameOpt",
     "ClientOptions",
@@ -95,6 +99,38 @@ def run_app(
         print("Error: aborted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def build_info() -> str:
+    """The version and the running twins, e.g. ``periodic_fast 0.1.0
+    (codec: cython, wheel: cython, rec: cython; CPython 3.11.7)``: whether
+    the compiled parts loaded is the first question about a slow server."""
+    import platform  # noqa: PLC0415  # only for --version and the start-up line
+
+    from . import __version__, codec, rec, wheel  # noqa: PLC0415
+
+    return (
+        f"periodic_fast {__version__} (codec: {codec.IMPLEMENTATION}, "
+        f"wheel: {wheel.IMPLEMENTATION}, rec: {rec.IMPLEMENTATION}; "
+        f"{platform.python_implementation()} {platform.python_version()})"
+    )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(build_info())
+        raise typer.Exit(0)
+
+
+VersionOpt = Annotated[
+    bool,
+    typer.Option(
+        "--version",
+        help="Print the version and the build (compiled or pure Python), exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+]
 
 
 def die(message: str, code: int = 1) -> NoReturn:

@@ -24,7 +24,7 @@ from typing import Annotated
 
 import typer
 
-from .cli_common import split_addresses
+from .cli_common import VersionOpt, build_info, split_addresses
 from .constants import ADDRESS_ENV, DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 
 __all__ = ["PATH_ENV", "periodicd"]
@@ -281,6 +281,8 @@ def _serve(
     from .server.app import Server, run  # noqa: PLC0415  # keep CLI start fast
 
     _setup_logging(log, name)
+    # which build runs: the first question about a slow or odd server
+    logging.getLogger("periodic_fast.server").info("%s: %s", name, build_info())
     if loop not in ("auto", "asyncio", "uvloop"):
         raise typer.BadParameter(f"unknown loop {loop!r}", param_hint="--loop")
     mode = _unix_mode(unix_mode)
@@ -361,6 +363,7 @@ def periodicd(
     http_writes: HttpWritesOpt = False,
     no_http: NoHttpOpt = False,
     http_host: HttpHostOpt = None,
+    version: VersionOpt = False,
     push_task_size: _NoopOpt = None,
     sched_task_size: _NoopOpt = None,
     max_cache_size: _NoopOpt = None,

@@ -33,6 +33,7 @@ from .cli_common import (
     RsaModeOpt,
     RsaPrivateOpt,
     RsaPublicOpt,
+    VersionOpt,
     client_options,
     die,
     pick,
@@ -296,6 +297,7 @@ def periodic_run(
     rsa_private_path: RsaPrivateOpt = None,
     rsa_public_path: RsaPublicOpt = None,
     rsa_mode: RsaModeOpt = None,
+    version: VersionOpt = False,
 ) -> None:
     """Serve FUNC: run COMMAND [ARGS...] for each job (as periodic run -f
     FUNC --exec ...; the last stdout line SCHED_LATER N / FAIL / DONE and the
@@ -352,6 +354,7 @@ def periodic_run_pipe(
     rsa_private_path: RsaPrivateOpt = None,
     rsa_public_path: RsaPublicOpt = None,
     rsa_mode: RsaModeOpt = None,
+    version: VersionOpt = False,
 ) -> None:
     """Serve FUNC with --thread long-lived COMMAND [ARGS...] runners, one job
     per runner at a time over its stdin/stdout (see docs/usage.md 6)."""

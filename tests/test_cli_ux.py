@@ -9,6 +9,7 @@ else runs ``python -m periodic_fast`` in a subprocess, as a user would.
 
 from __future__ import annotations
 
+import platform
 import re
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from exec_helpers import env
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from periodic_fast import cli
+from periodic_fast import __version__, cli, codec, rec, wheel
+from periodic_fast.testing import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -133,3 +135,44 @@ def test_missing_argument_is_usage_and_one_error(
     assert len(lines) == 2, r.stderr
     assert lines[0].startswith(f"Usage: {usage} "), r.stderr
     assert lines[1].startswith("Error: ") and error in lines[1], r.stderr
+
+
+def _build() -> str:
+    return (
+        f"periodic_fast {__version__} (codec: {codec.IMPLEMENTATION}, "
+        f"wheel: {wheel.IMPLEMENTATION}, rec: {rec.IMPLEMENTATION}; "
+        f"{platform.python_implementation()} {platform.python_version()})"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--version"],
+        ["-d", "--version"],
+        ["-H", DOWN, "--version"],
+    ],
+)
+def test_version_names_the_build(args: list[str]) -> None:
+    r = periodic(*args)
+    assert (r.returncode, r.stdout.strip(), r.stderr) == (0, _build(), "")
+
+
+@pytest.mark.parametrize(
+    "main", ["periodicd_main", "periodic_run_main", "periodic_run_pipe_main"]
+)
+def test_version_of_the_other_tools(main: str) -> None:
+    code = f"from periodic_fast.cli import {main} as m; m()"
+    r = subprocess.run(
+        [sys.executable, "-c", code, "--version"],
+        capture_output=True,
+        text=True,
+        env=env(None),
+        timeout=60,
+    )
+    assert (r.returncode, r.stdout.strip()) == (0, _build()), r.stderr
+
+
+def test_start_up_line_names_the_build() -> None:
+    with ServerProcess() as proc:
+        assert _build() in proc.output()
