@@ -73,6 +73,7 @@ _HS_CONTEXT: dict[str, Any] = {**CONTEXT_SETTINGS, "allow_interspersed_args": Fa
 
 periodicd_app = typer.Typer(
     name="periodicd",
+    # no completion: it is also "periodic -d", a name no shell can complete
     add_completion=False,
     rich_markup_mode=None,
     context_settings=CONTEXT_SETTINGS,
@@ -144,7 +145,7 @@ config_app.command("set")(config_set)
 
 app = typer.Typer(
     name="periodic",
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion
     rich_markup_mode=None,
     context_settings=CONTEXT_SETTINGS,
     help="Periodic: -d runs the server; sub-commands talk to one.",

@@ -176,3 +176,16 @@ def test_version_of_the_other_tools(main: str) -> None:
 def test_start_up_line_names_the_build() -> None:
     with ServerProcess() as proc:
         assert _build() in proc.output()
+
+
+def test_shell_completion_is_on() -> None:
+    r = periodic("--show-completion", "bash")
+    assert r.returncode == 0, r.stderr
+    assert "_PERIODIC_COMPLETE" in r.stdout
+    complete = {"_PERIODIC_COMPLETE": "complete_bash", "COMP_CWORD": "1"}
+    r = periodic(extra={**complete, "COMP_WORDS": "periodic sub"})
+    assert (r.returncode, r.stdout.split()) == (0, ["submit"]), r.stderr
+    r = periodic(
+        extra={**complete, "COMP_WORDS": "periodic submit --la", "COMP_CWORD": "2"}
+    )
+    assert r.stdout.split() == ["--later"], r.stderr
