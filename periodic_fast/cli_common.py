@@ -50,6 +50,9 @@ __all__ = [
     "HsClientNameOpt",
     "HsClientTokenOpt",
     "HsHostOpt",
+    "MAX_LATER",
+    "MAX_NAME",
+    "MAX_TIMEOUT",
     "RsaModeOpt",
     "RsaPrivateOpt",
     "RsaPublicOpt",
@@ -72,6 +75,11 @@ RSA_PUBLIC_ENV = "PERIODIC_RSA_PUBLIC_PATH"
 RSA_MODE_ENV = "PERIODIC_RSA_MODE"
 THREAD_ENV = "THREAD"
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+#: longest func, job name or config key on the wire (a u8 length prefix)
+MAX_NAME = 255
+#: the job timeout and the delay as the wire and the clock take them
+MAX_TIMEOUT = 2**31 - 1
+MAX_LATER = 2**62
 
 
 # -- running an app ------------------------------------------------------------------
@@ -151,10 +159,14 @@ def split_addresses(hosts: list[str] | None) -> list[str]:
 def pick(
     positional: str | None, option: str | None, what: str, ctx: typer.Context
 ) -> str:
-    """The option's value, else the positional one; neither: usage, exit 2."""
+    """The option's value, else the positional one; neither: usage, exit 2.
+    A value over the protocol's 255 bytes: one line, exit 2."""
     value = option if option is not None else positional
     if not value:
         usage_error(ctx, f"missing {what}")
+    size = len(value.encode())
+    if size > MAX_NAME:
+        die(f"{what} of {size} bytes is longer than the protocol's {MAX_NAME}", 2)
     return value
 
 
@@ -402,3 +414,5 @@ def with_client(
         die(str(exc) or type(exc).__name__)
     except (PeriodicError, OSError) as exc:
         die(f"{address}: {exc}")
+    except ValueError as exc:  # a request the codec or the client refused to send
+        die(str(exc))

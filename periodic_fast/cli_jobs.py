@@ -29,7 +29,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .cli_common import die, pick, read_workload, usage_error, with_client
+from .cli_common import (
+    MAX_LATER,
+    MAX_TIMEOUT,
+    die,
+    pick,
+    read_workload,
+    usage_error,
+    with_client,
+)
 
 if TYPE_CHECKING:
     from .client import Client
@@ -112,12 +120,23 @@ def submit(
     later: Annotated[
         int,
         typer.Option(
-            "--later", "--sched_later", "--sched-later", help="Delay in seconds.", min=0
+            "--later",
+            "--sched_later",
+            "--sched-later",
+            help="Delay in seconds.",
+            min=0,
+            max=MAX_LATER,
         ),
     ] = 0,
     timeout: Annotated[
         int,
-        typer.Option("-t", "--timeout", help="Run timeout (s, 0: server's).", min=0),
+        typer.Option(
+            "-t",
+            "--timeout",
+            help="Run timeout (s, 0: server's).",
+            min=0,
+            max=MAX_TIMEOUT,
+        ),
     ] = 0,
 ) -> None:
     """Submit a job: submit F N, or submit -f F -n N."""

@@ -18,13 +18,14 @@ docs/storage.md), ``--log``, ``--name``, ``--auth-file``, plus
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Annotated
 
 import typer
 
-from .cli_common import VersionOpt, build_info, split_addresses
+from .cli_common import VersionOpt, build_info, die, split_addresses
 from .constants import ADDRESS_ENV, DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 
 __all__ = ["PATH_ENV", "periodicd"]
@@ -291,6 +292,7 @@ def _serve(
             f"{durability!r} (expected strict or relaxed)", param_hint="--durability"
         )
     store = path or _default_store(name)
+    _check_driver(store)
     try:
         server = Server(
             split_addresses(host),
@@ -316,6 +318,20 @@ def _serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--host") from None
     return run(server, loop=loop)  # type: ignore[arg-type]
+
+
+def _check_driver(store: str) -> None:
+    """A PostgreSQL URI without asyncpg installed: one line naming the extra
+    that brings it, before anything starts (not a traceback from the store)."""
+    if not store.removeprefix("cache+").startswith(("postgres:", "postgresql:")):
+        return
+    try:
+        importlib.import_module("asyncpg")
+    except ImportError:
+        die(
+            "a postgres:// store needs the asyncpg package: "
+            "pip install 'periodic-fast[postgres]'"
+        )
 
 
 def _default_store(name: str) -> str:

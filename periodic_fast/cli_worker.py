@@ -25,6 +25,7 @@ from typing import Annotated
 import typer
 
 from .cli_common import (
+    MAX_TIMEOUT,
     THREAD_ENV,
     ClientOptions,
     HsClientNameOpt,
@@ -139,6 +140,7 @@ def run(
             help="Job run: job timeout (default 10). Worker: kill the command "
             "after S s (default: the job's timeout; 0: never).",
             min=0,
+            max=MAX_TIMEOUT,
         ),
     ] = None,
     thread: Annotated[
@@ -206,10 +208,22 @@ def _exec_worker(
     parameters (``run``, ``periodic-run`` and ``periodic-run-pipe`` name them
     alike: ``thread``, ``timeout``, ``no_name``, ...), the address, identity
     and RSA options from ``client``."""
+    import shlex  # noqa: PLC0415
+
     from .client import ClientError  # noqa: PLC0415
-    from .exec_worker import WorkerOptions, run_exec_worker  # noqa: PLC0415
+    from .exec_worker import (  # noqa: PLC0415
+        WorkerOptions,
+        check_command,
+        run_exec_worker,
+    )
     from .pipe_worker import run_pipe_worker  # noqa: PLC0415
 
+    argv = shlex.split(command) if isinstance(command, str) else command
+    try:  # a typo is one line now, not a failed job every second
+        if argv:  # empty: the worker's own error, exit 2
+            check_command(argv[0])
+    except ValueError as exc:
+        die(str(exc))
     name, token = client.identity()
     p = ctx.params
     options = WorkerOptions(

@@ -14,15 +14,20 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import typer
-from exec_helpers import env
+from exec_helpers import env, server_fixtures, status_json
 from typer.main import get_command
 from typer.testing import CliRunner
 
 from periodic_fast import __version__, cli, codec, rec, wheel
-from periodic_fast.testing import ServerProcess
+from periodic_fast.client import Client
+from periodic_fast.codec import encode_job_list
+from periodic_fast.constants import DEFAULT_MAX_FRAME
+from periodic_fast.job import Job
+from periodic_fast.testing import ServerProcess, running_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -189,3 +194,145 @@ def test_shell_completion_is_on() -> None:
         extra={**complete, "COMP_WORDS": "periodic submit --la", "COMP_CWORD": "2"}
     )
     assert r.stdout.split() == ["--later"], r.stderr
+
+
+# -- bad input: one line, a non-zero exit, never a traceback ---------------------
+
+server, addr = server_fixtures()
+LONG = "x" * 300  # the protocol's names are at most 255 bytes
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["submit", "-f", "f", "-n", "n", "-t", "99999999999"], "--timeout"),
+        (["submit", "f", "n", "--later", "99999999999999999999"], "--later"),
+        (["run", "f", "n", "-t", "99999999999"], "--timeout"),
+        (["submit", "-f", "f", "-n", LONG], "300 bytes"),
+        (["submit", LONG, "n"], "300 bytes"),
+        (["run", "f", LONG], "300 bytes"),
+    ],
+)
+def test_out_of_range_is_one_line(addr: str, args: list[str], error: str) -> None:
+    line = one_error_line(periodic(*args, address=addr))
+    assert error in line, line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["remove", "f", LONG],
+        ["drop", LONG],
+        ["recv", "f", LONG],
+        ["config", "get", LONG],
+    ],
+)
+def test_long_names_sent_to_a_server_are_one_line(addr: str, args: list[str]) -> None:
+    line = one_error_line(periodic(*args, address=addr))
+    assert "300 bytes" in line, line
+
+
+@pytest.fixture(scope="module")
+def too_big(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workload one byte over the default 64 MiB frame limit."""
+    path = tmp_path_factory.mktemp("big") / "workload"
+    path.write_bytes(b"w" * (DEFAULT_MAX_FRAME + 1))
+    return path
+
+
+@pytest.mark.parametrize("command", ["submit", "run"])
+def test_workload_over_the_frame_limit(addr: str, too_big: Path, command: str) -> None:
+    """Refused before sending, with the limit named (was: 'connection lost')."""
+    line = one_error_line(
+        periodic(command, "f", "n", "-w", f"@{too_big}", address=addr)
+    )
+    assert f"frame limit of {DEFAULT_MAX_FRAME} bytes" in line, line
+    assert periodic("ping", address=addr).returncode == 0
+
+
+def test_load_of_a_job_over_the_frame_limit(addr: str, too_big: Path) -> None:
+    dump = too_big.parent / "dump.db"
+    dump.write_bytes(
+        encode_job_list(
+            [Job(b"f", b"small", b""), Job(b"f", b"big", too_big.read_bytes())]
+        )
+    )
+    line = one_error_line(periodic("load", str(dump), address=addr))
+    assert f"frame limit of {DEFAULT_MAX_FRAME} bytes" in line, line
+    # nothing was loaded: the check comes before the first frame
+    assert "f" not in status_json(addr)
+
+
+async def test_client_refuses_a_frame_over_its_limit() -> None:
+    """The client API: a ValueError before anything is sent."""
+    async with running_server(unix=False) as srv:
+        async with Client(srv.addresses[0], max_frame=1024) as c:
+            with pytest.raises(ValueError, match="frame limit of 1024"):
+                await c.submit_job("f", "n", b"x" * 1024)
+            with pytest.raises(ValueError, match="frame limit of 1024"):
+                await c.run_job("f", "n", b"x" * 1024)
+            with pytest.raises(ValueError, match="frame limit of 1024"):
+                await c.submit_many([("f", "m", b"x" * 1024)])
+            with pytest.raises(ValueError, match="frame limit of 1024"):
+                await c.load([Job(b"f", b"a"), Job(b"f", b"b", b"x" * 1024)])
+            assert await c.submit_job("f", "n", b"x" * 900)
+            assert [j.name for j in await c.dump()] == [b"n"]
+
+
+def test_postgres_without_asyncpg_names_the_extra(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['asyncpg'] = None\n"
+        "from periodic_fast.cli import periodicd_main; periodicd_main()"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, "-H", f"unix://{tmp_path}/s.sock",
+         "-p", "postgres://u@127.0.0.1:1/db"],
+        capture_output=True,
+        text=True,
+        env=env(None),
+        timeout=60,
+    )  # fmt: skip
+    lines = [ln for ln in r.stderr.splitlines() if " INFO " not in ln]
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "pip install 'periodic-fast[postgres]'" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        ("./typo.sh", "no such file"),
+        ("./not-executable.sh", "not an executable file"),
+        ("no-such-command-here", "not found on $PATH"),
+    ],
+)
+def test_exec_command_checked_at_start(
+    tmp_path: Path, command: str, reason: str
+) -> None:
+    """A command that cannot start: one line and exit 1 at once, before
+    connecting (the address is down), not a failed job every second."""
+    (tmp_path / "not-executable.sh").write_text("#!/bin/sh\necho hi\n")
+    for args in (
+        ["run", "-f", "f", "--exec", command],
+        ["run", "-f", "f", "--exec", f"{command} --flag"],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "periodic_fast", *args],
+            capture_output=True,
+            text=True,
+            env=env(DOWN),
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert r.returncode == 1, r
+        assert r.stderr.strip() == f"Error: cannot run {command}: {reason}", r.stderr
+    hs = "from periodic_fast.cli import periodic_run_pipe_main as m; m()"
+    r = subprocess.run(
+        [sys.executable, "-c", hs, "-H", DOWN, "f", command],
+        capture_output=True,
+        text=True,
+        env=env(None),
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert r.stderr.strip() == f"Error: cannot run {command}: {reason}", r.stderr
