@@ -32,12 +32,14 @@ import typer
 from .cli_common import (
     MAX_LATER,
     MAX_TIMEOUT,
+    client_options,
     die,
     pick,
     read_workload,
     usage_error,
     with_client,
 )
+from .constants import CONFIG_DEFAULTS
 
 if TYPE_CHECKING:
     from .client import Client
@@ -292,9 +294,16 @@ def recv(
 
 
 def ping(ctx: typer.Context) -> None:
-    """Exit 0 when the server answers (health check)."""
-    if not with_client(ctx, lambda c: c.ping(), timeout=5.0):
+    """Print the round trip and exit 0 when the server answers."""
+
+    async def body(c: Client) -> float | None:
+        start = time.perf_counter()  # connected already: the PING alone
+        return time.perf_counter() - start if await c.ping() else None
+
+    took = with_client(ctx, body, timeout=5.0)
+    if took is None:
         die("no PONG")
+    typer.echo(f"pong from {client_options(ctx).address} in {took * 1000:.1f} ms")
 
 
 def shutdown(ctx: typer.Context) -> None:
@@ -314,9 +323,13 @@ def config_set(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(metavar="KEY", help="Config key.")],
     value: Annotated[
-        int, typer.Argument(metavar="VALUE", help="Integer value.", min=0)
+        int,
+        typer.Argument(metavar="VALUE", help="Integer value.", min=0, max=2**32 - 1),
     ],
 ) -> None:
-    """Set KEY to VALUE."""
+    """Set KEY to VALUE (one of the server's keys)."""
+    # the server answers SUCCESS to any key and ignores unknown ones
+    if key not in CONFIG_DEFAULTS:
+        die(f"unknown config key {key!r} (known: {', '.join(CONFIG_DEFAULTS)})", 2)
     if not with_client(ctx, lambda c: c.config_set(key, value)):
         die("server refused the request")

@@ -208,6 +208,7 @@ LONG = "x" * 300  # the protocol's names are at most 255 bytes
         (["submit", "-f", "f", "-n", "n", "-t", "99999999999"], "--timeout"),
         (["submit", "f", "n", "--later", "99999999999999999999"], "--later"),
         (["run", "f", "n", "-t", "99999999999"], "--timeout"),
+        (["config", "set", "timeout", "99999999999"], "VALUE"),
         (["submit", "-f", "f", "-n", LONG], "300 bytes"),
         (["submit", LONG, "n"], "300 bytes"),
         (["run", "f", LONG], "300 bytes"),
@@ -336,3 +337,19 @@ def test_exec_command_checked_at_start(
         cwd=tmp_path,
     )
     assert r.stderr.strip() == f"Error: cannot run {command}: {reason}", r.stderr
+
+
+# -- feedback ------------------------------------------------------------------------
+
+
+def test_ping_prints_the_round_trip(addr: str) -> None:
+    r = periodic("ping", address=addr)
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(rf"pong from {re.escape(addr)} in \d+\.\d ms\n", r.stdout)
+
+
+def test_config_set_refuses_an_unknown_key(addr: str) -> None:
+    line = one_error_line(periodic("config", "set", "nosuchkey", "5", address=addr))
+    assert "unknown config key 'nosuchkey'" in line
+    assert "lock-timeout" in line  # the known keys are listed
+    assert periodic("config", "set", "timeout", "600", address=addr).returncode == 0
