@@ -21,9 +21,11 @@ server cannot be reached or refuses; 2 for bad usage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -42,6 +44,8 @@ from .cli_common import (
 from .constants import CONFIG_DEFAULTS
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from .client import Client
     from .job import Job
 
@@ -201,13 +205,16 @@ def dump(
 ) -> None:
     """Write every job to FILE (the DUMP job list; default dump.db)."""
     path = Path(output or file_arg or "dump.db")
-    # one DATA frame holds every job (~45 B each): past ~1.5M jobs it is larger
-    # than the default 64 MiB cap, so accept any size the u32 length allows
-    data = with_client(ctx, lambda c: c.dump_raw(timeout=600), max_frame=2**32 - 1)
-    try:
-        path.write_bytes(data)
-    except OSError as exc:
-        die(f"failed to write dump file {path}: {exc.strerror}")
+    with _progress() as bar:
+        if bar is not None:
+            bar.add_task(f"dumping to {path.name}", total=None)
+        # one DATA frame holds every job (~45 B each): past ~1.5M jobs it is
+        # larger than the default 64 MiB cap: accept any size a u32 allows
+        data = with_client(ctx, lambda c: c.dump_raw(timeout=600), max_frame=2**32 - 1)
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            die(f"failed to write dump file {path}: {exc.strerror}")
 
 
 def load(
@@ -230,8 +237,34 @@ def load(
         jobs = _go_dump_jobs(raw) if raw[4:6] == b'{"' else decode_job_list(raw)
     except (ProtocolError, ValueError) as exc:
         die(f"invalid dump file {path}: {exc}")
-    if not with_client(ctx, lambda c: c.load(jobs, timeout=60)):
+    with _progress() as bar:
+        task = bar.add_task(f"loading {path.name}", total=len(jobs)) if bar else None
+
+        def advance(done: int) -> None:
+            if bar is not None and task is not None:
+                bar.update(task, completed=done)
+
+        ok = with_client(ctx, lambda c: c.load(jobs, timeout=60, progress=advance))
+    if not ok:
         die("server refused the load")
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Progress | None]:
+    """A rich progress display on stderr when it is a terminal, else None:
+    a dump or load of a million jobs takes seconds, and a script's log
+    should not fill with bars."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    try:
+        from rich.console import Console  # noqa: PLC0415  # only on a terminal
+        from rich.progress import Progress  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - typer brings rich
+        yield None
+        return
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        yield bar
 
 
 def _go_dump_jobs(raw: bytes) -> list[Job]:

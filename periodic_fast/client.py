@@ -495,13 +495,15 @@ class Client(Connection):
         chunk: int = 10000,
         chunk_bytes: int = 16 * 1024 * 1024,
         timeout: float | None = None,
+        progress: Callable[[int], object] | None = None,
     ) -> bool:
         """Submit a job list (a list of jobs, or DUMP bytes) with LOAD.
 
         Large lists go out as several LOAD frames of at most ``chunk`` jobs
         and about ``chunk_bytes`` bytes each (big workloads would otherwise
         make a frame larger than the server accepts); a job larger than
-        ``chunk_bytes`` on its own gets a frame of its own.
+        ``chunk_bytes`` on its own gets a frame of its own.  ``progress``, when
+        given, is called with the number of jobs loaded after each frame.
 
         :raises ValueError: a job alone is over the frame limit (checked
             before any frame is sent).
@@ -514,9 +516,13 @@ class Client(Connection):
                 if size > limit:
                     raise _too_large("job list of one job", size, self.max_frame)
         ok = True
+        done = 0
         for part in _load_parts(items, chunk, chunk_bytes):
             pkt = await self._request(Command.LOAD, encode_job_list(part), timeout)
             ok = ok and pkt.command == Command.SUCCESS
+            if progress is not None:
+                done += len(part)
+                progress(done)
         return ok
 
     async def shutdown(self, wait: float = 2.0) -> None:

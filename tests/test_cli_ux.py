@@ -9,10 +9,13 @@ else runs ``python -m periodic_fast`` in a subprocess, as a user would.
 
 from __future__ import annotations
 
+import os
 import platform
+import pty
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -353,3 +356,52 @@ def test_config_set_refuses_an_unknown_key(addr: str) -> None:
     assert "unknown config key 'nosuchkey'" in line
     assert "lock-timeout" in line  # the known keys are listed
     assert periodic("config", "set", "timeout", "600", address=addr).returncode == 0
+
+
+def _on_a_terminal(args: list[str], address: str) -> tuple[int, str]:
+    """Run ``periodic ARGS`` with stderr on a pseudo-terminal; its exit
+    status and what it drew there."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "periodic_fast", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+            env=env(address, {"COLUMNS": "80", "TERM": "xterm"}),
+        )
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        return proc.wait(60), out.decode(errors="replace")
+    finally:
+        os.close(master)
+
+
+def test_dump_and_load_show_progress_on_a_terminal_only(
+    addr: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "src.db"
+    at = int(time.time()) + 3600
+    src.write_bytes(
+        encode_job_list([Job(b"prog", b"j%d" % i, b"", at) for i in range(3000)])
+    )
+    try:
+        code, drawn = _on_a_terminal(["load", str(src)], addr)
+        assert code == 0, drawn
+        assert "loading src.db" in drawn and "100%" in drawn, drawn
+        code, drawn = _on_a_terminal(["dump", str(tmp_path / "out.db")], addr)
+        assert code == 0, drawn
+        assert "dumping to out.db" in drawn, drawn
+        # not a terminal (a script, a log): nothing on stderr
+        for args in (["load", str(src)], ["dump", str(tmp_path / "out2.db")]):
+            r = periodic(*args, address=addr)
+            assert (r.returncode, r.stderr) == (0, ""), r
+    finally:
+        periodic("drop", "prog", address=addr)
