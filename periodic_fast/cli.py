@@ -31,6 +31,7 @@ from .cli_common import (
     RsaModeOpt,
     RsaPrivateOpt,
     RsaPublicOpt,
+    VersionOpt,
     run_app,
     split_addresses,
 )
@@ -72,7 +73,9 @@ _HS_CONTEXT: dict[str, Any] = {**CONTEXT_SETTINGS, "allow_interspersed_args": Fa
 
 periodicd_app = typer.Typer(
     name="periodicd",
+    # no completion: it is also "periodic -d", a name no shell can complete
     add_completion=False,
+    rich_markup_mode=None,
     context_settings=CONTEXT_SETTINGS,
     help="The Periodic job server.",
 )
@@ -111,6 +114,7 @@ def periodic(
     rsa_private_path: RsaPrivateOpt = None,
     rsa_public_path: RsaPublicOpt = None,
     rsa_mode: RsaModeOpt = None,
+    version: VersionOpt = False,
 ) -> None:
     """Periodic job server and client tool."""
     if daemon:  # only reached through --help paths; main() forwards -d
@@ -133,6 +137,7 @@ config_app = typer.Typer(
     name="config",
     help="Read or write server config keys.",
     no_args_is_help=True,
+    rich_markup_mode=None,
     context_settings=CONTEXT_SETTINGS,
 )
 config_app.command("get")(config_get)
@@ -140,7 +145,8 @@ config_app.command("set")(config_set)
 
 app = typer.Typer(
     name="periodic",
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion
+    rich_markup_mode=None,
     context_settings=CONTEXT_SETTINGS,
     help="Periodic: -d runs the server; sub-commands talk to one.",
 )
@@ -202,6 +208,7 @@ def main() -> None:
 periodic_run_app = typer.Typer(
     name="periodic-run",
     add_completion=False,
+    rich_markup_mode=None,
     context_settings=_HS_CONTEXT,
     help="Exec worker, HS syntax: periodic-run [OPTIONS] FUNC COMMAND [ARGS...].",
 )
@@ -210,6 +217,7 @@ periodic_run_app.command()(periodic_run)
 periodic_run_pipe_app = typer.Typer(
     name="periodic-run-pipe",
     add_completion=False,
+    rich_markup_mode=None,
     context_settings=_HS_CONTEXT,
     help="Pipe worker: periodic-run-pipe [OPTIONS] FUNC COMMAND [ARGS...].",
 )

@@ -2,6 +2,8 @@
 
 * :func:`run_app`: runs a typer app, a usage error as one line, exit 2;
 * :func:`die`: one ``Error: ...`` line on stderr and an exit status;
+* :func:`build_info` and ``--version`` (:data:`VersionOpt`): the version and
+  which twins (compiled or pure Python) are running;
 * the connection options of the client tools, declared once as Annotated
   aliases, with their environment fallbacks through typer's ``envvar=``
   (flag > variable > default; an empty variable counts as unset);
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
+from typer._click.exceptions import MissingParameter
 from typer.exceptions import Abort, TyperException
 
 from .constants import ADDRESS_ENV, DEFAULT_ADDRESS
@@ -40,6 +43,8 @@ __all__ = [
     "RSA_PUBLIC_ENV",
     "THREAD_ENV",
     "TOKEN_ENV",
+    "VersionOpt",
+    "build_info",
     "ClientHostsOpt",
     "ClientNameOpt",
     "ClientOptions",
@@ -47,6 +52,9 @@ __all__ = [
     "HsClientNameOpt",
     "HsClientTokenOpt",
     "HsHostOpt",
+    "MAX_LATER",
+    "MAX_NAME",
+    "MAX_TIMEOUT",
     "RsaModeOpt",
     "RsaPrivateOpt",
     "RsaPublicOpt",
@@ -57,6 +65,7 @@ __all__ = [
     "rsa_config",
     "run_app",
     "split_addresses",
+    "usage_error",
     "with_client",
 ]
 
@@ -72,6 +81,11 @@ RSA_MODE_ENV = "PERIODIC_RSA_MODE"
 RSA_HANDSHAKE_ENV = "PERIODIC_RSA_HANDSHAKE"
 THREAD_ENV = "THREAD"
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+#: longest func, job name or config key on the wire (a u8 length prefix)
+MAX_NAME = 255
+#: the job timeout and the delay as the wire and the clock take them
+MAX_TIMEOUT = 2**31 - 1
+MAX_LATER = 2**62
 
 
 # -- running an app ------------------------------------------------------------------
@@ -80,7 +94,8 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 def run_app(
     application: typer.Typer, prog_name: str, args: list[str] | None = None
 ) -> NoReturn:
-    """Run a typer app; a usage error becomes one line on stderr, exit 2.
+    """Run a typer app; a usage error becomes one line on stderr, exit 2
+    (a missing argument: the usage line, then that line).
 
     Click's standalone mode prints a usage block and a boxed message; scripts
     and health checks want one line they can log, and the exit status.
@@ -90,12 +105,46 @@ def run_app(
     except TyperException as exc:  # usage errors and the like (click's, vendored)
         ctx = getattr(exc, "ctx", None)
         hint = f" (try '{ctx.command_path} -h')" if ctx is not None else ""
+        if isinstance(exc, MissingParameter) and ctx is not None:
+            print(ctx.get_usage(), file=sys.stderr)
         print(f"Error: {exc.format_message()}{hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except Abort:
         print("Error: aborted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def build_info() -> str:
+    """The version and the running twins, e.g. ``periodic_fast 0.1.0
+    (codec: cython, wheel: cython, rec: cython; CPython 3.11.7)``: whether
+    the compiled parts loaded is the first question about a slow server."""
+    import platform  # noqa: PLC0415  # only for --version and the start-up line
+
+    from . import __version__, codec, rec, wheel  # noqa: PLC0415
+
+    return (
+        f"periodic_fast {__version__} (codec: {codec.IMPLEMENTATION}, "
+        f"wheel: {wheel.IMPLEMENTATION}, rec: {rec.IMPLEMENTATION}; "
+        f"{platform.python_implementation()} {platform.python_version()})"
+    )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(build_info())
+        raise typer.Exit(0)
+
+
+VersionOpt = Annotated[
+    bool,
+    typer.Option(
+        "--version",
+        help="Print the version and the build (compiled or pure Python), exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+]
 
 
 def die(message: str, code: int = 1) -> NoReturn:
@@ -116,12 +165,22 @@ def split_addresses(hosts: list[str] | None) -> list[str]:
 def pick(
     positional: str | None, option: str | None, what: str, ctx: typer.Context
 ) -> str:
-    """The option's value, else the positional one; neither: help, exit 2."""
+    """The option's value, else the positional one; neither: usage, exit 2.
+    A value over the protocol's 255 bytes: one line, exit 2."""
     value = option if option is not None else positional
     if not value:
-        typer.echo(ctx.get_help(), err=True)
-        die(f"missing {what}", 2)
+        usage_error(ctx, f"missing {what}")
+    size = len(value.encode())
+    if size > MAX_NAME:
+        die(f"{what} of {size} bytes is longer than the protocol's {MAX_NAME}", 2)
     return value
+
+
+def usage_error(ctx: typer.Context, message: str) -> NoReturn:
+    """The command's usage line, ``Error: message (try '... -h')``, exit 2:
+    what click prints for a missing argument, without the whole help."""
+    typer.echo(ctx.get_usage(), err=True)
+    die(f"{message} (try '{ctx.command_path} -h')", 2)
 
 
 def read_workload(value: str | None) -> bytes:
@@ -371,3 +430,5 @@ def with_client(
         die(str(exc) or type(exc).__name__)
     except (PeriodicError, OSError) as exc:
         die(f"{address}: {exc}")
+    except ValueError as exc:  # a request the codec or the client refused to send
+        die(str(exc))

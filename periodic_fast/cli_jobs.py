@@ -21,17 +21,31 @@ server cannot be reached or refuses; 2 for bad usage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .cli_common import die, pick, read_workload, with_client
+from .cli_common import (
+    MAX_LATER,
+    MAX_TIMEOUT,
+    client_options,
+    die,
+    pick,
+    read_workload,
+    usage_error,
+    with_client,
+)
+from .constants import CONFIG_DEFAULTS
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from .client import Client
     from .job import Job
 
@@ -49,6 +63,13 @@ __all__ = [
     "submit",
 ]
 
+_FuncOpt = Annotated[
+    str | None, typer.Option("-f", "--func", metavar="FUNC", help="Func.")
+]
+_NameOpt = Annotated[
+    str | None, typer.Option("-n", "--name", metavar="NAME", help="Job name.")
+]
+
 
 def status(
     ctx: typer.Context,
@@ -56,7 +77,7 @@ def status(
         bool, typer.Option("--json", help="Print JSON instead of a table.")
     ] = False,
 ) -> None:
-    """Show per-func statistics (workers, jobs, processing, locked, next run)."""
+    """Show per-func workers, jobs, processing, locked and next run."""
     stats = with_client(ctx, lambda c: c.status_list())
     if as_json:
         rows = [
@@ -94,10 +115,10 @@ def status(
 
 def submit(
     ctx: typer.Context,
-    func_arg: Annotated[str | None, typer.Argument(metavar="[FUNC]")] = None,
-    name_arg: Annotated[str | None, typer.Argument(metavar="[NAME]")] = None,
-    func: Annotated[str | None, typer.Option("-f", "--func", help="Func.")] = None,
-    name: Annotated[str | None, typer.Option("-n", "--name", help="Job name.")] = None,
+    func_arg: Annotated[str | None, typer.Argument(metavar="FUNC")] = None,
+    name_arg: Annotated[str | None, typer.Argument(metavar="NAME")] = None,
+    func: _FuncOpt = None,
+    name: _NameOpt = None,
     workload: Annotated[
         str | None,
         typer.Option("-w", "--workload", "--args", help="Workload, or @FILE."),
@@ -105,15 +126,26 @@ def submit(
     later: Annotated[
         int,
         typer.Option(
-            "--later", "--sched_later", "--sched-later", help="Delay in seconds.", min=0
+            "--later",
+            "--sched_later",
+            "--sched-later",
+            help="Delay in seconds.",
+            min=0,
+            max=MAX_LATER,
         ),
     ] = 0,
     timeout: Annotated[
         int,
-        typer.Option("-t", "--timeout", help="Run timeout (s, 0: server's).", min=0),
+        typer.Option(
+            "-t",
+            "--timeout",
+            help="Run timeout (s, 0: server's).",
+            min=0,
+            max=MAX_TIMEOUT,
+        ),
     ] = 0,
 ) -> None:
-    """Submit a job: ``submit F N`` or ``submit -f F -n N``."""
+    """Submit a job: submit F N, or submit -f F -n N."""
     f = pick(func_arg, func, "FUNC (-f)", ctx)
     n = pick(name_arg, name, "NAME (-n)", ctx)
     data = read_workload(workload)
@@ -126,18 +158,17 @@ def submit(
 def remove(
     ctx: typer.Context,
     args: Annotated[
-        list[str] | None, typer.Argument(metavar="[FUNC NAME...]", show_default=False)
+        list[str] | None, typer.Argument(metavar="FUNC NAME...", show_default=False)
     ] = None,
-    func: Annotated[str | None, typer.Option("-f", "--func", help="Func.")] = None,
-    name: Annotated[str | None, typer.Option("-n", "--name", help="Job name.")] = None,
+    func: _FuncOpt = None,
+    name: _NameOpt = None,
 ) -> None:
-    """Remove jobs: ``remove F N [N...]`` or ``remove -f F -n N``."""
+    """Remove jobs: remove F N [N...], or remove -f F -n N."""
     rest = list(args or [])
     f = func if func is not None else (rest.pop(0) if rest else None)
     names = ([name] if name is not None else []) + rest
     if not f or not names:
-        typer.echo(ctx.get_help(), err=True)
-        die("need FUNC and at least one NAME", 2)
+        usage_error(ctx, "need FUNC and at least one NAME")
 
     async def body(c: Client) -> bool:
         return all([await c.remove_job(f, n) for n in names])
@@ -149,15 +180,14 @@ def remove(
 def drop(
     ctx: typer.Context,
     funcs: Annotated[
-        list[str] | None, typer.Argument(metavar="[FUNC...]", show_default=False)
+        list[str] | None, typer.Argument(metavar="FUNC...", show_default=False)
     ] = None,
-    func: Annotated[str | None, typer.Option("-f", "--func", help="Func.")] = None,
+    func: _FuncOpt = None,
 ) -> None:
-    """Drop funcs and their jobs (only funcs with no worker): ``drop F...``."""
+    """Drop funcs with no worker, and their jobs: drop F [F...]."""
     names = ([func] if func else []) + list(funcs or [])
     if not names:
-        typer.echo(ctx.get_help(), err=True)
-        die("need at least one FUNC", 2)
+        usage_error(ctx, "need at least one FUNC")
 
     async def body(c: Client) -> bool:
         return all([await c.drop_func(f) for f in names])
@@ -168,30 +198,33 @@ def drop(
 
 def dump(
     ctx: typer.Context,
-    file_arg: Annotated[str | None, typer.Argument(metavar="[FILE]")] = None,
+    file_arg: Annotated[str | None, typer.Argument(metavar="FILE")] = None,
     output: Annotated[
         str | None, typer.Option("-o", "--output", help="Output file (dump.db).")
     ] = None,
 ) -> None:
     """Write every job to FILE (the DUMP job list; default dump.db)."""
     path = Path(output or file_arg or "dump.db")
-    # one DATA frame holds every job (~45 B each): past ~1.5M jobs it is larger
-    # than the default 64 MiB cap, so accept any size the u32 length allows
-    data = with_client(ctx, lambda c: c.dump_raw(timeout=600), max_frame=2**32 - 1)
-    try:
-        path.write_bytes(data)
-    except OSError as exc:
-        die(f"failed to write dump file {path}: {exc.strerror}")
+    with _progress() as bar:
+        if bar is not None:
+            bar.add_task(f"dumping to {path.name}", total=None)
+        # one DATA frame holds every job (~45 B each): past ~1.5M jobs it is
+        # larger than the default 64 MiB cap: accept any size a u32 allows
+        data = with_client(ctx, lambda c: c.dump_raw(timeout=600), max_frame=2**32 - 1)
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            die(f"failed to write dump file {path}: {exc.strerror}")
 
 
 def load(
     ctx: typer.Context,
-    file_arg: Annotated[str | None, typer.Argument(metavar="[FILE]")] = None,
+    file_arg: Annotated[str | None, typer.Argument(metavar="FILE")] = None,
     input_: Annotated[
         str | None, typer.Option("-i", "--input", help="Input file (dump.db).")
     ] = None,
 ) -> None:
-    """Load the jobs of a dump FILE (default dump.db; ours/HS or Go-2016)."""
+    """Load the jobs of a dump FILE (ours, HS or Go-2016; dump.db)."""
     from .codec import decode_job_list  # noqa: PLC0415
     from .errors import ProtocolError  # noqa: PLC0415
 
@@ -204,8 +237,34 @@ def load(
         jobs = _go_dump_jobs(raw) if raw[4:6] == b'{"' else decode_job_list(raw)
     except (ProtocolError, ValueError) as exc:
         die(f"invalid dump file {path}: {exc}")
-    if not with_client(ctx, lambda c: c.load(jobs, timeout=60)):
+    with _progress() as bar:
+        task = bar.add_task(f"loading {path.name}", total=len(jobs)) if bar else None
+
+        def advance(done: int) -> None:
+            if bar is not None and task is not None:
+                bar.update(task, completed=done)
+
+        ok = with_client(ctx, lambda c: c.load(jobs, timeout=60, progress=advance))
+    if not ok:
         die("server refused the load")
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Progress | None]:
+    """A rich progress display on stderr when it is a terminal, else None:
+    a dump or load of a million jobs takes seconds, and a script's log
+    should not fill with bars."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    try:
+        from rich.console import Console  # noqa: PLC0415  # only on a terminal
+        from rich.progress import Progress  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - typer brings rich
+        yield None
+        return
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        yield bar
 
 
 def _go_dump_jobs(raw: bytes) -> list[Job]:
@@ -251,8 +310,8 @@ def _go_dump_jobs(raw: bytes) -> list[Job]:
 
 def recv(
     ctx: typer.Context,
-    func: Annotated[str, typer.Argument(help="Func.")],
-    name: Annotated[str, typer.Argument(help="Job name.")],
+    func: Annotated[str, typer.Argument(metavar="FUNC", help="Func.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Job name.")],
     timeout: Annotated[
         float, typer.Option("--timeout", help="Max wait per chunk (s).", min=0.1)
     ] = 120.0,
@@ -268,9 +327,16 @@ def recv(
 
 
 def ping(ctx: typer.Context) -> None:
-    """Exit 0 when the server answers (health check)."""
-    if not with_client(ctx, lambda c: c.ping(), timeout=5.0):
+    """Print the round trip and exit 0 when the server answers."""
+
+    async def body(c: Client) -> float | None:
+        start = time.perf_counter()  # connected already: the PING alone
+        return time.perf_counter() - start if await c.ping() else None
+
+    took = with_client(ctx, body, timeout=5.0)
+    if took is None:
         die("no PONG")
+    typer.echo(f"pong from {client_options(ctx).address} in {took * 1000:.1f} ms")
 
 
 def shutdown(ctx: typer.Context) -> None:
@@ -279,7 +345,8 @@ def shutdown(ctx: typer.Context) -> None:
 
 
 def config_get(
-    ctx: typer.Context, key: Annotated[str, typer.Argument(help="Config key.")]
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(metavar="KEY", help="Config key.")],
 ) -> None:
     """Print the value of KEY (unknown keys read 0)."""
     typer.echo(str(with_client(ctx, lambda c: c.config_get(key))))
@@ -287,9 +354,15 @@ def config_get(
 
 def config_set(
     ctx: typer.Context,
-    key: Annotated[str, typer.Argument(help="Config key.")],
-    value: Annotated[int, typer.Argument(help="Integer value.", min=0)],
+    key: Annotated[str, typer.Argument(metavar="KEY", help="Config key.")],
+    value: Annotated[
+        int,
+        typer.Argument(metavar="VALUE", help="Integer value.", min=0, max=2**32 - 1),
+    ],
 ) -> None:
-    """Set KEY to VALUE."""
+    """Set KEY to VALUE (one of the server's keys)."""
+    # the server answers SUCCESS to any key and ignores unknown ones
+    if key not in CONFIG_DEFAULTS:
+        die(f"unknown config key {key!r} (known: {', '.join(CONFIG_DEFAULTS)})", 2)
     if not with_client(ctx, lambda c: c.config_set(key, value)):
         die("server refused the request")

@@ -119,7 +119,7 @@ def keygen(
         bool, typer.Option("--force", help="Replace existing key files.")
     ] = False,
 ) -> None:
-    """Write an RSA key pair for the RSA/AES transport (no server needed)."""
+    """Write an RSA key pair for the RSA/AES transport (offline)."""
     try:
         private, public = write_key_pair(name, size, force=force)
     except (FileExistsError, ValueError) as exc:

@@ -18,13 +18,14 @@ docs/storage.md), ``--log``, ``--name``, ``--auth-file``, plus
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Annotated
 
 import typer
 
-from .cli_common import split_addresses
+from .cli_common import VersionOpt, build_info, die, split_addresses
 from .constants import ADDRESS_ENV, DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 from .sched_limits import (
     DEFAULT_MAX_FUNCS,
@@ -332,6 +333,8 @@ def _serve(
     from .server.app import Server, run  # noqa: PLC0415  # keep CLI start fast
 
     _setup_logging(log, name)
+    # which build runs: the first question about a slow or odd server
+    logging.getLogger("periodic_fast.server").info("%s: %s", name, build_info())
     if loop not in ("auto", "asyncio", "uvloop"):
         raise typer.BadParameter(f"unknown loop {loop!r}", param_hint="--loop")
     mode = _unix_mode(unix_mode)
@@ -340,6 +343,7 @@ def _serve(
             f"{durability!r} (expected strict or relaxed)", param_hint="--durability"
         )
     store = path or _default_store(name)
+    _check_driver(store)
     try:
         server = Server(
             split_addresses(host),
@@ -369,6 +373,20 @@ def _serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--host") from None
     return run(server, loop=loop)  # type: ignore[arg-type]
+
+
+def _check_driver(store: str) -> None:
+    """A PostgreSQL URI without asyncpg installed: one line naming the extra
+    that brings it, before anything starts (not a traceback from the store)."""
+    if not store.removeprefix("cache+").startswith(("postgres:", "postgresql:")):
+        return
+    try:
+        importlib.import_module("asyncpg")
+    except ImportError:
+        die(
+            "a postgres:// store needs the asyncpg package: "
+            "pip install 'periodic-fast[postgres]'"
+        )
 
 
 def _default_store(name: str) -> str:
@@ -420,6 +438,7 @@ def periodicd(
     http_writes: HttpWritesOpt = False,
     no_http: NoHttpOpt = False,
     http_host: HttpHostOpt = None,
+    version: VersionOpt = False,
     push_task_size: _NoopOpt = None,
     sched_task_size: _NoopOpt = None,
     max_cache_size: _NoopOpt = None,

@@ -25,6 +25,7 @@ from typing import Annotated
 import typer
 
 from .cli_common import (
+    MAX_TIMEOUT,
     THREAD_ENV,
     ClientOptions,
     HsClientNameOpt,
@@ -33,11 +34,13 @@ from .cli_common import (
     RsaModeOpt,
     RsaPrivateOpt,
     RsaPublicOpt,
+    VersionOpt,
     client_options,
     die,
     pick,
     read_workload,
     rsa_config,
+    usage_error,
     with_client,
 )
 from .constants import DEFAULT_ADDRESS
@@ -117,8 +120,8 @@ MemLimitOpt = Annotated[
 
 def run(
     ctx: typer.Context,
-    func_arg: Annotated[str | None, typer.Argument(metavar="[FUNC]")] = None,
-    name_arg: Annotated[str | None, typer.Argument(metavar="[NAME]")] = None,
+    func_arg: Annotated[str | None, typer.Argument(metavar="FUNC")] = None,
+    name_arg: Annotated[str | None, typer.Argument(metavar="NAME")] = None,
     func: Annotated[
         str | None, typer.Option("-f", "--func", help="Func to serve (worker).")
     ] = None,
@@ -137,6 +140,7 @@ def run(
             help="Job run: job timeout (default 10). Worker: kill the command "
             "after S s (default: the job's timeout; 0: never).",
             min=0,
+            max=MAX_TIMEOUT,
         ),
     ] = None,
     thread: Annotated[
@@ -157,12 +161,14 @@ def run(
         ),
     ] = False,
 ) -> None:
-    """``run -f F --exec CMD``: exec worker (job name appended, workload on
-    stdin, last stdout line SCHED_LATER N / FAIL / DONE decides).
-    ``run F N``: run a job now, print its result."""
+    """Run an exec worker, or one job.
+
+    run -f F --exec CMD: exec worker (job name appended, workload on stdin,
+    last stdout line SCHED_LATER N / FAIL / DONE decides).  run F N: run a
+    job now, print its result."""
     if func is not None or exec_ is not None:
         if func is None or not exec_:
-            die("worker mode needs both -f FUNC and --exec CMD", 2)
+            usage_error(ctx, "worker mode needs both -f FUNC and --exec CMD")
         _exec_worker(ctx, client_options(ctx), func, exec_, work_data=work_data)
         return
     f = pick(func_arg, None, "FUNC", ctx)
@@ -202,10 +208,22 @@ def _exec_worker(
     parameters (``run``, ``periodic-run`` and ``periodic-run-pipe`` name them
     alike: ``thread``, ``timeout``, ``no_name``, ...), the address, identity
     and RSA options from ``client``."""
+    import shlex  # noqa: PLC0415
+
     from .client import ClientError  # noqa: PLC0415
-    from .exec_worker import WorkerOptions, run_exec_worker  # noqa: PLC0415
+    from .exec_worker import (  # noqa: PLC0415
+        WorkerOptions,
+        check_command,
+        run_exec_worker,
+    )
     from .pipe_worker import run_pipe_worker  # noqa: PLC0415
 
+    argv = shlex.split(command) if isinstance(command, str) else command
+    try:  # a typo is one line now, not a failed job every second
+        if argv:  # empty: the worker's own error, exit 2
+            check_command(argv[0])
+    except ValueError as exc:
+        die(str(exc))
     name, token = client.identity()
     p = ctx.params
     options = WorkerOptions(
@@ -293,9 +311,10 @@ def periodic_run(
     rsa_private_path: RsaPrivateOpt = None,
     rsa_public_path: RsaPublicOpt = None,
     rsa_mode: RsaModeOpt = None,
+    version: VersionOpt = False,
 ) -> None:
-    """Serve FUNC: run COMMAND [ARGS...] for each job (as ``periodic run -f
-    FUNC --exec ...``; the last stdout line SCHED_LATER N / FAIL / DONE and the
+    """Serve FUNC: run COMMAND [ARGS...] for each job (as periodic run -f
+    FUNC --exec ...; the last stdout line SCHED_LATER N / FAIL / DONE and the
     exit status decide the outcome)."""
     _exec_worker(ctx, _hs_options(ctx), func, list(command), work_data=work_data)
 
@@ -349,6 +368,7 @@ def periodic_run_pipe(
     rsa_private_path: RsaPrivateOpt = None,
     rsa_public_path: RsaPublicOpt = None,
     rsa_mode: RsaModeOpt = None,
+    version: VersionOpt = False,
 ) -> None:
     """Serve FUNC with --thread long-lived COMMAND [ARGS...] runners, one job
     per runner at a time over its stdin/stdout (see docs/usage.md 6)."""

@@ -87,6 +87,16 @@ _PONG = int(Command.PONG)
 #: bytes a job adds to a job list besides its func, name and workload (an
 #: upper bound: length prefixes, sched_at, count, timeout)
 _JOB_OVERHEAD = 64
+#: bytes of a request body besides its payload: the msgid and the command
+_REQUEST_HEAD = 5
+
+
+def _too_large(what: str, payload: int, limit: int) -> ValueError:
+    """The error of a request the server would drop the connection for."""
+    return ValueError(
+        f"{what} of {payload + _REQUEST_HEAD} bytes is over the frame limit of "
+        f"{limit} bytes (the server's --max-frame; the client's max_frame)"
+    )
 
 
 def _load_parts(items: list[Job], chunk: int, chunk_bytes: int) -> list[list[Job]]:
@@ -191,7 +201,10 @@ class Client(Connection):
     Func and job names, workloads and config keys accept ``str`` (UTF-8) or
     bytes.  All methods raise :class:`NotConnected` when the server cannot be
     reached, :class:`RequestTimeout` when it does not answer in time and
-    :class:`ConnectionLost` when the connection drops mid-request.
+    :class:`ConnectionLost` when the connection drops mid-request; a job the
+    server would drop the connection for (a name over 255 bytes, a number out
+    of range, a frame over ``max_frame``) raises :class:`ValueError` before
+    it is sent.
     """
 
     _client_type = ClientType.CLIENT
@@ -238,6 +251,8 @@ class Client(Connection):
             )  # fmt: skip
         else:
             payload = encode_job(job)
+        if len(payload) > self.max_frame - _REQUEST_HEAD:  # else: connection lost
+            raise _too_large("job", len(payload), self.max_frame)
         proto = self._proto
         if proto is None or proto.transport is None:
             pkt = await self._request(_SUBMIT_JOB, payload)
@@ -295,11 +310,16 @@ class Client(Connection):
         waiters = self._waiters
         send = proto.send
         submit = Command.SUBMIT_JOB
+        limit = self.max_frame - _REQUEST_HEAD
         for job in jobs:
+            payload = encode_job(job)
+            if len(payload) > limit:  # the jobs before it are sent
+                proto.flush()
+                raise _too_large("job", len(payload), self.max_frame)
             msgid = self._next_msgid()
             waiters[msgid] = batch
             batch.pending += 1
-            send(msgid, submit, encode_job(job))
+            send(msgid, submit, payload)
         proto.flush()
         try:
             await asyncio.wait_for(asyncio.shield(batch.done), timeout)
@@ -347,13 +367,16 @@ class Client(Connection):
             job = job._replace(timeout=10)
         if wait is None:
             wait = job.timeout + 5.0
+        payload = encode_job(job)
+        if len(payload) > self.max_frame - _REQUEST_HEAD:  # else: connection lost
+            raise _too_large("job", len(payload), self.max_frame)
         st: _Stream | None = None
         reader: asyncio.Task[None] | None = None
         if stream is not None:
             st = await self._subscribe(job.func, job.name, wait)
             reader = asyncio.get_running_loop().create_task(_pump(st, stream, wait))
         try:
-            pkt = await self._request(Command.RUN_JOB, encode_job(job), wait)
+            pkt = await self._request(Command.RUN_JOB, payload, wait)
             if pkt.command == Command.NO_WORKER:
                 raise NoWorkerError(
                     f"no worker for {job.func.decode(errors='replace')}"
@@ -472,19 +495,34 @@ class Client(Connection):
         chunk: int = 10000,
         chunk_bytes: int = 16 * 1024 * 1024,
         timeout: float | None = None,
+        progress: Callable[[int], object] | None = None,
     ) -> bool:
         """Submit a job list (a list of jobs, or DUMP bytes) with LOAD.
 
         Large lists go out as several LOAD frames of at most ``chunk`` jobs
         and about ``chunk_bytes`` bytes each (big workloads would otherwise
         make a frame larger than the server accepts); a job larger than
-        ``chunk_bytes`` on its own gets a frame of its own.
+        ``chunk_bytes`` on its own gets a frame of its own.  ``progress``, when
+        given, is called with the number of jobs loaded after each frame.
+
+        :raises ValueError: a job alone is over the frame limit (checked
+            before any frame is sent).
         """
         items = decode_job_list(jobs) if isinstance(jobs, bytes) else list(jobs)
+        limit = self.max_frame - _REQUEST_HEAD
+        for job in items:  # an upper bound first; exact only near the limit
+            if len(job[0]) + len(job[1]) + len(job[2]) + _JOB_OVERHEAD > limit:
+                size = len(encode_job_list([job]))
+                if size > limit:
+                    raise _too_large("job list of one job", size, self.max_frame)
         ok = True
+        done = 0
         for part in _load_parts(items, chunk, chunk_bytes):
             pkt = await self._request(Command.LOAD, encode_job_list(part), timeout)
             ok = ok and pkt.command == Command.SUCCESS
+            if progress is not None:
+                done += len(part)
+                progress(done)
         return ok
 
     async def shutdown(self, wait: float = 2.0) -> None:

@@ -53,6 +53,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WorkerOptions",
+    "check_command",
     "format_size",
     "group_rss",
     "make_handler",
@@ -241,6 +243,23 @@ async def watch_memory(
                 flush=True,
             )
             return rss
+
+
+def check_command(program: str) -> None:
+    """Refuse a command that cannot start: a path (it has a ``/``) must be an
+    executable file, a bare name must be found on ``$PATH``.  Checked once at
+    start, so that a typo is one error rather than a failed job a second.
+
+    :raises ValueError: with the reason, naming ``program``.
+    """
+    if "/" not in program:
+        if shutil.which(program) is None:
+            raise ValueError(f"cannot run {program}: not found on $PATH")
+        return
+    if not os.path.exists(program):
+        raise ValueError(f"cannot run {program}: no such file")
+    if os.path.isdir(program) or not os.access(program, os.X_OK):
+        raise ValueError(f"cannot run {program}: not an executable file")
 
 
 async def terminate(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
@@ -450,12 +469,14 @@ async def run_exec_worker(
     ``work_data``: stream ``WORKDATA`` lines as they come (module doc).
 
     :raises periodic_fast.errors.NotConnected: the first connect fails.
-    :raises ValueError: an empty command.
+    :raises ValueError: an empty command, or one that cannot start
+        (:func:`check_command`).
     """
     opts = options if options is not None else WorkerOptions()
     argv = shlex.split(command) if isinstance(command, str) else list(command)
     if not argv:
         raise ValueError("empty command")
+    check_command(argv[0])
     handler = make_handler(argv, opts, work_data=work_data)
     worker = await make_worker(address, func, handler, opts)
     await worker.connect()
