@@ -132,6 +132,7 @@ class HttpConnection(asyncio.Protocol):
         self._cancel_timer()
         self._queue.clear()
         self._app.connections.discard(self)
+        self._parser.release()  # its partial body goes now, not at a GC pass
 
     def pause_writing(self) -> None:
         self._write_paused = True

