@@ -181,3 +181,44 @@ async def test_closed_rsa_connection_is_freed(tmp_path: Any, no_gc: None) -> Non
         await asyncio.sleep(0.02)
         assert ref() is None
         assert not [o for o in gc.get_objects() if type(o) is SecureProtocol]
+
+
+# -- item 2: unregistered peers cannot park memory ------------------------------
+
+
+async def test_large_registration_frame_refused_from_its_header(
+    server: Server,
+) -> None:
+    reader, writer = await _open(server)
+    # announces 1 MiB: refused from the header, the body is never awaited
+    writer.write(_HEADER.pack(b"\x00REQ", MIB, 0) + b"\x03" + b"n" * 100)
+    assert await asyncio.wait_for(reader.read(), 2.0) == b""
+    writer.close()
+    await _until(lambda: not server.hub.protocols)
+
+
+async def test_registration_frame_limit_is_configurable() -> None:
+    from periodic_fast.codec import encode_identity
+
+    ident = encode_identity(b"n" * 3000, b"t" * 3000)  # 6 KB: over 4 KiB
+    async with Server(["tcp://127.0.0.1:0"], max_registration=8192) as srv:
+        reader, writer = await _open(srv)
+        writer.write(frame(b"\x03" + ident))
+        reply = await asyncio.wait_for(reader.readexactly(17), 2.0)
+        assert reply[:4] == b"\x00RES"
+        writer.close()
+    with pytest.raises(ValueError, match="max_registration"):
+        Server(max_registration=4)
+
+
+async def test_connections_are_capped_by_default() -> None:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    async with Server(["tcp://127.0.0.1:0"]) as srv:
+        cap = srv.hub.max_connections
+        assert 0 < cap <= 10_000
+        if soft != resource.RLIM_INFINITY:
+            assert cap < soft
+    async with Server(["tcp://127.0.0.1:0"], max_connections=0) as srv:
+        assert srv.hub.max_connections == 0  # asked for: no limit

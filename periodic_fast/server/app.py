@@ -20,6 +20,7 @@ import gc
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -33,6 +34,7 @@ from ..constants import DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 from ..errors import PeriodicError
 from .protocol import (
     DEFAULT_MAX_OUTPUT,
+    DEFAULT_MAX_REGISTRATION,
     DEFAULT_REGISTRATION_TIMEOUT,
     Hub,
 )
@@ -42,11 +44,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..store import Store
 
 __all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
     "NO_UVLOOP_ENV",
     "Address",
     "AddressInUse",
     "SchedulerFactory",
     "Server",
+    "default_max_connections",
     "new_event_loop",
     "parse_address",
     "run",
@@ -61,6 +65,22 @@ NO_UVLOOP_ENV = "PERIODIC_FAST_NO_UVLOOP"
 SchedulerFactory = Callable[[float, Callable[[], None]], SchedulerView]
 
 LoopName = Literal["auto", "asyncio", "uvloop"]
+
+#: Open binary connections allowed by default (fewer when the process may
+#: open fewer files: see :func:`default_max_connections`).
+DEFAULT_MAX_CONNECTIONS = 10_000
+# file descriptors kept for the rest: 256 HTTP connections, the store, logs
+_FD_RESERVE = 320
+
+
+def default_max_connections() -> int:
+    """:data:`DEFAULT_MAX_CONNECTIONS`, or less when ``RLIMIT_NOFILE`` is
+    lower: an extra connection is then closed cleanly instead of failing
+    ``accept()`` with EMFILE (which also starves the HTTP probes)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_MAX_CONNECTIONS
+    return max(16, min(DEFAULT_MAX_CONNECTIONS, soft - _FD_RESERVE))
 
 
 class AddressInUse(PeriodicError):
@@ -212,7 +232,10 @@ class Server:
     :param unix_mode: permission bits of the unix socket files (0o600: only
         the server's user may connect).
     :param max_connections: open connections allowed at once; an extra one
-        is closed at once and logged (0: no limit).
+        is closed at once and logged (0: no limit; None: the default,
+        :func:`default_max_connections`).
+    :param max_registration: largest registration frame body (client type
+        and identity); a larger one is refused from its header.
     :param max_jobs_per_func: stored jobs allowed per func; a submission
         beyond it gets NO_WORKER (0: no limit; default scheduler only).
     :param rsa_private_path: the server's RSA private key (PEM); set, every
@@ -245,7 +268,8 @@ class Server:
         auth_file: str | os.PathLike[str] | None = None,
         auth_poll: float = 1.0,
         unix_mode: int = 0o600,
-        max_connections: int = 0,
+        max_connections: int | None = None,
+        max_registration: int = DEFAULT_MAX_REGISTRATION,
         max_jobs_per_func: int = 0,
         rsa_private_path: str | os.PathLike[str] | None = None,
         rsa_public_path: str | os.PathLike[str] = "public_keys.pem",
@@ -259,8 +283,12 @@ class Server:
             raise ValueError("no listen address")
         if not 0 <= unix_mode <= 0o777:
             raise ValueError(f"bad unix socket mode {unix_mode:#o}")
+        if max_connections is None:
+            max_connections = default_max_connections()
         if max_connections < 0 or max_jobs_per_func < 0:
             raise ValueError("limits must be >= 0")
+        if max_registration < 16:  # a client type and an empty identity fit
+            raise ValueError("max_registration must be >= 16")
         if max_jobs_per_func and scheduler_factory is not None:
             raise ValueError("max_jobs_per_func needs the default scheduler")
         self._requested = [parse_address(a) for a in addresses]
@@ -278,6 +306,7 @@ class Server:
         self._auth_timer: asyncio.TimerHandle | None = None
         self._unix_mode = unix_mode
         self._max_connections = max_connections
+        self._max_registration = max_registration
         self._max_frame = max_frame
         self._registration_timeout = registration_timeout
         self._max_output = max_output
@@ -343,6 +372,7 @@ class Server:
                 # replies wait for the store's commits (durable stores)
                 store=scheduler.store,
                 max_connections=self._max_connections,
+                max_registration=self._max_registration,
             )
             hub.on_input = self.input_done
             self._hub = hub

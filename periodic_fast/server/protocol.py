@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
+    "DEFAULT_MAX_REGISTRATION",
     "DEFAULT_REGISTRATION_TIMEOUT",
     "Hub",
     "SchedulerLike",
@@ -71,6 +72,9 @@ log = logging.getLogger("periodic_fast.server")
 DEFAULT_REGISTRATION_TIMEOUT = 30.0
 #: Unread output (bytes) after which a peer is considered dead and dropped.
 DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024
+#: Largest registration frame body (client type + identity): an
+#: unauthenticated peer may make the server buffer no more than this.
+DEFAULT_MAX_REGISTRATION = 4096
 #: Transport write-buffer high-water mark: above it we stop reading that peer.
 WRITE_HIGH_WATER = 1024 * 1024
 #: ...and resume reading once the buffer is below this.
@@ -109,6 +113,7 @@ class Hub:
         "max_connections",
         "max_frame",
         "max_output",
+        "max_registration",
         "on_input",
         "protocols",
         "registration_timeout",
@@ -127,6 +132,7 @@ class Hub:
         clock: Callable[[], float] = time.time,
         store: Store | None = None,
         max_connections: int = 0,
+        max_registration: int = DEFAULT_MAX_REGISTRATION,
     ) -> None:
         self.scheduler = scheduler
         self.loop = loop
@@ -139,6 +145,8 @@ class Hub:
         self.max_frame = max_frame
         self.registration_timeout = registration_timeout
         self.max_output = max_output
+        #: largest registration frame body, checked from its header
+        self.max_registration = max_registration
         #: open connections allowed at once (0: no limit); extra ones are closed
         self.max_connections = max_connections
         #: registered connections by connection id
@@ -486,7 +494,18 @@ class ServerProtocol(asyncio.Protocol):
         self._head = head
         n = min(len(head), 4)
         if any(head[:n] == m[:n] for m in _MAGICS):
-            if n < 4:
+            if len(head) < 8:
+                return None
+            # the registration frame is the one an unauthenticated peer
+            # sends: refuse a large one from its header, before buffering it
+            size = _U32.unpack_from(head, 4)[0]
+            if size > self._hub.max_registration:
+                self._head = b""
+                self.drop(
+                    f"registration frame of {size} bytes "
+                    f"(max-registration {self._hub.max_registration})",
+                    abort=True,
+                )
                 return None
             parser = Parser(
                 requests=True,
