@@ -222,3 +222,128 @@ async def test_connections_are_capped_by_default() -> None:
             assert cap < soft
     async with Server(["tcp://127.0.0.1:0"], max_connections=0) as srv:
         assert srv.hub.max_connections == 0  # asked for: no limit
+
+
+# -- item 3: output is capped as it is queued ------------------------------------
+
+
+def req(msgid: int, command: int, *fields: Any) -> bytes:
+    from periodic_fast.codec import encode_payload, encode_request
+
+    return encode_request(msgid, command, encode_payload(command, *fields))
+
+
+async def _client(
+    server: Server, ctype: int = 1, rcvbuf: int = 0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    import socket
+
+    addr = parse_address(server.addresses[0])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:  # the server's output backs up at once
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (addr.host, addr.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(frame(bytes([ctype])))
+    await reader.readexactly(17)
+    return reader, writer
+
+
+def _conn_of(server: Server, before: set[int]) -> Any:
+    (cid,) = set(server.hub.connections) - before
+    return server.hub.connections[cid]
+
+
+async def test_fan_out_to_waiters_is_capped_per_send(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from periodic_fast.constants import Command as C
+
+    async with Server(["tcp://127.0.0.1:0"], max_output=MIB) as server:
+        wr, ww = await _client(server, 2)
+        ww.write(req(1, C.CAN_DO, b"f"))
+        cr, cw = await _client(server)
+        cw.write(req(1, C.SUBMIT_JOB, (b"f", b"j", b"", 0, 0, 0)))
+        await cr.readexactly(17)
+        before = set(server.hub.connections)
+        sr, sw = await _client(server, rcvbuf=4096)
+        slow = _conn_of(server, before)
+        sw.write(
+            b"".join(
+                req(i, C.RECV_DATA, (b"f", b"j", b"", 0, 0, 0)) for i in range(2, 42)
+            )
+        )
+        await sr.readexactly(17 * 40)  # 40 SUCCESS: 40 waiters
+        ww.write(req(2, C.WORK_DATA, b"f", b"j", b"d" * 100_000))  # 4 MB fan-out
+        await _until(lambda: slow.conn_id is None)
+        assert "over max-output" in caplog.text  # at the send, not a turn later
+        # the largest write buffer it ever had stays near the cap
+        assert await asyncio.wait_for(wr.readexactly(17), 5)  # worker served
+        for w in (ww, cw, sw):
+            w.close()
+
+
+async def test_pipelined_dumps_wait_for_their_output() -> None:
+    from periodic_fast.codec import Parser
+    from periodic_fast.constants import Command as C
+
+    async with Server(["tcp://127.0.0.1:0"]) as server:
+        cr, cw = await _client(server)
+        cw.write(
+            b"".join(
+                req(i + 1, C.SUBMIT_JOB, (b"d", b"%d" % i, b"a" * 500, 0, 0, 0))
+                for i in range(1000)
+            )
+        )
+        await cr.readexactly(17 * 1000)
+        before = set(server.hub.connections)
+        sr, sw = await _client(server, rcvbuf=4096)
+        slow = _conn_of(server, before)
+        sw.write(b"".join(req(i + 1, C.DUMP) for i in range(40)))  # 40 x ~0.5 MB
+        await asyncio.sleep(0.5)
+        # two or three DUMPs ran, the rest wait: not 20 MB in the buffer
+        assert slow._transport.get_write_buffer_size() < 4 * MIB
+        assert slow._stash
+        # a reader gets every reply, in order
+        parser = Parser(requests=False)
+        got: list[int] = []
+        while len(got) < 40:
+            data = await asyncio.wait_for(sr.read(1 << 20), 5)
+            assert data
+            got += [p.msgid for p in parser.feed(data)]
+        assert got == list(range(1, 41))
+        cw.close()
+        sw.close()
+
+
+async def test_pipelined_http_requests_wait_for_their_response() -> None:
+    from periodic_fast.job import Job
+
+    async with Server(["tcp://127.0.0.1:0"]) as server:
+        for i in range(400):
+            server.scheduler.submit(Job(b"func-%04d" % i, b"j"), server._clock())
+        assert server.hub.http is not None
+        conns = server.hub.http.connections  # type: ignore[attr-defined]
+        import socket
+
+        addr = parse_address(server.addresses[0])
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (addr.host, addr.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 300)
+        await _until(lambda: bool(conns))
+        await asyncio.sleep(0.5)
+        (conn,) = conns
+        # ~40 KB a response: 300 of them would be 12 MB; the high-water mark
+        # is 1 MiB (set on the binary side), plus at most one response
+        assert conn._transport.get_write_buffer_size() < 2 * MIB
+        n = 0
+        while n < 300:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            i = head.index(b"Content-Length: ") + 16
+            await reader.readexactly(int(head[i : head.index(b"\r\n", i)]))
+            n += 1
+        writer.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import ipaddress
 import logging
@@ -37,6 +38,7 @@ from .protocol import (
     DEFAULT_MAX_REGISTRATION,
     DEFAULT_REGISTRATION_TIMEOUT,
     Hub,
+    new_protocol,
 )
 from .views import SchedulerView
 
@@ -461,7 +463,7 @@ class Server:
         srv: asyncio.AbstractServer
         if addr.scheme == "tcp":
             srv = await loop.create_server(
-                hub.factory,
+                functools.partial(new_protocol, hub),
                 # tcp://:PORT -> loopback only (safe default, docs/security.md)
                 host=addr.host or "127.0.0.1",
                 port=addr.port,
@@ -474,7 +476,9 @@ class Server:
             _check_unix_path(path)
             sock = _bind_unix(path, self._unix_mode)
             try:
-                srv = await loop.create_unix_server(hub.factory, sock=sock)
+                srv = await loop.create_unix_server(
+                    functools.partial(new_protocol, hub), sock=sock
+                )
             except BaseException:
                 sock.close()
                 with contextlib.suppress(FileNotFoundError):

@@ -3,6 +3,8 @@
 :class:`HttpConnection` takes over a transport the binary protocol sniffed as
 HTTP.  It feeds a parser (:mod:`.http_parsers`), queues the parsed requests
 (at most :data:`MAX_PIPELINE` before reading pauses), answers them in order
+-- the next one only while the unsent output is under the transport's
+high-water mark, so pipelining cannot queue more than one response beyond it --
 through its owner's ``dispatch`` (a response now, or a future one for a
 write waiting for the store) and closes after a malformed request, a
 ``Connection: close``, a read timeout (408) or an idle keep-alive period.
@@ -140,14 +142,16 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if len(self._queue) <= MAX_PIPELINE:
-            self._resume_reading()
+        if not self._closing:
+            self._process()  # the next pipelined request, then reading
 
     # request processing ------------------------------------------------------------
 
     def _process(self) -> None:
         queue = self._queue
-        while queue and not self._busy and not self._closing:
+        # one response at a time: the next pipelined request runs only while
+        # the write buffer is under its high-water mark (pause_writing)
+        while queue and not self._busy and not self._closing and not self._write_paused:
             item = queue.popleft()
             if isinstance(item, HttpError):
                 log.info("%s: HTTP %d: %s", self.peer, item.status, item.message)
