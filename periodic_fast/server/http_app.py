@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from ..auth import Role
 from ..job import FuncStat, Job
 from .http_conn import HttpConnection
 from .http_guard import check_identity, host_allowed, refuse_write
@@ -234,6 +235,11 @@ class HttpApp:
     def _get(self, req: Request, path: bytes) -> Response | asyncio.Future[Response]:
         if path == b"/":
             if _prefers_html(req):
+                # the page shows every func, connection, lock and event: with
+                # auth on it is for admins (a client gets its JSON status)
+                ident = req.identity
+                if ident is not None and ident.role is not Role.ADMIN:
+                    return error_response(403, "the status page needs the admin role")
                 return self._page()
             return json_response(200, self._status_all(req))
         if path in (b"/ui", b"/ui/"):
