@@ -72,3 +72,31 @@ async def test_status_page_is_admin_only(
         # the client's own JSON status stays available to it
         status, body = await get(address, "/", auth="web-tok")
         assert status == 200 and body.startswith(b"{")
+
+
+# -- item 9: probes get through a full HTTP connection cap ----------------------
+
+
+async def test_health_probes_answered_while_the_cap_is_full() -> None:
+    opts = {"max_connections": 4, "probe_connections": 2}
+    async with Server(["tcp://127.0.0.1:0"], http_options=opts) as srv:
+        address = srv.addresses[0]
+        addr = parse_address(address)
+        slow = []
+        for _ in range(4 + 5):  # the cap, and more than the probe reserve
+            r, w = await asyncio.open_connection(addr.host, addr.port)
+            w.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+            await w.drain()
+            slow.append(w)
+        await asyncio.sleep(0.1)
+        for path in ("/healthz", "/readyz", "/healthz"):
+            status, body = await get(address, path)
+            assert status == 200, body
+        # anything else over the cap is refused
+        status, body = await get(address, "/")
+        assert status == 503, body
+        http = srv.hub.http
+        assert http is not None
+        assert len(http.connections) <= 4 + 2  # type: ignore[attr-defined]
+        for w in slow:
+            w.close()

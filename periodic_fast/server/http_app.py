@@ -24,13 +24,14 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from ..auth import Role
 from ..job import FuncStat, Job
 from .http_conn import HttpConnection
-from .http_guard import check_identity, host_allowed, refuse_write
+from .http_guard import PROBES, check_identity, host_allowed, refuse_write
 from .http_parsers import PARSERS, httptools, parser_name
 from .http_wire import (
     DEFAULT_MAX_BODY,
@@ -53,6 +54,7 @@ from .views import HubView, SchedulerView
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_PROBE_CONNECTIONS",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_WRITE_TIMEOUT",
     "HttpApp",
@@ -68,6 +70,9 @@ DEFAULT_IDLE_TIMEOUT: Final = 30.0
 DEFAULT_WRITE_TIMEOUT: Final = 30.0
 #: Open HTTP connections at once; more get 503 and are closed.
 DEFAULT_MAX_CONNECTIONS: Final = 256
+#: Connections kept beyond that cap for health probes only (the oldest is
+#: closed to make room), so that slow clients cannot fail /healthz.
+DEFAULT_PROBE_CONNECTIONS: Final = 8
 
 _ALLOW: Final = "GET, HEAD, POST, DELETE, OPTIONS"
 
@@ -86,6 +91,10 @@ class HttpApp:
     :param parser: ``"auto"`` (httptools if importable), ``"httptools"``, ``"h11"``.
     :param allowed_hosts: Host names accepted by the Host check besides IP
         literals, ``localhost``, this machine's name and the listen hosts.
+    :param max_connections: open HTTP connections at once (503 beyond).
+    :param probe_connections: connections allowed beyond ``max_connections``
+        for ``/healthz``, ``/readyz`` only (one request each; the oldest is
+        closed when a new one needs room).
     :param host_check: check the Host header of TCP requests (403 for other
         names; docs/security.md).  On by default, auth or not: without it a
         web page whose name resolves to 127.0.0.1 could read the status
@@ -108,6 +117,7 @@ class HttpApp:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        probe_connections: int = DEFAULT_PROBE_CONNECTIONS,
         allowed_hosts: Iterable[str] = (),
         host_check: bool = True,
     ) -> None:
@@ -129,6 +139,9 @@ class HttpApp:
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
         self.max_connections = max_connections
+        self.probe_connections = probe_connections
+        # connections over the cap, oldest first: they may only ask a probe
+        self._probes: deque[HttpConnection] = deque()
         #: Host names accepted besides IP literals, localhost and the
         #: listen hosts
         hosts = {h.lower().rstrip(".") for h in allowed_hosts}
@@ -154,15 +167,24 @@ class HttpApp:
 
     def accept(self, transport: asyncio.Transport, head: bytes, peer: str) -> None:
         """Take over ``transport`` (its first bytes were ``head``)."""
-        if len(self.connections) >= self.max_connections:
-            log.warning(
-                "%s: refusing HTTP: %d connections open", peer, len(self.connections)
-            )
-            refused = error_response(503, "too many HTTP connections")
-            transport.write(encode_response(refused, False, False))
-            transport.close()
-            return
-        conn = HttpConnection(self, transport, peer)
+        probe_only = len(self.connections) >= self.max_connections
+        if probe_only:
+            probes = self._probes = deque(c for c in self._probes if not c.closed)
+            if len(probes) >= self.probe_connections:
+                if not probes:  # no reserve at all
+                    log.warning(
+                        "%s: refusing HTTP: %d connections open",
+                        peer,
+                        len(self.connections),
+                    )
+                    refused = error_response(503, "too many HTTP connections")
+                    transport.write(encode_response(refused, False, False))
+                    transport.close()
+                    return
+                probes.popleft().abort()  # the newest probe gets the room
+        conn = HttpConnection(self, transport, peer, probe_only=probe_only)
+        if probe_only:
+            self._probes.append(conn)
         self.connections.add(conn)
         transport.set_protocol(conn)
         conn.data_received(head)
@@ -207,6 +229,8 @@ class HttpApp:
     ) -> Response | asyncio.Future[Response]:
         """Answer ``req``: a Response now, or a future one (writes)."""
         try:
+            if conn is not None and conn.probe_only and req.path not in PROBES:
+                return error_response(503, "too many HTTP connections", close=True)
             refused = self._authorize(req, conn)
             if refused is not None:
                 return refused

@@ -72,10 +72,19 @@ class HttpOwner(Protocol):
 class HttpConnection(asyncio.Protocol):
     """One HTTP connection taken over from a sniffed binary-port connection."""
 
-    def __init__(self, app: HttpOwner, transport: asyncio.Transport, peer: str) -> None:
+    def __init__(
+        self,
+        app: HttpOwner,
+        transport: asyncio.Transport,
+        peer: str,
+        *,
+        probe_only: bool = False,
+    ) -> None:
         self._app = app
         self._transport = transport
         self.peer = peer
+        #: over the connection cap: one health probe, then closed
+        self.probe_only = probe_only
         self._parser = new_parser(app.parser, app.max_body)
         self._queue: deque[Request | HttpError] = deque()
         self._busy = False  # a response waits for the store
@@ -188,6 +197,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _write(self, req: Request | None, resp: Response) -> None:
         keep = req is not None and req.keep_alive and not resp.close
+        keep = keep and not self.probe_only
         if keep and self._stop_after and not self._queue:
             keep = False
         head_only = req is not None and req.method == "HEAD"
@@ -239,6 +249,11 @@ class HttpConnection(asyncio.Protocol):
             self._closing = True
             self._cancel_timer()
             self._transport.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once closing or closed."""
+        return self._closing
 
     def close(self) -> None:
         """Close after what was written so far (server shutdown)."""
