@@ -347,3 +347,65 @@ async def test_pipelined_http_requests_wait_for_their_response() -> None:
             await reader.readexactly(int(head[i : head.index(b"\r\n", i)]))
             n += 1
         writer.close()
+
+
+# -- item 5: peer bytes in the log are bounded in size and rate --------------------
+
+
+async def _refused_registrations(
+    tmp_path: Any, names: list[bytes], caplog: pytest.LogCaptureFixture
+) -> list[str]:
+    import logging
+
+    from periodic_fast.codec import encode_identity
+
+    auth = tmp_path / "auth"
+    auth.write_bytes(b"client web web-tok email\n")
+    auth.chmod(0o600)
+    caplog.set_level(logging.WARNING, logger="periodic_fast.server")
+    async with Server(["tcp://127.0.0.1:0"], auth_file=auth) as srv:
+        for name in names:
+            reader, writer = await _open(srv)
+            writer.write(frame(b"\x03" + encode_identity(name, b"bad")))
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "periodic_fast.server" and r.levelname == "WARNING"
+    ]
+
+
+async def test_refused_name_is_logged_clipped(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = await _refused_registrations(tmp_path, [b"\xff" * 3000], caplog)
+    (line,) = [x for x in lines if "registration refused" in x]
+    assert len(line) < 400, len(line)  # the repr of the name was 12,000 chars
+    assert "chars)" in line  # and it says it was cut
+
+
+async def test_refusals_in_a_loop_are_rate_limited(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = await _refused_registrations(tmp_path, [b"n"] * 60, caplog)
+    refused = [x for x in lines if "registration refused" in x]
+    assert 1 <= len(refused) <= 30, len(refused)  # burst: 4 s of 5 lines/s
+
+
+def test_throttle_reports_what_it_suppressed(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from periodic_fast.server.logbound import Throttle, peer_text
+
+    now = [0.0]
+    log = logging.getLogger("periodic_fast.test_throttle")
+    caplog.set_level(logging.INFO, logger=log.name)
+    t = Throttle(log, rate=1.0, burst=2, clock=lambda: now[0])
+    for _ in range(10):
+        t.info("kind", "line")
+    now[0] += 1.0
+    t.info("kind", "line")
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ["line", "line", "suppressed 8 similar messages (kind)", "line"]
+    assert peer_text(b"x" * 1000) == repr(b"x" * 64) + "...(+936)"

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from ..auth import AuthFile
 from ..constants import DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 from ..errors import PeriodicError
+from .logbound import DEFAULT_PEER_LOG_RATE
 from .protocol import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_MAX_REGISTRATION,
@@ -236,6 +237,10 @@ class Server:
     :param max_connections: open connections allowed at once; an extra one
         is closed at once and logged (0: no limit; None: the default,
         :func:`default_max_connections`).
+    :param peer_log_rate: log lines per second per kind that peers may cause
+        (refusals, protocol errors, bad HTTP requests), after a burst of 4 s
+        worth; then one "suppressed K similar messages" line (0: no limit).
+        Peer bytes in those lines are cut to a bounded length.
     :param max_registration: largest registration frame body (client type
         and identity); a larger one is refused from its header.
     :param max_jobs_per_func: stored jobs allowed per func; a submission
@@ -272,6 +277,7 @@ class Server:
         unix_mode: int = 0o600,
         max_connections: int | None = None,
         max_registration: int = DEFAULT_MAX_REGISTRATION,
+        peer_log_rate: float = DEFAULT_PEER_LOG_RATE,
         max_jobs_per_func: int = 0,
         rsa_private_path: str | os.PathLike[str] | None = None,
         rsa_public_path: str | os.PathLike[str] = "public_keys.pem",
@@ -309,6 +315,7 @@ class Server:
         self._unix_mode = unix_mode
         self._max_connections = max_connections
         self._max_registration = max_registration
+        self._peer_log_rate = peer_log_rate
         self._max_frame = max_frame
         self._registration_timeout = registration_timeout
         self._max_output = max_output
@@ -375,6 +382,7 @@ class Server:
                 store=scheduler.store,
                 max_connections=self._max_connections,
                 max_registration=self._max_registration,
+                peer_log_rate=self._peer_log_rate,
             )
             hub.on_input = self.input_done
             self._hub = hub
@@ -401,7 +409,7 @@ class Server:
                     running=lambda: self._state == "running",
                     clock=self._clock,
                     writes=self._http_writes,
-                    **self._http_options,
+                    **{"peer_log_rate": self._peer_log_rate, **self._http_options},
                 )
             for addr in self._requested:
                 await self._listen(loop, hub, addr)

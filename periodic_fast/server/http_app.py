@@ -48,6 +48,7 @@ from .http_wire import (
     looks_like_http,
     text,
 )
+from .logbound import DEFAULT_PEER_LOG_RATE, Throttle, peer_text
 from .status_page import overview, render_fragment, render_page
 from .views import HubView, SchedulerView
 
@@ -92,6 +93,8 @@ class HttpApp:
     :param allowed_hosts: Host names accepted by the Host check besides IP
         literals, ``localhost``, this machine's name and the listen hosts.
     :param max_connections: open HTTP connections at once (503 beyond).
+    :param peer_log_rate: log lines per second per kind that peers may
+        cause (bad requests, refusals); 0: no limit (logbound).
     :param probe_connections: connections allowed beyond ``max_connections``
         for ``/healthz``, ``/readyz`` only (one request each; the oldest is
         closed when a new one needs room).
@@ -118,6 +121,7 @@ class HttpApp:
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         probe_connections: int = DEFAULT_PROBE_CONNECTIONS,
+        peer_log_rate: float = DEFAULT_PEER_LOG_RATE,
         allowed_hosts: Iterable[str] = (),
         host_check: bool = True,
     ) -> None:
@@ -140,6 +144,8 @@ class HttpApp:
         self.write_timeout = write_timeout
         self.max_connections = max_connections
         self.probe_connections = probe_connections
+        #: log lines peers cause: rate-limited per kind (logbound)
+        self.peer_log = Throttle(log, peer_log_rate)
         # connections over the cap, oldest first: they may only ask a probe
         self._probes: deque[HttpConnection] = deque()
         #: Host names accepted besides IP literals, localhost and the
@@ -172,7 +178,8 @@ class HttpApp:
             probes = self._probes = deque(c for c in self._probes if not c.closed)
             if len(probes) >= self.probe_connections:
                 if not probes:  # no reserve at all
-                    log.warning(
+                    self.peer_log.warning(
+                        "http-max-connections",
                         "%s: refusing HTTP: %d connections open",
                         peer,
                         len(self.connections),
@@ -238,7 +245,9 @@ class HttpApp:
         except HttpError as exc:
             return error_response(exc.status, exc.message)
         except Exception:
-            log.exception("HTTP %s %r: internal error", req.method, req.target[:200])
+            log.exception(
+                "HTTP %s %s: internal error", req.method, peer_text(req.target)
+            )
             return error_response(500, "internal error")
 
     def _route(self, req: Request) -> Response | asyncio.Future[Response]:

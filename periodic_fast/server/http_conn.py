@@ -27,6 +27,7 @@ from .http_wire import (
     encode_response,
     error_response,
 )
+from .logbound import Throttle, clip
 
 __all__ = ["MAX_PIPELINE", "HttpConnection", "HttpOwner"]
 
@@ -56,6 +57,11 @@ class HttpOwner(Protocol):
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def peer_log(self) -> Throttle:
+        """Where log lines a peer causes go (bounded, rate-limited)."""
+        ...
 
     @property
     def connections(self) -> set[HttpConnection]:
@@ -163,7 +169,13 @@ class HttpConnection(asyncio.Protocol):
         while queue and not self._busy and not self._closing and not self._write_paused:
             item = queue.popleft()
             if isinstance(item, HttpError):
-                log.info("%s: HTTP %d: %s", self.peer, item.status, item.message)
+                self._app.peer_log.info(
+                    f"http-{item.status}",
+                    "%s: HTTP %d: %s",
+                    self.peer,
+                    item.status,
+                    clip(item.message),
+                )
                 self._write(None, error_response(item.status, item.message, close=True))
                 return
             result = self._app.dispatch(item, self)
@@ -225,7 +237,7 @@ class HttpConnection(asyncio.Protocol):
         if self._busy or self._queue:
             self._arm(self._app.read_timeout)  # a response is under way
         elif self._parser.in_progress:
-            log.info("%s: HTTP read timeout", self.peer)
+            self._app.peer_log.info("http-timeout", "%s: HTTP read timeout", self.peer)
             self._write(
                 None, error_response(408, "request not received in time", close=True)
             )

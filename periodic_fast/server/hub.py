@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..codec import encode_response
 from ..constants import DEFAULT_MAX_FRAME, Command
+from .logbound import DEFAULT_PEER_LOG_RATE, Throttle
 from .views import HttpSide, SchedulerLike
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,6 +118,7 @@ class Hub:
         "max_output",
         "max_registration",
         "on_input",
+        "peer_log",
         "protocols",
         "registration_timeout",
         "scheduler",
@@ -135,6 +137,7 @@ class Hub:
         store: Store | None = None,
         max_connections: int = 0,
         max_registration: int = DEFAULT_MAX_REGISTRATION,
+        peer_log_rate: float = DEFAULT_PEER_LOG_RATE,
     ) -> None:
         self.scheduler = scheduler
         self.loop = loop
@@ -149,6 +152,8 @@ class Hub:
         self.max_output = max_output
         #: largest registration frame body, checked from its header
         self.max_registration = max_registration
+        #: log lines peers cause: rate-limited per kind (logbound)
+        self.peer_log = Throttle(log, peer_log_rate)
         #: open connections allowed at once (0: no limit); extra ones are closed
         self.max_connections = max_connections
         #: registered connections by connection id

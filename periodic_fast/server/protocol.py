@@ -60,6 +60,7 @@ from .hub import (
     DEFAULT_REGISTRATION_TIMEOUT,
     Hub,
 )
+from .logbound import clip
 from .views import HttpSide, SchedulerLike
 
 __all__ = [
@@ -184,7 +185,8 @@ class ServerProtocol(asyncio.Protocol):
         hub = self._hub
         if hub.max_connections and len(hub.protocols) >= hub.max_connections:
             self._closing = True  # refused: read nothing, close at once
-            log.warning(
+            hub.peer_log.warning(
+                "max-connections",
                 "refusing a connection from %s: %d connections open (max-connections)",
                 _peer_name(transport),
                 len(hub.protocols),
@@ -484,7 +486,8 @@ class ServerProtocol(asyncio.Protocol):
         if total <= limit:
             self._room = limit - buffered - self._held_bytes
             return False
-        log.warning(
+        self._hub.peer_log.warning(
+            "max-output",
             "%s: closing: peer does not read its output "
             "(%d bytes queued, over max-output %d)",
             self._peer,
@@ -613,7 +616,14 @@ class ServerProtocol(asyncio.Protocol):
         if self._closing:
             return
         if reason is not None:
-            log.warning("%s: closing: %s", self._peer, reason)
+            # reasons may carry peer bytes (a refused name, bad magic): clip
+            # them, and throttle per kind (a client in a reconnect loop)
+            self._hub.peer_log.warning(
+                reason[:24].partition(":")[0],
+                "%s: closing: %s",
+                self._peer,
+                clip(reason),
+            )
         self._shutdown(abort=abort, defer=False)
 
     def abort(self) -> None:
