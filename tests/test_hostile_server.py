@@ -409,3 +409,51 @@ def test_throttle_reports_what_it_suppressed(caplog: pytest.LogCaptureFixture) -
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs == ["line", "line", "suppressed 8 similar messages (kind)", "line"]
     assert peer_text(b"x" * 1000) == repr(b"x" * 64) + "...(+936)"
+
+
+# -- item 1, process level: RSS comes back after the connections closed -----------
+
+
+def test_server_rss_returns_after_partial_frames() -> None:
+    """8 connections each leave 7 MiB of an 8 MiB frame, then close: the
+    server's RSS is back near where it started (it stayed +56 MiB before)."""
+    import socket
+    import time
+
+    from periodic_fast.testing import ServerProcess
+
+    def rss(pid: int) -> float:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    def ping(address: str) -> None:
+        host, port = address[6:].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(frame(b"\x01") + frame(b"\x00\x00\x00\x01\x09"))
+            got = b""
+            while len(got) < 17 + 17:
+                chunk = s.recv(64)
+                assert chunk
+                got += chunk
+
+    with ServerProcess() as srv:
+        assert srv.pid is not None
+        ping(srv.address)
+        before = rss(srv.pid)
+        host, port = srv.address[6:].rsplit(":", 1)
+        for _ in range(8):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(frame(b"\x01"))
+                s.sendall(_HEADER.pack(b"\x00REQ", 8 * MIB, 0) + b"x" * (7 * MIB))
+                s.recv(17)
+            ping(srv.address)
+        for _ in range(50):  # the closes are handled on the next loop turns
+            ping(srv.address)
+            after = rss(srv.pid)
+            if after < before + 16:
+                break
+            time.sleep(0.05)
+        assert after < before + 16, (before, after)
