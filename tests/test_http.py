@@ -643,9 +643,14 @@ def test_http_connection_limit(run: Runner[None]) -> None:
                 c.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 assert (await c.response()).status == 200
             extra = await RawHttp.open(pick(srv, "tcp"))
-            extra.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            extra.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert (await extra.response()).status == 503
             await extra.close()
+            # issue 16.9: a health probe still gets through (a reserve)
+            probe = await RawHttp.open(pick(srv, "tcp"))
+            probe.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert (await probe.response()).status == 200
+            await probe.close()
             for c in held:
                 await c.close()
 

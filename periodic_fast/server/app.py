@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -36,10 +38,13 @@ from ..sched_limits import (
     DEFAULT_MAX_WAITERS,
     DEFAULT_MAX_WAITERS_PER_CONN,
 )
+from .logbound import DEFAULT_PEER_LOG_RATE
 from .protocol import (
     DEFAULT_MAX_OUTPUT,
+    DEFAULT_MAX_REGISTRATION,
     DEFAULT_REGISTRATION_TIMEOUT,
     Hub,
+    new_protocol,
 )
 from .views import SchedulerView
 
@@ -47,11 +52,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..store import Store
 
 __all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
     "NO_UVLOOP_ENV",
     "Address",
     "AddressInUse",
     "SchedulerFactory",
     "Server",
+    "default_max_connections",
     "new_event_loop",
     "parse_address",
     "run",
@@ -73,6 +80,22 @@ _DEFAULT_LIMITS = {
 SchedulerFactory = Callable[[float, Callable[[], None]], SchedulerView]
 
 LoopName = Literal["auto", "asyncio", "uvloop"]
+
+#: Open binary connections allowed by default (fewer when the process may
+#: open fewer files: see :func:`default_max_connections`).
+DEFAULT_MAX_CONNECTIONS = 10_000
+# file descriptors kept for the rest: 256 HTTP connections, the store, logs
+_FD_RESERVE = 320
+
+
+def default_max_connections() -> int:
+    """:data:`DEFAULT_MAX_CONNECTIONS`, or less when ``RLIMIT_NOFILE`` is
+    lower: an extra connection is then closed cleanly instead of failing
+    ``accept()`` with EMFILE (which also starves the HTTP probes)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_MAX_CONNECTIONS
+    return max(16, min(DEFAULT_MAX_CONNECTIONS, soft - _FD_RESERVE))
 
 
 class AddressInUse(PeriodicError):
@@ -230,7 +253,14 @@ class Server:
     :param unix_mode: permission bits of the unix socket files (0o600: only
         the server's user may connect).
     :param max_connections: open connections allowed at once; an extra one
-        is closed at once and logged (0: no limit).
+        is closed at once and logged (0: no limit; None: the default,
+        :func:`default_max_connections`).
+    :param peer_log_rate: log lines per second per kind that peers may cause
+        (refusals, protocol errors, bad HTTP requests), after a burst of 4 s
+        worth; then one "suppressed K similar messages" line (0: no limit).
+        Peer bytes in those lines are cut to a bounded length.
+    :param max_registration: largest registration frame body (client type
+        and identity); a larger one is refused from its header.
     :param max_jobs_per_func: stored jobs allowed per func; a submission
         beyond it gets NO_WORKER (0: no limit; default scheduler only).
     :param max_funcs: known funcs allowed (0: no limit; default scheduler
@@ -271,7 +301,9 @@ class Server:
         auth_file: str | os.PathLike[str] | None = None,
         auth_poll: float = 1.0,
         unix_mode: int = 0o600,
-        max_connections: int = 0,
+        max_connections: int | None = None,
+        max_registration: int = DEFAULT_MAX_REGISTRATION,
+        peer_log_rate: float = DEFAULT_PEER_LOG_RATE,
         max_jobs_per_func: int = 0,
         max_funcs: int = DEFAULT_MAX_FUNCS,
         max_waiters: int = DEFAULT_MAX_WAITERS,
@@ -289,8 +321,12 @@ class Server:
             raise ValueError("no listen address")
         if not 0 <= unix_mode <= 0o777:
             raise ValueError(f"bad unix socket mode {unix_mode:#o}")
+        if max_connections is None:
+            max_connections = default_max_connections()
         if max_connections < 0 or max_jobs_per_func < 0:
             raise ValueError("limits must be >= 0")
+        if max_registration < 16:  # a client type and an empty identity fit
+            raise ValueError("max_registration must be >= 16")
         if max_jobs_per_func and scheduler_factory is not None:
             raise ValueError("max_jobs_per_func needs the default scheduler")
         limits = {
@@ -317,6 +353,8 @@ class Server:
         self._auth_timer: asyncio.TimerHandle | None = None
         self._unix_mode = unix_mode
         self._max_connections = max_connections
+        self._max_registration = max_registration
+        self._peer_log_rate = peer_log_rate
         self._max_frame = max_frame
         self._registration_timeout = registration_timeout
         self._max_output = max_output
@@ -382,6 +420,8 @@ class Server:
                 # replies wait for the store's commits (durable stores)
                 store=scheduler.store,
                 max_connections=self._max_connections,
+                max_registration=self._max_registration,
+                peer_log_rate=self._peer_log_rate,
             )
             hub.on_input = self.input_done
             self._hub = hub
@@ -409,7 +449,7 @@ class Server:
                     running=lambda: self._state == "running",
                     clock=self._clock,
                     writes=self._http_writes,
-                    **self._http_options,
+                    **{"peer_log_rate": self._peer_log_rate, **self._http_options},
                 )
             for addr in self._requested:
                 await self._listen(loop, hub, addr)
@@ -471,7 +511,7 @@ class Server:
         srv: asyncio.AbstractServer
         if addr.scheme == "tcp":
             srv = await loop.create_server(
-                hub.factory,
+                functools.partial(new_protocol, hub),
                 # tcp://:PORT -> loopback only (safe default, docs/security.md)
                 host=addr.host or "127.0.0.1",
                 port=addr.port,
@@ -484,7 +524,9 @@ class Server:
             _check_unix_path(path)
             sock = _bind_unix(path, self._unix_mode)
             try:
-                srv = await loop.create_unix_server(hub.factory, sock=sock)
+                srv = await loop.create_unix_server(
+                    functools.partial(new_protocol, hub), sock=sock
+                )
             except BaseException:
                 sock.close()
                 with contextlib.suppress(FileNotFoundError):

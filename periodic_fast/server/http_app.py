@@ -24,12 +24,14 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from ..auth import Role
 from ..job import FuncStat, Job
 from .http_conn import HttpConnection
-from .http_guard import check_identity, host_allowed, refuse_write
+from .http_guard import PROBES, check_identity, host_allowed, refuse_write
 from .http_parsers import PARSERS, httptools, parser_name
 from .http_wire import (
     DEFAULT_MAX_BODY,
@@ -46,12 +48,14 @@ from .http_wire import (
     looks_like_http,
     text,
 )
+from .logbound import DEFAULT_PEER_LOG_RATE, Throttle, peer_text
 from .status_page import overview, render_fragment, render_page
 from .views import HubView, SchedulerView
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_PROBE_CONNECTIONS",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_WRITE_TIMEOUT",
     "HttpApp",
@@ -67,6 +71,9 @@ DEFAULT_IDLE_TIMEOUT: Final = 30.0
 DEFAULT_WRITE_TIMEOUT: Final = 30.0
 #: Open HTTP connections at once; more get 503 and are closed.
 DEFAULT_MAX_CONNECTIONS: Final = 256
+#: Connections kept beyond that cap for health probes only (the oldest is
+#: closed to make room), so that slow clients cannot fail /healthz.
+DEFAULT_PROBE_CONNECTIONS: Final = 8
 
 _ALLOW: Final = "GET, HEAD, POST, DELETE, OPTIONS"
 
@@ -85,6 +92,12 @@ class HttpApp:
     :param parser: ``"auto"`` (httptools if importable), ``"httptools"``, ``"h11"``.
     :param allowed_hosts: Host names accepted by the Host check besides IP
         literals, ``localhost``, this machine's name and the listen hosts.
+    :param max_connections: open HTTP connections at once (503 beyond).
+    :param peer_log_rate: log lines per second per kind that peers may
+        cause (bad requests, refusals); 0: no limit (logbound).
+    :param probe_connections: connections allowed beyond ``max_connections``
+        for ``/healthz``, ``/readyz`` only (one request each; the oldest is
+        closed when a new one needs room).
     :param host_check: check the Host header of TCP requests (403 for other
         names; docs/security.md).  On by default, auth or not: without it a
         web page whose name resolves to 127.0.0.1 could read the status
@@ -107,6 +120,8 @@ class HttpApp:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        probe_connections: int = DEFAULT_PROBE_CONNECTIONS,
+        peer_log_rate: float = DEFAULT_PEER_LOG_RATE,
         allowed_hosts: Iterable[str] = (),
         host_check: bool = True,
     ) -> None:
@@ -128,6 +143,11 @@ class HttpApp:
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
         self.max_connections = max_connections
+        self.probe_connections = probe_connections
+        #: log lines peers cause: rate-limited per kind (logbound)
+        self.peer_log = Throttle(log, peer_log_rate)
+        # connections over the cap, oldest first: they may only ask a probe
+        self._probes: deque[HttpConnection] = deque()
         #: Host names accepted besides IP literals, localhost and the
         #: listen hosts
         hosts = {h.lower().rstrip(".") for h in allowed_hosts}
@@ -153,15 +173,25 @@ class HttpApp:
 
     def accept(self, transport: asyncio.Transport, head: bytes, peer: str) -> None:
         """Take over ``transport`` (its first bytes were ``head``)."""
-        if len(self.connections) >= self.max_connections:
-            log.warning(
-                "%s: refusing HTTP: %d connections open", peer, len(self.connections)
-            )
-            refused = error_response(503, "too many HTTP connections")
-            transport.write(encode_response(refused, False, False))
-            transport.close()
-            return
-        conn = HttpConnection(self, transport, peer)
+        probe_only = len(self.connections) >= self.max_connections
+        if probe_only:
+            probes = self._probes = deque(c for c in self._probes if not c.closed)
+            if len(probes) >= self.probe_connections:
+                if not probes:  # no reserve at all
+                    self.peer_log.warning(
+                        "http-max-connections",
+                        "%s: refusing HTTP: %d connections open",
+                        peer,
+                        len(self.connections),
+                    )
+                    refused = error_response(503, "too many HTTP connections")
+                    transport.write(encode_response(refused, False, False))
+                    transport.close()
+                    return
+                probes.popleft().abort()  # the newest probe gets the room
+        conn = HttpConnection(self, transport, peer, probe_only=probe_only)
+        if probe_only:
+            self._probes.append(conn)
         self.connections.add(conn)
         transport.set_protocol(conn)
         conn.data_received(head)
@@ -206,6 +236,8 @@ class HttpApp:
     ) -> Response | asyncio.Future[Response]:
         """Answer ``req``: a Response now, or a future one (writes)."""
         try:
+            if conn is not None and conn.probe_only and req.path not in PROBES:
+                return error_response(503, "too many HTTP connections", close=True)
             refused = self._authorize(req, conn)
             if refused is not None:
                 return refused
@@ -213,7 +245,9 @@ class HttpApp:
         except HttpError as exc:
             return error_response(exc.status, exc.message)
         except Exception:
-            log.exception("HTTP %s %r: internal error", req.method, req.target[:200])
+            log.exception(
+                "HTTP %s %s: internal error", req.method, peer_text(req.target)
+            )
             return error_response(500, "internal error")
 
     def _route(self, req: Request) -> Response | asyncio.Future[Response]:
@@ -234,6 +268,11 @@ class HttpApp:
     def _get(self, req: Request, path: bytes) -> Response | asyncio.Future[Response]:
         if path == b"/":
             if _prefers_html(req):
+                # the page shows every func, connection, lock and event: with
+                # auth on it is for admins (a client gets its JSON status)
+                ident = req.identity
+                if ident is not None and ident.role is not Role.ADMIN:
+                    return error_response(403, "the status page needs the admin role")
                 return self._page()
             return json_response(200, self._status_all(req))
         if path in (b"/ui", b"/ui/"):

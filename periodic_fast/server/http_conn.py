@@ -3,6 +3,8 @@
 :class:`HttpConnection` takes over a transport the binary protocol sniffed as
 HTTP.  It feeds a parser (:mod:`.http_parsers`), queues the parsed requests
 (at most :data:`MAX_PIPELINE` before reading pauses), answers them in order
+-- the next one only while the unsent output is under the transport's
+high-water mark, so pipelining cannot queue more than one response beyond it --
 through its owner's ``dispatch`` (a response now, or a future one for a
 write waiting for the store) and closes after a malformed request, a
 ``Connection: close``, a read timeout (408) or an idle keep-alive period.
@@ -25,6 +27,7 @@ from .http_wire import (
     encode_response,
     error_response,
 )
+from .logbound import Throttle, clip
 
 __all__ = ["MAX_PIPELINE", "HttpConnection", "HttpOwner"]
 
@@ -56,6 +59,11 @@ class HttpOwner(Protocol):
     def loop(self) -> asyncio.AbstractEventLoop: ...
 
     @property
+    def peer_log(self) -> Throttle:
+        """Where log lines a peer causes go (bounded, rate-limited)."""
+        ...
+
+    @property
     def connections(self) -> set[HttpConnection]:
         """The open connections (a closed one removes itself)."""
         ...
@@ -70,10 +78,19 @@ class HttpOwner(Protocol):
 class HttpConnection(asyncio.Protocol):
     """One HTTP connection taken over from a sniffed binary-port connection."""
 
-    def __init__(self, app: HttpOwner, transport: asyncio.Transport, peer: str) -> None:
+    def __init__(
+        self,
+        app: HttpOwner,
+        transport: asyncio.Transport,
+        peer: str,
+        *,
+        probe_only: bool = False,
+    ) -> None:
         self._app = app
         self._transport = transport
         self.peer = peer
+        #: over the connection cap: one health probe, then closed
+        self.probe_only = probe_only
         self._parser = new_parser(app.parser, app.max_body)
         self._queue: deque[Request | HttpError] = deque()
         self._busy = False  # a response waits for the store
@@ -132,6 +149,7 @@ class HttpConnection(asyncio.Protocol):
         self._cancel_timer()
         self._queue.clear()
         self._app.connections.discard(self)
+        self._parser.release()  # its partial body goes now, not at a GC pass
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -139,17 +157,25 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if len(self._queue) <= MAX_PIPELINE:
-            self._resume_reading()
+        if not self._closing:
+            self._process()  # the next pipelined request, then reading
 
     # request processing ------------------------------------------------------------
 
     def _process(self) -> None:
         queue = self._queue
-        while queue and not self._busy and not self._closing:
+        # one response at a time: the next pipelined request runs only while
+        # the write buffer is under its high-water mark (pause_writing)
+        while queue and not self._busy and not self._closing and not self._write_paused:
             item = queue.popleft()
             if isinstance(item, HttpError):
-                log.info("%s: HTTP %d: %s", self.peer, item.status, item.message)
+                self._app.peer_log.info(
+                    f"http-{item.status}",
+                    "%s: HTTP %d: %s",
+                    self.peer,
+                    item.status,
+                    clip(item.message),
+                )
                 self._write(None, error_response(item.status, item.message, close=True))
                 return
             result = self._app.dispatch(item, self)
@@ -183,6 +209,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _write(self, req: Request | None, resp: Response) -> None:
         keep = req is not None and req.keep_alive and not resp.close
+        keep = keep and not self.probe_only
         if keep and self._stop_after and not self._queue:
             keep = False
         head_only = req is not None and req.method == "HEAD"
@@ -210,7 +237,7 @@ class HttpConnection(asyncio.Protocol):
         if self._busy or self._queue:
             self._arm(self._app.read_timeout)  # a response is under way
         elif self._parser.in_progress:
-            log.info("%s: HTTP read timeout", self.peer)
+            self._app.peer_log.info("http-timeout", "%s: HTTP read timeout", self.peer)
             self._write(
                 None, error_response(408, "request not received in time", close=True)
             )
@@ -234,6 +261,11 @@ class HttpConnection(asyncio.Protocol):
             self._closing = True
             self._cancel_timer()
             self._transport.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once closing or closed."""
+        return self._closing
 
     def close(self) -> None:
         """Close after what was written so far (server shutdown)."""

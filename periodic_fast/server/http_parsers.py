@@ -36,6 +36,11 @@ class Parser(Protocol):
         cannot continue after them (upgrade).  Raises :class:`HttpError`."""
         ...
 
+    def release(self) -> None:
+        """The connection closed: drop every buffer and reference cycle now
+        (reference counting frees the parser at once, GC tuning or not)."""
+        ...
+
 
 def _keep_alive(version: str, headers: list[tuple[bytes, bytes]]) -> bool:
     tokens: set[bytes] = set()
@@ -86,7 +91,7 @@ class _HttptoolsParser:
     def __init__(self, max_body: int) -> None:
         assert httptools is not None
         self._limits = _Limits(max_body)
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: Any = httptools.HttpRequestParser(self)
         self._done: list[Request] = []
         self.in_progress = False
         self.expect_continue = False
@@ -148,6 +153,13 @@ class _HttptoolsParser:
         )
         self.in_progress = False
 
+    def release(self) -> None:
+        # llhttp holds this object for its callbacks: a cycle holding the
+        # partial body
+        self._parser = None
+        self._reset()
+        self._done = []
+
     def feed(self, data: bytes) -> tuple[list[Request], bool]:
         upgrade = False
         try:
@@ -192,6 +204,10 @@ class _H11Parser:
         self._body: list[bytes] = []
         self._body_len = 0
         self.expect_continue = False
+
+    def release(self) -> None:
+        self._req = None
+        self._body = []
 
     @property
     def in_progress(self) -> bool:

@@ -1,4 +1,4 @@
-"""One :class:`asyncio.Protocol` per connection, and the hub they share.
+"""One :class:`asyncio.Protocol` per binary connection.
 
 Life of a connection (protocol.md 1.2-1.9):
 
@@ -6,286 +6,97 @@ Life of a connection (protocol.md 1.2-1.9):
    write-buffer limits, and a registration timer.
 2. The first bytes are *sniffed*: they must start with a frame magic, else the
    connection is closed with "bad magic" (:meth:`ServerProtocol._sniff` is the
-   one place another protocol, e.g. HTTP, can be recognised later).
+   one place another protocol, e.g. HTTP, can be recognised later).  The
+   registration frame's length is checked from its header
+   (``max_registration``) before any of its body is buffered.
 3. A :class:`~periodic_fast.codec.Parser` in registration + resync mode turns
    bytes into packets.  The registration frame gets a connection id, unique
    among live connections; the reply is queued *first*, then
    ``scheduler.connect`` runs.  Every later packet goes to ``scheduler.handle``.
 4. Output: the scheduler's ``send`` appends to the connection's pending list;
-   the :class:`Hub` flushes every dirty connection once per event-loop turn
-   with a single ``transport.write``.
+   the :class:`~.hub.Hub` flushes every dirty connection once per event-loop
+   turn with a single ``transport.write``.
 5. Any :class:`~periodic_fast.errors.ProtocolError` (from the codec or from the
    scheduler decoding a payload) closes that connection only, after the
    packets completed before the error have been handled.
+6. ``connection_lost`` breaks every reference cycle through the connection,
+   so reference counting frees it (and its partial frame) at once.
 
 Flow control: when the transport's write buffer passes its high-water mark the
-connection stops reading from the peer until the buffer drains; a peer whose
-unread output exceeds ``max_output`` bytes is dropped.
+connection stops reading from the peer until the buffer drains.  Output is
+counted as it is queued: once one loop turn's output of a connection passes
+:data:`WRITE_HIGH_WATER`, its later pipelined requests wait, parsed but not
+run (reading paused), until that output has drained; a peer whose queued and
+unread output would exceed ``max_output`` bytes is dropped at the send that
+crosses it (a fan-out to many waiters, a large DUMP), not a loop turn later.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import struct
-import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, cast
+from collections.abc import Iterable
+from typing import cast
 
 from ..codec import (
     Packet,
     Parser,
     decode_identity,
     encode_registration_reply,
-    encode_response,
 )
 from ..constants import (
-    DEFAULT_MAX_FRAME,
     MAGIC_REQUEST,
     MAGIC_RESPONSE,
     ClientType,
     Command,
 )
 from ..errors import ProtocolError
+from .hub import (
+    DEFAULT_MAX_OUTPUT,
+    DEFAULT_MAX_REGISTRATION,
+    DEFAULT_REGISTRATION_TIMEOUT,
+    Hub,
+)
+from .logbound import clip
 from .views import HttpSide, SchedulerLike
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..store import Store
-    from .secure import SecureConfig
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
+    "DEFAULT_MAX_REGISTRATION",
     "DEFAULT_REGISTRATION_TIMEOUT",
     "Hub",
     "SchedulerLike",
     "ServerProtocol",
+    "new_protocol",
 ]
 
 log = logging.getLogger("periodic_fast.server")
 
-#: Seconds a new connection may take to send its registration frame.
-DEFAULT_REGISTRATION_TIMEOUT = 30.0
-#: Unread output (bytes) after which a peer is considered dead and dropped.
-DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024
 #: Transport write-buffer high-water mark: above it we stop reading that peer.
 WRITE_HIGH_WATER = 1024 * 1024
 #: ...and resume reading once the buffer is below this.
 WRITE_LOW_WATER = 256 * 1024
 
 _MAGICS = (MAGIC_REQUEST, MAGIC_RESPONSE)
-_SUCCESS = int(Command.SUCCESS)
-_NO_WORKER = int(Command.NO_WORKER)
 _JOB_ASSIGN = int(Command.JOB_ASSIGN)
 _GRAB_JOB = int(Command.GRAB_JOB)
 _U32 = struct.Struct(">I")
-_U32_MASK = 0xFFFFFFFF
 # pause/resume_reading may raise on transports that are closing (uvloop) or
 # that do not support it; neither matters to us.
 _PAUSE_RESUME_ERRORS = (RuntimeError, NotImplementedError, AttributeError)
 
 
-class Hub:
-    """State shared by every connection of one server.
+def new_protocol(hub: Hub) -> asyncio.Protocol:
+    """A new connection's protocol, for ``loop.create_server`` (wrapped in
+    the RSA/AES transport when ``hub.secure`` is set)."""
+    if hub.secure is not None:
+        from .secure import SecureProtocol  # noqa: PLC0415  # optional dep
 
-    Owns the scheduler reference, the live connections, connection-id
-    allocation and the once-per-loop-turn output flush.
-    """
-
-    __slots__ = (
-        "_dirty",
-        "_flush_scheduled",
-        "_held",
-        "_loop_thread",
-        "_next_id",
-        "_store",
-        "clock",
-        "connections",
-        "http",
-        "loop",
-        "max_connections",
-        "max_frame",
-        "max_output",
-        "on_input",
-        "protocols",
-        "registration_timeout",
-        "scheduler",
-        "secure",
-    )
-
-    def __init__(
-        self,
-        scheduler: SchedulerLike,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        max_frame: int = DEFAULT_MAX_FRAME,
-        registration_timeout: float = DEFAULT_REGISTRATION_TIMEOUT,
-        max_output: int = DEFAULT_MAX_OUTPUT,
-        clock: Callable[[], float] = time.time,
-        store: Store | None = None,
-        max_connections: int = 0,
-    ) -> None:
-        self.scheduler = scheduler
-        self.loop = loop
-        # A deferred (durable) store: output waits behind its barrier.
-        self._store = store if store is not None and store.deferred else None
-        self._held: deque[_HeldTurn] = deque()
-        self._loop_thread = threading.get_ident()
-        #: wall clock (float seconds) for every "now" handed to the scheduler
-        self.clock = clock
-        self.max_frame = max_frame
-        self.registration_timeout = registration_timeout
-        self.max_output = max_output
-        #: open connections allowed at once (0: no limit); extra ones are closed
-        self.max_connections = max_connections
-        #: registered connections by connection id
-        self.connections: dict[int, ServerProtocol] = {}
-        #: every open connection, registered or not
-        self.protocols: set[ServerProtocol] = set()
-        self._dirty: list[ServerProtocol] = []
-        self._flush_scheduled = False
-        self._next_id = 0
-        #: called after each batch of input was handled (the server re-arms
-        #: its timer if the scheduler now has earlier work)
-        self.on_input: Callable[[], None] | None = None
-        #: RSA/AES transport config, or None
-        self.secure: SecureConfig | None = None
-        #: the HTTP side (a server.http_app.HttpApp) that sniffed HTTP
-        #: connections are handed to, or None (HTTP off: closed as bad magic)
-        self.http: HttpSide | None = None
-
-    def factory(self) -> asyncio.Protocol:
-        """Protocol factory for ``loop.create_server`` / ``create_unix_server``
-        (wrapped in the RSA/AES transport when :attr:`secure` is set)."""
-        if self.secure is not None:
-            from .secure import SecureProtocol  # noqa: PLC0415  # optional dep
-
-            return SecureProtocol(ServerProtocol(self), self.secure)
-        return ServerProtocol(self)
-
-    def allocate_id(self, proto: ServerProtocol) -> int:
-        """A u32 connection id not used by any live connection."""
-        conns = self.connections
-        cid = self._next_id
-        while True:
-            cid = (cid + 1) & _U32_MASK
-            if cid and cid not in conns:
-                break
-        self._next_id = cid
-        conns[cid] = proto
-        return cid
-
-    def mark_dirty(self, proto: ServerProtocol) -> None:
-        """``proto`` has pending output: flush it at the end of this loop turn."""
-        self._dirty.append(proto)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Write every dirty connection's pending frames (one write each).
-
-        With a deferred store the frames of this loop turn are held instead,
-        behind one ``store.on_durable`` barrier: they leave when everything
-        the scheduler wrote so far is committed (see :meth:`_durable`).
-        The exception is output that confirms no state change
-        (:meth:`ServerProtocol.take_output`: JOB_ASSIGN pushes and the
-        output of GRAB_JOB).  After a crash a dispatched job only comes back
-        pending and runs again, so such frames leave at once, ahead of any
-        held reply of their connection: a worker gets its next job while the
-        commit of its last WORK_DONE is still on its way.  Replies match by
-        msgid, never by order (protocol.md 1.5), and held replies keep their
-        order among themselves: a worker's WORK_DONE reply waits behind a
-        later barrier than the SUBMIT of that job, so it never arrives
-        first.
-        """
-        self._flush_scheduled = False
-        dirty = self._dirty
-        self._dirty = []
-        store = self._store
-        if store is None:
-            for proto in dirty:
-                proto.flush()
-            return
-        held: list[tuple[ServerProtocol, list[bytes]]] = []
-        for proto in dirty:
-            free, frames = proto.take_output()
-            if free and not proto.write_free(free):
-                continue  # dropped: the rest is moot
-            if frames:
-                held.append((proto, frames))
-        if held:
-            self.hold(held)
-
-    def hold(self, held: list[tuple[ServerProtocol, list[bytes]]]) -> None:
-        """Queue ``held`` output behind a new durability barrier."""
-        turn = _HeldTurn(held)
-        for proto, frames in held:
-            proto.held_add(frames)
-        self._held.append(turn)
-        assert self._store is not None
-        self._store.on_durable(lambda error: self._durable(turn, error))
-
-    def holding_for(self, proto: ServerProtocol, out: list[bytes]) -> bool:
-        """A closing connection: hold its last frames ``out`` too; True when
-        it has output waiting for a barrier (close it after the release)."""
-        if self._store is None:
-            return False
-        if out:
-            self.hold([(proto, out)])
-        return proto.held_turns > 0
-
-    @property
-    def holding(self) -> bool:
-        """True while output waits for a durability barrier."""
-        return bool(self._held)
-
-    @property
-    def deferred(self) -> bool:
-        """True when output waits for the store's commits (a durable store)."""
-        return self._store is not None
-
-    def _durable(self, turn: _HeldTurn, error: BaseException | None) -> None:
-        # called by the store: on its writer thread, or synchronously here
-        if threading.get_ident() == self._loop_thread:
-            self._release(turn, error)
-        else:
-            with contextlib.suppress(RuntimeError):  # loop closed: output is moot
-                self.loop.call_soon_threadsafe(self._release, turn, error)
-
-    def _release(self, turn: _HeldTurn, error: BaseException | None) -> None:
-        """Mark ``turn`` durable (or failed); write every finished turn in
-        order, so held replies never overtake each other."""
-        turn.done = True
-        turn.error = error
-        if error is not None:
-            log.error("store commit failed; refusing the affected requests: %s", error)
-        held = self._held
-        while held and held[0].done:
-            head = held.popleft()
-            for proto, frames in head.output:
-                if head.error is not None:
-                    frames = [_refuse_successes(f) for f in frames]
-                proto.held_release(frames)
-
-    def close_all(self) -> None:
-        """Close every connection (server shutdown); output queued so far is sent."""
-        for proto in list(self.protocols):
-            proto.drop(None)
-
-
-class _HeldTurn:
-    """One loop turn's output waiting for its durability barrier."""
-
-    __slots__ = ("done", "error", "output")
-
-    def __init__(self, output: list[tuple[ServerProtocol, list[bytes]]]) -> None:
-        self.output = output
-        self.done = False
-        self.error: BaseException | None = None
+        return SecureProtocol(ServerProtocol(hub), hub.secure)
+    return ServerProtocol(hub)
 
 
 def _is_push(frame: bytes) -> bool:
@@ -297,24 +108,8 @@ def _is_push(frame: bytes) -> bool:
     )
 
 
-def _refuse_successes(chunk: bytes) -> bytes:
-    """Rewrite every SUCCESS frame in ``chunk`` as NO_WORKER (same msgid).
-
-    Used when the commit a SUCCESS depended on failed: the protocol has no
-    error reply, and NO_WORKER is its generic refusal (protocol.md 5.3).
-    """
-    out: list[bytes] = []
-    pos, end = 0, len(chunk)
-    while pos + 12 <= end:
-        size = _U32.unpack_from(chunk, pos + 4)[0]
-        stop = pos + 12 + size
-        if size == 5 and chunk[pos + 16] == _SUCCESS:
-            msgid = _U32.unpack_from(chunk, pos + 12)[0]
-            out.append(encode_response(msgid, _NO_WORKER))
-        else:
-            out.append(chunk[pos:stop])
-        pos = stop
-    return b"".join(out) if len(out) != 1 else out[0]
+def _discard(frame: bytes) -> None:
+    """The ``send`` of a closed connection: output goes nowhere."""
 
 
 def _peer_name(transport: asyncio.BaseTransport) -> str:
@@ -342,10 +137,14 @@ class ServerProtocol(asyncio.Protocol):
         "_out",
         "_parser",
         "_peer",
+        "_pending",
         "_reg_timer",
+        "_room",
         "_send",
+        "_stash",
         "_transport",
         "_write_paused",
+        "__weakref__",  # tests check that a closed connection is freed
     )
 
     def __init__(self, hub: Hub) -> None:
@@ -370,6 +169,13 @@ class ServerProtocol(asyncio.Protocol):
         self._held_turns = 0
         self._held_bytes = 0
         self._close_when_released = False
+        # bytes queued since the last flush, and how many fit under
+        # max_output (conservative: the slow path recounts before a drop)
+        self._pending = 0
+        self._room = hub.max_output
+        # parsed requests not run yet: the output of earlier ones passed the
+        # high-water mark (reading is paused meanwhile)
+        self._stash: deque[Packet] | None = None
 
     # -- asyncio callbacks -------------------------------------------------------
 
@@ -379,7 +185,8 @@ class ServerProtocol(asyncio.Protocol):
         hub = self._hub
         if hub.max_connections and len(hub.protocols) >= hub.max_connections:
             self._closing = True  # refused: read nothing, close at once
-            log.warning(
+            hub.peer_log.warning(
+                "max-connections",
                 "refusing a connection from %s: %d connections open (max-connections)",
                 _peer_name(transport),
                 len(hub.protocols),
@@ -421,10 +228,17 @@ class ServerProtocol(asyncio.Protocol):
         try:
             packets = parser.feed(data)
         except ProtocolError as exc:
-            self._handle_packets(getattr(exc, "packets", None) or ())
+            # the parser keeps its error: its traceback holds this frame
+            # (self, data), a cycle that would outlive the connection
+            exc.__traceback__ = None
+            if self._stash is None:
+                self._handle_packets(getattr(exc, "packets", None) or ())
             self.drop(f"protocol error: {exc.__class__.__name__}: {exc}")
             return
         if packets:
+            if self._stash is not None:  # earlier requests wait: keep order
+                self._stash.extend(packets)
+                return
             self._handle_packets(packets)
             on_input = self._hub.on_input
             if on_input is not None:
@@ -441,18 +255,36 @@ class ServerProtocol(asyncio.Protocol):
             self._cancel_timer()
             self._release(defer=False)
         self._hub.protocols.discard(self)
+        self._stash = None
+        # Break every reference cycle through this object now: the daemon's
+        # GC tuning (gc.freeze, raised thresholds) would leave a cyclic
+        # connection, and the partial frame in its parser, alive for ages.
+        self._parser = None
+        self._head = b""
+        self._transport = None
+        self._send = _discard
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._transport is not None and not self._closing:
+            if self._stash is not None:
+                self._resume_input()  # resumes reading once the stash ran
+            else:
+                self._resume_reading()
+
+    def _pause_reading(self) -> None:
         if self._transport is not None:
             try:
                 self._transport.pause_reading()
             except _PAUSE_RESUME_ERRORS:  # pragma: no cover
                 pass
 
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._transport is not None and not self._closing:
+    def _resume_reading(self) -> None:
+        if self._transport is not None:
             try:
                 self._transport.resume_reading()
             except _PAUSE_RESUME_ERRORS:  # pragma: no cover
@@ -471,7 +303,18 @@ class ServerProtocol(asyncio.Protocol):
         self._head = head
         n = min(len(head), 4)
         if any(head[:n] == m[:n] for m in _MAGICS):
-            if n < 4:
+            if len(head) < 8:
+                return None
+            # the registration frame is the one an unauthenticated peer
+            # sends: refuse a large one from its header, before buffering it
+            size = _U32.unpack_from(head, 4)[0]
+            if size > self._hub.max_registration:
+                self._head = b""
+                self.drop(
+                    f"registration frame of {size} bytes "
+                    f"(max-registration {self._hub.max_registration})",
+                    abort=True,
+                )
                 return None
             parser = Parser(
                 requests=True,
@@ -507,7 +350,8 @@ class ServerProtocol(asyncio.Protocol):
         scheduler = self._hub.scheduler
         cid = self._conn_id
         now = self._hub.clock()  # one clock read per batch of input
-        for packet in packets:
+        rest = iter(packets)
+        for packet in rest:
             if self._closing:
                 return
             msgid = packet.msgid
@@ -535,6 +379,34 @@ class ServerProtocol(asyncio.Protocol):
                 return
             finally:
                 self._grabbing = False
+            if self._pending > WRITE_HIGH_WATER:
+                # pipelined requests wait until this output has drained
+                stash = deque(rest)
+                if stash:
+                    self._stash = stash
+                    self._pause_reading()
+                return
+
+    def _resume_input(self) -> None:
+        """Run the requests that waited for earlier output to drain."""
+        stash = self._stash
+        if (
+            stash is None
+            or self._closing
+            or self._write_paused
+            or self._pending > WRITE_HIGH_WATER
+            or self._held_bytes > WRITE_HIGH_WATER
+        ):
+            return
+        self._stash = None
+        self._handle_packets(stash)
+        if self._closing:
+            return
+        if self._stash is None:
+            self._resume_reading()
+        on_input = self._hub.on_input
+        if on_input is not None:
+            on_input()
 
     def _register(self, client_type: int, payload: bytes, now: float) -> int | None:
         self._cancel_timer()
@@ -592,6 +464,9 @@ class ServerProtocol(asyncio.Protocol):
         """The ``send`` callable: queue one encoded frame for this loop turn."""
         if self._closing:
             return
+        self._pending += len(frame)
+        if self._pending > self._room and self._over_output():
+            return
         out = self._out
         free = self._free_out
         if not out and not free:
@@ -600,6 +475,28 @@ class ServerProtocol(asyncio.Protocol):
             free.append(frame)
         else:
             out.append(frame)
+
+    def _over_output(self) -> bool:
+        """The queued output passed the conservative room: recount it (the
+        write buffer may have drained); True when the peer was dropped."""
+        transport = self._transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        limit = self._hub.max_output
+        total = self._pending + buffered + self._held_bytes
+        if total <= limit:
+            self._room = limit - buffered - self._held_bytes
+            return False
+        self._hub.peer_log.warning(
+            "max-output",
+            "%s: closing: peer does not read its output "
+            "(%d bytes queued, over max-output %d)",
+            self._peer,
+            total,
+            limit,
+        )
+        # inside the scheduler's send: its disconnect runs on the next turn
+        self._shutdown(abort=True, defer=True)
+        return True
 
     def take_output(self) -> tuple[list[bytes], list[bytes]]:
         """Hand over the pending frames as ``(free, held)``.
@@ -616,6 +513,12 @@ class ServerProtocol(asyncio.Protocol):
         free, out = self._free_out, self._out
         self._free_out = []
         self._out = []
+        transport = self._transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        self._room = self._hub.max_output - buffered - self._held_bytes
+        self._pending = 0
+        if self._stash is not None:
+            self._hub.loop.call_soon(self._resume_input)
         return free, out
 
     def write_free(self, frames: list[bytes]) -> bool:
@@ -635,11 +538,8 @@ class ServerProtocol(asyncio.Protocol):
         """``frames`` now wait for a barrier: count them for flow control."""
         self._held_turns += 1
         self._held_bytes += sum(map(len, frames))
-        if self._held_bytes > WRITE_HIGH_WATER and self._transport is not None:
-            try:  # a slow disk slows the peers that write, not the server
-                self._transport.pause_reading()
-            except _PAUSE_RESUME_ERRORS:  # pragma: no cover
-                pass
+        if self._held_bytes > WRITE_HIGH_WATER:
+            self._pause_reading()  # a slow disk slows the peers that write
 
     def held_release(self, frames: list[bytes]) -> None:
         """The barrier for ``frames`` passed: write them (one write)."""
@@ -659,10 +559,10 @@ class ServerProtocol(asyncio.Protocol):
             if self._held_turns == 0:
                 transport.close()
         elif before > WRITE_HIGH_WATER >= self._held_bytes and not self._write_paused:
-            try:
-                transport.resume_reading()
-            except _PAUSE_RESUME_ERRORS:  # pragma: no cover
-                pass
+            if self._stash is not None:
+                self._resume_input()
+            else:
+                self._resume_reading()
 
     def flush(self) -> None:
         """Write the pending frames with one ``transport.write``."""
@@ -672,10 +572,17 @@ class ServerProtocol(asyncio.Protocol):
         self._out = []
         transport = self._transport
         assert transport is not None
-        if transport.get_write_buffer_size() > self._hub.max_output:
+        buffered = transport.get_write_buffer_size()
+        if buffered > self._hub.max_output:
             self.drop("peer does not read its output", abort=True)
             return
-        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        data = out[0] if len(out) == 1 else b"".join(out)
+        transport.write(data)
+        # as if none of it was sent: _over_output recounts when it matters
+        self._room = self._hub.max_output - buffered - len(data)
+        self._pending = 0
+        if self._stash is not None:
+            self._hub.loop.call_soon(self._resume_input)
 
     # -- closing -----------------------------------------------------------------
 
@@ -709,7 +616,14 @@ class ServerProtocol(asyncio.Protocol):
         if self._closing:
             return
         if reason is not None:
-            log.warning("%s: closing: %s", self._peer, reason)
+            # reasons may carry peer bytes (a refused name, bad magic): clip
+            # them, and throttle per kind (a client in a reconnect loop)
+            self._hub.peer_log.warning(
+                reason[:24].partition(":")[0],
+                "%s: closing: %s",
+                self._peer,
+                clip(reason),
+            )
         self._shutdown(abort=abort, defer=False)
 
     def abort(self) -> None:

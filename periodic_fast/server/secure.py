@@ -415,6 +415,11 @@ class SecureProtocol(asyncio.Protocol):
         self._dead = True
         self._buf.clear()
         self._inner.connection_lost(exc)
+        # the face transport points back here: break that cycle now, the
+        # daemon's GC tuning would keep both (and the inner protocol) for ages
+        self._face = None
+        self._raw = None
+        self._cipher = None
 
     def pause_writing(self) -> None:
         self._inner.pause_writing()
