@@ -349,8 +349,13 @@ class CommandHandlers(SchedulerCore):
         if w is not None and w.results:
             self._finish(key, rec, RESULT_FAILED)
         elif rec is not None and rec.state == RUNNING:
-            t = int(self._now)
+            now = self._now
+            t = int(now)
+            # "delay seconds later" is at least that long after this report:
+            # counted from the next whole second when now has a fraction
             when = t + delay
+            if delay > 0 and now > t:
+                when += 1
             if when < t:
                 when = t
             elif when > I64_MAX:
