@@ -5,9 +5,24 @@ queues, connections with their grab slots and assignments, the two timer
 wheels, waiters and the lock table.  It implements what every way in
 (command handlers, the HTTP API, the timer) shares: submitting, placing,
 dispatching, re-queueing and ending jobs, and a connection's clean-up.  It
-reads no clock and sends bytes only through each connection's ``send``;
-``self._now`` is the time of the call being served.
+reads no clock and sends bytes only through each connection's ``send``.
 :class:`~periodic_fast.scheduler.Scheduler` builds on it.
+
+Two times are handed in with every call (docs/architecture.md, the seam):
+``self._now``, the wall clock, is compared with ``sched_at`` only (when a job
+is due, lateness); ``self._mono``, a monotonic clock, times every deadline and
+age (assign-wait, run timeouts, keepalive, waiter expiry, lock entries, sweep
+cadence), so a wall-clock step neither expires nor extends any of them.
+
+A wall clock that steps back: the job wheel's time never moves back (a job
+added at or before it would be "late", due at the wheel's time, i.e. late by
+the step).  While the wall clock is behind the wheel (``t <= _wheel_t``), a
+job due in between goes to ``_behind``, a heap by ``(sched_at, seq)``, whose
+head :meth:`_due_behind` moves to ready once the wall clock reaches it.
+Entries are not cancelled: one is live only while its record is still in
+that epoch and placed (``where == IN_WHEEL``; every re-placement starts a new
+epoch).  Jobs already in the wheel were due after the wheel's time, so they
+still fire when the wall clock reaches their ``sched_at``.
 
 Data layout (persistence-and-scale.md section 3)
 
@@ -47,6 +62,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
+from heapq import heappop, heappush
+from itertools import count as _counter
 from typing import Any, Final, Literal
 
 from .codec import encode_job, encode_response
@@ -90,13 +107,21 @@ class SchedulerCore:
 
     :param store: persistence driver (already loaded by the caller, who
         then calls :meth:`_rebuild` with the snapshot).
-    :param now: current time (``time.time()``).
+    :param now: current wall-clock time (``time.time()``).
     :param config: every config value (defaults, stored, operator's).
+    :param mono: current monotonic time (``time.monotonic()``); None: ``now``
+        (one clock drives both, as in tests that move a single fake clock).
 
     Not thread-safe: the server's event loop is the only caller.
     """
 
-    def __init__(self, store: Store, now: float, config: dict[str, int]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        now: float,
+        config: dict[str, int],
+        mono: float | None = None,
+    ) -> None:
         self._store = store
         # A store that keeps the scheduler's records (MemoryStore) is handed
         # the record itself, and its per-func name tables are the funcs' own
@@ -110,6 +135,7 @@ class SchedulerCore:
             else None
         )
         self._now = now
+        self._mono = now if mono is None else mono
         self._config = config
         self._timeout = 0
         self._assign_wait = 0.0
@@ -122,8 +148,13 @@ class SchedulerCore:
         self._free: list[int] = []  # free ids (LIFO keeps ids dense)
         self._funcs: dict[bytes, Func] = {}
         self._conns: dict[int, Conn] = {}
-        self._wheel = TimerWheel(t)  # future pending jobs, by job id
-        self._deadlines = TimerWheel(t)  # confirmed assignments, by assignment id
+        self._wheel = TimerWheel(t)  # future pending jobs, by job id (wall)
+        self._wheel_t = t  # the job wheel's time: the largest wall second ticked
+        # due at or before _wheel_t while the wall clock is behind it
+        self._behind: list[tuple[int, int, JobRec, int]] = []
+        self._behind_seq = _counter()
+        # confirmed assignments, by assignment id (monotonic seconds)
+        self._deadlines = TimerWheel(int(self._mono))
         self._aslots: list[Assign | None] = []  # assignment id -> assignment
         self._afree: list[int] = []
         self._awaiting: deque[Assign] = deque()  # by assign-wait deadline
@@ -340,7 +371,10 @@ class SchedulerCore:
             fs.n_submit += 1
             self._save_job(rec if self._keeps_recs else rec.job, PENDING)
             if sched_at > t:
-                self._wheel.add(rec.id, sched_at)
+                if sched_at > self._wheel_t:
+                    self._wheel.add(rec.id, sched_at)
+                else:  # the wall clock stepped back
+                    self._add_behind(rec)
                 rec.where = IN_WHEEL
             else:
                 rec.where = READY
@@ -372,10 +406,30 @@ class SchedulerCore:
         if when > t:
             if rec.where == READY:
                 self._funcs[rec.func].n_ready -= 1  # its deque entry goes stale
-            self._wheel.add(rec.id, when)
+            if when > self._wheel_t:
+                self._wheel.add(rec.id, when)
+            else:  # the wall clock stepped back
+                self._wheel.cancel(rec.id)
+                self._add_behind(rec)
             rec.where = IN_WHEEL
         else:
             self._to_ready(rec, False)
+
+    def _add_behind(self, rec: JobRec) -> None:
+        """A job due after the wall clock but not after the wheel's time."""
+        heappush(self._behind, (rec.sched_at, next(self._behind_seq), rec, rec.epoch))
+
+    def _due_behind(self, t: int) -> None:
+        """Move the jobs of ``_behind`` due at wall second ``t`` to ready."""
+        behind = self._behind
+        ids: list[int] = []
+        while behind and behind[0][0] <= t:
+            _, _, rec, epoch = heappop(behind)
+            if rec.epoch == epoch and rec.where == IN_WHEEL:
+                rec.where = NOWHERE  # not in the wheel: nothing to cancel
+                ids.append(rec.id)
+        if ids:
+            self._make_ready(ids)
 
     def _to_ready(self, rec: JobRec, front: bool) -> None:
         fs = self._funcs[rec.func]
@@ -502,7 +556,7 @@ class SchedulerCore:
         if rec is not None:
             self._delete(rec)
         if self._hlocks and key in self._hlocks:
-            self._lock_table.release_all(key, self._now)
+            self._lock_table.release_all(key, self._mono)
         if self._waiters:
             w = self._pop_waiters(key)
             if w is not None:
@@ -516,7 +570,7 @@ class SchedulerCore:
     def _fail(self, key: bytes, rec: JobRec | None) -> None:
         """WORK_FAIL semantics (also timeouts and lost workers, 4.7-4.8)."""
         if self._hlocks and key in self._hlocks:
-            self._lock_table.release_all(key, self._now)
+            self._lock_table.release_all(key, self._mono)
         w = self._waiters.get(key) if self._waiters else None
         if w is not None and w.results:
             self._finish(key, rec, RESULT_FAILED)
@@ -546,7 +600,7 @@ class SchedulerCore:
             if hlocks:
                 key = rec.key
                 if key in hlocks:
-                    self._lock_table.release_all(key, self._now)
+                    self._lock_table.release_all(key, self._mono)
         del self._funcs[func]
         self._retire(fs)
         self._stats.event(self._now, "drop", f"func {show(func)} dropped")
@@ -605,24 +659,24 @@ class SchedulerCore:
         func = rec.func
         name = rec.name
         sched_at = rec.sched_at
-        now = self._now
+        mono = self._mono
         if rec.state == PENDING:  # broadcast: only the first assignment
             rec.state = RUNNING
             self._funcs[rec.func].n_running += 1
             self._store.set_state(func, name, RUNNING)
             h = self._late  # Histogram.observe, inlined (hot path)
-            v = now - sched_at
+            v = self._now - sched_at  # lateness: against the wall clock
             h.counts[bisect_left(h.bounds, v)] += 1
             h.sum += v
         rec.run += 1
         wait = self._assign_wait
         if wait > 0:
-            a = Assign(conn, msgid, rec, True, now + wait, now)
+            a = Assign(conn, msgid, rec, True, mono + wait, mono)
             conn.unconfirmed[msgid] = a
             self._awaiting.append(a)
         else:
             # extension: assign-wait 0 = accepted on send
-            self._confirm(Assign(conn, msgid, rec, False, 0.0, now))
+            self._confirm(Assign(conn, msgid, rec, False, 0.0, mono))
         timeout = rec.timeout
         if timeout <= 0:  # JOB_ASSIGN carries the effective timeout
             timeout = self._timeout
@@ -653,7 +707,7 @@ class SchedulerCore:
             self._aslots.append(a)
         a.aid = aid
         # +1: a whole-second wheel must never fire early
-        self._deadlines.add(aid, int(self._now) + timeout + 1)
+        self._deadlines.add(aid, int(self._mono) + timeout + 1)
 
     def _cancel_deadline(self, a: Assign) -> None:
         aid = a.aid
@@ -741,7 +795,7 @@ class SchedulerCore:
         waits[key] = waits.get(key, 0) + 1
         conn.n_waits += 1
         # every new waiter overwrites the expiry (protocol.md 4.7)
-        w.expiry = self._now + (timeout if timeout > 0 else _WAITER_DEFAULT)
+        w.expiry = self._mono + (timeout if timeout > 0 else _WAITER_DEFAULT)
         return True
 
     def _pop_waiters(self, key: bytes) -> Waiters | None:

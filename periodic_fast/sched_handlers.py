@@ -4,7 +4,8 @@ Each handler takes ``(conn, msgid, payload)``: it decodes the payload (a
 malformed one raises a :class:`~periodic_fast.errors.ProtocolError` and the
 server closes the connection), applies the command through the state
 machine of :class:`~periodic_fast.sched_core.SchedulerCore` and replies
-through ``conn.send``; ``self._now`` is the time of the frame.  The hot ones
+through ``conn.send``; ``self._now`` (wall) and ``self._mono`` (monotonic)
+are the times of the frame.  The hot ones
 (SUBMIT_JOB, GRAB_JOB, JOB_ASSIGNED, WORK_DONE) use specific decoders and
 inline their bookkeeping.  :meth:`CommandHandlers._handler_table` lists them
 by code; the role and auth rules wrap them into per-connection tables
@@ -99,8 +100,9 @@ class CommandHandlers(SchedulerCore):
         now: float,
         config: dict[str, int],
         on_shutdown: Callable[[], None] | None,
+        mono: float | None = None,
     ) -> None:
-        super().__init__(store, now, config)
+        super().__init__(store, now, config, mono)
         self._on_shutdown = on_shutdown
 
     def _handler_table(self) -> dict[int, Handler]:
@@ -332,7 +334,7 @@ class CommandHandlers(SchedulerCore):
                 self._afree.append(aid)
                 a.aid = -1
             h = self._runtime  # Histogram.observe, inlined (hot path)
-            v = self._now - a.at
+            v = self._mono - a.at
             h.counts[bisect_left(h.bounds, v)] += 1
             h.sum += v
         # delete whatever the state, whoever holds it (quirk kept, 3.3)
@@ -351,7 +353,7 @@ class CommandHandlers(SchedulerCore):
         if a is not None:
             self._cancel_deadline(a)
             self._end_assignment(a)
-            self._runtime.observe(self._now - a.at)
+            self._runtime.observe(self._mono - a.at)
         rec = self._lookup(key)
         if rec is not None:
             self._funcs[rec.func].n_fail += 1
@@ -373,9 +375,9 @@ class CommandHandlers(SchedulerCore):
         if a is not None:
             self._cancel_deadline(a)
             self._end_assignment(a)
-            self._runtime.observe(self._now - a.at)
+            self._runtime.observe(self._mono - a.at)
         if self._hlocks and key in self._hlocks:
-            self._lock_table.release_all(key, self._now)
+            self._lock_table.release_all(key, self._mono)
         rec = self._lookup(key)
         if rec is not None:
             self._funcs[rec.func].n_later += 1
@@ -383,8 +385,13 @@ class CommandHandlers(SchedulerCore):
         if w is not None and w.results:
             self._finish(key, rec, RESULT_FAILED)
         elif rec is not None and rec.state == RUNNING:
-            t = int(self._now)
+            now = self._now
+            t = int(now)
+            # "delay seconds later" is at least that long after this report:
+            # counted from the next whole second when now has a fraction
             when = t + delay
+            if delay > 0 and now > t:
+                when += 1
             if when < t:
                 when = t
             elif when > I64_MAX:
@@ -412,11 +419,11 @@ class CommandHandlers(SchedulerCore):
         ident = conn.auth  # with auth, only admins may widen a lock
         widen = ident is None or ident.role is Role.ADMIN
         granted = self._lock_table.acquire(
-            lock, count, handle_key(func, name), self._now, widen
+            lock, count, handle_key(func, name), self._mono, widen
         )
         conn.send(encode_response(msgid, ACQUIRED, _GRANTED if granted else _REFUSED))
 
     def _h_release(self, conn: Conn, msgid: int, payload: bytes) -> None:
         lock, func, name = decode_payload(RELEASE, payload)
-        self._lock_table.release(lock, handle_key(func, name), self._now)
+        self._lock_table.release(lock, handle_key(func, name), self._mono)
         conn.send(encode_response(msgid, SUCCESS))

@@ -130,14 +130,16 @@ class LockTable:
         """The largest ``max`` of any lock (0 with no locks)."""
         return max((lk.max for lk in self.locks.values()), default=0)
 
-    def infos(self) -> list[LockInfo]:
-        """Every lock with its holders and its queue, by name."""
+    def infos(self, shift: float = 0.0) -> list[LockInfo]:
+        """Every lock with its holders and its queue, by name; ``shift`` is
+        added to each entry time (the scheduler keeps monotonic times and
+        shows wall-clock ones)."""
 
         def entries(d: dict[bytes, float]) -> tuple[tuple[bytes, bytes, float], ...]:
             out = []
             for key, since in d.items():
                 n = key[0]
-                out.append((key[1 : 1 + n], key[2 + n :], since))
+                out.append((key[1 : 1 + n], key[2 + n :], since + shift))
             return tuple(out)
 
         return [

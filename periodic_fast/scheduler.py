@@ -2,7 +2,8 @@
 
 The server hands every decoded request to :meth:`Scheduler.handle` and calls
 :meth:`Scheduler.tick` from its single timer; the scheduler never reads a clock
-and never touches a socket: ``now`` (``time.time()``, float seconds) is passed
+and never touches a socket: ``now`` (``time.time()``, float seconds: due
+times) and ``mono`` (``time.monotonic()``: every deadline and age) are passed
 in and frames leave through each connection's ``send`` callable.  The seam is
 specified in docs/architecture.md.
 
@@ -58,6 +59,7 @@ from .sched_stats import (
 )
 from .sched_wire import I32_MAX, I32_MIN, I64_MAX, handle_key, show, show_key
 from .store import Store
+from .wheel import TimerWheel
 
 __all__ = [
     "ADMIN_COMMANDS",
@@ -106,7 +108,10 @@ class Scheduler(CommandHandlers):
 
     :param store: persistence driver; loaded once here.  Running and locked
         jobs come back as pending.
-    :param now: current time (``time.time()``).
+    :param now: current wall-clock time (``time.time()``).
+    :param mono: current monotonic time (``time.monotonic()``); every method
+        that takes ``now`` also takes ``mono``.  None (everywhere): ``now``
+        drives the deadlines too, as in tests with one fake clock.
     :param config: config values overriding the defaults and the stored values
         (operator options win); keys must be known (``CONFIG_DEFAULTS``).
     :param on_shutdown: called (with no reply sent) when a client sends SHUTDOWN.
@@ -138,6 +143,7 @@ class Scheduler(CommandHandlers):
         max_funcs: int = DEFAULT_MAX_FUNCS,
         max_waiters: int = DEFAULT_MAX_WAITERS,
         max_waiters_per_conn: int = DEFAULT_MAX_WAITERS_PER_CONN,
+        mono: float | None = None,
     ) -> None:
         check_limit("max_jobs_per_func", max_jobs_per_func)
         check_limit("max_funcs", max_funcs)
@@ -148,7 +154,7 @@ class Scheduler(CommandHandlers):
         with gc_paused():
             snap = store.load()
             super().__init__(
-                store, now, _merged_config(snap.config, config), on_shutdown
+                store, now, _merged_config(snap.config, config), on_shutdown, mono
             )
             self._auth = auth
             self._max_jobs = max_jobs_per_func
@@ -161,9 +167,13 @@ class Scheduler(CommandHandlers):
                 self._funcs,
                 max_jobs_per_func,
             )
-            self._next_fast = now + _SWEEP_FAST
-            self._next_locked = now + _SWEEP_LOCKED
-            self._next_slow = now + _SWEEP_SLOW
+            # built without ``mono`` (a custom server factory): the first
+            # call that brings one moves the deadlines onto that clock
+            self._unanchored = mono is None
+            m = self._mono  # the sweeps run on the monotonic clock
+            self._next_fast = m + _SWEEP_FAST
+            self._next_locked = m + _SWEEP_LOCKED
+            self._next_slow = m + _SWEEP_SLOW
             jobs = snap.jobs  # an unsized snapshot counts as big
             big = not isinstance(jobs, Sized) or len(jobs) >= _FREEZE_AT
             # The records live as long as their jobs: keep a big store's out
@@ -185,6 +195,7 @@ class Scheduler(CommandHandlers):
         send: Callable[[bytes], None],
         close: Callable[[], None],
         now: float,
+        mono: float | None = None,
     ) -> None:
         """A connection finished registration (client_type 1-4).
 
@@ -197,10 +208,15 @@ class Scheduler(CommandHandlers):
         The server refuses those before registering (:meth:`admit`).
         """
         self._now = now
+        if mono is None:
+            mono = now
+        elif self._unanchored:
+            self._anchor(mono)
+        self._mono = mono
         old = self._conns.get(conn_id)
         if old is not None:  # the server reuses ids only after disconnect()
             self._drop(old)
-        conn = Conn(conn_id, client_type in _WORKER_TYPES, identity, send, close, now)
+        conn = Conn(conn_id, client_type in _WORKER_TYPES, identity, send, close, mono)
         if self._auth is not None:
             ident = self._authenticate(identity)
             if ident is None:
@@ -214,11 +230,12 @@ class Scheduler(CommandHandlers):
         who = f" as {show(identity[0])}" if identity is not None else ""
         self._stats.event(now, "connect", f"{kind} {conn_id} connected{who}")
 
-    def disconnect(self, conn_id: int, now: float) -> None:
+    def disconnect(self, conn_id: int, now: float, mono: float | None = None) -> None:
         """The connection is gone: clean-up of protocol.md 4.8.  Idempotent."""
         conn = self._conns.get(conn_id)
         if conn is not None:
             self._now = now
+            self._mono = now if mono is None else mono
             self._drop(conn)
 
     # -- authentication -------------------------------------------------------
@@ -255,7 +272,9 @@ class Scheduler(CommandHandlers):
             return None
         return auth.authenticate(identity[0], identity[1])
 
-    def set_auth(self, rules: AuthRules | None, now: float) -> list[int]:
+    def set_auth(
+        self, rules: AuthRules | None, now: float, mono: float | None = None
+    ) -> list[int]:
         """New auth rules (the auth file was reloaded); returns the ids of the
         connections closed because of them.
 
@@ -265,6 +284,9 @@ class Scheduler(CommandHandlers):
         unregistered (like CANT_DO).  ``None`` turns auth off.
         """
         self._now = now
+        if mono is not None and self._unanchored:
+            self._anchor(mono)
+        self._mono = now if mono is None else mono
         self._auth = rules
         self._dispatch.clear_auth()
         closed: list[int] = []
@@ -291,7 +313,13 @@ class Scheduler(CommandHandlers):
     # -- input ----------------------------------------------------------------
 
     def handle(
-        self, conn_id: int, msgid: int, command: int, payload: bytes, now: float
+        self,
+        conn_id: int,
+        msgid: int,
+        command: int,
+        payload: bytes,
+        now: float,
+        mono: float | None = None,
     ) -> None:
         """One request frame from a registered connection.
 
@@ -304,23 +332,36 @@ class Scheduler(CommandHandlers):
         if conn is None:
             return
         self._now = now
-        conn.last_seen = now
+        if mono is None:
+            mono = now
+        self._mono = conn.last_seen = mono
         # 256 entries: codes 35-255 raise UnknownCommand (``command`` is a u8)
         conn.table[command](conn, msgid, payload)
 
     # -- time -----------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
-        """Advance time: due jobs, assign-wait, per-assignment timeouts,
-        waiter expiry, lock sweeps, idle connections."""
+    def tick(self, now: float, mono: float | None = None) -> None:
+        """Advance time: due jobs (wall clock), then on the monotonic clock
+        assign-wait, per-assignment timeouts, waiter expiry, lock sweeps,
+        idle connections."""
         self._now = now
+        if mono is None:
+            mono = now
+        elif self._unanchored:
+            self._anchor(mono)
+        self._mono = mono
         t = int(now)
+        if t > self._wheel_t:
+            self._wheel_t = t  # the wheel's time: it never moves back
         ids = self._wheel.advance(t, _WHEEL_BATCH)
         if ids:
             self._make_ready(ids)
+        behind = self._behind
+        if behind and behind[0][0] <= t:  # the wall clock stepped back
+            self._due_behind(t)
 
         awaiting = self._awaiting
-        while awaiting and awaiting[0].deadline <= now:
+        while awaiting and awaiting[0].deadline <= mono:
             a = awaiting.popleft()
             if a.waiting and a.conn.alive:
                 # no confirmation: the reference assumes a broken worker;
@@ -329,7 +370,7 @@ class Scheduler(CommandHandlers):
 
         # advanced every tick (cheap when nothing is due) so new deadlines land
         # in the wheel's low levels
-        for aid in self._deadlines.advance(t):
+        for aid in self._deadlines.advance(int(mono)):
             a2 = self._aslots[aid]
             self._aslots[aid] = None
             self._afree.append(aid)
@@ -350,25 +391,43 @@ class Scheduler(CommandHandlers):
                 )
                 self._fail(rec.key, rec)
 
-        if now >= self._next_fast:
-            self._next_fast = now + _SWEEP_FAST
+        if mono >= self._next_fast:
+            self._next_fast = mono + _SWEEP_FAST
             self._sweep_fast(now)
-        if now >= self._next_locked:
-            self._next_locked = now + _SWEEP_LOCKED
+        if mono >= self._next_locked:
+            self._next_locked = mono + _SWEEP_LOCKED
             self._sweep_locked()
-        if now >= self._next_slow:
-            self._next_slow = now + _SWEEP_SLOW
-            self._sweep_slow(now)
+        if mono >= self._next_slow:
+            self._next_slow = mono + _SWEEP_SLOW
+            self._sweep_slow()
+
+    def _anchor(self, mono: float) -> None:
+        """The first monotonic time of a scheduler built without one: the
+        sweeps and the (still empty) deadline wheel move onto its clock."""
+        self._unanchored = False
+        shift = mono - self._mono
+        self._next_fast += shift
+        self._next_locked += shift
+        self._next_slow += shift
+        if not self._conns:
+            self._deadlines = TimerWheel(int(mono))
+        self._mono = mono
 
     def next_wakeup(self) -> float | None:
-        """Earliest time at which :meth:`tick` has work.
+        """Earliest monotonic time at which :meth:`tick` has work (a due
+        wall-clock time is converted with the last times handed in).
 
         Never None in practice: the periodic sweeps are always scheduled.
         """
         best = min(self._next_fast, self._next_locked, self._next_slow)
         nd = self._wheel.next_due()
-        if nd is not None and nd < best:
-            best = float(nd)
+        behind = self._behind
+        if behind and (nd is None or behind[0][0] < nd):
+            nd = behind[0][0]
+        if nd is not None:
+            due = nd + (self._mono - self._now)
+            if due < best:
+                best = due
         nd = self._deadlines.next_due()
         if nd is not None and nd < best:
             best = float(nd)
@@ -382,15 +441,17 @@ class Scheduler(CommandHandlers):
         return best
 
     def _sweep_fast(self, now: float) -> None:
-        """Every 10 s: idle connections, expired waiters, a counter sample."""
+        """Every 10 s: idle connections, expired waiters, a counter sample
+        (taken at wall time ``now``, as the HTTP rates are asked)."""
         self._stats.samples.append((now, *self._totals()))
+        mono = self._mono
         keepalive = self._keepalive
         if keepalive > 0:
-            limit = now - keepalive
+            limit = mono - keepalive
             for conn in [c for c in self._conns.values() if c.last_seen < limit]:
                 self._kill(conn)
         if self._waiters:
-            expired = [k for k, w in self._waiters.items() if w.expiry <= now]
+            expired = [k for k, w in self._waiters.items() if w.expiry <= mono]
             for key in expired:
                 # like REMOVE_JOB with reason "expired" (4.7)
                 self._finish(key, self._lookup(key), RESULT_EXPIRED)
@@ -404,10 +465,10 @@ class Scheduler(CommandHandlers):
                 for rec in locked:
                     self._repend_now(rec, False)
 
-    def _sweep_slow(self, now: float) -> None:
+    def _sweep_slow(self) -> None:
         """Every 100 s: purge old lock entries; re-queue running jobs that no
         connection holds any more (a safety net; should not happen)."""
-        self._lock_table.purge(now - self._lock_timeout)
+        self._lock_table.purge(self._mono - self._lock_timeout)
         for fs in list(self._funcs.values()):
             if fs.n_running:
                 orphans = [r for r in fs.jobs if r.state == RUNNING and r.run <= 0]
@@ -492,7 +553,8 @@ class Scheduler(CommandHandlers):
         return out
 
     def connections(self) -> list[ConnInfo]:
-        """Every registered connection, by id."""
+        """Every registered connection, by id (``last_seen`` in wall time)."""
+        shift = self._now - self._mono
         return [
             ConnInfo(
                 c.id,
@@ -502,18 +564,19 @@ class Scheduler(CommandHandlers):
                 len(c.slots),
                 len(c.running),
                 len(c.unconfirmed),
-                c.last_seen,
+                c.last_seen + shift,
             )
             for _, c in sorted(self._conns.items())
         ]
 
     def locks(self) -> list[LockInfo]:
-        """Every named lock with its holders and its queue, by name."""
-        return self._lock_table.infos()
+        """Every named lock with its holders and its queue, by name (entry
+        times in wall time)."""
+        return self._lock_table.infos(self._now - self._mono)
 
     # -- writes from outside a connection (the HTTP API) ----------------------
 
-    def submit(self, job: Job, now: float) -> bool:
+    def submit(self, job: Job, now: float, mono: float | None = None) -> bool:
         """Submit or update ``job`` exactly as SUBMIT_JOB does (a running job
         is left alone).  False when ``max_jobs_per_func`` refuses a new job
         or ``max_funcs`` a new func.
@@ -532,6 +595,7 @@ class Scheduler(CommandHandlers):
         if not (I32_MIN <= job.count <= I32_MAX and 0 <= job.timeout <= I32_MAX):
             raise ValueError("count or timeout out of range")
         self._now = now
+        self._mono = now if mono is None else mono
         if self._max_jobs:
             fs = self._funcs.get(func)
             if (
@@ -547,16 +611,20 @@ class Scheduler(CommandHandlers):
             return False
         return True
 
-    def remove(self, func: bytes, name: bytes, now: float) -> bool:
+    def remove(
+        self, func: bytes, name: bytes, now: float, mono: float | None = None
+    ) -> bool:
         """REMOVE_JOB for ``(func, name)``; False when there is no such job."""
         self._now = now
+        self._mono = now if mono is None else mono
         if len(func) > 255 or len(name) > 255:
             return False
         return self._remove(handle_key(func, name))
 
     def drop_func(
-        self, func: bytes, now: float
+        self, func: bytes, now: float, mono: float | None = None
     ) -> Literal["dropped", "busy", "unknown"]:
         """DROP_FUNC: ``"busy"`` (nothing done) while workers serve ``func``."""
         self._now = now
+        self._mono = now if mono is None else mono
         return self._drop_func(func)

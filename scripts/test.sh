@@ -8,11 +8,11 @@ cd "$(dirname "$0")/.."
 # (the seed's curl lines). Without them those tests skip with the reason,
 # except under CI=true, where they fail. SKIP_APT=1 skips this step.
 if [ -z "${SKIP_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "== apt-get install postgresql chromium curl =="
+    echo "== apt-get install postgresql chromium curl libfaketime =="
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends \
-        postgresql chromium curl >/dev/null
+        postgresql chromium curl libfaketime >/dev/null
 fi
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}

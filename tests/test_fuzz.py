@@ -292,11 +292,17 @@ def test_harness_detects_a_server_bug(monkeypatch: pytest.MonkeyPatch) -> None:
     orig = Scheduler.handle
 
     def handle(
-        self: Scheduler, cid: int, msgid: int, cmd: int, payload: bytes, now: float
+        self: Scheduler,
+        cid: int,
+        msgid: int,
+        cmd: int,
+        payload: bytes,
+        now: float,
+        mono: float | None = None,
     ) -> None:
         if cmd == Command.PING and msgid == 7:
             raise KeyError("bug")
-        orig(self, cid, msgid, cmd, payload, now)
+        orig(self, cid, msgid, cmd, payload, now, mono)
 
     monkeypatch.setattr(Scheduler, "handle", handle)
     # register as client on conn 0, then a valid PING with msgid 7

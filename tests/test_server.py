@@ -87,19 +87,26 @@ class FakeScheduler:
         send: Callable[[bytes], None],
         close: Callable[[], None],
         now: float,
+        mono: float | None = None,
     ) -> None:
         assert conn_id not in self.sends
         self.sends[conn_id] = send
         self.closes[conn_id] = close
         self.connected.append((conn_id, client_type, identity))
 
-    def disconnect(self, conn_id: int, now: float) -> None:
+    def disconnect(self, conn_id: int, now: float, mono: float | None = None) -> None:
         if self.sends.pop(conn_id, None) is not None:
             self.disconnected.append(conn_id)
             del self.closes[conn_id]
 
     def handle(
-        self, conn_id: int, msgid: int, command: int, payload: bytes, now: float
+        self,
+        conn_id: int,
+        msgid: int,
+        command: int,
+        payload: bytes,
+        now: float,
+        mono: float | None = None,
     ) -> None:
         fields = codec.decode_payload(command, payload)  # raises ProtocolError
         send = self.sends[conn_id]
@@ -117,12 +124,12 @@ class FakeScheduler:
         elif command == Command.SHUTDOWN:
             self.on_shutdown()
         elif command == Command.SLEEP:  # test hook: wake up soon
-            self.wakeup = now + 0.05
+            self.wakeup = (now if mono is None else mono) + 0.05  # timer: mono
             send(codec.encode_response(msgid, Command.NOOP))
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, mono: float | None = None) -> None:
         self.ticks += 1
-        if self.wakeup is not None and self.wakeup <= now:
+        if self.wakeup is not None and self.wakeup <= (now if mono is None else mono):
             self.wakeup = None
 
     def next_wakeup(self) -> float | None:

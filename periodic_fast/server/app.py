@@ -2,8 +2,9 @@
 
 :class:`Server` binds any number of ``tcp://`` and ``unix://`` addresses,
 builds the scheduler (or takes one from a factory), and drives it with a single
-loop timer: ``scheduler.tick(clock())`` (``clock`` is ``time.time`` unless
-injected), then re-arm for ``min(scheduler.next_wakeup(), now + 1.0)``.  After
+loop timer: ``scheduler.tick(clock(), mono_clock())`` (``time.time`` and
+``time.monotonic`` unless injected), then re-arm for
+``min(scheduler.next_wakeup(), mono + 1.0)`` (a monotonic time).  After
 each batch of input the timer is pulled earlier if the scheduler now has
 earlier work.
 
@@ -197,6 +198,7 @@ def _default_factory(
     owned: list[Store],
     max_jobs_per_func: int = 0,
     limits: Mapping[str, int] | None = None,
+    mono_clock: Callable[[], float] = time.monotonic,
 ) -> SchedulerFactory:
     lim = {**_DEFAULT_LIMITS, **(limits or {})}
 
@@ -218,6 +220,7 @@ def _default_factory(
             max_funcs=lim["max_funcs"],
             max_waiters=lim["max_waiters"],
             max_waiters_per_conn=lim["max_waiters_per_conn"],
+            mono=mono_clock(),
         )
 
     return factory
@@ -243,8 +246,13 @@ class Server:
     :param max_output: unread output after which a peer is dropped.
     :param name: server name used in log lines.
     :param clock: wall clock in float seconds (``time.time``); every "now"
-        the scheduler sees comes from it.  Tests inject a movable clock and
-        call :meth:`poke` after moving it.
+        the scheduler sees comes from it (when jobs are due).  Tests inject a
+        movable clock and call :meth:`poke` after moving it.
+    :param mono_clock: monotonic clock (``time.monotonic``) for every
+        deadline (keepalive, assign-wait, timeouts, waiters, locks, sweeps);
+        None: ``time.monotonic``, or ``clock`` itself when one is injected
+        (one movable clock then drives both).  A scheduler from a
+        ``scheduler_factory`` gets it with each call.
     :param auth_file: path of an auth file (docs/security.md); read at
         start (a missing or malformed file stops the start with
         :class:`~periodic_fast.auth.AuthFileError`), then checked for changes
@@ -298,6 +306,7 @@ class Server:
         max_output: int = DEFAULT_MAX_OUTPUT,
         name: str = "periodicd",
         clock: Callable[[], float] = time.time,
+        mono_clock: Callable[[], float] | None = None,
         auth_file: str | os.PathLike[str] | None = None,
         auth_poll: float = 1.0,
         unix_mode: int = 0o600,
@@ -340,8 +349,17 @@ class Server:
             raise ValueError("scheduler limits need the default scheduler")
         self._requested = [parse_address(a) for a in addresses]
         self._owned: list[Store] = []  # stores we opened and must close
+        if mono_clock is None:
+            mono_clock = time.monotonic if clock is time.time else clock
+        self._mono = mono_clock
         self._factory = scheduler_factory or _default_factory(
-            store, durability, config, self._owned, max_jobs_per_func, limits
+            store,
+            durability,
+            config,
+            self._owned,
+            max_jobs_per_func,
+            limits,
+            mono_clock,
         )
         self._rsa = (rsa_private_path, rsa_public_path, rsa_modes, rsa_legacy, rsa_v1)
         self._http = http
@@ -409,7 +427,7 @@ class Server:
             scheduler = self._factory(self._clock(), self.request_stop)
             self._scheduler = scheduler
             if self._auth is not None:
-                scheduler.set_auth(self._auth.rules, self._clock())
+                scheduler.set_auth(self._auth.rules, self._clock(), self._mono())
             hub = Hub(
                 scheduler,
                 loop,
@@ -417,6 +435,7 @@ class Server:
                 registration_timeout=self._registration_timeout,
                 max_output=self._max_output,
                 clock=self._clock,
+                mono=self._mono,
                 # replies wait for the store's commits (durable stores)
                 store=scheduler.store,
                 max_connections=self._max_connections,
@@ -448,6 +467,7 @@ class Server:
                     addresses=lambda: self.addresses,
                     running=lambda: self._state == "running",
                     clock=self._clock,
+                    mono_clock=self._mono,
                     writes=self._http_writes,
                     **{"peer_log_rate": self._peer_log_rate, **self._http_options},
                 )
@@ -456,7 +476,7 @@ class Server:
         except BaseException:
             await self.stop()
             raise
-        self._arm(self._clock())
+        self._arm(self._mono())
         if self._auth is not None:
             self._auth_timer = loop.call_later(self._auth_poll, self._poll_auth)
         log.info("%s: listening on %s", self.name, ", ".join(self._addresses))
@@ -492,7 +512,7 @@ class Server:
         try:
             rules = self._auth.poll()
             if rules is not None and self._scheduler is not None:
-                closed = self._scheduler.set_auth(rules, self._clock())
+                closed = self._scheduler.set_auth(rules, self._clock(), self._mono())
                 if closed:
                     log.warning(
                         "%s: auth file changed: closed %d connection(s) whose "
@@ -620,6 +640,7 @@ class Server:
     # -- the one timer -----------------------------------------------------------
 
     def _arm(self, now: float) -> None:
+        """Set the timer; ``now`` and the scheduler's wake-up are monotonic."""
         assert self._scheduler is not None and self._loop is not None
         due = now + 1.0
         nxt = self._scheduler.next_wakeup()
@@ -638,14 +659,15 @@ class Server:
         now = self._clock()
         assert self._scheduler is not None
         try:
-            self._scheduler.tick(now)
+            self._scheduler.tick(now, self._mono())
         except Exception:
             log.exception("%s: internal error in tick", self.name)
         if self._state == "running":
-            self._arm(self._clock())
+            self._arm(self._mono())
 
     def poke(self) -> None:
-        """Run the timer now: ``scheduler.tick(clock())``, then re-arm.
+        """Run the timer now: ``scheduler.tick(clock(), mono_clock())``, then
+        re-arm.
 
         For tests that move an injected clock; a no-op unless running.
         """
@@ -662,7 +684,7 @@ class Server:
         nxt = self._scheduler.next_wakeup()
         if nxt is not None and nxt < self._timer_due - 0.001:
             self._timer.cancel()
-            self._arm(self._clock())
+            self._arm(self._mono())
 
 
 # -- blocking entry point --------------------------------------------------------

@@ -88,6 +88,8 @@ class HttpApp:
     :param addresses: the bound addresses (``/readyz``: listening).
     :param running: False while the server stops (``/readyz``: draining).
     :param clock: the server's wall clock.
+    :param mono_clock: the server's monotonic clock (the writes hand it to
+        the scheduler with the wall time).
     :param writes: serve POST and DELETE (else 403).
     :param parser: ``"auto"`` (httptools if importable), ``"httptools"``, ``"h11"``.
     :param allowed_hosts: Host names accepted by the Host check besides IP
@@ -113,6 +115,7 @@ class HttpApp:
         addresses: Callable[[], list[str]] = list,
         running: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
+        mono_clock: Callable[[], float] = time.monotonic,
         writes: bool = False,
         parser: str = "auto",
         max_body: int = DEFAULT_MAX_BODY,
@@ -136,6 +139,7 @@ class HttpApp:
         self._addresses = addresses
         self._running = running
         self.clock = clock
+        self.mono_clock = mono_clock
         self.writes = writes
         self.parser = parser
         self.max_body = max_body
@@ -324,9 +328,9 @@ class HttpApp:
             return error_response(400, "job name or func is required")
         if len(func) > 255 or len(name) > 255:
             return error_response(400, "func and name must be at most 255 bytes")
-        now = self.clock()
+        now, mono = self.clock(), self.mono_clock()
         if form.get("act", b"").lower() == b"remove":
-            if not self.scheduler.remove(func, name, now):
+            if not self.scheduler.remove(func, name, now, mono):
                 return error_response(
                     404, f"job {text(func)}:{text(name)} does not exist"
                 )
@@ -334,7 +338,7 @@ class HttpApp:
         sched_at = int_field(form, "sched_at", -(1 << 63), (1 << 63) - 1)
         timeout = int_field(form, "timeout", 0, (1 << 31) - 1)
         job = Job(func, name, form.get("args", b""), sched_at, 0, timeout)
-        if not self.scheduler.submit(job, now):
+        if not self.scheduler.submit(job, now, mono):
             return error_response(
                 409, f"func {text(func)!r} holds the maximum number of jobs"
             )
@@ -347,7 +351,7 @@ class HttpApp:
         func = path[1:]
         if not func:
             return error_response(400, "func is required")
-        result = self.scheduler.drop_func(func, self.clock())
+        result = self.scheduler.drop_func(func, self.clock(), self.mono_clock())
         if result == "unknown":
             return error_response(404, f"unknown func {text(func)!r}")
         if result == "busy":

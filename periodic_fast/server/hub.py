@@ -117,6 +117,7 @@ class Hub:
         "max_frame",
         "max_output",
         "max_registration",
+        "mono",
         "on_input",
         "peer_log",
         "protocols",
@@ -138,6 +139,7 @@ class Hub:
         max_connections: int = 0,
         max_registration: int = DEFAULT_MAX_REGISTRATION,
         peer_log_rate: float = DEFAULT_PEER_LOG_RATE,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.scheduler = scheduler
         self.loop = loop
@@ -147,6 +149,8 @@ class Hub:
         self._loop_thread = threading.get_ident()
         #: wall clock (float seconds) for every "now" handed to the scheduler
         self.clock = clock
+        #: monotonic clock for every "mono" (deadlines) handed to it
+        self.mono = mono
         self.max_frame = max_frame
         self.registration_timeout = registration_timeout
         self.max_output = max_output

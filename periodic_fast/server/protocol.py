@@ -347,16 +347,18 @@ class ServerProtocol(asyncio.Protocol):
         http.accept(self._transport, head, self._peer)
 
     def _handle_packets(self, packets: Iterable[Packet]) -> None:
-        scheduler = self._hub.scheduler
+        hub = self._hub
+        scheduler = hub.scheduler
         cid = self._conn_id
-        now = self._hub.clock()  # one clock read per batch of input
+        now = hub.clock()  # one read of each clock per batch of input
+        mono = hub.mono()
         rest = iter(packets)
         for packet in rest:
             if self._closing:
                 return
             msgid = packet.msgid
             if cid is None:
-                cid = self._register(packet.command, packet.payload, now)
+                cid = self._register(packet.command, packet.payload, now, mono)
                 if cid is None:
                     return
                 continue
@@ -367,7 +369,7 @@ class ServerProtocol(asyncio.Protocol):
             # output is free
             self._grabbing = command == _GRAB_JOB
             try:
-                scheduler.handle(cid, msgid, command, packet.payload, now)
+                scheduler.handle(cid, msgid, command, packet.payload, now, mono)
             except ProtocolError as exc:
                 self.drop(f"malformed payload: {exc.__class__.__name__}: {exc}")
                 return
@@ -408,7 +410,9 @@ class ServerProtocol(asyncio.Protocol):
         if on_input is not None:
             on_input()
 
-    def _register(self, client_type: int, payload: bytes, now: float) -> int | None:
+    def _register(
+        self, client_type: int, payload: bytes, now: float, mono: float
+    ) -> int | None:
         self._cancel_timer()
         identity: tuple[bytes, bytes] | None = None
         if client_type in (ClientType.AUTH_CLIENT, ClientType.AUTH_WORKER):
@@ -438,7 +442,7 @@ class ServerProtocol(asyncio.Protocol):
             self._queue(reply)
         try:
             hub.scheduler.connect(
-                cid, client_type, identity, self._send, self.close, now
+                cid, client_type, identity, self._send, self.close, now, mono
             )
         except Exception:
             log.exception("%s: internal error in connect", self._peer)
@@ -678,6 +682,7 @@ class ServerProtocol(asyncio.Protocol):
         if conns.get(cid) is self:
             del conns[cid]
         try:
-            self._hub.scheduler.disconnect(cid, self._hub.clock())
+            hub = self._hub
+            hub.scheduler.disconnect(cid, hub.clock(), hub.mono())
         except Exception:  # pragma: no cover - scheduler bug
             log.exception("%s: internal error in disconnect", self._peer)

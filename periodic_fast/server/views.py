@@ -26,7 +26,9 @@ __all__ = ["HttpSide", "HubView", "PeerView", "SchedulerLike", "SchedulerView"]
 
 class SchedulerLike(Protocol):
     """The part of :class:`periodic_fast.scheduler.Scheduler` the binary
-    side of the server uses.
+    side of the server uses.  ``now`` is the wall clock (when jobs are due),
+    ``mono`` the monotonic clock (deadlines); :meth:`next_wakeup` answers a
+    monotonic time.
 
     See docs/architecture.md, "The seam between the server and the scheduler".
     """
@@ -39,15 +41,24 @@ class SchedulerLike(Protocol):
         send: Callable[[bytes], None],
         close: Callable[[], None],
         now: float,
+        mono: float | None = None,
     ) -> None: ...
 
-    def disconnect(self, conn_id: int, now: float) -> None: ...
+    def disconnect(
+        self, conn_id: int, now: float, mono: float | None = None
+    ) -> None: ...
 
     def handle(
-        self, conn_id: int, msgid: int, command: int, payload: bytes, now: float
+        self,
+        conn_id: int,
+        msgid: int,
+        command: int,
+        payload: bytes,
+        now: float,
+        mono: float | None = None,
     ) -> None: ...
 
-    def tick(self, now: float) -> None: ...
+    def tick(self, now: float, mono: float | None = None) -> None: ...
 
     def next_wakeup(self) -> float | None: ...
 
@@ -72,7 +83,9 @@ class SchedulerView(SchedulerLike, Protocol):
         """The auth rules in force (None: auth off)."""
         ...
 
-    def set_auth(self, rules: AuthRules | None, now: float) -> list[int]:
+    def set_auth(
+        self, rules: AuthRules | None, now: float, mono: float | None = None
+    ) -> list[int]:
         """New auth rules; the ids of the connections it closed."""
         ...
 
@@ -95,12 +108,14 @@ class SchedulerView(SchedulerLike, Protocol):
 
     def locks(self) -> list[LockInfo]: ...
 
-    def submit(self, job: Job, now: float) -> bool: ...
+    def submit(self, job: Job, now: float, mono: float | None = None) -> bool: ...
 
-    def remove(self, func: bytes, name: bytes, now: float) -> bool: ...
+    def remove(
+        self, func: bytes, name: bytes, now: float, mono: float | None = None
+    ) -> bool: ...
 
     def drop_func(
-        self, func: bytes, now: float
+        self, func: bytes, now: float, mono: float | None = None
     ) -> Literal["dropped", "busy", "unknown"]: ...
 
 
