@@ -26,7 +26,13 @@ from typing import Annotated
 import typer
 
 from .cli_common import VersionOpt, build_info, die, split_addresses
-from .constants import ADDRESS_ENV, DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
+from .constants import (
+    ADDRESS_ENV,
+    DEFAULT_ADDRESS,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_REGISTRATION,
+    DEFAULT_PEER_LOG_RATE,
+)
 from .sched_limits import (
     DEFAULT_MAX_FUNCS,
     DEFAULT_MAX_WAITERS,
@@ -159,11 +165,29 @@ UnixModeOpt = Annotated[
     typer.Option("--unix-mode", help="Permissions of the unix socket file (octal)."),
 ]
 MaxConnectionsOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--max-connections",
-        help="Open connections allowed at once; extra ones are closed (0: no limit).",
+        help="Open connections allowed at once; extra ones are closed (default:"
+        " 10000, or the open-file limit less 320 if lower; 0: no limit).",
         min=0,
+        show_default=False,
+    ),
+]
+MaxRegistrationOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-registration",
+        help="Largest registration frame body in bytes, checked from its header.",
+        min=1,
+    ),
+]
+PeerLogRateOpt = Annotated[
+    float,
+    typer.Option(
+        "--peer-log-rate",
+        help="Log lines per second, per kind, that peers may cause (0: no limit).",
+        min=0.0,
     ),
 ]
 MaxJobsPerFuncOpt = Annotated[
@@ -312,7 +336,9 @@ def _serve(
     loop: str,
     auth_file: str | None = None,
     unix_mode: str = "0600",
-    max_connections: int = 0,
+    max_connections: int | None = None,
+    max_registration: int = DEFAULT_MAX_REGISTRATION,
+    peer_log_rate: float = DEFAULT_PEER_LOG_RATE,
     max_jobs_per_func: int = 0,
     limits: tuple[int, int, int] = (
         DEFAULT_MAX_FUNCS,
@@ -357,6 +383,8 @@ def _serve(
             auth_file=auth_file,
             unix_mode=mode,
             max_connections=max_connections,
+            max_registration=max_registration,
+            peer_log_rate=peer_log_rate,
             max_jobs_per_func=max_jobs_per_func,
             max_funcs=limits[0],
             max_waiters=limits[1],
@@ -425,7 +453,9 @@ def periodicd(
     loop: LoopOpt = "auto",
     auth_file: AuthFileOpt = None,
     unix_mode: UnixModeOpt = "0600",
-    max_connections: MaxConnectionsOpt = 0,
+    max_connections: MaxConnectionsOpt = None,
+    max_registration: MaxRegistrationOpt = DEFAULT_MAX_REGISTRATION,
+    peer_log_rate: PeerLogRateOpt = DEFAULT_PEER_LOG_RATE,
     max_jobs_per_func: MaxJobsPerFuncOpt = 0,
     max_funcs: MaxFuncsOpt = DEFAULT_MAX_FUNCS,
     max_waiters: MaxWaitersOpt = DEFAULT_MAX_WAITERS,
@@ -463,6 +493,8 @@ def periodicd(
         auth_file=auth_file,
         unix_mode=unix_mode,
         max_connections=max_connections,
+        max_registration=max_registration,
+        peer_log_rate=peer_log_rate,
         max_jobs_per_func=max_jobs_per_func,
         limits=(max_funcs, max_waiters, max_waiters_per_conn),
         rsa=(rsa_private_path, rsa_public_path, rsa_mode, rsa_legacy, rsa_v1),

@@ -19,6 +19,11 @@ HEADER_SIZE: Final = 12
 MSGID_SIZE: Final = 4
 #: Default cap on one frame's body (the AES transport's own cap).
 DEFAULT_MAX_FRAME: Final = 64 * 1024 * 1024
+#: Largest registration frame body (client type + identity): an
+#: unauthenticated peer may make the server buffer no more than this.
+DEFAULT_MAX_REGISTRATION: Final = 4096
+#: Log lines per second, per kind, that peers may cause (server/logbound).
+DEFAULT_PEER_LOG_RATE: Final = 5.0
 
 #: Built-in default listen / connect address (the reference's).
 DEFAULT_ADDRESS: Final = "unix:///tmp/periodic.sock"
@@ -122,6 +127,8 @@ __all__ = [
     "CONFIG_DEFAULTS",
     "DEFAULT_ADDRESS",
     "DEFAULT_MAX_FRAME",
+    "DEFAULT_MAX_REGISTRATION",
+    "DEFAULT_PEER_LOG_RATE",
     "EMPTY_PAYLOAD_COMMANDS",
     "HEADER_SIZE",
     "MAGIC_REQUEST",

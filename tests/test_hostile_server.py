@@ -457,3 +457,31 @@ def test_server_rss_returns_after_partial_frames() -> None:
                 break
             time.sleep(0.05)
         assert after < before + 16, (before, after)
+
+
+# -- the same limits from the command line ----------------------------------------
+
+
+def test_periodicd_sets_the_peer_limits() -> None:
+    """--max-registration and --max-connections reach the server."""
+    import socket
+
+    from periodic_fast.codec import encode_identity
+    from periodic_fast.testing import ServerProcess
+
+    ident = encode_identity(b"n" * 100, b"t" * 100)  # over 64 bytes
+    args = ["--max-registration", "64", "--max-connections", "3", "--log", "warning"]
+    with ServerProcess(args) as proc:
+        host, port = proc.address.removeprefix("tcp://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(frame(b"\x03" + ident)[:12])  # the header alone
+            assert sock.recv(1) == b""  # refused from the header: closed
+        held = [socket.create_connection((host, int(port)), timeout=5)]
+        held += [socket.create_connection((host, int(port)), timeout=5)]
+        held += [socket.create_connection((host, int(port)), timeout=5)]
+        try:
+            with socket.create_connection((host, int(port)), timeout=5) as extra:
+                assert extra.recv(1) == b""  # the fourth is over the cap
+        finally:
+            for sock in held:
+                sock.close()

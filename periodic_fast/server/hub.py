@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ..codec import encode_response
-from ..constants import DEFAULT_MAX_FRAME, Command
+from ..constants import DEFAULT_MAX_FRAME, DEFAULT_MAX_REGISTRATION, Command
 from .logbound import DEFAULT_PEER_LOG_RATE, Throttle
 from .views import HttpSide, SchedulerLike
 
@@ -43,9 +43,6 @@ log = logging.getLogger("periodic_fast.server")
 DEFAULT_REGISTRATION_TIMEOUT = 30.0
 #: Unread output (bytes) after which a peer is considered dead and dropped.
 DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024
-#: Largest registration frame body (client type + identity): an
-#: unauthenticated peer may make the server buffer no more than this.
-DEFAULT_MAX_REGISTRATION = 4096
 
 _SUCCESS = int(Command.SUCCESS)
 _NO_WORKER = int(Command.NO_WORKER)

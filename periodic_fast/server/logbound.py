@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from ..constants import DEFAULT_PEER_LOG_RATE
+
 __all__ = [
     "DEFAULT_PEER_LOG_RATE",
     "MAX_LINE_TEXT",
@@ -31,8 +33,6 @@ __all__ = [
 MAX_PEER_TEXT: Final = 64
 #: Characters of a whole reason that may embed peer values.
 MAX_LINE_TEXT: Final = 200
-#: Lines per second per kind once the burst (4 s worth) is spent.
-DEFAULT_PEER_LOG_RATE: Final = 5.0
 # message kinds tracked at once; more share one bucket (kinds come from our
 # code, but a reason's prefix could hold peer bytes: keep the table bounded)
 _MAX_KINDS: Final = 64
