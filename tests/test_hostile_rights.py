@@ -466,3 +466,25 @@ def test_periodicd_scheduler_limit_options() -> None:
             await w.close()
 
         asyncio.run(asyncio.wait_for(main(), 20))
+
+
+async def test_http_submit_of_a_forging_func_name_is_a_400() -> None:
+    """The scheduler refuses the name with ValueError; HTTP says 400, not 500."""
+    import urllib.parse
+
+    from periodic_fast.server.app import Server
+
+    async with Server(["tcp://127.0.0.1:0"], http_writes=True) as srv:
+        host, port = srv.addresses[0].removeprefix("tcp://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = urllib.parse.urlencode({"name": "j"}).encode()
+        func = urllib.parse.quote("ok,1,2,3,4,5\nfake")
+        writer.write(
+            f"POST /{func} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        status = (await asyncio.wait_for(reader.readline(), 5)).split()[1]
+        writer.close()
+        assert status == b"400"

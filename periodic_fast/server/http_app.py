@@ -338,9 +338,15 @@ class HttpApp:
         sched_at = int_field(form, "sched_at", -(1 << 63), (1 << 63) - 1)
         timeout = int_field(form, "timeout", 0, (1 << 31) - 1)
         job = Job(func, name, form.get("args", b""), sched_at, 0, timeout)
-        if not self.scheduler.submit(job, now, mono):
+        try:
+            accepted = self.scheduler.submit(job, now, mono)
+        except ValueError as exc:  # a func name the scheduler refuses
+            return error_response(400, str(exc))
+        if not accepted:
             return error_response(
-                409, f"func {text(func)!r} holds the maximum number of jobs"
+                409,
+                f"func {text(func)!r} holds the maximum number of jobs,"
+                " or the server knows the maximum number of funcs",
             )
         return self._durable(SUCCESS)
 

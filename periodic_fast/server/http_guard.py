@@ -58,7 +58,7 @@ def check_identity(rules: AuthRules, req: Request, path: bytes) -> Response | No
     if ident.role is Role.ADMIN:
         return None
     func = func_of(req, path)
-    if func is None:  # admin-only: drop, status page, overview, metrics
+    if func is None:  # admin-only: status page, overview, metrics
         return error_response(403, "this request needs the admin role")
     if func and not ident.func_allowed(func):
         return error_response(
@@ -85,7 +85,11 @@ def func_of(req: Request, path: bytes) -> bytes | None:
         if path not in (b"", b"/"):
             return path[1:]
         return form_fields(req).get("func", b"") or None
-    return None  # DELETE (drop func) and the rest
+    if method == "DELETE" and len(path) > 1:
+        # dropping a func, like DROP_FUNC: for an identity whose funcs cover
+        # it (it may remove each of its jobs already)
+        return path[1:]
+    return None  # the rest is for admins
 
 
 def host_allowed(
