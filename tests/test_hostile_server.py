@@ -317,6 +317,34 @@ async def test_pipelined_dumps_wait_for_their_output() -> None:
         sw.close()
 
 
+async def test_one_dump_larger_than_max_output_reaches_a_reader() -> None:
+    """A DUMP is one DATA frame as large as the store: the cap on queued
+    output lets one such reply through (the requests behind it wait), and a
+    second pipelined DUMP still gets its reply once the first drained."""
+    from periodic_fast.codec import Parser
+    from periodic_fast.constants import Command as C
+
+    async with Server(["tcp://127.0.0.1:0"], max_output=MIB) as server:
+        cr, cw = await _client(server)
+        cw.write(
+            b"".join(
+                req(i + 1, C.SUBMIT_JOB, (b"d", b"%d" % i, b"a" * 1000, 0, 0, 0))
+                for i in range(3000)
+            )
+        )
+        await cr.readexactly(17 * 3000)
+        cw.write(req(1, C.DUMP) + req(2, C.DUMP) + req(3, C.PING))
+        parser = Parser(requests=False)
+        got: list[tuple[int, int]] = []
+        while len(got) < 3:
+            data = await asyncio.wait_for(cr.read(1 << 20), 5)
+            assert data, "dropped for a reply it asked for"
+            got += [(p.msgid, len(p.payload)) for p in parser.feed(data)]
+        assert [m for m, _ in got] == [1, 2, 3]
+        assert got[0][1] > 2 * MIB  # each reply alone is over max_output
+        cw.close()
+
+
 async def test_pipelined_http_requests_wait_for_their_response() -> None:
     from periodic_fast.job import Job
 

@@ -469,7 +469,7 @@ class ServerProtocol(asyncio.Protocol):
         if self._closing:
             return
         self._pending += len(frame)
-        if self._pending > self._room and self._over_output():
+        if self._pending > self._room and self._over_output(len(frame)):
             return
         out = self._out
         free = self._free_out
@@ -480,14 +480,19 @@ class ServerProtocol(asyncio.Protocol):
         else:
             out.append(frame)
 
-    def _over_output(self) -> bool:
+    def _over_output(self, size: int) -> bool:
         """The queued output passed the conservative room: recount it (the
-        write buffer may have drained); True when the peer was dropped."""
+        write buffer may have drained); True when the peer was dropped.
+
+        A frame of ``size`` bytes queued while less than the 1 MiB mark of
+        other output waits is let through whatever its size: a DUMP of a big
+        store is one DATA frame, and the requests pipelined behind it wait
+        until it drained, so a connection holds at most one such reply."""
         transport = self._transport
         buffered = transport.get_write_buffer_size() if transport is not None else 0
         limit = self._hub.max_output
         total = self._pending + buffered + self._held_bytes
-        if total <= limit:
+        if total <= limit or total - size <= WRITE_HIGH_WATER:
             self._room = limit - buffered - self._held_bytes
             return False
         self._hub.peer_log.warning(
