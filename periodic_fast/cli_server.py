@@ -63,7 +63,8 @@ HostOpt = Annotated[
         "--host",
         help=(
             "Listen address: tcp://HOST:PORT, tcp://:PORT, tcp://[::1]:PORT, "
-            "unix://PATH or PATH. Repeat or comma-separate for several. "
+            "HOST:PORT (TCP), unix://PATH or a socket path. Repeat or "
+            "comma-separate for several. "
             f"Default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS}."
         ),
         show_default=False,

@@ -29,8 +29,10 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 
+from .._address import ListenAddress as Address
+from .._address import parse_listen_address as parse_address
 from ..auth import AuthFile
 from ..constants import DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 from ..errors import PeriodicError
@@ -101,40 +103,6 @@ def default_max_connections() -> int:
 
 class AddressInUse(PeriodicError):
     """Another live server already listens on a unix socket path."""
-
-
-class Address(NamedTuple):
-    """A parsed listen address: ``("tcp", host, port)`` or ``("unix", path, 0)``.
-
-    ``host`` is ``None`` for ``tcp://:PORT``: the server binds it to the
-    loopback address (a safe default; the reference binds every interface),
-    a client connects to the local host.
-    """
-
-    scheme: Literal["tcp", "unix"]
-    host: str | None
-    port: int
-
-
-def parse_address(addr: str) -> Address:
-    """Parse ``tcp://HOST:PORT``, ``tcp://[V6]:PORT``, ``tcp://:PORT``,
-    ``unix://PATH`` or a plain path (protocol.md 1.1)."""
-    if addr.startswith("tcp://"):
-        rest = addr[6:]
-        host, sep, port_s = rest.rpartition(":")
-        if not sep or not port_s.isdigit() or int(port_s) > 65535:
-            raise ValueError(f"bad tcp address {addr!r} (want tcp://HOST:PORT)")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        elif ":" in host:
-            raise ValueError(f"bad tcp address {addr!r} (bracket IPv6 hosts)")
-        return Address("tcp", host or None, int(port_s))
-    _, sep, path = addr.partition("://")
-    if not sep:
-        path = addr
-    if not path:
-        raise ValueError(f"bad unix address {addr!r}")
-    return Address("unix", path, 0)
 
 
 def _format_sockname(family: int, name: Any) -> str:
