@@ -256,7 +256,8 @@ class Server:
         mode and session key a relay can swap); v2 is always served.
     :param http: answer HTTP on every listener (sniffed from the first bytes;
         docs/http.md).  Off with the RSA/AES transport.
-    :param http_writes: let HTTP submit, remove and drop (else 403).
+    :param http_writes: let HTTP submit, remove and drop from any peer
+        without an auth file (else only loopback and unix peers may).
     :param http_options: more :class:`~.http_app.HttpApp` keywords (``parser``,
         ``max_body``, ``read_timeout``, ``idle_timeout``, ...).
     """

@@ -1,0 +1,120 @@
+"""What an operator expects of the daemon (issue 19): HTTP writes with the
+binary port's rules, SIGHUP reload, the build in /metrics and on the page,
+systemd notify, a pidfile, start-up progress on a terminal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from periodic_fast.server.http_guard import is_local_peer, writes_allowed
+from periodic_fast.server.http_wire import Request
+from periodic_fast.testing import ServerProcess, free_port, wait_listening
+
+pytestmark = pytest.mark.timeout(120)
+
+CURL = shutil.which("curl")
+MEM = ["-p", ":memory:"]
+needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed")
+
+
+def _curl(*args: str) -> subprocess.CompletedProcess[str]:
+    assert CURL is not None
+    return subprocess.run(
+        [CURL, "-sS", "--max-time", "10", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def _code(*args: str) -> str:
+    return _curl("-o", "/dev/null", "-w", "%{http_code}", *args).stdout
+
+
+def _outside_ip() -> str | None:
+    """A non-loopback address of this machine, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet: picks a route only
+            ip: str = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") or ip == "0.0.0.0" else ip
+
+
+# -- 2. HTTP writes follow the binary port's rules ------------------------------------
+
+
+def _req(method: str = "POST") -> Request:
+    return Request(method, b"/f", [], b"", True, "1.1")
+
+
+def test_writes_allowed_rules() -> None:
+    for peer in ("127.0.0.1:5", "::1:5", "::ffff:127.0.0.1:5", "unix:/x", "unix"):
+        assert is_local_peer(peer), peer
+        assert writes_allowed(_req(), peer, False, False)
+    for peer in ("192.0.2.7:5", "2001:db8::1:5", "?", "::ffff:192.0.2.7:5"):
+        assert not is_local_peer(peer), peer
+        assert not writes_allowed(_req(), peer, False, False)
+        assert writes_allowed(_req(), peer, False, True)  # --http-writes
+    assert not writes_allowed(_req(), None, False, False)
+    # auth on: the identity decides, wherever the peer is; none (a probe
+    # path skips the bearer check): refused, even with --http-writes
+    assert not writes_allowed(_req(), "127.0.0.1:5", True, True)
+    req = _req()
+    req.identity = object()  # type: ignore[assignment]
+    assert writes_allowed(req, "192.0.2.7:5", True, False)
+
+
+@needs_curl
+def test_seed_curl_lines_on_a_default_server() -> None:
+    """The seed document's curl walk-through, against periodicd started
+    without any flag (cli-and-http.md 3.1, "Seed-document mapping")."""
+    with ServerProcess(MEM, command="periodicd") as proc:
+        url = "http://" + proc.address.removeprefix("tcp://")
+        at = str(int(time.time()) + 3600)
+        r = _curl(
+            "-d", "func=ls5", "-d", "name=job1", "-d", "args=hello",
+            "-d", "timeout=10", "-d", f"sched_at={at}", url,
+        )  # fmt: skip
+        assert json.loads(r.stdout) == {"msg": "SUCCESS"}, r
+        r = _curl("-d", "name=job2", "-d", "sched_at=0", f"{url}/ls5")
+        assert json.loads(r.stdout) == {"msg": "SUCCESS"}, r
+        assert json.loads(_curl(url).stdout)["ls5"]["total_job"] == 2
+        assert json.loads(_curl(f"{url}/ls5").stdout)["func_name"] == "ls5"
+        r = _curl("-d", "name=job1", "-d", "act=remove", f"{url}/ls5")
+        assert json.loads(r.stdout) == {"msg": "SUCCESS"}, r
+        r = _curl("-X", "DELETE", f"{url}/ls5")
+        assert json.loads(r.stdout) == {"msg": "SUCCESS"}, r
+        assert json.loads(_curl(url).stdout) == {}
+        # the browser defences stay
+        assert (
+            _code("-H", "Origin: http://evil.example", "-d", "func=f&name=n", url)
+            == "403"
+        )
+        assert _code("-H", "Host: evil.example", url) == "403"
+
+
+@needs_curl
+def test_writes_beyond_loopback_need_the_flag() -> None:
+    ip = _outside_ip()
+    if ip is None:
+        pytest.skip("no non-loopback address on this machine")
+    port = free_port()
+    for flag, want in (([], "403"), (["--http-writes"], "200")):
+        address = f"tcp://0.0.0.0:{port}"
+        with ServerProcess(MEM + flag, address=address) as proc:
+            assert wait_listening(f"tcp://{ip}:{port}")
+            outside = f"http://{ip}:{port}"
+            r = _curl("-d", "func=f&name=n", outside)
+            if want == "403":
+                assert "--http-writes" in r.stdout, r.stdout
+            assert _code("-d", "func=f&name=n2", outside) == want, proc.output()
+            assert _code(outside) == "200"  # reads stay open
+            assert _code("-d", "func=f&name=n3", f"http://127.0.0.1:{port}") == "200"
