@@ -357,11 +357,16 @@ def _serve(
     no_http: bool = False,
     http_hosts: list[str] | None = None,
 ) -> int:
+    from ._build import fallback_warning  # noqa: PLC0415  # loads the twins
     from .server.app import Server, run  # noqa: PLC0415  # keep CLI start fast
 
     _setup_logging(log, name)
     # which build runs: the first question about a slow or odd server
-    logging.getLogger("periodic_fast.server").info("%s: %s", name, build_info())
+    slog = logging.getLogger("periodic_fast.server")
+    slog.info("%s: %s", name, build_info())
+    fallback = fallback_warning()
+    if fallback is not None:  # an sdist installed without a compiler
+        slog.warning("%s: %s", name, fallback)
     if loop not in ("auto", "asyncio", "uvloop"):
         raise typer.BadParameter(f"unknown loop {loop!r}", param_hint="--loop")
     mode = _unix_mode(unix_mode)

@@ -118,3 +118,73 @@ def test_writes_beyond_loopback_need_the_flag() -> None:
             assert _code("-d", "func=f&name=n2", outside) == want, proc.output()
             assert _code(outside) == "200"  # reads stay open
             assert _code("-d", "func=f&name=n3", f"http://127.0.0.1:{port}") == "200"
+
+
+# -- 4. which build is running ------------------------------------------------------
+
+
+def test_build_info_helper() -> None:
+    from periodic_fast import __version__, codec, rec, wheel
+    from periodic_fast._build import build_info, build_line
+    from periodic_fast.cli_common import build_info as cli_build_info
+
+    info = build_info()
+    assert info["version"] == __version__
+    assert (info["codec"], info["wheel"], info["rec"]) == (
+        codec.IMPLEMENTATION,
+        wheel.IMPLEMENTATION,
+        rec.IMPLEMENTATION,
+    )
+    assert cli_build_info() == build_line()
+    assert f"codec: {codec.IMPLEMENTATION}" in build_line()
+
+
+@needs_curl
+def test_build_in_metrics_and_status_page() -> None:
+    from periodic_fast import __version__, codec, rec, wheel
+
+    with ServerProcess(MEM) as proc:
+        url = "http://" + proc.address.removeprefix("tcp://")
+        metrics = _curl(f"{url}/metrics").stdout
+        line = next(
+            x for x in metrics.splitlines() if x.startswith("periodic_build_info{")
+        )
+        for label in (
+            f'version="{__version__}"',
+            f'codec="{codec.IMPLEMENTATION}"',
+            f'wheel="{wheel.IMPLEMENTATION}"',
+            f'rec="{rec.IMPLEMENTATION}"',
+        ):
+            assert label in line, line
+        assert line.endswith(" 1.0")
+        page = _curl(f"{url}/ui").stdout
+        assert f"codec: {codec.IMPLEMENTATION}, wheel: {wheel.IMPLEMENTATION}" in page
+        overview = json.loads(_curl(f"{url}/api/overview").stdout)
+        assert overview["server"]["build"]["rec"] == rec.IMPLEMENTATION
+
+
+_NO_COMPILED = (
+    "import sys\n"
+    "for m in ('_codec_c', '_wheel_c', '_rec_c'):\n"
+    "    sys.modules['periodic_fast.' + m] = None  # as an sdist without a compiler\n"
+    "from periodic_fast.cli import periodicd_main\n"
+    "sys.argv[0] = 'periodicd'\n"
+    "periodicd_main()\n"
+)
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_pure_python_fallback_says_so_at_start(asked: bool) -> None:
+    import sys
+
+    env = {"PERIODIC_FAST_NO_EXTENSIONS": "1" if asked else ""}
+    proc = ServerProcess(MEM, env=env)
+    proc.argv = lambda: [  # type: ignore[method-assign]
+        sys.executable, "-c", _NO_COMPILED, "-H", proc.address, *MEM,
+    ]  # fmt: skip
+    with proc:
+        proc.stop()
+        out = proc.output()
+    assert "codec: python, wheel: python, rec: python" in out, out
+    warned = [x for x in out.splitlines() if "WARNING" in x and "pure-Python" in x]
+    assert bool(warned) is not asked, out
