@@ -10,7 +10,8 @@ docs/storage.md), ``--log``, ``--name``, ``--auth-file``, plus
 ``--max-connections``, ``--max-jobs-per-func``; the RSA/AES transport:
 ``--rsa-private-path``, ``--rsa-public-path``, ``--rsa-mode``,
 ``--rsa-legacy``, ``--no-rsa-v1`` (docs/transport.md); HTTP on the same listeners:
-``--http-writes``, ``--no-http``, ``--http-host`` (docs/http.md).
+``--http-writes``, ``--no-http``, ``--http-host`` (docs/http.md); ``--pidfile``.
+SIGHUP reloads the auth file and the log settings (:mod:`.server.daemon`).
 
 :func:`periodicd` is the command; :mod:`periodic_fast.cli` puts it on the
 ``periodicd`` app.  Server code is imported inside it so the CLI starts fast.
@@ -253,6 +254,17 @@ HttpHostOpt = Annotated[
 ]
 
 
+PidfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pidfile",
+        help="Write the process id to this file at start, remove it at stop;"
+        " refuse to start while it names a running process.",
+        show_default=False,
+    ),
+]
+
+
 RsaPrivateOpt = Annotated[
     str | None,
     typer.Option(
@@ -309,7 +321,9 @@ def _unix_mode(value: str) -> int:
 _NoopOpt = Annotated[int | None, typer.Option(hidden=True)]
 
 
-def _setup_logging(level: str, name: str) -> None:
+def _setup_logging(level: str, name: str) -> str:
+    """Root logger to stderr at ``level``; what was set (the SIGHUP reload
+    runs it again: a later source of settings is read there)."""
     lvl = _LEVELS.get(level.lower())
     if lvl is None:
         raise typer.BadParameter(
@@ -320,7 +334,9 @@ def _setup_logging(level: str, name: str) -> None:
         level=lvl,
         stream=sys.stderr,
         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
+    return f"log level {level.lower()}, text format"
 
 
 def _serve(
@@ -356,6 +372,7 @@ def _serve(
     http_writes: bool = False,
     no_http: bool = False,
     http_hosts: list[str] | None = None,
+    pidfile: str | None = None,
 ) -> int:
     from ._build import fallback_warning  # noqa: PLC0415  # loads the twins
     from .server.app import Server, run  # noqa: PLC0415  # keep CLI start fast
@@ -406,7 +423,8 @@ def _serve(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--host") from None
-    return run(server, loop=loop)  # type: ignore[arg-type]
+    server.on_reload.append(lambda: _setup_logging(log, name))
+    return run(server, loop=loop, pidfile=pidfile)  # type: ignore[arg-type]
 
 
 def _check_driver(store: str) -> None:
@@ -474,12 +492,14 @@ def periodicd(
     http_writes: HttpWritesOpt = False,
     no_http: NoHttpOpt = False,
     http_host: HttpHostOpt = None,
+    pidfile: PidfileOpt = None,
     version: VersionOpt = False,
     push_task_size: _NoopOpt = None,
     sched_task_size: _NoopOpt = None,
     max_cache_size: _NoopOpt = None,
 ) -> None:
-    """Run the Periodic server until SIGTERM, SIGINT or a SHUTDOWN request."""
+    """Run the Periodic server until SIGTERM, SIGINT or a SHUTDOWN request
+    (SIGHUP reloads the auth file and the log settings)."""
     code = _serve(
         host=host,
         path=path,
@@ -507,5 +527,6 @@ def periodicd(
         http_writes=http_writes,
         no_http=no_http,
         http_hosts=http_host,
+        pidfile=pidfile,
     )
     raise typer.Exit(code)

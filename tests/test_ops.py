@@ -5,10 +5,16 @@ systemd notify, a pidfile, start-up progress on a terminal."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -175,8 +181,6 @@ _NO_COMPILED = (
 
 @pytest.mark.parametrize("asked", [False, True])
 def test_pure_python_fallback_says_so_at_start(asked: bool) -> None:
-    import sys
-
     env = {"PERIODIC_FAST_NO_EXTENSIONS": "1" if asked else ""}
     proc = ServerProcess(MEM, env=env)
     proc.argv = lambda: [  # type: ignore[method-assign]
@@ -188,3 +192,89 @@ def test_pure_python_fallback_says_so_at_start(asked: bool) -> None:
     assert "codec: python, wheel: python, rec: python" in out, out
     warned = [x for x in out.splitlines() if "WARNING" in x and "pure-Python" in x]
     assert bool(warned) is not asked, out
+
+
+# -- 3. SIGHUP reloads, the server keeps serving -----------------------------------
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def _healthz(address: str, token: str) -> int:
+    req = urllib.request.Request(
+        "http://" + address.removeprefix("tcp://") + "/api/overview",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_sighup_reloads_and_keeps_serving(tmp_path: Path) -> None:
+    auth = tmp_path / "auth"
+    auth.write_text("admin ops ops-tok -\n")
+    auth.chmod(0o600)
+    sock = tmp_path / "p.sock"
+    proc = ServerProcess(MEM + ["-H", f"unix://{sock}", "--auth-file", str(auth)])
+    with proc:
+        assert proc.pid is not None and sock.exists()
+        os.kill(proc.pid, signal.SIGHUP)
+        assert _wait_for(lambda: "SIGHUP: reloaded" in proc.output()), proc.output()
+        assert "(unchanged)" in proc.output() and "log level info" in proc.output()
+        auth.write_text("admin ops ops-tok -\nadmin root root-tok -\n")
+        os.utime(auth, (time.time() + 5, time.time() + 5))  # a visible change
+        assert _healthz(proc.address, "root-tok") == 401
+        os.kill(proc.pid, signal.SIGHUP)
+        assert _wait_for(lambda: "2 identities" in proc.output()), proc.output()
+        # still serving, on both listeners, the new identity known at once
+        assert proc.proc is not None and proc.proc.poll() is None
+        assert _healthz(proc.address, "root-tok") == 200
+        assert sock.exists() and wait_listening(f"unix://{sock}")
+        assert proc.stop() == 0
+        assert not sock.exists()  # removed at stop
+        assert "stopped" in proc.output()
+
+
+_WORKER = """
+import asyncio, sys
+from periodic_fast import Worker
+w = Worker(sys.argv[1])
+
+@w.func("f")
+async def f(job):
+    return b"ok"
+
+async def main():
+    task = asyncio.ensure_future(w.work())
+    await asyncio.sleep(0.5)
+    print("working", flush=True)
+    await task
+    print("drained", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_sighup_drains_a_worker() -> None:
+    """A worker whose ssh session closes finishes cleanly (was: killed)."""
+    with ServerProcess(MEM) as srv:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, srv.address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "working"
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, (proc.returncode, err)
+        assert "drained" in out

@@ -8,9 +8,9 @@ loop timer: ``scheduler.tick(clock(), mono_clock())`` (``time.time`` and
 each batch of input the timer is pulled earlier if the scheduler now has
 earlier work.
 
-:func:`run` is the blocking entry point used by the CLI: it picks uvloop when
-it is importable (unless ``PERIODIC_FAST_NO_UVLOOP`` is set or asyncio is
-asked for), handles SIGTERM / SIGINT, and returns the process exit code.
+:func:`run` (from :mod:`.daemon`, re-exported) is the blocking entry point
+used by the CLI: the loop, signals (SIGHUP calls :meth:`Server.reload`),
+systemd notify and the pidfile.
 """
 
 from __future__ import annotations
@@ -18,15 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import ipaddress
 import logging
 import os
 import resource
-import signal
 import socket
 import stat
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -41,6 +38,7 @@ from ..sched_limits import (
     DEFAULT_MAX_WAITERS,
     DEFAULT_MAX_WAITERS_PER_CONN,
 )
+from .daemon import NO_UVLOOP_ENV, new_event_loop, run
 from .logbound import DEFAULT_PEER_LOG_RATE
 from .protocol import (
     DEFAULT_MAX_OUTPUT,
@@ -69,9 +67,6 @@ __all__ = [
 
 log = logging.getLogger("periodic_fast.server")
 
-#: Environment variable that forces the stock asyncio loop (any non-empty value).
-NO_UVLOOP_ENV = "PERIODIC_FAST_NO_UVLOOP"
-
 # the scheduler's own limits (docs/security.md), as Server keywords
 _DEFAULT_LIMITS = {
     "max_funcs": DEFAULT_MAX_FUNCS,
@@ -81,8 +76,6 @@ _DEFAULT_LIMITS = {
 
 #: ``factory(now, on_shutdown) -> scheduler``
 SchedulerFactory = Callable[[float, Callable[[], None]], SchedulerView]
-
-LoopName = Literal["auto", "asyncio", "uvloop"]
 
 #: Open binary connections allowed by default (fewer when the process may
 #: open fewer files: see :func:`default_max_connections`).
@@ -358,6 +351,8 @@ class Server:
         self._done: asyncio.Event | None = None  # set when stop() has finished
         self._stop_task: asyncio.Task[None] | None = None
         self._state: Literal["new", "running", "stopping", "stopped"] = "new"
+        #: run by :meth:`reload` (SIGHUP), each returning what it reloaded
+        self.on_reload: list[Callable[[], str]] = []
 
     # -- properties --------------------------------------------------------------
 
@@ -472,6 +467,24 @@ class Server:
                     self.name,
                     bound,
                 )
+
+    def reload(self) -> list[str]:
+        """SIGHUP: re-read the auth file now and run :attr:`on_reload` (the
+        CLI's log settings); what was done, one phrase each, for the log."""
+        done: list[str] = []
+        if self._auth is not None and self._state == "running":
+            rules = self._auth.poll()  # a malformed file: logged, old rules kept
+            if rules is not None and self._scheduler is not None:
+                closed = self._scheduler.set_auth(rules, self._clock(), self._mono())
+                done.append(
+                    f"auth file {self._auth.path} ({len(rules)} identities,"
+                    f" {len(closed)} connection(s) closed)"
+                )
+            else:
+                done.append(f"auth file {self._auth.path} (unchanged)")
+        for hook in self.on_reload:
+            done.append(hook())
+        return done
 
     def _poll_auth(self) -> None:
         """Every ``auth_poll`` s: reload the auth file if it changed."""
@@ -654,69 +667,3 @@ class Server:
         if nxt is not None and nxt < self._timer_due - 0.001:
             self._timer.cancel()
             self._arm(self._mono())
-
-
-# -- blocking entry point --------------------------------------------------------
-
-
-def new_event_loop(loop: LoopName = "auto") -> asyncio.AbstractEventLoop:
-    """A new event loop: uvloop when importable (and not disabled), else asyncio.
-
-    ``loop="auto"`` honours :data:`NO_UVLOOP_ENV`; ``"uvloop"`` fails when uvloop
-    is missing; ``"asyncio"`` always gives the stock loop.
-    """
-    if loop == "asyncio" or (loop == "auto" and os.environ.get(NO_UVLOOP_ENV)):
-        return asyncio.new_event_loop()
-    try:
-        import uvloop  # noqa: PLC0415  # optional dependency
-    except ImportError:
-        if loop == "uvloop":
-            raise
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-def _tune_gc() -> None:
-    """Keep the cyclic GC off the hot path of a long-running daemon.
-
-    Jobs and connections are long-lived and rarely cyclic, yet every allocation
-    counts towards a generation-0 collection: with the default threshold the
-    collector took 25-50% of the scheduler's time in bench/bench_scheduler.py.
-    Objects alive after start-up are frozen out of collection, and young
-    collections run 70x less often.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
-def run(server: Server, *, loop: LoopName = "auto") -> int:
-    """Run ``server`` until SIGTERM, SIGINT or SHUTDOWN; return the exit code."""
-    ev = new_event_loop(loop)
-    asyncio.set_event_loop(ev)
-
-    async def main() -> int:
-        try:
-            await server.start()
-        except (AddressInUse, OSError, ValueError) as exc:  # bind / store URI
-            log.error("%s: cannot start: %s", server.name, exc)
-            return 1
-        _tune_gc()
-        running = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                running.add_signal_handler(sig, server.request_stop)
-        await server.serve_forever()
-        return 0
-
-    try:
-        return ev.run_until_complete(main())
-    except KeyboardInterrupt:  # pragma: no cover - signal raced the handler
-        ev.run_until_complete(server.stop())
-        return 0
-    finally:
-        with contextlib.suppress(Exception):
-            ev.run_until_complete(ev.shutdown_asyncgens())
-        asyncio.set_event_loop(None)
-        ev.close()
-        sys.stdout.flush()
