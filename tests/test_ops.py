@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from exec_helpers import env as _env
 
 from periodic_fast.server.http_guard import is_local_peer, writes_allowed
 from periodic_fast.server.http_wire import Request
@@ -278,3 +279,93 @@ def test_sighup_drains_a_worker() -> None:
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, (proc.returncode, err)
         assert "drained" in out
+
+
+# -- 5. systemd notify, pidfile --------------------------------------------------------
+
+
+def _messages(sock: socket.socket, until: str, timeout: float = 15.0) -> list[str]:
+    """Datagrams received until one holds ``until``."""
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            break
+        if until in got[-1]:
+            return got
+    raise AssertionError(f"no {until!r} in {got}")
+
+
+def test_systemd_notify(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        proc = ServerProcess(MEM, env={"NOTIFY_SOCKET": path})
+        with proc:
+            ready = _messages(sock, "READY=1")[-1].split("\n")
+            assert f"MAINPID={proc.pid}" in ready
+            assert f"STATUS=serving on {proc.address}" in ready
+            assert proc.pid is not None
+            os.kill(proc.pid, signal.SIGHUP)
+            got = _messages(sock, "READY=1")
+            assert got[0].startswith("RELOADING=1\nMONOTONIC_USEC="), got
+            proc.stop()
+            assert "STOPPING=1" in _messages(sock, "STOPPING=1")[0]
+
+
+def test_notify_is_quiet_without_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    from periodic_fast.server.daemon import notify
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert notify("READY=1") is False
+    monkeypatch.setenv("NOTIFY_SOCKET", "/nonexistent/notify")
+    assert notify("READY=1") is False  # logged at debug level, nothing raised
+
+
+def test_pidfile(tmp_path: Path) -> None:
+    pidfile = tmp_path / "periodicd.pid"
+    first = ServerProcess(MEM + ["--pidfile", str(pidfile)])
+    with first:
+        assert pidfile.read_text().strip() == str(first.pid)
+        second = subprocess.run(
+            [*ServerProcess(MEM + ["--pidfile", str(pidfile)]).argv()],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
+            env=_env(None),
+        )
+        assert second.returncode == 1
+        assert f"names a running process ({first.pid})" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert pidfile.read_text().strip() == str(first.pid)  # left alone
+        first.stop()
+        assert not pidfile.exists()  # removed at stop
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pidfile.write_text(dead.stdout)  # a stale one: replaced
+    with ServerProcess(MEM + ["--pidfile", str(pidfile)]) as again:
+        assert pidfile.read_text().strip() == str(again.pid)
+    assert not pidfile.exists()
+
+
+def test_systemd_unit_file() -> None:
+    root = Path(__file__).resolve().parent.parent
+    unit = (root / "contrib" / "systemd" / "periodicd.service").read_text()
+    for line in (
+        "Type=notify",
+        "ExecStart=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "StateDirectory=periodic_fast",
+        "ProtectSystem=strict",
+        "PrivateTmp=true",
+        "NoNewPrivileges=true",
+    ):
+        assert line in unit, line
