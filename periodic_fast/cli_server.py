@@ -22,7 +22,8 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from typing import Annotated
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Annotated, TypeAlias
 
 import typer
 
@@ -39,6 +40,12 @@ from .sched_limits import (
     DEFAULT_MAX_WAITERS,
     DEFAULT_MAX_WAITERS_PER_CONN,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .job import Job, JobState
+    from .server.app import LoadProgress
+
+    _Stored: TypeAlias = tuple[Job, JobState]
 
 __all__ = ["PATH_ENV", "periodicd"]
 
@@ -420,11 +427,49 @@ def _serve(
             http=not no_http,
             http_writes=http_writes,
             http_options={"allowed_hosts": http_hosts} if http_hosts else None,
+            load_progress=_load_progress(),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--host") from None
     server.on_reload.append(lambda: _setup_logging(log, name))
     return run(server, loop=loop, pidfile=pidfile)  # type: ignore[arg-type]
+
+
+def _load_progress() -> LoadProgress | None:
+    """On a terminal (stderr is a tty), a rich progress line while the
+    stored jobs load at start: a million take seconds.  Elsewhere (a log
+    file, journald) None: no bars in logs."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from rich.console import Console  # noqa: PLC0415  # only on a terminal
+        from rich.progress import (  # noqa: PLC0415
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+    except ImportError:  # pragma: no cover - typer brings rich
+        return None
+
+    def progress(jobs: Iterable[_Stored]) -> Iterator[_Stored]:
+        columns = (
+            SpinnerColumn(),
+            TextColumn("loading stored jobs: {task.completed:,}"),
+            TimeElapsedColumn(),
+        )
+        console = Console(stderr=True)
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("load", total=None)
+            n = 0
+            for item in jobs:
+                yield item
+                n += 1
+                if not n & 0x3FFF:  # every 16384 jobs: the bar costs nothing
+                    bar.update(task, completed=n)
+            bar.update(task, completed=n)
+
+    return progress
 
 
 def _check_driver(store: str) -> None:

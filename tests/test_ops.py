@@ -369,3 +369,58 @@ def test_systemd_unit_file() -> None:
         "NoNewPrivileges=true",
     ):
         assert line in unit, line
+
+
+# -- 6. start-up progress, on a terminal only ---------------------------------------
+
+
+def _filled_store(path: Path, jobs: int) -> str:
+    from periodic_fast.job import Job, JobState
+    from periodic_fast.store.sqlite import SqliteStore
+
+    store = SqliteStore(path)
+    try:
+        for i in range(jobs):
+            job = Job(b"f%d" % (i % 4), b"job-%08d" % i, b"w", 2**33 + i)
+            store.save_job(job, JobState.PENDING)
+    finally:
+        store.close()
+    return f"file://{path}"
+
+
+def test_startup_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    import pty
+
+    uri = _filled_store(tmp_path / "jobs.db", 40_000)
+    port = free_port()
+    argv = ServerProcess(["-p", uri], address=f"tcp://127.0.0.1:{port}").argv()
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        env=_env(None, {"TERM": "xterm", "COLUMNS": "100"}),
+    )
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"listening on" not in seen and time.monotonic() < deadline:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            seen += chunk
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        os.close(master)
+    text = seen.decode(errors="replace")
+    assert "loading stored jobs" in text, text
+    # not on a terminal: the log holds log lines only, no bar
+    with ServerProcess(["-p", uri]) as logged:
+        logged.stop()
+        out = logged.output()
+    assert "listening on" in out
+    assert "loading stored jobs" not in out and "\x1b[" not in out, out

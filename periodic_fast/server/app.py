@@ -25,7 +25,7 @@ import resource
 import socket
 import stat
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._address import ListenAddress as Address
@@ -33,6 +33,7 @@ from .._address import parse_listen_address as parse_address
 from ..auth import AuthFile
 from ..constants import DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 from ..errors import PeriodicError
+from ..job import Job, JobState
 from ..sched_limits import (
     DEFAULT_MAX_FUNCS,
     DEFAULT_MAX_WAITERS,
@@ -50,7 +51,7 @@ from .protocol import (
 from .views import SchedulerView
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..store import Store
+    from ..store import Store, StoreSnapshot
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -76,6 +77,10 @@ _DEFAULT_LIMITS = {
 
 #: ``factory(now, on_shutdown) -> scheduler``
 SchedulerFactory = Callable[[float, Callable[[], None]], SchedulerView]
+#: ``progress(jobs) -> jobs``: sees the stored jobs stream by at start
+LoadProgress = Callable[
+    [Iterable[tuple[Job, JobState]]], Iterable[tuple[Job, JobState]]
+]
 
 #: Open binary connections allowed by default (fewer when the process may
 #: open fewer files: see :func:`default_max_connections`).
@@ -160,6 +165,7 @@ def _default_factory(
     max_jobs_per_func: int = 0,
     limits: Mapping[str, int] | None = None,
     mono_clock: Callable[[], float] = time.monotonic,
+    load_progress: LoadProgress | None = None,
 ) -> SchedulerFactory:
     lim = {**_DEFAULT_LIMITS, **(limits or {})}
 
@@ -172,19 +178,47 @@ def _default_factory(
             owned.append(opened)
         else:  # a Store instance: the caller owns it
             opened = store
-        return Scheduler(
-            opened,
-            now,
-            config=config,
-            on_shutdown=on_shutdown,
-            max_jobs_per_func=max_jobs_per_func,
-            max_funcs=lim["max_funcs"],
-            max_waiters=lim["max_waiters"],
-            max_waiters_per_conn=lim["max_waiters_per_conn"],
-            mono=mono_clock(),
-        )
+        with _watched_load(opened, load_progress):
+            return Scheduler(
+                opened,
+                now,
+                config=config,
+                on_shutdown=on_shutdown,
+                max_jobs_per_func=max_jobs_per_func,
+                max_funcs=lim["max_funcs"],
+                max_waiters=lim["max_waiters"],
+                max_waiters_per_conn=lim["max_waiters_per_conn"],
+                mono=mono_clock(),
+            )
 
     return factory
+
+
+@contextlib.contextmanager
+def _watched_load(store: Store, progress: LoadProgress | None) -> Iterator[None]:
+    """While the scheduler is built, ``store.load()`` hands its job stream
+    through ``progress`` (a terminal's progress bar).  The store's own
+    ``load`` is shadowed on the instance for that time only: nothing stands
+    between the scheduler and the store once it runs.  A store that takes no
+    instance attribute (the memory store, empty at start) is left alone."""
+    if progress is None:
+        yield
+        return
+    load = store.load
+
+    def watched() -> StoreSnapshot:
+        snap = load()
+        return snap._replace(jobs=progress(snap.jobs))
+
+    try:
+        store.load = watched  # type: ignore[method-assign]
+    except AttributeError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        del store.load
 
 
 class Server:
@@ -253,6 +287,9 @@ class Server:
         without an auth file (else only loopback and unix peers may).
     :param http_options: more :class:`~.http_app.HttpApp` keywords (``parser``,
         ``max_body``, ``read_timeout``, ``idle_timeout``, ...).
+    :param load_progress: ``progress(jobs) -> jobs``, handed the stored jobs
+        as the default scheduler loads them at start (the CLI's progress bar
+        on a terminal).
     """
 
     def __init__(
@@ -287,6 +324,7 @@ class Server:
         http: bool = True,
         http_writes: bool = False,
         http_options: Mapping[str, Any] | None = None,
+        load_progress: LoadProgress | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("no listen address")
@@ -322,6 +360,7 @@ class Server:
             max_jobs_per_func,
             limits,
             mono_clock,
+            load_progress,
         )
         self._rsa = (rsa_private_path, rsa_public_path, rsa_modes, rsa_legacy, rsa_v1)
         self._http = http
