@@ -1,5 +1,10 @@
 """``work()``: serve until shutdown or a signal, shared by Worker and
-WorkerCluster (L4, asyncio)."""
+WorkerCluster (L4, asyncio).
+
+SIGHUP drains like SIGTERM: a worker started from an ssh session that
+closes finishes its running jobs and says goodbye instead of dying in the
+middle of them (a worker has nothing to reload).
+"""
 
 from __future__ import annotations
 
@@ -30,14 +35,16 @@ class SignalDrain:
         self,
         size: int = 1,
         *,
-        signals: Iterable[str] = ("SIGTERM", "SIGINT"),
+        signals: Iterable[str] = ("SIGTERM", "SIGINT", "SIGHUP"),
     ) -> None:
         """Start (see :meth:`start`) and serve until :meth:`shutdown` or one of
         ``signals`` (which starts a graceful drain)."""
         loop = asyncio.get_running_loop()
         installed: list[int] = []
         for name in signals:
-            signum = getattr(signal, name)
+            signum = getattr(signal, name, None)
+            if signum is None:  # no SIGHUP on Windows
+                continue
             # not on Windows' loop, nor off the main thread: serve without
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, self._signal_shutdown)

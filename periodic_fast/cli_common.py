@@ -118,16 +118,11 @@ def run_app(
 def build_info() -> str:
     """The version and the running twins, e.g. ``periodic_fast 0.1.0
     (codec: cython, wheel: cython, rec: cython; CPython 3.11.7)``: whether
-    the compiled parts loaded is the first question about a slow server."""
-    import platform  # noqa: PLC0415  # only for --version and the start-up line
+    the compiled parts loaded is the first question about a slow server
+    (:func:`periodic_fast._build.build_line`)."""
+    from ._build import build_line  # noqa: PLC0415  # loads the twins
 
-    from . import __version__, codec, rec, wheel  # noqa: PLC0415
-
-    return (
-        f"periodic_fast {__version__} (codec: {codec.IMPLEMENTATION}, "
-        f"wheel: {wheel.IMPLEMENTATION}, rec: {rec.IMPLEMENTATION}; "
-        f"{platform.python_implementation()} {platform.python_version()})"
-    )
+    return build_line()
 
 
 def _print_version(value: bool) -> None:

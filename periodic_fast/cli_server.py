@@ -10,7 +10,8 @@ docs/storage.md), ``--log``, ``--name``, ``--auth-file``, plus
 ``--max-connections``, ``--max-jobs-per-func``; the RSA/AES transport:
 ``--rsa-private-path``, ``--rsa-public-path``, ``--rsa-mode``,
 ``--rsa-legacy``, ``--no-rsa-v1`` (docs/transport.md); HTTP on the same listeners:
-``--http-writes``, ``--no-http``, ``--http-host`` (docs/http.md).
+``--http-writes``, ``--no-http``, ``--http-host`` (docs/http.md); ``--pidfile``.
+SIGHUP reloads the auth file and the log settings (:mod:`.server.daemon`).
 
 :func:`periodicd` is the command; :mod:`periodic_fast.cli` puts it on the
 ``periodicd`` app.  Server code is imported inside it so the CLI starts fast.
@@ -21,7 +22,8 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from typing import Annotated
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Annotated, TypeAlias
 
 import typer
 
@@ -38,6 +40,12 @@ from .sched_limits import (
     DEFAULT_MAX_WAITERS,
     DEFAULT_MAX_WAITERS_PER_CONN,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .job import Job, JobState
+    from .server.app import LoadProgress
+
+    _Stored: TypeAlias = tuple[Job, JobState]
 
 __all__ = ["PATH_ENV", "periodicd"]
 
@@ -63,7 +71,8 @@ HostOpt = Annotated[
         "--host",
         help=(
             "Listen address: tcp://HOST:PORT, tcp://:PORT, tcp://[::1]:PORT, "
-            "unix://PATH or PATH. Repeat or comma-separate for several. "
+            "HOST:PORT (TCP), unix://PATH or a socket path. Repeat or "
+            "comma-separate for several. "
             f"Default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS}."
         ),
         show_default=False,
@@ -252,6 +261,17 @@ HttpHostOpt = Annotated[
 ]
 
 
+PidfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pidfile",
+        help="Write the process id to this file at start, remove it at stop;"
+        " refuse to start while it names a running process.",
+        show_default=False,
+    ),
+]
+
+
 RsaPrivateOpt = Annotated[
     str | None,
     typer.Option(
@@ -308,7 +328,9 @@ def _unix_mode(value: str) -> int:
 _NoopOpt = Annotated[int | None, typer.Option(hidden=True)]
 
 
-def _setup_logging(level: str, name: str) -> None:
+def _setup_logging(level: str, name: str) -> str:
+    """Root logger to stderr at ``level``; what was set (the SIGHUP reload
+    runs it again: a later source of settings is read there)."""
     lvl = _LEVELS.get(level.lower())
     if lvl is None:
         raise typer.BadParameter(
@@ -319,7 +341,9 @@ def _setup_logging(level: str, name: str) -> None:
         level=lvl,
         stream=sys.stderr,
         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
+    return f"log level {level.lower()}, text format"
 
 
 def _serve(
@@ -355,12 +379,18 @@ def _serve(
     http_writes: bool = False,
     no_http: bool = False,
     http_hosts: list[str] | None = None,
+    pidfile: str | None = None,
 ) -> int:
+    from ._build import fallback_warning  # noqa: PLC0415  # loads the twins
     from .server.app import Server, run  # noqa: PLC0415  # keep CLI start fast
 
     _setup_logging(log, name)
     # which build runs: the first question about a slow or odd server
-    logging.getLogger("periodic_fast.server").info("%s: %s", name, build_info())
+    slog = logging.getLogger("periodic_fast.server")
+    slog.info("%s: %s", name, build_info())
+    fallback = fallback_warning()
+    if fallback is not None:  # an sdist installed without a compiler
+        slog.warning("%s: %s", name, fallback)
     if loop not in ("auto", "asyncio", "uvloop"):
         raise typer.BadParameter(f"unknown loop {loop!r}", param_hint="--loop")
     mode = _unix_mode(unix_mode)
@@ -397,10 +427,49 @@ def _serve(
             http=not no_http,
             http_writes=http_writes,
             http_options={"allowed_hosts": http_hosts} if http_hosts else None,
+            load_progress=_load_progress(),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--host") from None
-    return run(server, loop=loop)  # type: ignore[arg-type]
+    server.on_reload.append(lambda: _setup_logging(log, name))
+    return run(server, loop=loop, pidfile=pidfile)  # type: ignore[arg-type]
+
+
+def _load_progress() -> LoadProgress | None:
+    """On a terminal (stderr is a tty), a rich progress line while the
+    stored jobs load at start: a million take seconds.  Elsewhere (a log
+    file, journald) None: no bars in logs."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from rich.console import Console  # noqa: PLC0415  # only on a terminal
+        from rich.progress import (  # noqa: PLC0415
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+    except ImportError:  # pragma: no cover - typer brings rich
+        return None
+
+    def progress(jobs: Iterable[_Stored]) -> Iterator[_Stored]:
+        columns = (
+            SpinnerColumn(),
+            TextColumn("loading stored jobs: {task.completed:,}"),
+            TimeElapsedColumn(),
+        )
+        console = Console(stderr=True)
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("load", total=None)
+            n = 0
+            for item in jobs:
+                yield item
+                n += 1
+                if not n & 0x3FFF:  # every 16384 jobs: the bar costs nothing
+                    bar.update(task, completed=n)
+            bar.update(task, completed=n)
+
+    return progress
 
 
 def _check_driver(store: str) -> None:
@@ -468,12 +537,14 @@ def periodicd(
     http_writes: HttpWritesOpt = False,
     no_http: NoHttpOpt = False,
     http_host: HttpHostOpt = None,
+    pidfile: PidfileOpt = None,
     version: VersionOpt = False,
     push_task_size: _NoopOpt = None,
     sched_task_size: _NoopOpt = None,
     max_cache_size: _NoopOpt = None,
 ) -> None:
-    """Run the Periodic server until SIGTERM, SIGINT or a SHUTDOWN request."""
+    """Run the Periodic server until SIGTERM, SIGINT or a SHUTDOWN request
+    (SIGHUP reloads the auth file and the log settings)."""
     code = _serve(
         host=host,
         path=path,
@@ -501,5 +572,6 @@ def periodicd(
         http_writes=http_writes,
         no_http=no_http,
         http_hosts=http_host,
+        pidfile=pidfile,
     )
     raise typer.Exit(code)

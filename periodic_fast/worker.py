@@ -15,7 +15,7 @@
     @worker.broadcast("reload")
     async def reload(job: WorkerJob) -> None: ...
 
-    await worker.work(size=8)          # until SIGTERM/SIGINT or worker.shutdown()
+    await worker.work(size=8)  # until SIGTERM/SIGINT/SIGHUP or worker.shutdown()
 
 How it talks to the server (protocol.md 3.3, 4.5): ``size`` grab slots, one
 msgid each, are offered with GRAB_JOB; a JOB_ASSIGN on a free slot is

@@ -318,15 +318,16 @@ def test_paths_are_url_decoded(run: Runner[None], parser: str) -> None:
     run(main())
 
 
-def test_writes_refused_without_the_flag(run: Runner[None], parser: str) -> None:
+def test_writes_from_loopback_without_the_flag(run: Runner[None], parser: str) -> None:
+    # the binary port's rules (issue 19); beyond loopback: tests/test_ops.py
     async def main() -> None:
         async with _server(parser, writes=False) as srv:
             r = await fetch(srv, "POST", "/", {"func": "f", "name": "n"})
-            assert r.status == 403 and "--http-writes" in r.json()["err"]
+            assert r.status == 200
+            assert len(srv.scheduler.jobs()) == 1
             r = await fetch(srv, "DELETE", "/f")
-            assert r.status == 403
+            assert r.status == 200
             assert srv.scheduler.jobs() == []
-            assert (await fetch(srv, "GET", "/")).status == 200  # reads still work
 
     run(main())
 
@@ -894,10 +895,10 @@ def test_seed_curl_lines() -> None:
 
 @needs_curl
 def test_periodicd_flags(tmp_path: Any) -> None:
-    with ServerProcess(MEM) as proc:  # default: read-only
+    with ServerProcess(MEM) as proc:  # default: writes from loopback (issue 19)
         url = _http_url(proc)
         r = _curl("-o", "/dev/null", "-w", "%{http_code}", "-d", "func=f&name=n", url)
-        assert r.stdout == "403"
+        assert r.stdout == "200"
         assert _curl("-o", "/dev/null", "-w", "%{http_code}", url).stdout == "200"
     with ServerProcess(MEM + ["--no-http"]) as proc:
         r = _curl(_http_url(proc))

@@ -8,9 +8,9 @@ loop timer: ``scheduler.tick(clock(), mono_clock())`` (``time.time`` and
 each batch of input the timer is pulled earlier if the scheduler now has
 earlier work.
 
-:func:`run` is the blocking entry point used by the CLI: it picks uvloop when
-it is importable (unless ``PERIODIC_FAST_NO_UVLOOP`` is set or asyncio is
-asked for), handles SIGTERM / SIGINT, and returns the process exit code.
+:func:`run` (from :mod:`.daemon`, re-exported) is the blocking entry point
+used by the CLI: the loop, signals (SIGHUP calls :meth:`Server.reload`),
+systemd notify and the pidfile.
 """
 
 from __future__ import annotations
@@ -18,27 +18,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import ipaddress
 import logging
 import os
 import resource
-import signal
 import socket
 import stat
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
+from .._address import ListenAddress as Address
+from .._address import parse_listen_address as parse_address
 from ..auth import AuthFile
 from ..constants import DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 from ..errors import PeriodicError
+from ..job import Job, JobState
 from ..sched_limits import (
     DEFAULT_MAX_FUNCS,
     DEFAULT_MAX_WAITERS,
     DEFAULT_MAX_WAITERS_PER_CONN,
 )
+from .daemon import NO_UVLOOP_ENV, new_event_loop, run
 from .logbound import DEFAULT_PEER_LOG_RATE
 from .protocol import (
     DEFAULT_MAX_OUTPUT,
@@ -50,7 +51,7 @@ from .protocol import (
 from .views import SchedulerView
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..store import Store
+    from ..store import Store, StoreSnapshot
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -67,9 +68,6 @@ __all__ = [
 
 log = logging.getLogger("periodic_fast.server")
 
-#: Environment variable that forces the stock asyncio loop (any non-empty value).
-NO_UVLOOP_ENV = "PERIODIC_FAST_NO_UVLOOP"
-
 # the scheduler's own limits (docs/security.md), as Server keywords
 _DEFAULT_LIMITS = {
     "max_funcs": DEFAULT_MAX_FUNCS,
@@ -79,8 +77,10 @@ _DEFAULT_LIMITS = {
 
 #: ``factory(now, on_shutdown) -> scheduler``
 SchedulerFactory = Callable[[float, Callable[[], None]], SchedulerView]
-
-LoopName = Literal["auto", "asyncio", "uvloop"]
+#: ``progress(jobs) -> jobs``: sees the stored jobs stream by at start
+LoadProgress = Callable[
+    [Iterable[tuple[Job, JobState]]], Iterable[tuple[Job, JobState]]
+]
 
 #: Open binary connections allowed by default (fewer when the process may
 #: open fewer files: see :func:`default_max_connections`).
@@ -101,40 +101,6 @@ def default_max_connections() -> int:
 
 class AddressInUse(PeriodicError):
     """Another live server already listens on a unix socket path."""
-
-
-class Address(NamedTuple):
-    """A parsed listen address: ``("tcp", host, port)`` or ``("unix", path, 0)``.
-
-    ``host`` is ``None`` for ``tcp://:PORT``: the server binds it to the
-    loopback address (a safe default; the reference binds every interface),
-    a client connects to the local host.
-    """
-
-    scheme: Literal["tcp", "unix"]
-    host: str | None
-    port: int
-
-
-def parse_address(addr: str) -> Address:
-    """Parse ``tcp://HOST:PORT``, ``tcp://[V6]:PORT``, ``tcp://:PORT``,
-    ``unix://PATH`` or a plain path (protocol.md 1.1)."""
-    if addr.startswith("tcp://"):
-        rest = addr[6:]
-        host, sep, port_s = rest.rpartition(":")
-        if not sep or not port_s.isdigit() or int(port_s) > 65535:
-            raise ValueError(f"bad tcp address {addr!r} (want tcp://HOST:PORT)")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        elif ":" in host:
-            raise ValueError(f"bad tcp address {addr!r} (bracket IPv6 hosts)")
-        return Address("tcp", host or None, int(port_s))
-    _, sep, path = addr.partition("://")
-    if not sep:
-        path = addr
-    if not path:
-        raise ValueError(f"bad unix address {addr!r}")
-    return Address("unix", path, 0)
 
 
 def _format_sockname(family: int, name: Any) -> str:
@@ -199,6 +165,7 @@ def _default_factory(
     max_jobs_per_func: int = 0,
     limits: Mapping[str, int] | None = None,
     mono_clock: Callable[[], float] = time.monotonic,
+    load_progress: LoadProgress | None = None,
 ) -> SchedulerFactory:
     lim = {**_DEFAULT_LIMITS, **(limits or {})}
 
@@ -211,19 +178,47 @@ def _default_factory(
             owned.append(opened)
         else:  # a Store instance: the caller owns it
             opened = store
-        return Scheduler(
-            opened,
-            now,
-            config=config,
-            on_shutdown=on_shutdown,
-            max_jobs_per_func=max_jobs_per_func,
-            max_funcs=lim["max_funcs"],
-            max_waiters=lim["max_waiters"],
-            max_waiters_per_conn=lim["max_waiters_per_conn"],
-            mono=mono_clock(),
-        )
+        with _watched_load(opened, load_progress):
+            return Scheduler(
+                opened,
+                now,
+                config=config,
+                on_shutdown=on_shutdown,
+                max_jobs_per_func=max_jobs_per_func,
+                max_funcs=lim["max_funcs"],
+                max_waiters=lim["max_waiters"],
+                max_waiters_per_conn=lim["max_waiters_per_conn"],
+                mono=mono_clock(),
+            )
 
     return factory
+
+
+@contextlib.contextmanager
+def _watched_load(store: Store, progress: LoadProgress | None) -> Iterator[None]:
+    """While the scheduler is built, ``store.load()`` hands its job stream
+    through ``progress`` (a terminal's progress bar).  The store's own
+    ``load`` is shadowed on the instance for that time only: nothing stands
+    between the scheduler and the store once it runs.  A store that takes no
+    instance attribute (the memory store, empty at start) is left alone."""
+    if progress is None:
+        yield
+        return
+    load = store.load
+
+    def watched() -> StoreSnapshot:
+        snap = load()
+        return snap._replace(jobs=progress(snap.jobs))
+
+    try:
+        store.load = watched  # type: ignore[method-assign]
+    except AttributeError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        del store.load
 
 
 class Server:
@@ -288,9 +283,13 @@ class Server:
         mode and session key a relay can swap); v2 is always served.
     :param http: answer HTTP on every listener (sniffed from the first bytes;
         docs/http.md).  Off with the RSA/AES transport.
-    :param http_writes: let HTTP submit, remove and drop (else 403).
+    :param http_writes: let HTTP submit, remove and drop from any peer
+        without an auth file (else only loopback and unix peers may).
     :param http_options: more :class:`~.http_app.HttpApp` keywords (``parser``,
         ``max_body``, ``read_timeout``, ``idle_timeout``, ...).
+    :param load_progress: ``progress(jobs) -> jobs``, handed the stored jobs
+        as the default scheduler loads them at start (the CLI's progress bar
+        on a terminal).
     """
 
     def __init__(
@@ -325,6 +324,7 @@ class Server:
         http: bool = True,
         http_writes: bool = False,
         http_options: Mapping[str, Any] | None = None,
+        load_progress: LoadProgress | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("no listen address")
@@ -360,6 +360,7 @@ class Server:
             max_jobs_per_func,
             limits,
             mono_clock,
+            load_progress,
         )
         self._rsa = (rsa_private_path, rsa_public_path, rsa_modes, rsa_legacy, rsa_v1)
         self._http = http
@@ -389,6 +390,8 @@ class Server:
         self._done: asyncio.Event | None = None  # set when stop() has finished
         self._stop_task: asyncio.Task[None] | None = None
         self._state: Literal["new", "running", "stopping", "stopped"] = "new"
+        #: run by :meth:`reload` (SIGHUP), each returning what it reloaded
+        self.on_reload: list[Callable[[], str]] = []
 
     # -- properties --------------------------------------------------------------
 
@@ -503,6 +506,24 @@ class Server:
                     self.name,
                     bound,
                 )
+
+    def reload(self) -> list[str]:
+        """SIGHUP: re-read the auth file now and run :attr:`on_reload` (the
+        CLI's log settings); what was done, one phrase each, for the log."""
+        done: list[str] = []
+        if self._auth is not None and self._state == "running":
+            rules = self._auth.poll()  # a malformed file: logged, old rules kept
+            if rules is not None and self._scheduler is not None:
+                closed = self._scheduler.set_auth(rules, self._clock(), self._mono())
+                done.append(
+                    f"auth file {self._auth.path} ({len(rules)} identities,"
+                    f" {len(closed)} connection(s) closed)"
+                )
+            else:
+                done.append(f"auth file {self._auth.path} (unchanged)")
+        for hook in self.on_reload:
+            done.append(hook())
+        return done
 
     def _poll_auth(self) -> None:
         """Every ``auth_poll`` s: reload the auth file if it changed."""
@@ -685,69 +706,3 @@ class Server:
         if nxt is not None and nxt < self._timer_due - 0.001:
             self._timer.cancel()
             self._arm(self._mono())
-
-
-# -- blocking entry point --------------------------------------------------------
-
-
-def new_event_loop(loop: LoopName = "auto") -> asyncio.AbstractEventLoop:
-    """A new event loop: uvloop when importable (and not disabled), else asyncio.
-
-    ``loop="auto"`` honours :data:`NO_UVLOOP_ENV`; ``"uvloop"`` fails when uvloop
-    is missing; ``"asyncio"`` always gives the stock loop.
-    """
-    if loop == "asyncio" or (loop == "auto" and os.environ.get(NO_UVLOOP_ENV)):
-        return asyncio.new_event_loop()
-    try:
-        import uvloop  # noqa: PLC0415  # optional dependency
-    except ImportError:
-        if loop == "uvloop":
-            raise
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-def _tune_gc() -> None:
-    """Keep the cyclic GC off the hot path of a long-running daemon.
-
-    Jobs and connections are long-lived and rarely cyclic, yet every allocation
-    counts towards a generation-0 collection: with the default threshold the
-    collector took 25-50% of the scheduler's time in bench/bench_scheduler.py.
-    Objects alive after start-up are frozen out of collection, and young
-    collections run 70x less often.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
-def run(server: Server, *, loop: LoopName = "auto") -> int:
-    """Run ``server`` until SIGTERM, SIGINT or SHUTDOWN; return the exit code."""
-    ev = new_event_loop(loop)
-    asyncio.set_event_loop(ev)
-
-    async def main() -> int:
-        try:
-            await server.start()
-        except (AddressInUse, OSError, ValueError) as exc:  # bind / store URI
-            log.error("%s: cannot start: %s", server.name, exc)
-            return 1
-        _tune_gc()
-        running = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                running.add_signal_handler(sig, server.request_stop)
-        await server.serve_forever()
-        return 0
-
-    try:
-        return ev.run_until_complete(main())
-    except KeyboardInterrupt:  # pragma: no cover - signal raced the handler
-        ev.run_until_complete(server.stop())
-        return 0
-    finally:
-        with contextlib.suppress(Exception):
-            ev.run_until_complete(ev.shutdown_asyncgens())
-        asyncio.set_event_loop(None)
-        ev.close()
-        sys.stdout.flush()

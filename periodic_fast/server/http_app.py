@@ -11,7 +11,9 @@ when the client prefers HTML; :mod:`.status_page`), ``/api/overview``,
 ``/metrics`` (:mod:`.metrics`), ``/healthz`` and ``/readyz``.  Writes go
 through the scheduler like the binary commands and are answered only after
 the store's durability barrier (``store.on_durable``) passed; they are
-refused with 403 unless the server runs with ``--http-writes``.
+allowed as on the binary port (:func:`~.http_guard.writes_allowed`: auth
+on, the identity's rights; off, loopback and unix peers, others only with
+``--http-writes``).
 :meth:`HttpApp._authorize` is the one place a request can be refused before
 routing (:mod:`.http_guard`: Host check, bearer tokens).
 """
@@ -31,7 +33,13 @@ from typing import Any, Final
 from ..auth import Role
 from ..job import FuncStat, Job
 from .http_conn import HttpConnection
-from .http_guard import PROBES, check_identity, host_allowed, refuse_write
+from .http_guard import (
+    PROBES,
+    check_identity,
+    host_allowed,
+    refuse_write,
+    writes_allowed,
+)
 from .http_parsers import PARSERS, httptools, parser_name
 from .http_wire import (
     DEFAULT_MAX_BODY,
@@ -90,7 +98,8 @@ class HttpApp:
     :param clock: the server's wall clock.
     :param mono_clock: the server's monotonic clock (the writes hand it to
         the scheduler with the wall time).
-    :param writes: serve POST and DELETE (else 403).
+    :param writes: serve POST and DELETE from any peer (else only from
+        loopback and unix peers, or as the auth file allows).
     :param parser: ``"auto"`` (httptools if importable), ``"httptools"``, ``"h11"``.
     :param allowed_hosts: Host names accepted by the Host check besides IP
         literals, ``localhost``, this machine's name and the listen hosts.
@@ -231,9 +240,15 @@ class HttpApp:
             return error_response(
                 403, "Host header not allowed (this server's names only)"
             )
-        if rules is None:
-            return None
-        return check_identity(rules, req, req.path)
+        if rules is not None:
+            refused = check_identity(rules, req, req.path)
+            if refused is not None:
+                return refused
+        if req.method in ("POST", "DELETE"):  # the binary port's rules
+            peer = conn.peer if conn is not None else None
+            allowed = writes_allowed(req, peer, rules is not None, self.writes)
+            return refuse_write(req, allowed)
+        return None
 
     def dispatch(
         self, req: Request, conn: HttpConnection | None = None
@@ -318,9 +333,6 @@ class HttpApp:
     # -- writes ----------------------------------------------------------------------
 
     def _post(self, req: Request, path: bytes) -> Response | asyncio.Future[Response]:
-        refused = refuse_write(req, self.writes)
-        if refused is not None:
-            return refused
         form = form_fields(req)
         func = path[1:] if path not in (b"", b"/") else form.get("func", b"")
         name = form.get("name", b"")
@@ -351,9 +363,6 @@ class HttpApp:
         return self._durable(SUCCESS)
 
     def _delete(self, req: Request, path: bytes) -> Response | asyncio.Future[Response]:
-        refused = refuse_write(req, self.writes)
-        if refused is not None:
-            return refused
         func = path[1:]
         if not func:
             return error_response(400, "func is required")

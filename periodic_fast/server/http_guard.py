@@ -3,8 +3,10 @@
 :func:`host_allowed` keeps a browser from reading the server through a
 rebound DNS name; :func:`check_identity` applies the auth file's rules
 (docs/security.md) to a request as if it came from a client connection;
-:func:`refuse_write` turns writes off unless ``--http-writes``, and refuses
-a browser's cross-site or cross-origin write.  Each answers with a refusal
+:func:`writes_allowed` gives HTTP writes the binary port's rules (auth on:
+the identity's rights; off: loopback and unix peers, others only with
+``--http-writes``); :func:`refuse_write` applies that and refuses a
+browser's cross-site or cross-origin write.  Each answers with a refusal
 (:class:`~.http_wire.Response`) or None; routing happens elsewhere.
 """
 
@@ -23,6 +25,7 @@ __all__ = [
     "func_of",
     "host_allowed",
     "refuse_write",
+    "writes_allowed",
 ]
 
 #: Paths anyone may ask for, auth or not: nothing secret there.
@@ -127,12 +130,43 @@ def host_allowed(
     return False
 
 
+def is_local_peer(peer: str) -> bool:
+    """Is ``peer`` (``HOST:PORT``, ``unix:...``) on this machine: a unix
+    socket or a loopback address (IPv4-mapped included)?"""
+    if peer == "unix" or peer.startswith("unix:"):
+        return True
+    host = peer.rpartition(":")[0].strip("[]").split("%", 1)[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def writes_allowed(
+    req: Request, peer: str | None, auth_on: bool, switched_on: bool
+) -> bool:
+    """May a POST or DELETE from ``peer`` go on, as it would on the binary
+    port?  With auth: when ``req`` carries an identity (its role and funcs
+    were checked before routing; a probe path has none).  Without: a
+    loopback or unix peer may, others only when the writes are
+    ``switched_on`` (``--http-writes``).  ``peer`` None: unknown, not local."""
+    if auth_on:
+        return req.identity is not None
+    return switched_on or (peer is not None and is_local_peer(peer))
+
+
 def refuse_write(req: Request, writes: bool) -> Response | None:
-    """403 unless writes are on and the request is not a browser's
-    cross-site request (a page elsewhere posting to this server)."""
+    """403 unless ``writes`` (see :func:`writes_allowed`) and the request is
+    not a browser's cross-site request (a page elsewhere posting to this
+    server)."""
     if not writes:
         return error_response(
-            403, "writes over HTTP are off (start the server with --http-writes)"
+            403,
+            "writes over HTTP from beyond this machine are off without"
+            " --auth-file (start the server with --http-writes)",
         )
     if req.header(b"sec-fetch-site") == b"cross-site":
         return error_response(403, "cross-site write refused")

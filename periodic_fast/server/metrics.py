@@ -25,6 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .. import __version__
+from .._build import UNITS, build_info
 from .views import SchedulerView
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -124,6 +125,20 @@ def snapshot(
     )
 
 
+def _build_metric() -> Metric:
+    """``periodic_build_info{version, codec, wheel, rec, python} 1``: which
+    twins (``cython`` or ``python``) this process runs."""
+    labels = ["version", *UNITS, "python"]
+    build = build_info()
+    metric = GaugeMetricFamily(
+        "periodic_build_info",
+        "Version and implementation of each accelerated unit (value 1).",
+        labels=labels,
+    )
+    metric.add_metric([build[k] for k in labels], 1.0)
+    return metric
+
+
 class _Collector(Collector):
     """Turns one :class:`Snapshot` into metric families."""
 
@@ -139,6 +154,7 @@ class _Collector(Collector):
         )
         info.add_metric(list(snap.info), 1.0)
         yield info
+        yield _build_metric()
         yield GaugeMetricFamily(
             "periodic_server_start_time_seconds",
             "Unix time the HTTP side of the server started.",

@@ -20,6 +20,7 @@ from typing import Any, Final
 import jinja2
 
 from .. import __version__
+from .._build import build_info
 from .http_wire import text
 from .views import PeerView, SchedulerView
 
@@ -104,6 +105,7 @@ def overview(
         "server": {
             "name": name,
             "version": __version__,
+            "build": build_info(),
             "addresses": addresses,
             "now": now,
             "uptime": now - started,
