@@ -32,8 +32,15 @@ Layout (``prefix`` is prepended to every table name so several deployments can
 share a database): ``jobs(func BYTEA, name BYTEA, workload BYTEA,
 sched_at BIGINT, count INTEGER, timeout INTEGER, state SMALLINT,
 PRIMARY KEY (func, name))``, ``funcs(func BYTEA PRIMARY KEY)``,
-``configs(name TEXT PRIMARY KEY, value BIGINT)``.  Times are 64-bit; there is
-no time index (the scheduler's wheel is rebuilt from a full read at start).
+``configs(name TEXT PRIMARY KEY, value BIGINT)``, and ``store_owner`` (one
+row: the claim's epoch).  Times are 64-bit; there is no time index (the
+scheduler's wheel is rebuilt from a full read at start).
+
+One server per database, schema and prefix: the store holds a session-level
+advisory lock on its prefix for its life and refuses to open when another
+server holds it; after a reconnect it takes the lock again, and stops
+committing for good when another server had the prefix meanwhile
+(:mod:`periodic_fast.store._pg_owner`).
 """
 
 from __future__ import annotations
@@ -55,9 +62,21 @@ from ..job import Job, JobState
 from ._batch import DELETE as _DELETE
 from ._batch import Batch as _Batch
 from ._contract import StoreSnapshot
+from ._pg_owner import (
+    OwnershipLostError,
+    PostgresStoreError,
+    PrefixInUseError,
+    PrefixOwner,
+)
 from ._writer import BatchWriter
 
-__all__ = ["PostgresStore", "PostgresStoreError", "parse_postgres_uri"]
+__all__ = [
+    "OwnershipLostError",
+    "PostgresStore",
+    "PostgresStoreError",
+    "PrefixInUseError",
+    "parse_postgres_uri",
+]
 
 log = logging.getLogger("periodic_fast.store.postgres")
 
@@ -172,11 +191,6 @@ def parse_postgres_uri(uri: str) -> tuple[dict[str, Any], str]:
     return {"dsn": dsn}, _check_prefix(prefixes[-1] if prefixes else "")
 
 
-class PostgresStoreError(ConnectionError):
-    """The PostgreSQL store could not be opened (an ``OSError``, so the
-    server reports it like any other start-up I/O error)."""
-
-
 class PostgresStore(BatchWriter):
     """:class:`~periodic_fast.store.Store` on PostgreSQL (see the module doc).
 
@@ -191,11 +205,17 @@ class PostgresStore(BatchWriter):
     :param retry_min: first delay (s) before a failed batch is retried; it
         doubles up to ``retry_max``.
     :param close_timeout: how long :meth:`close` waits for the last commit.
+    :param lock_wait: how long (s) opening waits for a prefix held by another
+        session (a predecessor whose backend is still exiting) before it
+        refuses.
 
     Opening connects, creates the tables when missing and checks their layout
     (raises :class:`ValueError` for a table of another layout, e.g. the
     reference server's, and the connection error when the server cannot be
-    reached).
+    reached), then claims the prefix: :class:`PrefixInUseError` when another
+    server holds it (one server per database and prefix, see
+    :mod:`periodic_fast.store._pg_owner`; a store fenced off later fails its
+    commits with :class:`OwnershipLostError`).
     """
 
     def __init__(
@@ -209,6 +229,7 @@ class PostgresStore(BatchWriter):
         retry_min: float = 0.01,
         retry_max: float = 1.0,
         close_timeout: float = 30.0,
+        lock_wait: float = 3.0,
     ) -> None:
         if durability not in ("strict", "relaxed"):
             raise ValueError(f"durability {durability!r}: expected strict or relaxed")
@@ -239,6 +260,10 @@ class PostgresStore(BatchWriter):
         self._t_jobs = f"{self.prefix}jobs"
         self._t_funcs = f"{self.prefix}funcs"
         self._t_configs = f"{self.prefix}configs"
+        where = f"PostgreSQL store {_describe(kwargs)}"
+        self._owner = PrefixOwner(
+            self.prefix, f"{self.prefix}store_owner", where, lock_wait
+        )
         self._sql_commit = self._commit_sql()
 
         self._conn: asyncpg.Connection | None = None
@@ -254,11 +279,12 @@ class PostgresStore(BatchWriter):
             with contextlib.suppress(Exception):
                 self._call(self._drop_connection(), timeout=10)
             self._shutdown_thread()
-            if isinstance(exc, ValueError) or not isinstance(exc, Exception):
+            if isinstance(exc, ValueError | PostgresStoreError) or not isinstance(
+                exc, Exception
+            ):
                 raise
             raise PostgresStoreError(
-                f"cannot open the PostgreSQL store {_describe(kwargs)}:"
-                f" {type(exc).__name__}: {exc}"
+                f"cannot open the {where}: {type(exc).__name__}: {exc}"
             ) from exc
         self._call(self._start_writer())
 
@@ -315,7 +341,16 @@ class PostgresStore(BatchWriter):
     async def _connection(self) -> asyncpg.Connection:
         conn = self._conn
         if conn is None or conn.is_closed():
+            owner = self._owner
+            if owner.fenced is not None:  # never take the lock again
+                raise owner.fenced
             conn = await asyncpg.connect(**self._connect_kwargs)
+            if owner.epoch is not None:  # a reconnect: claim the prefix again
+                try:
+                    await owner.claim(conn)
+                except BaseException:
+                    conn.terminate()  # and the lock with it
+                    raise
             self._conn = conn
         return conn
 
@@ -350,6 +385,7 @@ class PostgresStore(BatchWriter):
                 f"CREATE TABLE IF NOT EXISTS {configs}"
                 " (name TEXT PRIMARY KEY, value BIGINT NOT NULL)"
             )
+            await conn.execute(self._owner.schema_sql())
         expected = {
             jobs: {
                 "func": "bytea",
@@ -362,6 +398,7 @@ class PostgresStore(BatchWriter):
             },
             funcs: {"func": "bytea"},
             configs: {"name": "text", "value": "bigint"},
+            self._owner.table: {"one": "boolean", "epoch": "bigint"},
         }
         rows = await conn.fetch(
             "SELECT table_name::text, column_name::text, data_type::text"
@@ -381,6 +418,7 @@ class PostgresStore(BatchWriter):
                     f" need {columns}); is it the reference server's? "
                     "Choose another database or a table prefix (prefix=...)"
                 )
+        await self._owner.claim(conn)
 
     def _commit_sql(self) -> str:
         jobs, funcs, configs = self._t_jobs, self._t_funcs, self._t_configs

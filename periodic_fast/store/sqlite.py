@@ -261,7 +261,8 @@ class SqliteStore(BatchWriter):
             db.close()
             if "locked" in str(exc):
                 raise SqliteStoreError(
-                    f"{where}: locked: in use by another server (one server per file)"
+                    f"{where}: locked: in use by another server (one server per file;"
+                    " use --cluster with PostgreSQL to run several servers)"
                 ) from exc
             raise SqliteStoreError(f"{where}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
