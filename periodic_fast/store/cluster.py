@@ -1,0 +1,340 @@
+"""Cluster coordination core: partitions owned under leases, fenced by epochs.
+
+The building block of cluster mode (docs/cluster.md; not wired into the
+server yet).  Several nodes on one PostgreSQL database and prefix split the
+job space into a fixed number of partitions (:func:`partition_of`, a hash of
+``(func, name)``); each partition is owned by at most one live node under a
+lease, and every change of owner bumps the partition's epoch.  PostgreSQL is
+the only coordinator; its tables (``prefix`` prepended):
+
+* ``cluster(one, partitions, created)``: one row, the partition count, fixed
+  when the cluster is first created;
+* ``cluster_nodes(node, started, alive_until)``: the members; a node is live
+  while ``alive_until`` (database time) is in the future;
+* ``cluster_parts(part, owner, epoch, lease_until)``: who owns what.
+
+A :class:`Coordinator` is one node's view, driven by the caller on its own
+asyncpg connection (the store's writer loop, or a test):
+
+* :meth:`~Coordinator.tick` (every ``lease_time / 3``) is one transaction:
+  it renews the node row and the leases it still holds (those whose epoch is
+  unchanged; the others are reported lost), counts the live nodes, and takes
+  free or expired partitions up to the node's fair share
+  (:func:`fair_shares`), bumping their epochs.  Partitions beyond the share
+  are reported as ``excess``: the caller stops dispatching them, commits
+  their writes, then hands them over with :meth:`~Coordinator.release`.
+* a lease is safe to act on until ``sent + lease_time - margin`` by this
+  node's own monotonic clock, where ``sent`` is when the renewing statement
+  was sent: the database set ``lease_until = now() + lease_time`` with a
+  ``now()`` no earlier than ``sent``, and no other node can take the
+  partition before ``lease_until``.  :meth:`~Coordinator.dispatchable` and
+  :meth:`~Coordinator.may_dispatch` answer by that clock, so a node that is
+  paused or cut off stops dispatching before anyone else can start.
+* :meth:`~Coordinator.fenced` wraps a write transaction: it locks the rows of
+  the partitions the write touches (``FOR SHARE``, so no takeover commits in
+  between) and raises :class:`FencedOut` unless this node still owns each at
+  the epoch it acquired.  A stale node's writes are refused, whatever its
+  clock says (the fencing token is the epoch, as Temporal's range id).
+* :meth:`~Coordinator.leave` releases every partition and deletes the node
+  row, so the others take over at their next tick instead of after the lease.
+
+Assumption (docs/cluster.md, failure modes): the database's clock does not
+step forward by more than ``margin`` during a lease (it may be slewed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+__all__ = [
+    "DEFAULT_PARTITIONS",
+    "Coordinator",
+    "FencedOut",
+    "Tick",
+    "fair_shares",
+    "partition_of",
+]
+
+#: partitions of a new cluster: a few per node for tens of nodes, and a
+#: partition is still cheap to load when it moves
+DEFAULT_PARTITIONS = 256
+_PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+
+
+class FencedOut(RuntimeError):
+    """A write for partitions this node no longer owns at its epoch (another
+    node took them over, or they were released).  ``parts`` lists them."""
+
+    def __init__(self, node: str, parts: Sequence[int]) -> None:
+        self.parts = list(parts)
+        super().__init__(
+            f"node {node!r} no longer owns partitions {self.parts} at its epochs: "
+            "write refused"
+        )
+
+
+def partition_of(func: bytes, name: bytes, partitions: int) -> int:
+    """The partition of job ``(func, name)``: CRC-32 over the length of
+    ``func`` (4 bytes, big-endian), ``func`` and ``name``, modulo
+    ``partitions``.  Stable across processes and versions (clients may route
+    by it); the length keeps ``(b"ab", b"c")`` apart from ``(b"a", b"bc")``."""
+    crc = zlib.crc32(len(func).to_bytes(4, "big") + func)
+    return zlib.crc32(name, crc) % partitions
+
+
+def fair_shares(nodes: Iterable[str], partitions: int) -> dict[str, int]:
+    """Each node's share: ``partitions // n``, one more for the first
+    ``partitions % n`` nodes in sorted order (every node computes the same)."""
+    ordered = sorted(set(nodes))
+    if not ordered:
+        return {}
+    base, extra = divmod(partitions, len(ordered))
+    return {node: base + (i < extra) for i, node in enumerate(ordered)}
+
+
+@dataclass
+class Tick:
+    """What one :meth:`Coordinator.tick` changed."""
+
+    #: partitions taken (part -> new epoch): load their jobs, then dispatch
+    acquired: dict[int, int] = field(default_factory=dict)
+    #: partitions found taken over or released meanwhile: drop them at once
+    lost: list[int] = field(default_factory=list)
+    #: owned beyond the fair share: stop, commit, then :meth:`release`
+    excess: list[int] = field(default_factory=list)
+    #: the live nodes, sorted
+    nodes: list[str] = field(default_factory=list)
+
+
+class Coordinator:
+    """One node's membership and partition leases (see the module doc).
+
+    :param node: this node's id, unique in the cluster (e.g. host:port).
+    :param prefix: the table prefix (as the store's).
+    :param lease_time: seconds a lease (and the node row) lasts unrenewed.
+    :param margin: how much earlier (s) this node stops trusting a lease than
+        it expires in the database; must be below ``lease_time``.
+    :param partitions: the count for a new cluster (an existing one keeps
+        its own, see :attr:`partitions` after :meth:`setup`).
+    :param mono: the monotonic clock (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        node: str,
+        *,
+        prefix: str = "",
+        lease_time: float = 5.0,
+        margin: float = 1.0,
+        partitions: int = DEFAULT_PARTITIONS,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if prefix and not _PREFIX_RE.fullmatch(prefix):
+            raise ValueError(f"table prefix {prefix!r}: letters, digits and _")
+        if not 0 <= margin < lease_time:
+            raise ValueError(f"margin {margin} must be in [0, lease_time={lease_time})")
+        if partitions < 1:
+            raise ValueError(f"partitions {partitions} must be at least 1")
+        self.node = node
+        self.lease_time = lease_time
+        self.margin = margin
+        self.partitions = partitions
+        self._mono = mono
+        self._t = (
+            f"{prefix}cluster",
+            f"{prefix}cluster_nodes",
+            f"{prefix}cluster_parts",
+        )
+        #: part -> epoch of every partition this node owns
+        self.owned: dict[int, int] = {}
+        self._safe_until: dict[int, float] = {}  # part -> monotonic deadline
+
+    # schema and membership --------------------------------------------------------
+    async def setup(self, conn: asyncpg.Connection) -> int:
+        """Create the tables and the partitions when missing; return the
+        cluster's partition count (fixed at creation) and adopt it."""
+        meta, nodes, parts = self._t
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", meta)
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {meta} ("
+                " one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),"
+                " partitions INTEGER NOT NULL,"
+                " created TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {nodes} (node TEXT PRIMARY KEY,"
+                " started TIMESTAMPTZ NOT NULL DEFAULT now(),"
+                " alive_until TIMESTAMPTZ NOT NULL)"
+            )
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {parts} (part INTEGER PRIMARY KEY,"
+                " owner TEXT, epoch BIGINT NOT NULL DEFAULT 0,"
+                " lease_until TIMESTAMPTZ NOT NULL DEFAULT '-infinity')"
+            )
+            await conn.execute(
+                f"INSERT INTO {meta} (partitions) VALUES ($1) ON CONFLICT DO NOTHING",
+                self.partitions,
+            )
+            count: int = await conn.fetchval(f"SELECT partitions FROM {meta}")
+            await conn.execute(
+                f"INSERT INTO {parts} (part) SELECT generate_series(0, $1 - 1)"
+                " ON CONFLICT DO NOTHING",
+                count,
+            )
+        self.partitions = count
+        return count
+
+    async def join(self, conn: asyncpg.Connection) -> None:
+        """Register this node as live (its first heartbeat)."""
+        await conn.execute(
+            f"INSERT INTO {self._t[1]} (node, alive_until)"
+            " VALUES ($1, now() + make_interval(secs => $2))"
+            " ON CONFLICT (node) DO UPDATE SET alive_until = EXCLUDED.alive_until,"
+            " started = now()",
+            self.node,
+            self.lease_time,
+        )
+
+    # the heartbeat ----------------------------------------------------------------
+    async def tick(self, conn: asyncpg.Connection) -> Tick:
+        """Renew, count the live nodes, take free partitions up to the fair
+        share (one transaction); see :class:`Tick`."""
+        _, nodes_t, parts_t = self._t
+        lease = self.lease_time
+        sent = self._mono()  # before the transaction, so before its now()
+        out = Tick()
+        async with conn.transaction():
+            await conn.execute(
+                f"INSERT INTO {nodes_t} (node, alive_until)"
+                " VALUES ($1, now() + make_interval(secs => $2))"
+                " ON CONFLICT (node) DO UPDATE SET alive_until = EXCLUDED.alive_until",
+                self.node,
+                lease,
+            )
+            held = sorted(self.owned)
+            renewed = await conn.fetch(
+                f"UPDATE {parts_t} p"
+                " SET lease_until = now() + make_interval(secs => $4)"
+                " FROM unnest($2::int4[], $3::int8[]) AS x(part, epoch)"
+                " WHERE p.part = x.part AND p.epoch = x.epoch AND p.owner = $1"
+                " RETURNING p.part",
+                self.node,
+                held,
+                [self.owned[p] for p in held],
+                lease,
+            )
+            kept = {r[0] for r in renewed}
+            out.lost = [p for p in held if p not in kept]
+            out.nodes = [
+                r[0]
+                for r in await conn.fetch(
+                    f"SELECT node FROM {nodes_t}"
+                    " WHERE alive_until > now() ORDER BY node"
+                )
+            ]
+            share = fair_shares(out.nodes, self.partitions).get(self.node, 0)
+            want = share - len(kept)
+            if want > 0:
+                rows = await conn.fetch(
+                    f"UPDATE {parts_t} SET owner = $1, epoch = epoch + 1,"
+                    " lease_until = now() + make_interval(secs => $3)"
+                    f" WHERE part IN (SELECT part FROM {parts_t}"
+                    "  WHERE owner IS NULL OR lease_until < now()"
+                    "  ORDER BY part LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                    " RETURNING part, epoch",
+                    self.node,
+                    want,
+                    lease,
+                )
+                out.acquired = {r[0]: r[1] for r in rows}
+            elif want < 0:
+                out.excess = sorted(kept)[share:]
+        for part in out.lost:
+            self._forget(part)
+        safe = sent + lease - self.margin
+        for part in kept:
+            self._safe_until[part] = safe
+        for part, epoch in out.acquired.items():
+            self.owned[part] = epoch
+            self._safe_until[part] = safe
+        return out
+
+    async def release(self, conn: asyncpg.Connection, parts: Iterable[int]) -> None:
+        """Hand ``parts`` over at once (after their writes are committed):
+        this node stops owning them before the database says so."""
+        mine = [p for p in parts if p in self.owned]
+        epochs = [self.owned[p] for p in mine]
+        for part in mine:
+            self._forget(part)
+        await conn.execute(
+            f"UPDATE {self._t[2]} p SET owner = NULL, lease_until = '-infinity'"
+            " FROM unnest($2::int4[], $3::int8[]) AS x(part, epoch)"
+            " WHERE p.part = x.part AND p.epoch = x.epoch AND p.owner = $1",
+            self.node,
+            mine,
+            epochs,
+        )
+
+    async def leave(self, conn: asyncpg.Connection) -> None:
+        """Release every partition and leave the cluster (SIGTERM)."""
+        await self.release(conn, list(self.owned))
+        await conn.execute(f"DELETE FROM {self._t[1]} WHERE node = $1", self.node)
+
+    # dispatch and writes ----------------------------------------------------------
+    def may_dispatch(self, part: int) -> bool:
+        """True while this node's lease on ``part`` is safe by its own clock."""
+        return self._safe_until.get(part, float("-inf")) > self._mono()
+
+    def dispatchable(self) -> list[int]:
+        """The partitions this node may dispatch now, sorted."""
+        now = self._mono()
+        return sorted(p for p, until in self._safe_until.items() if until > now)
+
+    @contextlib.asynccontextmanager
+    async def fenced(
+        self, conn: asyncpg.Connection, parts: Iterable[int]
+    ) -> AsyncIterator[None]:
+        """A transaction whose writes commit only while this node owns every
+        partition in ``parts`` at its epoch; raises :class:`FencedOut`
+        (nothing committed) otherwise, and forgets the stale partitions."""
+        wanted = sorted(set(parts))
+        async with conn.transaction():
+            rows = await conn.fetch(
+                f"SELECT part, owner, epoch FROM {self._t[2]}"
+                " WHERE part = ANY($1::int4[]) FOR SHARE",
+                wanted,
+            )
+            found = {r[0]: (r[1], r[2]) for r in rows}
+            stale = [
+                p
+                for p in wanted
+                if p not in self.owned or found.get(p) != (self.node, self.owned[p])
+            ]
+            if stale:
+                for part in stale:
+                    self._forget(part)
+                raise FencedOut(self.node, stale)
+            yield
+
+    def _forget(self, part: int) -> None:
+        self.owned.pop(part, None)
+        self._safe_until.pop(part, None)
+
+    # for STATUS and tests ---------------------------------------------------------
+    async def ownership(
+        self, conn: asyncpg.Connection
+    ) -> Mapping[int, tuple[str | None, int]]:
+        """The database's view: part -> (owner or None when free/expired, epoch)."""
+        rows = await conn.fetch(
+            f"SELECT part, CASE WHEN lease_until > now() THEN owner END, epoch"
+            f" FROM {self._t[2]} ORDER BY part"
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
