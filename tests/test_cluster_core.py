@@ -15,9 +15,12 @@ from typing import Any
 import pytest
 from pg_fixture import fresh_prefix, require_postgres, shared_cluster
 
+from periodic_fast.job import Job, JobState
+from periodic_fast.store._batch import Batch
 from periodic_fast.store.cluster import (
     Coordinator,
     FencedOut,
+    batch_partitions,
     fair_shares,
     partition_of,
 )
@@ -50,6 +53,19 @@ def test_fair_shares() -> None:
         shares = fair_shares([f"n{i}" for i in range(n)], 256)
         assert sum(shares.values()) == 256
         assert max(shares.values()) - min(shares.values()) <= 1
+
+
+def test_batch_partitions() -> None:
+    batch = Batch()
+    batch.save_job(Job(b"f", b"a"), JobState.PENDING)
+    batch.delete_job(b"g", b"b")
+    batch.save_func(b"h")
+    assert batch_partitions(batch, 64) == {
+        partition_of(b"f", b"a", 64),
+        partition_of(b"g", b"b", 64),
+    }
+    batch.delete_func_jobs(b"f")
+    assert batch_partitions(batch, 64) == set(range(64))
 
 
 def test_bad_parameters() -> None:
@@ -146,16 +162,17 @@ async def test_a_silent_node_loses_its_partitions_after_the_lease(
     before = dict(a[0].owned)
     assert len(before) == P // 2
     # a stops heartbeating (paused, cut off): by its own clock it stops
-    # dispatching before the lease can expire in the database
-    deadline = time.monotonic() + LEASE
+    # dispatching before the lease can expire in the database (its last
+    # renewal was sent at ``expiry - LEASE``)
+    expiry = max(a[0]._safe_until.values()) + MARGIN
     while a[0].dispatchable():
         await asyncio.sleep(0.02)
-    assert time.monotonic() < deadline
+    assert time.monotonic() < expiry
     taken: dict[int, int] = {}
     while len(taken) < len(before):  # b's ticks take them once expired
         taken.update((await b[0].tick(b[1])).acquired)
         await asyncio.sleep(0.05)
-    assert time.monotonic() >= deadline  # never before the lease ran out
+    assert time.monotonic() >= expiry  # never before the lease ran out
     assert sorted(taken) == sorted(before)
     assert all(taken[p] == before[p] + 1 for p in before)  # epochs bumped
     assert len(b[0].owned) == P
@@ -188,6 +205,51 @@ async def test_a_stale_nodes_fenced_write_is_refused(nodes: Factory) -> None:
         await conn_b.execute("INSERT INTO w VALUES ($1, 'b')", part)
 
 
+async def test_a_fenced_batch_commit_on_the_jobs_table(nodes: Factory) -> None:
+    """The store's own commit statement inside a fenced transaction: the
+    owner's batch lands, the same batch from a node that lost one of its
+    partitions lands nowhere."""
+    from periodic_fast.store.postgres import (
+        PostgresStore,
+        _statement_args,
+        parse_postgres_uri,
+    )
+
+    a, b = await nodes("a", lease_time=0.5, margin=0.2), await nodes("b")
+    await settle([a, b])
+    connect, _ = parse_postgres_uri(shared_cluster().uri)
+    store = PostgresStore(connect, prefix=a[0].prefix)  # creates the tables
+    sql, jobs = store._sql_commit, f"{a[0].prefix}jobs"
+    store.close()
+
+    def batch_in(parts: set[int], tag: bytes) -> Batch:
+        batch, i = Batch(), 0
+        while batch_partitions(batch, P) != parts:
+            name = b"%s-%d" % (tag, i)
+            if partition_of(b"f", name, P) in parts:
+                batch.save_job(Job(b"f", name), JobState.PENDING)
+            i += 1
+        return batch
+
+    mine = set(sorted(a[0].owned)[:2])
+    good = batch_in(mine, b"ok")
+    async with a[0].fenced(a[1], batch_partitions(good, P)):
+        for args in _statement_args(good):
+            await a[1].execute(sql, *args)
+    assert await a[1].fetchval(f"SELECT count(*) FROM {jobs}") == len(good.jobs)
+    await asyncio.sleep(0.6)
+    lost = min(mine)
+    while lost not in b[0].owned:  # b takes one of them over
+        await b[0].tick(b[1])
+    stale = batch_in(mine, b"stale")
+    with pytest.raises(FencedOut) as info:
+        async with a[0].fenced(a[1], batch_partitions(stale, P)):
+            for args in _statement_args(stale):
+                await a[1].execute(sql, *args)
+    assert lost in info.value.parts
+    assert await a[1].fetchval(f"SELECT count(*) FROM {jobs}") == len(good.jobs)
+
+
 async def test_a_takeover_waits_for_a_fenced_write_in_flight(nodes: Factory) -> None:
     """The fenced check locks the partition rows: a takeover cannot commit
     between the check and the commit of the write."""
@@ -212,14 +274,15 @@ async def test_a_takeover_waits_for_a_fenced_write_in_flight(nodes: Factory) -> 
 
 
 async def test_leaving_hands_over_at_once(nodes: Factory) -> None:
-    a, b, c = await nodes("a"), await nodes("b"), await nodes("c")
+    long = {"lease_time": 30.0, "margin": 5.0}
+    a, b, c = [await nodes(n, **long) for n in "abc"]
     await settle([a, b, c])
     gone = dict(a[0].owned)
     await a[0].leave(a[1])
     assert not a[0].owned and not a[0].dispatchable()
     started = time.monotonic()
     await settle([b, c], 2)
-    assert time.monotonic() - started < LEASE  # no waiting for leases
+    assert time.monotonic() - started < 20  # long before a's leases ran out
     assert len(b[0].owned) == len(c[0].owned) == P // 2
     for part, epoch in gone.items():
         owner = b if part in b[0].owned else c

@@ -53,11 +53,14 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from ._batch import Batch
+
 __all__ = [
     "DEFAULT_PARTITIONS",
     "Coordinator",
     "FencedOut",
     "Tick",
+    "batch_partitions",
     "fair_shares",
     "partition_of",
 ]
@@ -87,6 +90,15 @@ def partition_of(func: bytes, name: bytes, partitions: int) -> int:
     by it); the length keeps ``(b"ab", b"c")`` apart from ``(b"a", b"bc")``."""
     crc = zlib.crc32(len(func).to_bytes(4, "big") + func)
     return zlib.crc32(name, crc) % partitions
+
+
+def batch_partitions(batch: Batch, partitions: int) -> set[int]:
+    """The partitions a store batch touches, which its fenced commit checks:
+    those of its job keys, or every one when it drops a func's jobs.  Funcs
+    and config values are cluster-wide, not partitioned."""
+    if batch.dropped:
+        return set(range(partitions))
+    return {partition_of(func, name, partitions) for func, name in batch.jobs}
 
 
 def fair_shares(nodes: Iterable[str], partitions: int) -> dict[str, int]:
@@ -143,6 +155,7 @@ class Coordinator:
         if partitions < 1:
             raise ValueError(f"partitions {partitions} must be at least 1")
         self.node = node
+        self.prefix = prefix
         self.lease_time = lease_time
         self.margin = margin
         self.partitions = partitions
