@@ -222,8 +222,10 @@ def backup(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(metavar="FILE", help="Where to write.")],
 ) -> None:
-    """Copy the running server's store to FILE: a SQLite file (SQLite's online
-    backup) for a SQLite store, else the DUMP job list (restore: docs/storage.md)."""
+    """Back up the server's store to FILE.
+
+    A SQLite store gives a SQLite file (SQLite's online backup, made by the
+    server), the others the DUMP job list; restore: docs/storage.md."""
     path = Path(file)
     with _progress() as bar:
         if bar is not None:
