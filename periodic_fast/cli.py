@@ -36,6 +36,7 @@ from .cli_common import (
     split_addresses,
 )
 from .cli_jobs import (
+    backup,
     config_get,
     config_set,
     drop,
@@ -158,6 +159,7 @@ for _command in (
     drop,
     dump,
     load,
+    backup,
     recv,
     ping,
     shutdown,

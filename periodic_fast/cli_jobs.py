@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .job import Job
 
 __all__ = [
+    "backup",
     "config_get",
     "config_set",
     "drop",
@@ -215,6 +216,84 @@ def dump(
             path.write_bytes(data)
         except OSError as exc:
             die(f"failed to write dump file {path}: {exc.strerror}")
+
+
+def backup(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(metavar="FILE", help="Where to write.")],
+) -> None:
+    """Back up the server's store to FILE.
+
+    A SQLite store gives a SQLite file (SQLite's online backup, made by the
+    server), the others the DUMP job list; restore: docs/storage.md."""
+    path = Path(file)
+    with _progress() as bar:
+        if bar is not None:
+            bar.add_task(f"backing up to {path.name}", total=None)
+        data, kind = _sqlite_backup(ctx)
+        if data is None:  # another store, or no HTTP (RSA transport, --no-http)
+            data = with_client(
+                ctx, lambda c: c.dump_raw(timeout=600), max_frame=2**32 - 1
+            )
+        tmp = path.with_name(f".{path.name}.part")
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)  # never a half-written backup under FILE
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            die(f"failed to write backup file {path}: {exc.strerror}")
+    typer.echo(f"backup: {len(data):,} bytes ({kind}) written to {path}")
+
+
+def _sqlite_backup(ctx: typer.Context) -> tuple[bytes | None, str]:
+    """``POST /api/backup`` on the server's address: the SQLite copy, or
+    ``(None, "DUMP job list")`` when the store or the listener has none.
+    A refusal (auth, 403): one line, exit 1."""
+    import http.client  # noqa: PLC0415  # CLI starts fast
+    import socket  # noqa: PLC0415
+
+    from ._address import parse_address  # noqa: PLC0415
+
+    options = client_options(ctx)
+    dump = (None, "DUMP job list")
+    try:
+        addr = parse_address(options.address)
+    except ValueError as exc:
+        die(str(exc))
+    conn: http.client.HTTPConnection
+    if addr.scheme == "unix":
+        conn = http.client.HTTPConnection("localhost", timeout=600)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(600)
+        try:
+            sock.connect(addr.host)
+        except OSError as exc:
+            sock.close()
+            die(f"{options.address}: {exc.strerror or exc}")
+        conn.sock = sock
+    else:
+        conn = http.client.HTTPConnection(addr.host, addr.port, timeout=600)
+    headers = {"Content-Length": "0"}
+    if options.token:
+        headers["Authorization"] = f"Bearer {options.token}"
+    try:
+        conn.request("POST", "/api/backup", headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+    except (OSError, http.client.HTTPException):
+        return dump  # not HTTP on this listener: the binary DUMP still works
+    finally:
+        conn.close()
+    if resp.status == 200:
+        return body, "SQLite"
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {}
+    if resp.status == 409 and answer.get("format") == "dump" or resp.status == 404:
+        return dump
+    die(f"backup refused: {answer.get('err') or resp.reason} (HTTP {resp.status})")
 
 
 def load(

@@ -10,8 +10,11 @@ docs/storage.md), ``--log``, ``--name``, ``--auth-file``, plus
 ``--max-connections``, ``--max-jobs-per-func``; the RSA/AES transport:
 ``--rsa-private-path``, ``--rsa-public-path``, ``--rsa-mode``,
 ``--rsa-legacy``, ``--no-rsa-v1`` (docs/transport.md); HTTP on the same listeners:
-``--http-writes``, ``--no-http``, ``--http-host`` (docs/http.md); ``--pidfile``.
-SIGHUP reloads the auth file and the log settings (:mod:`.server.daemon`).
+``--http-writes``, ``--no-http``, ``--http-host`` (docs/http.md); ``--pidfile``;
+``--log-format text|json``; ``--config FILE`` (TOML, a key per option,
+:mod:`.cli_config`) and ``--print-config``.  SIGHUP reloads the auth file,
+the log settings and, from the config file, the config keys
+(:mod:`.server.daemon`).
 
 :func:`periodicd` is the command; :mod:`periodic_fast.cli` puts it on the
 ``periodicd`` app.  Server code is imported inside it so the CLI starts fast.
@@ -22,14 +25,24 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Annotated, TypeAlias
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import typer
 
 from .cli_common import VersionOpt, build_info, die, split_addresses
+from .cli_config import (
+    CONFIG_ENV,
+    Check,
+    ConfigFileError,
+    ConfigReloader,
+    load_file,
+    render,
+    settings,
+)
 from .constants import (
     ADDRESS_ENV,
+    CONFIG_DEFAULTS,
     DEFAULT_ADDRESS,
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_REGISTRATION,
@@ -43,7 +56,7 @@ from .sched_limits import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from .job import Job, JobState
-    from .server.app import LoadProgress
+    from .server.app import LoadProgress, Server
 
     _Stored: TypeAlias = tuple[Job, JobState]
 
@@ -61,6 +74,9 @@ _LEVELS = {
     "alert": logging.CRITICAL,
     "emergency": logging.CRITICAL,
 }
+_LOG_FORMATS = ("text", "json")
+#: the scheduler's config keys among the options (SIGHUP applies them)
+_RUNTIME_KEYS = ("timeout", "assign-wait", "keepalive", "lock-timeout")
 
 # -- options ------------------------------------------------------------
 
@@ -111,6 +127,15 @@ LogOpt = Annotated[
     str,
     typer.Option(
         "--log", help="Log level: debug, info, notice, warning, error, critical."
+    ),
+]
+LogFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        help="Log lines as text, or json: one object per line (time, level,"
+        " logger, event and the record's extra fields).",
+        metavar="text|json",
     ),
 ]
 NameOpt = Annotated[str, typer.Option("--name", help="Server name used in logs.")]
@@ -324,26 +349,138 @@ def _unix_mode(value: str) -> int:
     return int(digits, 8)
 
 
+def _choice(key: str, allowed: Iterable[str]) -> Check:
+    """A check that a value is one of ``allowed``."""
+    names = tuple(allowed)
+
+    def check(value: object) -> None:
+        if str(value).lower() not in names:
+            raise ValueError(f"{value!r} is not one of {', '.join(names)}")
+
+    check.__name__ = f"check_{key}"
+    return check
+
+
+#: config-file checks of the values the options take as plain strings
+_CHECKS: dict[str, Check] = {
+    "durability": _choice("durability", ("strict", "relaxed")),
+    "loop": _choice("loop", ("auto", "asyncio", "uvloop")),
+    "log": _choice("log", _LEVELS),
+    "log-format": _choice("log-format", _LOG_FORMATS),
+    "unix-mode": lambda v: _unix_mode(str(v)),
+}
+
+
+def _load_config(ctx: typer.Context, value: str | None) -> str | None:
+    """Eager ``--config``: the file's settings become the defaults of the
+    options not given as flags or environment (precedence: click's)."""
+    if value and not ctx.resilient_parsing:
+        try:
+            loaded = load_file(ctx, value, _CHECKS)
+        except ConfigFileError as exc:
+            die(str(exc), 2)
+        ctx.default_map = {**(ctx.default_map or {}), **loaded}
+    return value
+
+
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help="TOML file of settings, a key per option (its long name without"
+        f" dashes); flags and environment win over it. Default: ${CONFIG_ENV}.",
+        callback=_load_config,
+        is_eager=True,
+        show_default=False,
+        envvar=CONFIG_ENV,
+        show_envvar=False,
+    ),
+]
+PrintConfigOpt = Annotated[
+    bool,
+    typer.Option(
+        "--print-config",
+        help="Print the effective settings as TOML, each with its source"
+        " (flag, env, file, default), and exit.",
+    ),
+]
+
 # reference flags that have no effect here, accepted so scripts keep working
 _NoopOpt = Annotated[int | None, typer.Option(hidden=True)]
 
 
-def _setup_logging(level: str, name: str) -> str:
-    """Root logger to stderr at ``level``; what was set (the SIGHUP reload
-    runs it again: a later source of settings is read there)."""
+def _setup_logging(level: str, name: str, fmt: str = "text") -> str:
+    """Root logger to stderr at ``level``, as text or JSON lines; what was
+    set (the SIGHUP reload runs it again with the config file's values)."""
     lvl = _LEVELS.get(level.lower())
     if lvl is None:
         raise typer.BadParameter(
             f"unknown level {level!r} (one of {', '.join(_LEVELS)})",
             param_hint="--log",
         )
-    logging.basicConfig(
-        level=lvl,
-        stream=sys.stderr,
-        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
-        force=True,
+    if fmt not in _LOG_FORMATS:
+        raise typer.BadParameter(
+            f"{fmt!r} (expected text or json)", param_hint="--log-format"
+        )
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_json_formatter(name))
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+        )
+    logging.basicConfig(level=lvl, handlers=[handler], force=True)
+    return f"log level {level.lower()}, {fmt} format"
+
+
+def _json_formatter(name: str) -> logging.Formatter:
+    """One JSON object per line (python-json-logger): ``time`` (ISO 8601,
+    UTC), ``level``, ``logger``, ``event`` (the message), ``server``, and
+    any ``extra=`` fields of the record (func, conn, peer...)."""
+    from pythonjsonlogger.json import JsonFormatter  # noqa: PLC0415  # when asked
+
+    return JsonFormatter(
+        "{levelname}{name}{message}",
+        style="{",
+        rename_fields={"levelname": "level", "name": "logger", "message": "event"},
+        timestamp="time",
+        static_fields={"server": name},
     )
-    return f"log level {level.lower()}, text format"
+
+
+def _reload_hook(
+    server: Server, reloader: ConfigReloader | None, log: str, fmt: str, name: str
+) -> Callable[[], str]:
+    """What SIGHUP runs besides the auth file: the config file's changed
+    settings (the scheduler's config keys applied, the log settings
+    re-applied, the others named as needing a restart), then the logging."""
+    state = {"log": log, "log-format": fmt}
+    slog = logging.getLogger("periodic_fast.server")
+
+    def hook() -> str:
+        done: list[str] = []
+        changed: dict[str, tuple[Any, Any]] = {}
+        if reloader is not None:
+            try:
+                changed = reloader.reread()
+            except ConfigFileError as exc:  # keep serving with what is in force
+                slog.error("%s: SIGHUP: %s (settings kept)", name, exc)
+                done.append(f"config file {reloader.path} (error, settings kept)")
+            else:
+                done.append(f"config file {reloader.path} ({len(changed)} changed)")
+        for key, (old, new) in changed.items():
+            if key in _RUNTIME_KEYS:
+                value = CONFIG_DEFAULTS[key] if new is None else int(new)
+                server.scheduler.set_config(key, value)
+                done.append(f"{key} {'default' if old is None else old} -> {value}")
+            elif key in state:
+                state[key] = str(new)
+            else:
+                done.append(f"{key} changed: takes effect at the next start")
+        done.append(_setup_logging(state["log"], name, state["log-format"]))
+        return "; ".join(done)
+
+    return hook
 
 
 def _serve(
@@ -354,6 +491,8 @@ def _serve(
     log: str,
     name: str,
     config: dict[str, int | None],
+    log_format: str = "text",
+    reloader: ConfigReloader | None = None,
     max_frame: int,
     registration_timeout: float,
     max_output: int,
@@ -384,7 +523,7 @@ def _serve(
     from ._build import fallback_warning  # noqa: PLC0415  # loads the twins
     from .server.app import Server, run  # noqa: PLC0415  # keep CLI start fast
 
-    _setup_logging(log, name)
+    _setup_logging(log, name, log_format)
     # which build runs: the first question about a slow or odd server
     slog = logging.getLogger("periodic_fast.server")
     slog.info("%s: %s", name, build_info())
@@ -431,7 +570,7 @@ def _serve(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--host") from None
-    server.on_reload.append(lambda: _setup_logging(log, name))
+    server.on_reload.append(_reload_hook(server, reloader, log, log_format, name))
     return run(server, loop=loop, pidfile=pidfile)  # type: ignore[arg-type]
 
 
@@ -507,10 +646,12 @@ def _default_store(name: str) -> str:
 
 
 def periodicd(
+    ctx: typer.Context,
     host: HostOpt = None,
     path: PathOpt = None,
     durability: DurabilityOpt = "strict",
     log: LogOpt = "info",
+    log_format: LogFormatOpt = "text",
     name: NameOpt = "periodicd",
     timeout: TimeoutOpt = None,
     assign_wait: AssignWaitOpt = None,
@@ -538,13 +679,19 @@ def periodicd(
     no_http: NoHttpOpt = False,
     http_host: HttpHostOpt = None,
     pidfile: PidfileOpt = None,
+    config_file: ConfigOpt = None,
+    print_config: PrintConfigOpt = False,
     version: VersionOpt = False,
     push_task_size: _NoopOpt = None,
     sched_task_size: _NoopOpt = None,
     max_cache_size: _NoopOpt = None,
 ) -> None:
     """Run the Periodic server until SIGTERM, SIGINT or a SHUTDOWN request
-    (SIGHUP reloads the auth file and the log settings)."""
+    (SIGHUP reloads the auth file, the log settings and the config file's
+    config keys)."""
+    if print_config:
+        typer.echo(render(settings(ctx)))
+        raise typer.Exit(0)
     code = _serve(
         host=host,
         path=path,
@@ -557,6 +704,8 @@ def periodicd(
             "keepalive": keepalive,
             "lock-timeout": lock_timeout,
         },
+        log_format=log_format,
+        reloader=ConfigReloader(ctx, config_file, _CHECKS) if config_file else None,
         max_frame=max_frame,
         registration_timeout=registration_timeout,
         max_output=max_output,

@@ -247,13 +247,21 @@ class CommandHandlers(SchedulerCore):
 
     def _h_config_set(self, conn: Conn, msgid: int, payload: bytes) -> None:
         raw_key, value = decode_payload(CONFIG_SET, payload)
-        key = raw_key.decode("latin-1")
-        if key in self._config:  # unknown keys: ignored, still SUCCESS
-            self._config[key] = value
-            self._apply_config()
-            self._store.save_config(key, value)
-            self._stats.event(self._now, "config", f"{key} set to {value}")
+        # unknown keys: ignored, still SUCCESS (the reference's rule,
+        # protocol.md 4.14); ``periodic config set`` refuses them itself
+        self.set_config(raw_key.decode("latin-1"), value)
         conn.send(encode_response(msgid, SUCCESS))
+
+    def set_config(self, key: str, value: int) -> bool:
+        """Set config ``key`` (applied now, saved in the store), as
+        CONFIG_SET does; False, and nothing done, for an unknown key."""
+        if key not in self._config:
+            return False
+        self._config[key] = value
+        self._apply_config()
+        self._store.save_config(key, value)
+        self._stats.event(self._now, "config", f"{key} set to {value}")
+        return True
 
     # worker commands ---------------------------------------------------------
 

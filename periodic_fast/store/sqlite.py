@@ -485,6 +485,25 @@ class SqliteStore(BatchWriter):
             config = dict(db.execute("SELECT name, value FROM configs").fetchall())
         return StoreSnapshot(self._stream_jobs(), funcs, config)
 
+    def backup(self, target: str | os.PathLike[str]) -> None:
+        """Write a consistent copy of the store to the SQLite file ``target``
+        (SQLite's online backup API, on the store's own connection: the file
+        is locked exclusively, no other connection could read it).
+
+        Blocking: call it from a worker thread, not the event loop.  Commits
+        wait while the pages are copied (between two commits, so the copy
+        holds every committed change and nothing half-written)."""
+        self._check_open()
+        with self._db_lock:
+            db = self._db
+            if db is None:
+                db = self._db = self._open()
+            dest = sqlite3.connect(os.fspath(target))
+            try:
+                db.backup(dest)
+            finally:
+                dest.close()
+
     def _stream_jobs(self) -> Iterator[tuple[Job, JobState]]:
         with self._db_lock:
             db = self._db
