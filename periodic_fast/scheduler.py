@@ -359,6 +359,8 @@ class Scheduler(CommandHandlers):
         behind = self._behind
         if behind and behind[0][0] <= t:  # the wall clock stepped back
             self._due_behind(t)
+        if self._reaper.left:  # a dropped func's records: one slice per tick
+            self._reaper.reap()
 
         awaiting = self._awaiting
         while awaiting and awaiting[0].deadline <= mono:
@@ -419,6 +421,8 @@ class Scheduler(CommandHandlers):
 
         Never None in practice: the periodic sweeps are always scheduled.
         """
+        if self._reaper.left:
+            return self._mono  # at once: the next slice of a dropped func
         best = min(self._next_fast, self._next_locked, self._next_slow)
         nd = self._wheel.next_due()
         behind = self._behind
@@ -491,6 +495,11 @@ class Scheduler(CommandHandlers):
         """The store this scheduler writes to (the server holds replies
         behind its durability barrier when ``store.deferred``)."""
         return self._store
+
+    @property
+    def reaping(self) -> int:
+        """Jobs of dropped funcs not freed yet (freed a slice per tick)."""
+        return self._reaper.left
 
     @property
     def stats(self) -> SchedulerStats:

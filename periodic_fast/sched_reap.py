@@ -1,0 +1,116 @@
+"""Freeing the records of a dropped func in bounded slices (issue 17).
+
+DROP_FUNC detaches a func at once: it leaves the func registry, the store
+gets its one ``delete_func_jobs`` op, and nothing can reach its jobs by name
+any more (a handle is looked up through the registry).  What is left is
+work proportional to the func's size: every record still holds an id slot
+and maybe a timer-wheel entry.  :class:`Reaper` frees those ``slice`` records
+per call; the scheduler calls it once per :meth:`tick
+<periodic_fast.scheduler.Scheduler.tick>` and asks for an immediate wake-up
+while it has work, so the server answers other peers between slices.
+
+Until a detached record is reaped it may still fire from the wheel (or the
+wall-clock-behind heap): the scheduler recognises it because its ``func``
+bytes are not the live func's ``name`` object (:meth:`Reaper.fresh_name`
+keeps a re-created func's name a distinct object) and never dispatches it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from .sched_model import DEAD, IN_WHEEL, NOWHERE
+
+if TYPE_CHECKING:
+    from .rec import JobRec
+
+__all__ = ["REAP_SLICE", "Reaper"]
+
+#: records freed per call (~5 ms compiled): the loop stays responsive
+REAP_SLICE: Final = 10_000
+
+
+class Reaper:
+    """Records of dropped funcs, freed a slice at a time.
+
+    :param jobs: the scheduler's id -> record list (freed slots become None).
+    :param free: the scheduler's free-id list (a freed id is appended).
+    :param cancel: the job wheel's ``cancel`` (ids still in the wheel).
+    :param slice_size: records freed per :meth:`reap` call.
+    """
+
+    __slots__ = ("_cancel", "_free", "_jobs", "_queue", "left", "names", "slice")
+
+    def __init__(
+        self,
+        jobs: list[JobRec | None],
+        free: list[int],
+        cancel: Callable[[int], object],
+        slice_size: int = REAP_SLICE,
+    ) -> None:
+        if slice_size < 1:
+            raise ValueError("slice_size must be >= 1")
+        self._jobs = jobs
+        self._free = free
+        self._cancel = cancel
+        self.slice = slice_size
+        # per detached func: its records and how many were freed
+        self._queue: deque[tuple[bytes, list[JobRec | None], list[int]]] = deque()
+        self.left = 0  # records still to free, every func together
+        self.names: dict[bytes, int] = {}  # func name -> detached funcs of it
+
+    def detach(self, func: bytes, recs: list[JobRec | None]) -> None:
+        """Take over ``recs`` (the list is emptied as they are freed)."""
+        if not recs:
+            return
+        self._queue.append((func, recs, [0]))
+        self.left += len(recs)
+        self.names[func] = self.names.get(func, 0) + 1
+
+    def fresh_name(self, name: bytes) -> bytes:
+        """``name`` for a func created now: a new object when a func of that
+        name is still being reaped (its records' ``func`` is the old one)."""
+        if name in self.names:
+            return bytes(bytearray(name))
+        return name
+
+    def reap(self) -> int:
+        """Free up to ``slice`` records; return how many were freed."""
+        budget = self.slice
+        done = 0
+        jobs = self._jobs
+        free = self._free
+        cancel = self._cancel
+        queue = self._queue
+        while queue and done < budget:
+            func, recs, pos = queue[0]
+            i = pos[0]
+            end = min(len(recs), i + budget - done)
+            while i < end:
+                rec = recs[i]
+                recs[i] = None  # the list's reference: the record goes now
+                i += 1
+                if rec is None or rec.state == DEAD:
+                    continue
+                if rec.where == IN_WHEEL:
+                    cancel(rec.id)  # absent (the behind heap): a no-op
+                rec.where = NOWHERE
+                rec.state = DEAD
+                rec.epoch = -1  # every assignment of it is stale
+                jid = rec.id
+                if jobs[jid] is rec:
+                    jobs[jid] = None
+                    free.append(jid)
+            done += i - pos[0]
+            pos[0] = i
+            if i >= len(recs):
+                queue.popleft()
+                n = self.names[func] - 1
+                if n:
+                    self.names[func] = n
+                else:
+                    del self.names[func]
+        self.left -= done
+        return done
