@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["REAP_SLICE", "Reaper"]
 
-#: records freed per call (~5 ms compiled): the loop stays responsive
-REAP_SLICE: Final = 10_000
+#: records freed per call: a few ms (compiled records come in hash order, a
+#: cache miss each, ~1-2 us; the pure twin's in insertion order, ~0.5 us)
+REAP_SLICE: Final = 2048
 
 
 class Reaper:
@@ -99,10 +100,9 @@ class Reaper:
                 rec.where = NOWHERE
                 rec.state = DEAD
                 rec.epoch = -1  # every assignment of it is stale
-                jid = rec.id
-                if jobs[jid] is rec:
-                    jobs[jid] = None
-                    free.append(jid)
+                jid = rec.id  # a live detached record still owns its id
+                jobs[jid] = None
+                free.append(jid)
             done += i - pos[0]
             pos[0] = i
             if i >= len(recs):
