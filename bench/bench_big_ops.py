@@ -125,9 +125,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def restart(tmp: Path, n: int, root: Path) -> dict[str, Any]:
-    path = tmp / "restart.db"
-    filled = fill(path, n, 10)
+def restart(tmp: Path, n: int, root: Path, db: str = "") -> dict[str, Any]:
+    path = Path(db) if db else tmp / "restart.db"
+    filled = 0.0 if db and path.exists() else fill(path, n, 10)
     proc, port, first_pong = start(path, root)
     try:
         peak_at_pong = _status_kib(proc.pid, "VmHWM")
@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drop-jobs", type=int, default=1_000_000)
     p.add_argument("--root", default=str(ROOT), help="checkout the server runs")
     p.add_argument("--tmp", default="", help="directory for the database files")
+    p.add_argument(
+        "--restart-db", default="", help="restart: this file (filled if missing, kept)"
+    )
     p.add_argument("--json", default="", help="write the report here")
     args = p.parse_args(argv)
     root = Path(args.root).resolve()
@@ -252,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.scenarios.split(","):
             if name == "restart":
-                report["restart"] = restart(tmp, args.restart_jobs, root)
+                report["restart"] = restart(
+                    tmp, args.restart_jobs, root, args.restart_db
+                )
             elif name == "drop":
                 report["drop"] = drop(tmp, args.drop_jobs, root)
             else:
