@@ -60,6 +60,14 @@ def _status_kib(pid: int, key: str) -> int:
     return 0
 
 
+def _cpu_s(pid: int) -> float:
+    """user + sys CPU seconds of a process (the machine is shared: wall time
+    depends on the load, this much less)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,6 +139,7 @@ def restart(tmp: Path, n: int, root: Path, db: str = "") -> dict[str, Any]:
     proc, port, first_pong = start(path, root)
     try:
         peak_at_pong = _status_kib(proc.pid, "VmHWM")
+        cpu_at_pong = _cpu_s(proc.pid)
 
         async def status() -> int:
             async with Client(f"tcp://127.0.0.1:{port}", timeout=600) as c:
@@ -146,6 +155,7 @@ def restart(tmp: Path, n: int, root: Path, db: str = "") -> dict[str, Any]:
         "jobs": jobs,
         "fill_s": round(filled, 1),
         "first_pong_s": round(first_pong, 2),
+        "cpu_to_first_pong_s": round(cpu_at_pong, 2),
         "peak_mib": round(peak / 1024),
         "peak_at_first_pong_mib": round(peak_at_pong / 1024),
         "steady_mib": round(steady / 1024),
