@@ -296,8 +296,6 @@ class SchedulerCore:
                 self._check_new_func(name)
             table = self._name_table
             jobs = NameTable() if table is None else table(name)
-            if self._reaper.names:  # the old func's records are being freed
-                name = self._reaper.fresh_name(name)
             fs = self._funcs[name] = Func(name, jobs)
             if persist:
                 self._store.save_func(name)
@@ -478,18 +476,22 @@ class SchedulerCore:
             if rec is not None:
                 rec.where = NOWHERE
                 fs = self._funcs.get(rec.func)
-                if fs is not None and fs.name is rec.func:  # else: dropped
+                if fs is not None and not (
+                    self._reaper.left and fs.jobs.get(rec.name) is not rec
+                ):  # else: of a dropped func, the reaper frees it
                     self._to_ready(rec, False)
             return
         groups: dict[Func, list[JobRec]] = {}
         funcs = self._funcs
+        # a dropped func's records still fire until reaped: never dispatched
+        reaping = self._reaper.left
         for jid in ids:
             rec = jobs[jid]
             if rec is None:  # pragma: no cover - deleted jobs leave the wheel
                 continue
             rec.where = NOWHERE
             fs = funcs.get(rec.func)
-            if fs is None or fs.name is not rec.func:
+            if fs is None or (reaping and fs.jobs.get(rec.name) is not rec):
                 continue  # of a dropped func: the reaper frees it
             batch = groups.get(fs)
             if batch is None:
@@ -617,7 +619,7 @@ class SchedulerCore:
         self._end_active(fs)
         del self._funcs[func]
         self._retire(fs)
-        self._reaper.detach(fs.name, fs.jobs.values())  # type: ignore[arg-type]
+        self._reaper.detach(fs.jobs.values())  # type: ignore[arg-type]
         fs.jobs = NameTable()  # the list holds the records now
         fs.ready = deque()
         self._stats.event(self._now, "drop", f"func {show(func)} dropped")

@@ -10,9 +10,9 @@ per call; the scheduler calls it once per :meth:`tick
 while it has work, so the server answers other peers between slices.
 
 Until a detached record is reaped it may still fire from the wheel (or the
-wall-clock-behind heap): the scheduler recognises it because its ``func``
-bytes are not the live func's ``name`` object (:meth:`Reaper.fresh_name`
-keeps a re-created func's name a distinct object) and never dispatches it.
+wall-clock-behind heap): while :attr:`Reaper.left` is not 0 the scheduler
+checks that a fired record is the one its func's table holds under its name
+(a func of the same name may exist again) and never dispatches another.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Reaper:
     :param slice_size: records freed per :meth:`reap` call.
     """
 
-    __slots__ = ("_cancel", "_free", "_jobs", "_queue", "left", "names", "slice")
+    __slots__ = ("_cancel", "_free", "_jobs", "_queue", "left", "slice")
 
     def __init__(
         self,
@@ -58,24 +58,14 @@ class Reaper:
         self._cancel = cancel
         self.slice = slice_size
         # per detached func: its records and how many were freed
-        self._queue: deque[tuple[bytes, list[JobRec | None], list[int]]] = deque()
+        self._queue: deque[tuple[list[JobRec | None], list[int]]] = deque()
         self.left = 0  # records still to free, every func together
-        self.names: dict[bytes, int] = {}  # func name -> detached funcs of it
 
-    def detach(self, func: bytes, recs: list[JobRec | None]) -> None:
+    def detach(self, recs: list[JobRec | None]) -> None:
         """Take over ``recs`` (the list is emptied as they are freed)."""
-        if not recs:
-            return
-        self._queue.append((func, recs, [0]))
-        self.left += len(recs)
-        self.names[func] = self.names.get(func, 0) + 1
-
-    def fresh_name(self, name: bytes) -> bytes:
-        """``name`` for a func created now: a new object when a func of that
-        name is still being reaped (its records' ``func`` is the old one)."""
-        if name in self.names:
-            return bytes(bytearray(name))
-        return name
+        if recs:
+            self._queue.append((recs, [0]))
+            self.left += len(recs)
 
     def reap(self) -> int:
         """Free up to ``slice`` records; return how many were freed."""
@@ -86,7 +76,7 @@ class Reaper:
         cancel = self._cancel
         queue = self._queue
         while queue and done < budget:
-            func, recs, pos = queue[0]
+            recs, pos = queue[0]
             i = pos[0]
             end = min(len(recs), i + budget - done)
             while i < end:
@@ -107,10 +97,5 @@ class Reaper:
             pos[0] = i
             if i >= len(recs):
                 queue.popleft()
-                n = self.names[func] - 1
-                if n:
-                    self.names[func] = n
-                else:
-                    del self.names[func]
         self.left -= done
         return done
