@@ -38,6 +38,7 @@ from typing import Any, TypeAlias
 from ._address import Address, BytesLike, parse_address, resolve_address, to_bytes
 from ._connection import Connection, _Sink
 from .codec import (
+    LOAD_FRAME_OVERHEAD,
     Packet,
     decode_job_list,
     decode_payload,
@@ -45,6 +46,8 @@ from .codec import (
     encode_job,
     encode_job_list,
     encode_payload,
+    load_frame_size,
+    oversize_job,
 )
 from .constants import STREAM_EOF, ClientType, Command
 from .errors import (
@@ -87,15 +90,17 @@ _PONG = int(Command.PONG)
 #: bytes a job adds to a job list besides its func, name and workload (an
 #: upper bound: length prefixes, sched_at, count, timeout)
 _JOB_OVERHEAD = 64
-#: bytes of a request body besides its payload: the msgid and the command
-_REQUEST_HEAD = 5
+#: a job payload at most this much under ``max_frame`` fits for sure (the
+#: exact bound is codec.load_frame_size: what the server accepts)
+_SURE_SLACK = LOAD_FRAME_OVERHEAD - 15
 
 
-def _too_large(what: str, payload: int, limit: int) -> ValueError:
-    """The error of a request the server would drop the connection for."""
+def _too_large(size: int, limit: int) -> ValueError:
+    """The error of a job the server would refuse: its LOAD frame (a job
+    must survive DUMP and LOAD) would be over the frame limit."""
     return ValueError(
-        f"{what} of {payload + _REQUEST_HEAD} bytes is over the frame limit of "
-        f"{limit} bytes (the server's --max-frame; the client's max_frame)"
+        f"a job that needs a LOAD frame of {size} bytes is over the frame limit"
+        f" of {limit} bytes (the server's --max-frame; the client's max_frame)"
     )
 
 
@@ -251,8 +256,10 @@ class Client(Connection):
             )  # fmt: skip
         else:
             payload = encode_job(job)
-        if len(payload) > self.max_frame - _REQUEST_HEAD:  # else: connection lost
-            raise _too_large("job", len(payload), self.max_frame)
+        if len(payload) > self.max_frame - _SURE_SLACK:  # near the limit
+            size = oversize_job(payload, self.max_frame)
+            if size:  # refused by the server (or a lost connection)
+                raise _too_large(size, self.max_frame)
         proto = self._proto
         if proto is None or proto.transport is None:
             pkt = await self._request(_SUBMIT_JOB, payload)
@@ -310,12 +317,12 @@ class Client(Connection):
         waiters = self._waiters
         send = proto.send
         submit = Command.SUBMIT_JOB
-        limit = self.max_frame - _REQUEST_HEAD
+        limit = self.max_frame - _SURE_SLACK
         for job in jobs:
             payload = encode_job(job)
-            if len(payload) > limit:  # the jobs before it are sent
-                proto.flush()
-                raise _too_large("job", len(payload), self.max_frame)
+            if len(payload) > limit and oversize_job(payload, self.max_frame):
+                proto.flush()  # the jobs before it are sent
+                raise _too_large(load_frame_size(job), self.max_frame)
             msgid = self._next_msgid()
             waiters[msgid] = batch
             batch.pending += 1
@@ -368,8 +375,10 @@ class Client(Connection):
         if wait is None:
             wait = job.timeout + 5.0
         payload = encode_job(job)
-        if len(payload) > self.max_frame - _REQUEST_HEAD:  # else: connection lost
-            raise _too_large("job", len(payload), self.max_frame)
+        if len(payload) > self.max_frame - _SURE_SLACK:  # near the limit
+            size = oversize_job(payload, self.max_frame)
+            if size:  # refused by the server (or a lost connection)
+                raise _too_large(size, self.max_frame)
         st: _Stream | None = None
         reader: asyncio.Task[None] | None = None
         if stream is not None:
@@ -509,12 +518,10 @@ class Client(Connection):
             before any frame is sent).
         """
         items = decode_job_list(jobs) if isinstance(jobs, bytes) else list(jobs)
-        limit = self.max_frame - _REQUEST_HEAD
-        for job in items:  # an upper bound first; exact only near the limit
-            if len(job[0]) + len(job[1]) + len(job[2]) + _JOB_OVERHEAD > limit:
-                size = len(encode_job_list([job]))
-                if size > limit:
-                    raise _too_large("job list of one job", size, self.max_frame)
+        for job in items:  # what the server accepts (codec.load_frame_size)
+            size = load_frame_size(job)
+            if size > self.max_frame:
+                raise _too_large(size, self.max_frame)
         ok = True
         done = 0
         for part in _load_parts(items, chunk, chunk_bytes):

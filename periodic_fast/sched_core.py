@@ -61,8 +61,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from heapq import heappop, heappush
+from itertools import chain
 from itertools import count as _counter
 from typing import Any, Final, Literal
 
@@ -85,6 +86,7 @@ from .sched_model import (
     Func,
     Waiters,
 )
+from .sched_reap import Reaper
 from .sched_stats import SchedulerStats
 from .sched_wire import DATA, JOB_ASSIGN, show, show_key
 from .store import RecordStore, Store, StoreSnapshot
@@ -149,6 +151,8 @@ class SchedulerCore:
         self._funcs: dict[bytes, Func] = {}
         self._conns: dict[int, Conn] = {}
         self._wheel = TimerWheel(t)  # future pending jobs, by job id (wall)
+        # records of dropped funcs, freed a slice per tick (sched_reap)
+        self._reaper = Reaper(self._jobs, self._free, self._wheel.cancel)
         self._wheel_t = t  # the job wheel's time: the largest wall second ticked
         # due at or before _wheel_t while the wall clock is behind it
         self._behind: list[tuple[int, int, JobRec, int]] = []
@@ -194,8 +198,14 @@ class SchedulerCore:
         jobs = NameTable()
         shared = self._name_table is not None
         cleared: set[bytes] = set()
-        for job, state in snap.jobs:
-            func, name, workload, when, count, timeout = job
+        # plain rows when the store gives them (no Job and no generator step
+        # per job: a 10M-job start-up is mostly this loop)
+        rows: Iterable[tuple[Any, ...]] = (
+            chain.from_iterable(snap.rows)
+            if snap.rows is not None
+            else ((*job, state) for job, state in snap.jobs)
+        )
+        for func, name, workload, when, count, timeout, state in rows:
             if fs is None or func != last:
                 fs = funcs.get(func) or self._func(func, check=False)
                 jobs = fs.jobs
@@ -465,16 +475,24 @@ class SchedulerCore:
             rec = jobs[ids[0]]
             if rec is not None:
                 rec.where = NOWHERE
-                self._to_ready(rec, False)
+                fs = self._funcs.get(rec.func)
+                if fs is not None and not (
+                    self._reaper.left and fs.jobs.get(rec.name) is not rec
+                ):  # else: of a dropped func, the reaper frees it
+                    self._to_ready(rec, False)
             return
         groups: dict[Func, list[JobRec]] = {}
         funcs = self._funcs
+        # a dropped func's records still fire until reaped: never dispatched
+        reaping = self._reaper.left
         for jid in ids:
             rec = jobs[jid]
             if rec is None:  # pragma: no cover - deleted jobs leave the wheel
                 continue
             rec.where = NOWHERE
-            fs = funcs[rec.func]
+            fs = funcs.get(rec.func)
+            if fs is None or (reaping and fs.jobs.get(rec.name) is not rec):
+                continue  # of a dropped func: the reaper frees it
             batch = groups.get(fs)
             if batch is None:
                 groups[fs] = [rec]
@@ -588,23 +606,44 @@ class SchedulerCore:
         return True
 
     def _drop_func(self, func: bytes) -> Literal["dropped", "busy", "unknown"]:
-        """DROP_FUNC: forget ``func`` and its jobs unless workers serve it."""
+        """DROP_FUNC: forget ``func`` and its jobs unless workers serve it.
+
+        The func is gone at once (registry, store); its pending records are
+        detached and freed a slice per tick (:mod:`periodic_fast.sched_reap`),
+        so a million-job drop does not hold the loop."""
         fs = self._funcs.get(func)
         if fs is None:
             return "unknown"
         if fs.workers:
             return "busy"
-        hlocks = self._hlocks
-        for rec in fs.jobs.values():
-            self._delete(rec, persist=False)
-            if hlocks:
-                key = rec.key
-                if key in hlocks:
-                    self._lock_table.release_all(key, self._mono)
+        self._end_active(fs)
         del self._funcs[func]
         self._retire(fs)
+        self._reaper.detach(fs.jobs.values())  # type: ignore[arg-type]
+        fs.jobs = NameTable()  # the list holds the records now
+        fs.ready = deque()
         self._stats.event(self._now, "drop", f"func {show(func)} dropped")
         return "dropped"
+
+    def _end_active(self, fs: Func) -> None:
+        """Before a drop: delete the func's assigned jobs and release its
+        handles' locks now (the work is bounded by the open assignments and
+        the locks, not by the func's size)."""
+        name = fs.name
+        if fs.n_running or fs.n_locked:
+            for conn in list(self._conns.values()):
+                for a in [*conn.unconfirmed.values(), *conn.running.values()]:
+                    rec = a.rec
+                    if rec.func is name and a.epoch == rec.epoch and rec.state != DEAD:
+                        self._delete(rec, persist=False)
+        hlocks = self._hlocks
+        if hlocks:
+            n = len(name)
+            for key in [k for k in hlocks if k[0] == n and k[1 : 1 + n] == name]:
+                held = self._lookup(key)
+                if held is not None:
+                    self._delete(held, persist=False)
+                self._lock_table.release_all(key, self._mono)
 
     def _retire(self, fs: Func) -> None:
         """A forgotten func: out of the store; its counters kept in the totals."""

@@ -21,14 +21,17 @@ from typing import Final
 
 from .auth import Role
 from .codec import (
+    LOAD_FRAME_OVERHEAD,
     decode_job,
     decode_job_list,
     decode_payload,
     encode_job_list,
     encode_response,
     encode_status,
+    load_frame_size,
+    oversize_job,
 )
-from .constants import RESULT_FAILED
+from .constants import DEFAULT_MAX_FRAME, RESULT_FAILED
 from .errors import TrailingBytes, TruncatedPayload
 from .sched_core import SchedulerCore
 from .sched_limits import FuncRefused, bad_func_name
@@ -104,6 +107,28 @@ class CommandHandlers(SchedulerCore):
     ) -> None:
         super().__init__(store, now, config, mono)
         self._on_shutdown = on_shutdown
+        self._set_max_frame(DEFAULT_MAX_FRAME)
+
+    def _set_max_frame(self, max_frame: int) -> None:
+        """Refuse jobs that would not fit a LOAD frame under ``max_frame``."""
+        self._max_frame = max_frame
+        # a job payload up to this size fits for sure (no decode to check)
+        self._job_cap = max_frame - LOAD_FRAME_OVERHEAD + 15
+
+    def _oversize(self, conn: Conn, msgid: int, payload: bytes) -> bool:
+        """A job near the frame limit: True (refused, NO_WORKER and a log
+        line) when it could not be DUMPed and LOADed back (issue 17.6)."""
+        size = oversize_job(payload, self._max_frame)
+        if not size:
+            return False
+        self._refuse(
+            conn,
+            msgid,
+            "size",
+            f"a job that needs a LOAD frame of {size} bytes, over the frame "
+            f"limit of {self._max_frame} bytes",
+        )
+        return True
 
     def _handler_table(self) -> dict[int, Handler]:
         """Command code -> handler, for every command the server acts on
@@ -155,6 +180,8 @@ class CommandHandlers(SchedulerCore):
         conn.send(encode_response(msgid, UNKNOWN))
 
     def _h_submit_job(self, conn: Conn, msgid: int, payload: bytes) -> None:
+        if len(payload) > self._job_cap and self._oversize(conn, msgid, payload):
+            return
         try:
             self._submit(decode_job(payload))
         except FuncRefused as exc:  # a new func only: not the hot path
@@ -168,6 +195,8 @@ class CommandHandlers(SchedulerCore):
         conn.send(encode_response(msgid, NO_WORKER))
 
     def _h_run_job(self, conn: Conn, msgid: int, payload: bytes) -> None:
+        if len(payload) > self._job_cap and self._oversize(conn, msgid, payload):
+            return
         job = decode_job(payload)
         fs = self._funcs.get(job.func)
         if fs is None or not fs.workers:
@@ -218,6 +247,11 @@ class CommandHandlers(SchedulerCore):
 
     def _h_load(self, conn: Conn, msgid: int, payload: bytes) -> None:
         jobs = decode_job_list(payload)
+        if len(payload) > self._job_cap:  # a job that might not load back
+            cap = self._max_frame
+            if any(load_frame_size(job) > cap for job in jobs):
+                self._refuse(conn, msgid, "size", "LOAD of a job over the frame limit")
+                return
         funcs = self._funcs
         new = {job.func: None for job in jobs if job.func not in funcs}
         try:  # refused as a whole: every new func is checked first

@@ -32,6 +32,7 @@ from typing import Final, Literal
 
 from ._gc import gc_paused
 from .auth import AuthRules, Identity
+from .codec import load_frame_size
 from .constants import CONFIG_DEFAULTS, RESULT_EXPIRED, ClientType
 from .job import Job
 from .rec import JobRec as _JobRec  # noqa: F401 - tests check the twin switch
@@ -359,6 +360,8 @@ class Scheduler(CommandHandlers):
         behind = self._behind
         if behind and behind[0][0] <= t:  # the wall clock stepped back
             self._due_behind(t)
+        if self._reaper.left:  # a dropped func's records: one slice per tick
+            self._reaper.reap()
 
         awaiting = self._awaiting
         while awaiting and awaiting[0].deadline <= mono:
@@ -419,6 +422,8 @@ class Scheduler(CommandHandlers):
 
         Never None in practice: the periodic sweeps are always scheduled.
         """
+        if self._reaper.left:
+            return self._mono  # at once: the next slice of a dropped func
         best = min(self._next_fast, self._next_locked, self._next_slow)
         nd = self._wheel.next_due()
         behind = self._behind
@@ -491,6 +496,23 @@ class Scheduler(CommandHandlers):
         """The store this scheduler writes to (the server holds replies
         behind its durability barrier when ``store.deferred``)."""
         return self._store
+
+    @property
+    def max_frame(self) -> int:
+        """The server's frame limit: a job that would not fit a LOAD frame
+        under it is refused (SUBMIT_JOB, RUN_JOB, LOAD: NO_WORKER; HTTP:
+        ValueError), so whatever is accepted can be dumped and loaded back.
+        The server's hub sets it."""
+        return self._max_frame
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        self._set_max_frame(value)
+
+    @property
+    def reaping(self) -> int:
+        """Jobs of dropped funcs not freed yet (freed a slice per tick)."""
+        return self._reaper.left
 
     @property
     def stats(self) -> SchedulerStats:
@@ -594,6 +616,13 @@ class Scheduler(CommandHandlers):
             raise ValueError("sched_at out of range")
         if not (I32_MIN <= job.count <= I32_MAX and 0 <= job.timeout <= I32_MAX):
             raise ValueError("count or timeout out of range")
+        size = load_frame_size(job)
+        if size > self._max_frame:  # it could not be DUMPed and LOADed back
+            self._refused("size", f"HTTP submit of a {size}-byte LOAD frame")
+            raise ValueError(
+                f"the job needs a LOAD frame of {size} bytes, over the frame "
+                f"limit of {self._max_frame} bytes"
+            )
         self._now = now
         self._mono = now if mono is None else mono
         if self._max_jobs:

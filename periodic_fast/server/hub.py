@@ -149,6 +149,8 @@ class Hub:
         #: monotonic clock for every "mono" (deadlines) handed to it
         self.mono = mono
         self.max_frame = max_frame
+        # jobs that could not be DUMPed and LOADed back are refused up front
+        scheduler.max_frame = max_frame
         self.registration_timeout = registration_timeout
         self.max_output = max_output
         #: largest registration frame body, checked from its header

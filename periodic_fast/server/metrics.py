@@ -92,6 +92,7 @@ class Snapshot(NamedTuple):
     http_connections: int
     locks: int
     store: dict[str, float]  #: store.metrics()
+    reaping: int = 0  #: records of dropped funcs not freed yet
 
 
 def snapshot(
@@ -122,6 +123,7 @@ def snapshot(
         http_connections,
         len(sched.locks()),
         dict(sched.store.metrics()),
+        sched.reaping,
     )
 
 
@@ -247,6 +249,11 @@ class _Collector(Collector):
         )
         yield GaugeMetricFamily(
             "periodic_locks", "Named locks held or awaited.", value=snap.locks
+        )
+        yield GaugeMetricFamily(
+            "periodic_jobs_reaping",
+            "Jobs of dropped funcs still being freed (a slice per loop turn).",
+            value=float(snap.reaping),
         )
         yield from self._store_metrics(snap.store)
 

@@ -33,6 +33,10 @@ class SchedulerLike(Protocol):
     See docs/architecture.md, "The seam between the server and the scheduler".
     """
 
+    #: the server's frame limit, set by the hub: a job that could not be
+    #: dumped and loaded back under it is refused up front
+    max_frame: int
+
     def connect(
         self,
         conn_id: int,
@@ -107,6 +111,11 @@ class SchedulerView(SchedulerLike, Protocol):
     def rates(self, now: float) -> dict[str, float]: ...
 
     def func_details(self, now: float) -> list[FuncDetail]: ...
+
+    @property
+    def reaping(self) -> int:
+        """Jobs of dropped funcs not freed yet."""
+        ...
 
     def connections(self) -> list[ConnInfo]: ...
 

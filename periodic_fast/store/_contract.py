@@ -56,7 +56,7 @@ the scheduler the store's per-func index, so one slot serves both.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from ..job import Job, JobState
 
@@ -75,6 +75,11 @@ class StoreSnapshot(NamedTuple):
     funcs: Iterable[bytes]
     #: persisted config values (only keys that were set)
     config: Mapping[str, int]
+    #: optional, the same one-pass stream as ``jobs`` in chunks of plain rows
+    #: ``(func, name, workload, sched_at, count, timeout, state)`` (the state
+    #: an int): the scheduler's start-up reads these when given (no ``Job``
+    #: per row); consume either ``jobs`` or ``rows``, not both
+    rows: Iterable[Iterable[tuple[Any, ...]]] | None = None
 
 
 @runtime_checkable

@@ -483,7 +483,8 @@ class SqliteStore(BatchWriter):
                 db = self._db = self._open()
             funcs = [r[0] for r in db.execute("SELECT func FROM funcs")]
             config = dict(db.execute("SELECT name, value FROM configs").fetchall())
-        return StoreSnapshot(self._stream_jobs(), funcs, config)
+        rows = self._stream_rows()
+        return StoreSnapshot(_jobs_of(rows), funcs, config, rows)
 
     def backup(self, target: str | os.PathLike[str]) -> None:
         """Write a consistent copy of the store to the SQLite file ``target``
@@ -504,12 +505,12 @@ class SqliteStore(BatchWriter):
             finally:
                 dest.close()
 
-    def _stream_jobs(self) -> Iterator[tuple[Job, JobState]]:
+    def _stream_rows(self) -> Iterator[list[Any]]:
         with self._db_lock:
             db = self._db
             if db is None:
                 raise SqliteStoreError(f"SQLite store {self.path!r} is closed")
-            yield from _read_jobs(db, dict(self._gens))
+            yield from _read_rows(db, dict(self._gens))
 
 
 _LOAD_CHUNK = 8192  # rows per fetch while the jobs stream in
@@ -521,24 +522,25 @@ _SQL_JOB_FUNCS = (
     " WHERE f.func IS NOT NULL) SELECT func FROM f WHERE func IS NOT NULL"
 )
 _SQL_JOBS_OF = (
-    "SELECT name, workload, sched_at, count, timeout, state FROM jobs"
+    "SELECT func, name, workload, sched_at, count, timeout, state FROM jobs"
     " WHERE func = ? AND gen = ?"
 )
 
 
-def _read_jobs(
-    db: sqlite3.Connection, gens: dict[bytes, int]
-) -> Iterator[tuple[Job, JobState]]:
-    """Every stored job of its func's current generation, with its state,
-    read in chunks as it is consumed."""
-    new = tuple.__new__
-    states = (JobState.PENDING, JobState.RUNNING, JobState.LOCKED)
+def _read_rows(db: sqlite3.Connection, gens: dict[bytes, int]) -> Iterator[list[Any]]:
+    """Every stored job of its func's current generation as plain rows
+    (``StoreSnapshot.rows``), read in chunks as they are consumed."""
     for (func,) in db.execute(_SQL_JOB_FUNCS).fetchall():
         cur = db.execute(_SQL_JOBS_OF, (func, gens.get(func, 0)))
         while rows := cur.fetchmany(_LOAD_CHUNK):
-            for n, w, t, c, o, s in rows:
-                # an unknown state (a damaged row) loads as pending
-                yield (
-                    new(Job, (func, n, w, t, c, o)),
-                    states[s] if 0 <= s < 3 else states[0],
-                )
+            yield rows
+
+
+def _jobs_of(chunks: Iterator[list[Any]]) -> Iterator[tuple[Job, JobState]]:
+    """``StoreSnapshot.jobs`` from the row chunks: a ``Job`` and its state."""
+    new = tuple.__new__
+    states = (JobState.PENDING, JobState.RUNNING, JobState.LOCKED)
+    for rows in chunks:
+        for f, n, w, t, c, o, s in rows:
+            # an unknown state (a damaged row) loads as pending
+            yield new(Job, (f, n, w, t, c, o)), states[s] if 0 <= s < 3 else states[0]
