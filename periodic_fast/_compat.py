@@ -9,11 +9,12 @@ time).
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from typing import Final
 
-IS_CPYTHON: Final[bool] = platform.python_implementation() == "CPython"
+# not platform.python_implementation(): on 3.10 ``platform`` imports
+# subprocess and with it selectors, which the sans-I/O layers must not load
+IS_CPYTHON: Final[bool] = sys.implementation.name == "cpython"
 
 NO_EXTENSIONS: Final[bool] = bool(os.environ.get("PERIODIC_FAST_NO_EXTENSIONS")) or (
     not IS_CPYTHON

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install periodic_fast with its test extras into .venv and run the whole suite
-# twice: with the compiled Cython twins, then with PERIODIC_FAST_NO_EXTENSIONS=1.
+# twice: with the compiled Cython twins, then with PERIODIC_FAST_NO_EXTENSIONS=1;
+# then the fast part on Python 3.10 and 3.13 (scripts/test_pythons.sh; PYTHONS=
+# skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian packages the tests drive: a throwaway PostgreSQL cluster (the
@@ -30,3 +32,6 @@ echo "== suite with the Cython twins =="
 "$VENV/bin/python" -m pytest "$@"
 echo "== suite with the pure-Python twins (PERIODIC_FAST_NO_EXTENSIONS=1) =="
 PERIODIC_FAST_NO_EXTENSIONS=1 "$VENV/bin/python" -m pytest "$@"
+# the oldest and newest supported interpreters, a chosen fast subset (the
+# pytest arguments above are for the main runs, not passed on)
+bash scripts/test_pythons.sh
