@@ -13,8 +13,8 @@ send the next bytes, half-close, drop, let time pass.  A finding is anything
 logged at ERROR (a route or parser raising: the 500 "internal error"),
 output that is not a sequence of well-formed HTTP/1.1 responses, a 500
 answer, a connection still open once every timeout has passed, a connection
-the HTTP side keeps after it closed, or a fresh client that gets no answer
-to ``GET /healthz`` (HTTP) or to PING (binary) afterwards.
+the HTTP side keeps after it closed, or a fresh client that gets no 200 to
+``GET /healthz`` and ``GET /api/funcs`` afterwards.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import re
 from typing import Any
 
 from fuzz.harness import FakeTransport, ServerHarness, _Reader
-from periodic_fast import codec
 from periodic_fast.auth import parse_auth_file
-from periodic_fast.constants import ClientType, Command
 from periodic_fast.server.http_app import HttpApp
 from periodic_fast.server.protocol import ServerProtocol
 
@@ -219,22 +217,15 @@ def check_http(data: bytes) -> None:
             assert c.transport.closing, f"{c.name} still open after every timeout"
         assert not h.app.connections, "closed HTTP connections are still held"
         assert not h.errors(), h.errors()
-        # a fresh HTTP client and a fresh binary client are served
+        # a fresh client is served: a health probe, then the funcs' status
+        # (the scheduler after whatever the script wrote into it)
         probe = h.open_http()
+        token = b"Authorization: Bearer adm-tok\r\n" if h.scheduler.auth else b""
         h.send(probe, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        assert parse_responses(bytes(probe.received)) == [200], probe.received
-        client = h.open()
-        if h.scheduler.auth is None:
-            h.feed(client, codec.encode_registration(ClientType.CLIENT))
-        else:
-            h.feed(
-                client,
-                codec.encode_registration(ClientType.AUTH_CLIENT, b"web", b"cli-tok"),
-            )
-        h.feed(client, codec.encode_request(0xABCD, Command.PING))
-        assert (0xABCD, Command.PONG) in {
-            (p.msgid, p.command) for p in client.packets
-        }, client.packets
+        h.send(probe, b"GET /api/funcs HTTP/1.1\r\nHost: 127.0.0.1\r\n" + token)
+        h.send(probe, b"\r\n")
+        codes = parse_responses(bytes(probe.received))
+        assert codes == [200, 200], (codes, probe.received[-300:])
         assert not h.errors(), h.errors()
 
 

@@ -15,7 +15,7 @@ harnesses in ``fuzz/`` (long runs: docs/fuzzing.md):
   HTTP, HttpApp, over the same fake transports): raw bytes, half-closes,
   drops and time on several connections; no internal error, well-formed
   responses only, every connection closed and released once the timeouts
-  pass, a fresh HTTP and binary client still served;
+  pass, a fresh client still served (health probe, func status);
 * the same over real sockets: garbage connections next to a working one.
 
 Each input found by a long run that broke something is added to
