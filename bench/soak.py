@@ -313,6 +313,15 @@ def main(argv: list[str] | None = None) -> int:
         f"PING ms: p50 {p50:.2f}, p99 {p99:.2f}, max {max(soak.pings):.2f} "
         f"(p99 bound {args.p99_bound:.0f})"
     )
+    # RSS and PING by quarter: a leak shows as a rising RSS, a stall as one
+    # quarter's p99
+    q = max(1, len(soak.rss) // 4)
+    for i in range(0, len(soak.rss), q):
+        rss, pings = soak.rss[i : i + q], soak.pings[i : i + q]
+        print(
+            f"  samples {i}-{i + len(rss) - 1}: RSS max {max(rss):.1f} MiB, "
+            f"PING p99 {pct(pings, 0.99):.2f} ms"
+        )
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
