@@ -15,7 +15,11 @@ attack.  Every attack is a small version of the one in the issue:
 * ``fanout`` (3): one WORK_DATA of 256 KiB to 200 RECV_DATA waiters of one
   client that does not read;
 * ``dump-pipeline`` (3): 100 pipelined DUMPs of 1,000 1-KB jobs, unread;
-* ``http-pipeline`` (3): 300 pipelined ``GET /`` (status of 400 funcs), unread.
+* ``http-pipeline`` (3): 300 pipelined ``GET /`` (status of 400 funcs), unread;
+* ``waiters`` (4): one client sends 100,000 RECV_DATA for jobs of a func
+  whose worker does not grab (each a waiter with a lifetime the client
+  picks), then leaves (the worker stays);
+* ``funcs`` (10): one worker sends CAN_DO for 20,000 new funcs, then leaves.
 
     python bench/hostile_memory.py [--only NAME ...]
 
@@ -171,6 +175,41 @@ def http_pipeline(address: str) -> list[socket.socket]:
     return [s]
 
 
+#: connections an attack needs until the end of "after" (closed last)
+KEEP: list[socket.socket] = []
+
+
+def waiters(address: str) -> list[socket.socket]:
+    worker = connect(address)  # RECV_DATA needs a worker for the func
+    register(worker, 2)
+    worker.sendall(request(worker, 1, Command.CAN_DO, b"w"))
+    KEEP.append(worker)
+    time.sleep(0.2)
+    s = connect(address)
+    register(s)
+    for start in range(0, 100_000, 10_000):
+        s.sendall(
+            b"".join(
+                request(s, i + 1, Command.RECV_DATA, (b"w", b"%d" % i, b"", 0, 0, 0))
+                for i in range(start, start + 10_000)
+            )
+        )
+    time.sleep(3.0)  # let the server work through them
+    return [s]
+
+
+def funcs(address: str) -> list[socket.socket]:
+    s = connect(address)
+    register(s, 2)
+    s.sendall(
+        b"".join(
+            request(s, i + 1, Command.CAN_DO, b"func-%05d" % i) for i in range(20_000)
+        )
+    )
+    time.sleep(2.0)
+    return [s]
+
+
 ATTACKS: dict[str, Callable[[str], list[socket.socket]]] = {
     "partial-frames": partial_frames,
     "http-partial": http_partial,
@@ -178,6 +217,8 @@ ATTACKS: dict[str, Callable[[str], list[socket.socket]]] = {
     "fanout": fanout,
     "dump-pipeline": dump_pipeline,
     "http-pipeline": http_pipeline,
+    "waiters": waiters,
+    "funcs": funcs,
 }
 
 
@@ -198,6 +239,9 @@ def measure(name: str) -> tuple[float, float, float]:
         for _ in range(20):  # later traffic, as in the issue
             ping(srv.address)
         after = rss_mib(srv.pid)
+        for s in KEEP:
+            s.close()
+        KEEP.clear()
     return before, during, after
 
 

@@ -22,6 +22,7 @@ raises :class:`AssertionError` (a finding):
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import os
@@ -188,7 +189,9 @@ class FakeLoop:
     def time(self) -> float:
         return self._clock()
 
-    def call_soon(self, callback: Callable[..., Any], *args: Any) -> _Handle:
+    def call_soon(
+        self, callback: Callable[..., Any], *args: Any, context: Any = None
+    ) -> _Handle:
         self._ready.append((callback, args))
         return _Handle(0.0, callback, args)
 
@@ -200,6 +203,24 @@ class FakeLoop:
         h = _Handle(self._clock() + delay, callback, args)
         heapq.heappush(self._timers, h)
         return h
+
+    def get_debug(self) -> bool:
+        return False
+
+    def create_future(self) -> asyncio.Future[Any]:
+        """A real future whose callbacks run in :meth:`run_ready`."""
+        return asyncio.Future(loop=self)  # type: ignore[arg-type]
+
+    def run_in_executor(
+        self, executor: Any, func: Callable[..., Any], *args: Any
+    ) -> asyncio.Future[Any]:
+        """Runs ``func`` at once (no threads: the run stays deterministic)."""
+        fut = self.create_future()
+        try:
+            fut.set_result(func(*args))
+        except Exception as exc:
+            fut.set_exception(exc)
+        return fut
 
     def run_ready(self) -> None:
         """Run queued callbacks (and those they queue), bounded."""
@@ -231,6 +252,12 @@ class FakeTransport:
         self.closing = False
         self.protocol: ServerProtocol | None = None
         self.paused = False
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol  # the HTTP side takes a sniffed connection over
+
+    def get_protocol(self) -> Any:
+        return self.protocol
 
     def write(self, data: bytes) -> None:
         assert not self.closing, "write after close"

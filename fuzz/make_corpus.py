@@ -1,8 +1,10 @@
-"""Write the seed corpora fuzz/corpus/codec and fuzz/corpus/server.
+"""Write the seed corpora fuzz/corpus/codec, fuzz/corpus/server and
+fuzz/corpus/http.
 
 Codec seeds: every valid frame of ``harness.SEED_FRAMES`` (one per command,
 both directions, and the registrations) behind a few option/cut prefixes,
-alone and in pairs.  Server seeds: ``harness.seed_server_inputs()``.
+alone and in pairs.  Server seeds: ``harness.seed_server_inputs()``.  HTTP
+seeds: ``harness_http.seed_http_inputs()``.
 
     python fuzz/make_corpus.py
 """
@@ -17,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from fuzz.harness import SEED_FRAMES, seed_server_inputs  # noqa: E402
+from fuzz.harness_http import seed_http_inputs  # noqa: E402
 
 
 def _write(d: Path, items: list[bytes]) -> int:
@@ -36,7 +39,8 @@ def main() -> None:
         codec.append(bytes([flags | 2, 3]) + SEED_FRAMES[0] + frame + frame)
     n = _write(HERE / "corpus" / "codec", codec)
     m = _write(HERE / "corpus" / "server", seed_server_inputs())
-    print(f"{n} codec seeds, {m} server seeds")
+    k = _write(HERE / "corpus" / "http", seed_http_inputs())
+    print(f"{n} codec seeds, {m} server seeds, {k} http seeds")
 
 
 if __name__ == "__main__":

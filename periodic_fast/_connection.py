@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from ._address import BytesLike, parse_address, resolve_address, to_bytes
+from ._sockowner import socket_path_problem
 from .codec import Packet, Parser, encode_registration, encode_request_into
 from .constants import DEFAULT_MAX_FRAME, ClientType, Command
 from .errors import (
@@ -262,6 +263,8 @@ class Connection:
         outer: asyncio.Protocol = proto
         if self._rsa is not None:
             outer = secure = self._rsa.protocol(proto, self.address)
+        if addr.scheme == "unix" and (problem := socket_path_problem(addr.host)):
+            raise NotConnected(f"refusing {self.address}: {problem}")
         try:
             if addr.scheme == "tcp":
                 await loop.create_connection(lambda: outer, addr.host, addr.port)

@@ -11,6 +11,11 @@ harnesses in ``fuzz/`` (long runs: docs/fuzzing.md):
   transports): scripts of valid, mutated and random frames on several
   connections; no internal error logged, well-formed output only, bystanders
   undisturbed, a fresh client still served;
+* the server's HTTP side (``fuzz/harness_http.py``: ServerProtocol sniffing
+  HTTP, HttpApp, over the same fake transports): raw bytes, half-closes,
+  drops and time on several connections; no internal error, well-formed
+  responses only, every connection closed and released once the timeouts
+  pass, a fresh client still served (health probe, func status);
 * the same over real sockets: garbage connections next to a working one.
 
 Each input found by a long run that broke something is added to
@@ -41,6 +46,7 @@ from fuzz.harness import (  # noqa: E402
     check_server,
     seed_server_inputs,
 )
+from fuzz.harness_http import check_http, seed_http_inputs  # noqa: E402
 from periodic_fast import _codec_py  # noqa: E402
 from periodic_fast._compat import NO_EXTENSIONS  # noqa: E402
 from periodic_fast.codec import Parser, encode_registration, encode_request  # noqa: E402
@@ -308,3 +314,62 @@ def test_harness_detects_a_server_bug(monkeypatch: pytest.MonkeyPatch) -> None:
     # register as client on conn 0, then a valid PING with msgid 7
     with pytest.raises(AssertionError, match="internal error"):
         check_server(bytes([1, 0, 1, 2, 0, 9, 7, 0, 0]))
+
+
+# -- the HTTP side -------------------------------------------------------------------
+
+
+@fast(200)
+@given(data=st.binary(min_size=1, max_size=400))
+def test_http_random_scripts(data: bytes) -> None:
+    check_http(data)
+
+
+@fast(200)
+@given(
+    seed=st.sampled_from(seed_http_inputs()),
+    tail=st.binary(max_size=120),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), max_size=3),
+)
+def test_http_mutated_seed_scripts(
+    seed: bytes, tail: bytes, flips: list[tuple[int, int]]
+) -> None:
+    data = bytearray(seed + tail)
+    for pos, bit in flips:
+        data[pos % len(data)] ^= 1 << bit
+    check_http(bytes(data))
+
+
+def test_http_seed_scripts() -> None:
+    for data in seed_http_inputs():
+        check_http(data)
+
+
+def test_http_harness_detects_a_route_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The HTTP target is not vacuous: a route that raises (a 500 and an
+    ERROR line) makes check_http fail."""
+    from periodic_fast.server.http_app import HttpApp
+
+    orig = HttpApp._route
+
+    def route(self: HttpApp, req: object) -> object:
+        if getattr(req, "path", b"") == b"/boom":
+            raise KeyError("bug")
+        return orig(self, req)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(HttpApp, "_route", route)
+    req = b"GET /boom HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    script = bytes([0, 0, len(req)]) + req
+    with pytest.raises(AssertionError, match="500|internal error"):
+        check_http(script)
+
+
+def test_http_harness_detects_a_connection_left_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """... and a read timeout that never fires leaves a connection open."""
+    from periodic_fast.server.http_conn import HttpConnection
+
+    monkeypatch.setattr(HttpConnection, "_timeout", lambda self: None)
+    with pytest.raises(AssertionError, match="still open"):
+        check_http(bytes([0, 0, 16]) + b"GET / HTTP/1.1\r\n")

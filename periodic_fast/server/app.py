@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .._address import ListenAddress as Address
 from .._address import parse_listen_address as parse_address
+from .._sockowner import socket_path_problem
 from ..auth import AuthFile
 from ..constants import DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 from ..errors import PeriodicError
@@ -113,7 +114,10 @@ def _format_sockname(family: int, name: Any) -> str:
 
 
 def _check_unix_path(path: str) -> None:
-    """Refuse a path a live server answers on; delete a stale socket file."""
+    """Refuse a path a live server answers on, or one another user owns
+    (docs/security.md); delete a stale socket file."""
+    if (problem := socket_path_problem(path, binding=True)) is not None:
+        raise AddressInUse(f"refusing unix://{path}: {problem}")
     try:
         st = os.stat(path)
     except FileNotFoundError:
