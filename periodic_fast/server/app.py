@@ -212,7 +212,9 @@ def _watched_load(store: Store, progress: LoadProgress | None) -> Iterator[None]
 
     def watched() -> StoreSnapshot:
         snap = load()
-        return snap._replace(jobs=progress(snap.jobs))
+        # the scheduler reads ``rows`` when a store offers them: hide them,
+        # so it consumes the watched job stream (only while a bar is shown)
+        return snap._replace(jobs=progress(snap.jobs), rows=None)
 
     try:
         store.load = watched  # type: ignore[method-assign]
