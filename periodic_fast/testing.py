@@ -196,6 +196,7 @@ class ServerProcess:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._close_log()  # no file left open behind a failed start
                 raise RuntimeError(
                     f"server exited with {self.proc.returncode}:\n{self.output()}"
                 )

@@ -1069,8 +1069,11 @@ def test_second_unix_server_refuses(tmp_path: Path) -> None:
 def test_repeated_and_comma_separated_hosts() -> None:
     short = tempfile.mkdtemp(prefix="pf-")
     path = os.path.join(short, "p.sock")
-    second = f"tcp://127.0.0.1:{free_port()}"
-    proc = ServerProcess(args=["-H", f"{second},unix://{path}"])
+    proc = ServerProcess(args=[])
+    second = proc.address
+    while second == proc.address:  # two free ports, never the same one twice
+        second = f"tcp://127.0.0.1:{free_port()}"
+    proc.args = ["-H", f"{second},unix://{path}"]
     try:
         with proc:
             for addr in (proc.address, second, f"unix://{path}"):
