@@ -31,10 +31,12 @@ from typer.exceptions import Abort, TyperException
 from .constants import ADDRESS_ENV, DEFAULT_ADDRESS
 
 if TYPE_CHECKING:
+    from .admin import AdminClient
     from .client import Client
     from .rsa_transport import RSAConfig, RSAHandshakeName, RSAModeName
 
 __all__ = [
+    "with_admin",
     "CONTEXT_SETTINGS",
     "NAME_ENV",
     "RSA_HANDSHAKE_ENV",
@@ -427,3 +429,32 @@ def with_client(
         die(f"{address}: {exc}")
     except ValueError as exc:  # a request the codec or the client refused to send
         die(str(exc))
+
+
+def with_admin(
+    ctx: typer.Context,
+    body: Callable[[AdminClient], Awaitable[_T]],
+    *,
+    timeout: float = 30.0,
+) -> _T:
+    """Run ``body(admin)`` with an :class:`~periodic_fast.admin.AdminClient`
+    on the tool's address and token; any error -> one line, exit 1."""
+    from .admin import AdminClient, AdminError  # noqa: PLC0415  # CLI starts fast
+
+    options = client_options(ctx)
+    try:
+        admin = AdminClient(options.address, token=options.token, timeout=timeout)
+    except ValueError as exc:
+        die(str(exc))
+
+    async def main() -> _T:
+        return await body(admin)
+
+    try:
+        return asyncio.run(main())
+    except AdminError as exc:
+        die(str(exc))
+    except TimeoutError:
+        die(f"{options.address}: no answer in {timeout:g} s")
+    except OSError as exc:
+        die(f"{options.address}: {exc.strerror or exc}")

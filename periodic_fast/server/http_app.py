@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from ..auth import Role
 from ..job import FuncStat, Job
+from .http_api import route_for
 from .http_conn import HttpConnection
 from .http_guard import (
     PROBES,
@@ -274,6 +275,9 @@ class HttpApp:
     def _route(self, req: Request) -> Response | asyncio.Future[Response]:
         method = req.method
         path = req.path
+        handler = route_for(method, path)
+        if handler is not None:  # the job-feature API (http_api)
+            return handler(self, req)
         if method in ("GET", "HEAD"):
             return self._get(req, path)
         if method == "POST":
@@ -378,6 +382,11 @@ class HttpApp:
                 409, f"func {text(func)!r} has workers connected; not dropped"
             )
         return self._durable(SUCCESS)
+
+    def durable(self, ok: Response) -> Response | asyncio.Future[Response]:
+        """``ok`` once the store committed what was just written, else 503
+        (the API routes of http_api answer writes through it)."""
+        return self._durable(ok)
 
     def _durable(self, ok: Response) -> Response | asyncio.Future[Response]:
         """``ok`` once the store committed what was just written, else 503."""

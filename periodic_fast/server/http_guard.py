@@ -84,6 +84,8 @@ def func_of(req: Request, path: bytes) -> bytes | None:
         if path.startswith((b"/ui", b"/api/", b"/metrics")):
             return None
         return path[1:]  # GET /FUNC
+    if path.startswith(b"/api/"):
+        return None  # the job-feature API (retries, dead set, cron, jobs)
     if method == "POST":
         if path not in (b"", b"/"):
             return path[1:]

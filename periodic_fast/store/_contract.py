@@ -38,6 +38,15 @@ Contract (every implementation, present and future):
 * **Missing keys are not errors.**  ``set_state``/``delete_job`` of an unknown
   job, ``delete_func`` of an unknown func do nothing.
 * After :meth:`Store.close` no other method is called; ``close`` is idempotent.
+* **Extras.**  Besides jobs, funcs and config, a store keeps *extras*: opaque
+  byte values keyed by ``(kind, func, name)``, written and deleted with the
+  same ordering and durability rules as jobs (same batch, same barrier).
+  The scheduler keeps its job features there: retry policies (``"policy"``,
+  name ``b""``; func ``b""`` is the server default), attempt counts and last
+  failures (``"attempt"``), the dead set (``"dead"``) and cron schedules
+  (``"cron"``).  ``kind`` is a short ASCII word (at most 16 characters); the
+  store does not interpret values.  :meth:`Store.load` returns them all in
+  :attr:`StoreSnapshot.extras`.
 
 Monitoring: :meth:`Store.metrics` gives the figures of the HTTP ``/metrics``
 and ``/readyz`` pages: ``commits``, ``rows`` (net rows written),
@@ -80,6 +89,8 @@ class StoreSnapshot(NamedTuple):
     #: an int): the scheduler's start-up reads these when given (no ``Job``
     #: per row); consume either ``jobs`` or ``rows``, not both
     rows: Iterable[Iterable[tuple[Any, ...]]] | None = None
+    #: extras by kind: ``kind -> [(func, name, value), ...]`` (None: none)
+    extras: Mapping[str, list[tuple[bytes, bytes, bytes]]] | None = None
 
 
 @runtime_checkable
@@ -137,6 +148,18 @@ class Store(Protocol):
 
     def save_config(self, key: str, value: int) -> None:
         """Persist one config value (a u32)."""
+        ...
+
+    def save_extra(self, kind: str, func: bytes, name: bytes, value: bytes) -> None:
+        """Insert or replace the extra ``(kind, func, name)`` (module doc)."""
+        ...
+
+    def delete_extra(self, kind: str, func: bytes, name: bytes) -> None:
+        """Delete one extra (no-op if it does not exist)."""
+        ...
+
+    def delete_func_extras(self, kind: str, func: bytes) -> None:
+        """Delete every extra of ``kind`` whose func is ``func``."""
         ...
 
     def flush(self) -> None:

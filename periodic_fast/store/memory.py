@@ -31,7 +31,7 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     """Dict-backed :class:`~periodic_fast.store.Store`."""
 
-    __slots__ = ("_closed", "_config", "_funcs", "_jobs", "_states")
+    __slots__ = ("_closed", "_config", "_extras", "_funcs", "_jobs", "_states")
 
     #: writes are "durable" at once: the server need not hold replies
     deferred = False
@@ -50,6 +50,8 @@ class MemoryStore:
         self._states: dict[bytes, dict[bytes, JobState]] = {}
         self._funcs: dict[bytes, None] = {}
         self._config: dict[str, int] = {}
+        # kind -> (func, name) -> value (policies, attempts, dead set, cron)
+        self._extras: dict[str, dict[tuple[bytes, bytes], bytes]] = {}
         self._closed = False
 
     def load(self) -> StoreSnapshot:
@@ -62,7 +64,12 @@ class MemoryStore:
                 jobs += [(r.job, states.get(r.name, pending)) for r in per]
             else:
                 jobs += [(r.job, pending) for r in per]
-        return StoreSnapshot(jobs, list(self._funcs), dict(self._config))
+        extras = {
+            kind: [(f, n, v) for (f, n), v in per.items()]
+            for kind, per in self._extras.items()
+            if per
+        }
+        return StoreSnapshot(jobs, list(self._funcs), dict(self._config), extras=extras)
 
     def name_table(self, func: bytes) -> NameTable:
         """The table of ``func``'s stored records (created empty if missing).
@@ -131,6 +138,26 @@ class MemoryStore:
     def save_config(self, key: str, value: int) -> None:
         """Keep a config value."""
         self._config[key] = value
+
+    def save_extra(self, kind: str, func: bytes, name: bytes, value: bytes) -> None:
+        """Keep one extra."""
+        per = self._extras.get(kind)
+        if per is None:
+            per = self._extras[kind] = {}
+        per[(func, name)] = value
+
+    def delete_extra(self, kind: str, func: bytes, name: bytes) -> None:
+        """Forget one extra."""
+        per = self._extras.get(kind)
+        if per is not None:
+            per.pop((func, name), None)
+
+    def delete_func_extras(self, kind: str, func: bytes) -> None:
+        """Forget every extra of ``kind`` of ``func``."""
+        per = self._extras.get(kind)
+        if per:
+            for key in [k for k in per if k[0] == func]:
+                del per[key]
 
     def flush(self) -> None:
         """Nothing to wait for."""

@@ -1,0 +1,158 @@
+"""The job-feature API from Python: :class:`AdminClient`.
+
+The Periodic wire protocol stays as the reference defines it, so the
+features beyond it (retry policies and the dead set, cron schedules, the
+job browser) are served as JSON over HTTP on the server's own port
+(docs/http.md).  :class:`AdminClient` speaks that API to the address a
+:class:`~periodic_fast.client.Client` uses (TCP or unix socket), with the
+same bearer token when the server has an auth file.  It is asyncio-only and
+never imports the server.
+
+    async with AdminClient("tcp://127.0.0.1:5000") as admin:
+        jobs = await admin.list_jobs("email", state="pending", limit=50)
+
+Each request opens one HTTP/1.1 connection (h11 does the parsing); an
+answer other than 2xx raises :class:`AdminError` with the server's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import h11
+
+from ._address import parse_address, resolve_address
+from .errors import ClientError
+
+__all__ = ["AdminClient", "AdminError"]
+
+_MAX_ANSWER = 64 * 1024 * 1024  # bytes: the largest answer read
+
+
+class AdminError(ClientError):
+    """The server refused an API request (``status`` is the HTTP status)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{message} (HTTP {status})")
+        self.status = status
+        self.message = message
+
+
+class AdminClient:
+    """Async client of the JSON API beyond the wire protocol.
+
+    :param address: the server's address (as for ``Client``; None:
+        ``$PERIODIC_PORT``, else the default unix socket).
+    :param token: bearer token of an auth-file identity (admin role for the
+        ``/api/`` routes), or None.
+    :param timeout: seconds for one request, connection included.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.address = parse_address(resolve_address(address))
+        self.token = token
+        self.timeout = timeout
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    # -- transport -------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
+        """``method path?query`` with ``body`` as JSON; the decoded JSON
+        answer.  Raises :class:`AdminError` for a non-2xx answer,
+        ``OSError``/``TimeoutError`` when the server cannot be reached."""
+        target = quote(path, safe="/-_.~")
+        if query:
+            pairs = {k: v for k, v in query.items() if v is not None}
+            if pairs:
+                target += "?" + urlencode(pairs)
+        payload = b"" if body is None else json.dumps(body).encode()
+        return await asyncio.wait_for(
+            self._exchange(method, target, payload), self.timeout
+        )
+
+    async def _exchange(self, method: str, target: str, payload: bytes) -> Any:
+        addr = self.address
+        if addr.scheme == "unix":
+            reader, writer = await asyncio.open_unix_connection(addr.host)
+            host = "localhost"
+        else:
+            reader, writer = await asyncio.open_connection(addr.host, addr.port)
+            host = f"[{addr.host}]" if ":" in addr.host else addr.host
+            host = f"{host}:{addr.port}"
+        try:
+            conn = h11.Connection(h11.CLIENT)
+            headers = [
+                ("Host", host),
+                ("Content-Length", str(len(payload))),
+                ("Connection", "close"),
+                ("Accept", "application/json"),
+            ]
+            if payload:
+                headers.append(("Content-Type", "application/json"))
+            if self.token:
+                headers.append(("Authorization", f"Bearer {self.token}"))
+            out = conn.send(h11.Request(method=method, target=target, headers=headers))
+            out += conn.send(h11.Data(data=payload)) if payload else b""
+            out += conn.send(h11.EndOfMessage())
+            writer.write(out)
+            await writer.drain()
+            status, data = await _read_answer(conn, reader)
+        finally:
+            writer.close()
+        try:
+            answer = json.loads(data) if data else None
+        except ValueError:
+            answer = None
+        if not 200 <= status < 300:
+            message = answer.get("err") if isinstance(answer, dict) else None
+            raise AdminError(status, str(message or data[:200].decode("latin-1")))
+        return answer
+
+    # -- retry policies and the dead set -----------------------------------------
+
+    # -- cron schedules ------------------------------------------------------------
+
+    # -- the job browser -------------------------------------------------------------
+
+    # -- dashboard series ----------------------------------------------------------
+
+
+async def _read_answer(
+    conn: h11.Connection, reader: asyncio.StreamReader
+) -> tuple[int, bytes]:
+    status = 0
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            chunk = await reader.read(65536)
+            conn.receive_data(chunk)
+            continue
+        if isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > _MAX_ANSWER:
+                raise AdminError(status, "answer too large")
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            return status, bytes(body)
