@@ -71,6 +71,7 @@ from .codec import encode_job, encode_response
 from .constants import RESULT_FAILED, RESULT_REMOVED, STREAM_EOF
 from .job import FuncStat, Job, JobState
 from .rec import JobRec, NameTable
+from .sched_crontab import CronTab
 from .sched_limits import FuncRefused, RefusalLog, bad_func_name
 from .sched_locks import LockTable
 from .sched_model import (
@@ -175,6 +176,7 @@ class SchedulerCore:
         self._n_waiters = 0  # waiter entries, all handles together
         self._idle_scan_at = 0.0  # no idle-func scan before this time
         self._refusals = RefusalLog()
+        self._crons = CronTab(store)  # cron schedules (sched_cron)
         self._late = self._stats.lateness  # bound once: hot paths
         self._runtime = self._stats.runtime
 
@@ -563,6 +565,8 @@ class SchedulerCore:
         rec.state = DEAD
         rec.epoch = -1  # every assignment of it is stale now
         fs.jobs.pop(rec.name)
+        if self._crons:  # a scheduled job gone for good takes its schedule
+            self._crons.forget(fs.name, rec.name)
         self._jobs[rec.id] = None
         self._free.append(rec.id)
         if persist:
@@ -647,6 +651,8 @@ class SchedulerCore:
 
     def _retire(self, fs: Func) -> None:
         """A forgotten func: out of the store; its counters kept in the totals."""
+        if self._crons:
+            self._crons.drop_func(fs.name)
         self._store.delete_func_jobs(fs.name)
         self._store.delete_func(fs.name)
         retired = self._stats.retired

@@ -33,7 +33,7 @@ from .codec import (
 )
 from .constants import DEFAULT_MAX_FRAME, RESULT_FAILED
 from .errors import TrailingBytes, TruncatedPayload
-from .sched_core import SchedulerCore
+from .sched_cron import CronCore
 from .sched_limits import FuncRefused, bad_func_name
 from .sched_model import RUNNING, Conn, Handler
 from .sched_wire import (
@@ -90,7 +90,7 @@ _GRANTED: Final = b"\x01"
 _REFUSED: Final = b"\x00"
 
 
-class CommandHandlers(SchedulerCore):
+class CommandHandlers(CronCore):
     """The request handlers on top of the state machine.
 
     :param on_shutdown: called (with no reply sent) when a client sends
@@ -383,6 +383,8 @@ class CommandHandlers(SchedulerCore):
         rec = self._lookup(key)
         if rec is not None:
             self._funcs[rec.func].n_done += 1
+            if self._crons and self._cron_done(rec):
+                rec = None  # a cron job: kept, due at its next fire
         if self._waiters or self._hlocks:
             self._finish(key, rec, payload[end:])
         elif rec is not None:

@@ -184,6 +184,7 @@ class Scheduler(CommandHandlers):
             # outer block ends.
             with gc_paused(freeze=big):
                 self._rebuild(snap, int(now))
+                self._cron_start(snap.extras)  # cron schedules (sched_cron)
                 del snap, jobs  # not frozen: garbage once the records exist
 
     # -- connection life cycle ------------------------------------------------
@@ -351,6 +352,8 @@ class Scheduler(CommandHandlers):
         elif self._unanchored:
             self._anchor(mono)
         self._mono = mono
+        if self._crons:  # a forward clock jump catches up missed cron runs
+            self._cron_tick()
         t = int(now)
         if t > self._wheel_t:
             self._wheel_t = t  # the wheel's time: it never moves back
