@@ -132,6 +132,47 @@ class AdminClient:
 
     # -- cron schedules ------------------------------------------------------------
 
+    async def add_cron(
+        self,
+        func: str,
+        name: str,
+        cron: str,
+        *,
+        tz: str = "UTC",
+        missed: str = "once",
+        args: str = "",
+        timeout: int = 0,
+    ) -> int:
+        """Create or replace the cron schedule of job ``(func, name)`` (the
+        job is submitted due at the next fire); the next fire, epoch seconds.
+        ``missed`` is "once" or "skip" (docs/cron.md)."""
+        answer = await self.request(
+            "POST",
+            "/api/cron",
+            body={
+                "func": func,
+                "name": name,
+                "cron": cron,
+                "tz": tz,
+                "missed": missed,
+                "args": args,
+                "timeout": timeout,
+            },
+        )
+        return int(answer["next_run"])
+
+    async def cron_schedules(self, func: str | None = None) -> list[dict[str, Any]]:
+        """The cron schedules (of ``func`` only, unless None), each with
+        ``func``, ``name``, ``cron``, ``tz``, ``missed``, ``state``,
+        ``next_run`` (epoch) and ``next_runs`` (ISO-8601 local times)."""
+        answer = await self.request("GET", "/api/cron", query={"func": func})
+        return list(answer["schedules"])
+
+    async def remove_cron(self, func: str, name: str) -> None:
+        """Remove the schedule of ``(func, name)`` and its job
+        (:class:`AdminError` 404 when there is none)."""
+        await self.request("DELETE", "/api/cron", query={"func": func, "name": name})
+
     # -- the job browser -------------------------------------------------------------
 
     # -- dashboard series ----------------------------------------------------------

@@ -35,6 +35,7 @@ from .cli_common import (
     run_app,
     split_addresses,
 )
+from .cli_cron import cron_app
 from .cli_jobs import (
     backup,
     config_get,
@@ -168,6 +169,8 @@ for _command in (
 ):
     app.command(_command.__name__)(_command)
 app.add_typer(config_app, name="config")
+# cron schedules (issue 20): periodic cron list|remove
+app.add_typer(cron_app(CONTEXT_SETTINGS), name="cron")
 
 
 # global options of ``periodic`` that take a value (the next word)

@@ -41,6 +41,7 @@ from .cli_common import (
     usage_error,
     with_client,
 )
+from .cli_cron import MISSED_HELP, submit_cron
 from .constants import CONFIG_DEFAULTS
 
 if TYPE_CHECKING:
@@ -145,11 +146,37 @@ def submit(
             max=MAX_TIMEOUT,
         ),
     ] = 0,
+    cron: Annotated[
+        str | None,
+        typer.Option(
+            "--cron", metavar="EXPR", help="Run at every fire (docs/cron.md)."
+        ),
+    ] = None,
+    tz: Annotated[
+        str, typer.Option("--tz", help="Time zone of --cron (IANA name).")
+    ] = "UTC",
+    missed: Annotated[
+        str,
+        typer.Option(
+            "--missed", metavar="once|skip", help="With --cron: " + MISSED_HELP
+        ),
+    ] = "once",
 ) -> None:
-    """Submit a job: submit F N, or submit -f F -n N."""
+    """Submit a job: submit F N, or submit -f F -n N; --cron makes it recur."""
     f = pick(func_arg, func, "FUNC (-f)", ctx)
     n = pick(name_arg, name, "NAME (-n)", ctx)
     data = read_workload(workload)
+    if cron is not None:  # a schedule: through the JSON API (cli_cron)
+        if later:
+            usage_error(ctx, "--cron sets the run times: no --later/--sched-later")
+        if missed not in ("once", "skip"):
+            usage_error(ctx, f"--missed must be 'once' or 'skip', not {missed!r}")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            usage_error(ctx, "with --cron the workload must be UTF-8 text")
+        submit_cron(ctx, f, n, cron, tz=tz, missed=missed, args=text, timeout=timeout)
+        return
     sched_at = int(time.time()) + later if later else 0
     ok = with_client(ctx, lambda c: c.submit_job(f, n, data, sched_at, 0, timeout))
     if not ok:

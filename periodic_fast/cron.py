@@ -34,6 +34,7 @@ __all__ = [
     "MAX_EXPR",
     "MAX_TZ",
     "CronError",
+    "CronRefused",
     "check",
     "check_tz",
     "iso",
@@ -67,6 +68,10 @@ _CHARS: Final = re.compile(r"[0-9A-Za-z*/,\-#@ ]*")
 
 class CronError(ValueError):
     """A bad cron expression or time zone, or one that never fires."""
+
+
+class CronRefused(Exception):
+    """A schedule the server's limits refuse (the HTTP API answers 409)."""
 
 
 def normalize(expr: str) -> str:

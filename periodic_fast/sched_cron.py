@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
-from .cron import CronError, check, next_fire
+from .cron import CronError, CronRefused, check, next_fire
 from .job import Job
 from .rec import JobRec
 from .sched_core import SchedulerCore
@@ -44,10 +44,6 @@ _STATES: Final[dict[int, str]] = {
     RUNNING: "running",
     LOCKED: "locked",
 }
-
-
-class CronRefused(Exception):
-    """A schedule the server's limits refuse (the HTTP API answers 409)."""
 
 
 class CronCore(SchedulerCore):

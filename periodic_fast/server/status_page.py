@@ -123,6 +123,7 @@ def overview(
             "funcs": len(details),
             "http_connections": http_connections,
             "no_worker_funcs": sum(1 for f in funcs if f["no_worker"]),
+            "cron": sched.cron_count,  # cron schedules (sched_cron)
         },
         "per_minute": {k: round(v, 2) for k, v in rates.items()},
         "counters": sched.counters(),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:  # pragma: no cover
     from ..auth import AuthRules
     from ..job import FuncStat, Job
+    from ..sched_crontab import CronInfo
     from ..scheduler import ConnInfo, FuncDetail, LockInfo, SchedulerStats
     from ..store import Store
 
@@ -130,6 +131,39 @@ class SchedulerView(SchedulerLike, Protocol):
     def drop_func(
         self, func: bytes, now: float, mono: float | None = None
     ) -> Literal["dropped", "busy", "unknown"]: ...
+
+    # cron schedules (sched_cron) -------------------------------------------
+
+    def add_cron(
+        self,
+        func: bytes,
+        name: bytes,
+        cron: str,
+        tz: str,
+        missed: str,
+        args: bytes,
+        timeout: int,
+        now: float,
+        mono: float | None = None,
+    ) -> int:
+        """Create or replace a schedule and submit its job; the next fire.
+        ValueError for bad input, ``CronRefused`` beyond the limits."""
+        ...
+
+    def remove_cron(
+        self, func: bytes, name: bytes, now: float, mono: float | None = None
+    ) -> bool:
+        """Remove a schedule and its job; False when there is none."""
+        ...
+
+    def cron_schedules(self, func: bytes | None, now: float) -> list[CronInfo]:
+        """The schedules (of ``func`` only, unless None), by func and name."""
+        ...
+
+    @property
+    def cron_count(self) -> int:
+        """How many cron schedules exist."""
+        ...
 
 
 class PeerView(Protocol):
