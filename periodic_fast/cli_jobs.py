@@ -162,7 +162,9 @@ def submit(
         ),
     ] = "once",
 ) -> None:
-    """Submit a job: submit F N, or submit -f F -n N; --cron makes it recur."""
+    """Submit a job: submit F N, or submit -f F -n N.
+
+    With --cron the job recurs: the server re-runs it at every fire."""
     f = pick(func_arg, func, "FUNC (-f)", ctx)
     n = pick(name_arg, name, "NAME (-n)", ctx)
     data = read_workload(workload)
