@@ -994,3 +994,33 @@ def test_scheduler_submit_respects_max_jobs() -> None:
     assert s.submit(Job(b"f", b"a"), 1000.0)
     assert not s.submit(Job(b"f", b"b"), 1000.0)
     assert s.submit(Job(b"f", b"a", b"update"), 1000.0)  # an update is fine
+
+
+def test_unknown_api_write_is_404_not_a_submit() -> None:
+    """A mistyped API write answers 404 and submits nothing (not the classic
+    ``POST /FUNC`` of a func named "api/...")."""
+    import asyncio as _asyncio
+
+    from periodic_fast.server import Server
+
+    async def main() -> None:
+        server = Server(["tcp://127.0.0.1:0"], store=":memory:")
+        await server.start()
+        try:
+            port = int(server.addresses[0].rsplit(":", 1)[1])
+            reader, writer = await _asyncio.open_connection("127.0.0.1", port)
+            body = b"name=x"
+            writer.write(
+                b"POST /api/no-such-route HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            answer = await reader.read()
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 404"), answer[:80]
+            assert b"no API route" in answer
+            assert server.scheduler.job(b"api/no-such-route", b"x") is None
+        finally:
+            await server.stop()
+
+    _asyncio.run(main())

@@ -278,6 +278,14 @@ class HttpApp:
         handler = route_for(method, path)
         if handler is not None:  # the job-feature API (http_api)
             return handler(self, req)
+        if (
+            method in ("POST", "DELETE")
+            and path.startswith(b"/api/")
+            and path != b"/api/backup"
+        ):
+            # never the classic "POST /FUNC" of a func named "api/...": a
+            # mistyped API write must not submit a job
+            return error_response(404, f"no API route {method} {text(path)}")
         if method in ("GET", "HEAD"):
             return self._get(req, path)
         if method == "POST":
