@@ -58,7 +58,7 @@ EXAMINE: Final = 10_000
 #: a func with at most this many jobs is indexed at once (a few ms)
 SYNC_BUILD: Final = 8192
 #: ids scanned per tick while an index builds (a few ms)
-BUILD_SLICE: Final = 8192
+BUILD_SLICE: Final = 4096
 
 _STATE_NAMES: Final[dict[int, str]] = {
     PENDING: "pending",
