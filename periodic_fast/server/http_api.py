@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from . import http_cron as _cron
+from . import http_jobs as _http_jobs
 from .http_wire import HttpError, Request, Response
 from .views import SchedulerView
 
@@ -70,6 +71,7 @@ def _merge(*tables: RouteTable) -> dict[tuple[str, bytes], Handler]:
 #: every feature route: (method, path) -> handler
 ROUTES: dict[tuple[str, bytes], Handler] = _merge(
     _cron.ROUTES,  # cron schedules
+    _http_jobs.ROUTES,  # the job browser
 )
 
 
