@@ -221,6 +221,13 @@ class CronCore(SchedulerCore):
             )
         return out
 
+    def job_cron(self, func: bytes, name: bytes) -> dict[str, str] | None:
+        """The schedule of one job for its details (the job browser), or None."""
+        entry = self._crons.get((func, name)) if self._crons else None
+        if entry is None:
+            return None
+        return {"cron": entry.cron, "tz": entry.tz, "missed": entry.missed}
+
     @property
     def cron_count(self) -> int:
         """How many cron schedules exist."""
