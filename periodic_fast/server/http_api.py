@@ -55,6 +55,9 @@ def json_body(req: Request) -> dict[str, Any]:
 
 RouteTable = Mapping[tuple[str, bytes], Handler]
 
+# the feature modules import this one's names: imported once they exist
+from .http_retry import ROUTES as _retry_routes  # noqa: E402
+
 
 def _merge(*tables: RouteTable) -> dict[tuple[str, bytes], Handler]:
     routes: dict[tuple[str, bytes], Handler] = {}
@@ -67,7 +70,9 @@ def _merge(*tables: RouteTable) -> dict[tuple[str, bytes], Handler]:
 
 
 #: every feature route: (method, path) -> handler
-ROUTES: dict[tuple[str, bytes], Handler] = _merge()
+ROUTES: dict[tuple[str, bytes], Handler] = _merge(
+    _retry_routes,  # retry policies and the dead set
+)
 
 
 def route_for(method: str, path: bytes) -> Handler | None:
