@@ -50,6 +50,7 @@ from .cli_jobs import (
     submit,
 )
 from .cli_keygen import keygen
+from .cli_retry import dead_app, retry_app
 from .cli_server import periodicd
 from .cli_worker import periodic_run, periodic_run_pipe, run
 
@@ -168,6 +169,9 @@ for _command in (
 ):
     app.command(_command.__name__)(_command)
 app.add_typer(config_app, name="config")
+# issue 20, retry policies and the dead set: periodic retry ..., periodic dead ...
+app.add_typer(retry_app, name="retry")
+app.add_typer(dead_app, name="dead")
 
 
 # global options of ``periodic`` that take a value (the next word)
