@@ -128,7 +128,7 @@ def retry_set(
 
     Options not given keep their current value, or the preset's."""
     if reference and default:
-        usage_error("--reference and --default exclude each other")
+        usage_error(ctx, "--reference and --default exclude each other")
     fields = {
         k: v
         for k, v in zip(
@@ -138,7 +138,7 @@ def retry_set(
     }
     preset = "reference" if reference else "default" if default else None
     if not fields and preset is None:
-        usage_error("nothing to set: give an option, --reference or --default")
+        usage_error(ctx, "nothing to set: give an option, --reference or --default")
 
     async def body(admin: AdminClient) -> dict[str, Any]:
         return await admin.set_retry_policy(func, preset=preset, **fields)
@@ -199,11 +199,11 @@ def dead_list(
     typer.echo(tail)
 
 
-def _target(func: str | None, name: str | None, every: bool) -> None:
+def _target(ctx: typer.Context, name: str | None, every: bool) -> None:
     if name is not None and every:
-        usage_error("give NAME or --all, not both")
+        usage_error(ctx, "give NAME or --all, not both")
     if name is None and not every:
-        usage_error("give FUNC NAME, FUNC --all or --all")
+        usage_error(ctx, "give FUNC NAME, FUNC --all or --all")
 
 
 _DeadFunc = Annotated[str | None, typer.Argument(metavar="FUNC", help="Func.")]
@@ -234,7 +234,7 @@ def dead_retry(
     every: _AllOpt = False,
 ) -> None:
     """Dead jobs back to pending, due now, their failures forgotten."""
-    _target(func, name, every)
+    _target(ctx, name, every)
     typer.echo(f"{_act(ctx, True, func, name)} job(s) retried")
 
 
@@ -246,5 +246,5 @@ def dead_delete(
     every: _AllOpt = False,
 ) -> None:
     """Delete dead jobs."""
-    _target(func, name, every)
+    _target(ctx, name, every)
     typer.echo(f"{_act(ctx, False, func, name)} job(s) deleted")
