@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
 __all__ = [
+    "DEFAULT_MAX_DEAD",
     "DEFAULT_POLICY",
     "MAX_ATTEMPTS_LIMIT",
     "MAX_DELAY",
@@ -33,6 +34,8 @@ __all__ = [
     "parse_policy_string",
 ]
 
+#: dead jobs a server keeps at most by default (the oldest is evicted beyond)
+DEFAULT_MAX_DEAD: Final = 100_000
 #: the largest ``max_attempts`` accepted
 MAX_ATTEMPTS_LIMIT: Final = 1_000_000
 #: the largest ``backoff`` or ``cap`` accepted: one year in seconds

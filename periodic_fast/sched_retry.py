@@ -36,7 +36,7 @@ import orjson
 from .constants import RESULT_FAILED
 from .job import Job
 from .rec import JobRec
-from .retry import DEFAULT_POLICY, RetryPolicy
+from .retry import DEFAULT_MAX_DEAD, DEFAULT_POLICY, RetryPolicy
 from .sched_handlers import CommandHandlers
 from .sched_limits import FuncRefused, bad_func_name
 from .sched_model import Conn
@@ -54,8 +54,6 @@ __all__ = [
 
 log = logging.getLogger("periodic_fast.scheduler")
 
-#: dead jobs kept at most by default (the oldest is evicted beyond)
-DEFAULT_MAX_DEAD: Final = 100_000
 #: dead jobs retried or deleted by one bulk call at most
 BULK_SLICE: Final = 5_000
 #: per-func policies kept at most
