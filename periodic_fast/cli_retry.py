@@ -149,8 +149,9 @@ def retry_set(
 
 @retry_app.command("reset")
 def retry_reset(ctx: typer.Context, func: _FuncArg = None) -> None:
-    """FUNC follows the default again (no FUNC: the default goes back to
-    the server's start-up one)."""
+    """Put FUNC back on the default policy (no FUNC: reset the default).
+
+    The default goes back to the server's start-up one."""
 
     async def body(admin: AdminClient) -> None:
         await admin.reset_retry_policy(func)
@@ -179,7 +180,7 @@ def dead_list(
     ] = None,
     as_json: _JsonOpt = False,
 ) -> None:
-    """List dead jobs (one page; the next page's cursor is printed last)."""
+    """List dead jobs, one page (the next page's cursor is printed last)."""
 
     async def body(admin: AdminClient) -> dict[str, Any]:
         return await admin.dead_jobs(func, prefix=prefix, cursor=cursor, limit=limit)
