@@ -73,7 +73,11 @@ NoNameOpt = Annotated[
 RetrySecsOpt = Annotated[
     int,
     typer.Option(
-        "--retry-secs", help="Exec worker: on failure, run again in S s.", min=0
+        "--retry-secs",
+        help="Deprecated, no effect: a failure is WORK_FAIL and the server's "
+        "retry policy sets the delay (periodic retry set FUNC --backoff S "
+        "--factor 1).",
+        min=0,
     ),
 ]
 SkipFailOpt = Annotated[
@@ -226,6 +230,13 @@ def _exec_worker(
         die(str(exc))
     name, token = client.identity()
     p = ctx.params
+    if p["retry_secs"]:  # issue 20: failures are counted by the server now
+        typer.echo(
+            "Warning: --retry-secs no longer delays failed jobs: they are "
+            "reported as WORK_FAIL and the server's retry policy decides; "
+            f"e.g. periodic retry set FUNC --backoff {p['retry_secs']} --factor 1",
+            err=True,
+        )
     options = WorkerOptions(
         threads=p["thread"],
         timeout=p["timeout"],

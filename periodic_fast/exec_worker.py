@@ -13,9 +13,10 @@
    =============================================  ============================
    condition                                      sent to the server
    =============================================  ============================
-   could not start, killed, or exit status != 0   WORK_FAIL (``retry_secs`` >
-                                                  0: SCHED_LATER; ``skip_fail``:
-                                                  WORK_DONE)
+   could not start, killed, or exit status != 0   WORK_FAIL (``skip_fail``:
+                                                  WORK_DONE); the server's retry
+                                                  policy decides when it runs
+                                                  again (docs/retries.md)
    last non-empty stdout line ``FAIL``            WORK_FAIL (same options)
    last line ``SCHED_LATER N`` / ``SCHEDLATER N``  SCHED_LATER N (N > 0; else done)
    last line ``DONE``, or anything else           WORK_DONE
@@ -96,9 +97,11 @@ class WorkerOptions:
     :param no_name: exec: do not append the job name to the command; pipe:
         send the workload instead of the name.
     :param broadcast: register the func as a broadcast func.
-    :param retry_secs: > 0: a failure is SCHED_LATER that many seconds.
-    :param skip_fail: a failure is WORK_DONE with an empty result (wins over
-        ``retry_secs``).
+    :param retry_secs: kept for compatibility, no effect: a failure is
+        WORK_FAIL, so the server counts it and its retry policy decides the
+        delay (``periodic retry set FUNC --backoff S --factor 1``); it was
+        SCHED_LATER, which the server could not count as a failure.
+    :param skip_fail: a failure is WORK_DONE with an empty result.
     :param lock_name: run every job holding this lock (``lock_count`` slots).
     :param lock_count: how many jobs may hold ``lock_name`` at once.
     :param mem_limit: bytes of RSS of a command's (pipe: runner's) process
@@ -123,11 +126,9 @@ class WorkerOptions:
 
     def failed(self) -> _Outcome:
         """What a failed job sends: WORK_DONE with ``skip_fail``, else
-        SCHED_LATER ``retry_secs`` when > 0, else WORK_FAIL."""
+        WORK_FAIL (the server's retry policy decides what follows)."""
         if self.skip_fail:
             return Done(b"")
-        if self.retry_secs > 0:
-            return SchedLater(self.retry_secs)
         return Fail()
 
 

@@ -22,8 +22,8 @@ costs a line on a pipe instead of a process start.  Runner line protocol:
 
    Lines that do not start with the current msgid and a space are copied to
    the worker's stdout (runner logs).
-4. A failure is WORK_FAIL, or SCHED_LATER ``retry_secs`` (> 0), or WORK_DONE
-   with ``skip_fail``.
+4. A failure is WORK_FAIL (the server's retry policy decides when it runs
+   again), or WORK_DONE with ``skip_fail``.
 5. One job per runner at a time; idle runners are taken in turn.  A runner
    that exits, closes stdout, or is killed (job ``timeout``, ``mem_limit``
    per runner) fails its in-flight job and is started again 1 s later.

@@ -191,6 +191,10 @@ def test_retry_secs_and_timeout(addr: str, tmp_path: Path, runner: list[str]) ->
     )  # fmt: skip
     try:
         wait_for(lambda: workers(addr, "rt") == 1)
+        assert "--retry-secs no longer delays" in w.err()
+        # issue 20: WORKFAIL is sent; the server's retry policy sets the delay
+        policy = ("--backoff", "300", "--factor", "1", "--jitter", "0")
+        assert periodic("retry", "set", "rt", *policy, address=addr).returncode == 0
         t0 = time.time()
         assert periodic("submit", "rt", "fail1", address=addr).returncode == 0
 
@@ -200,7 +204,7 @@ def test_retry_secs_and_timeout(addr: str, tmp_path: Path, runner: list[str]) ->
                 st["jobs"] == 1 and st["processing"] == 0 and st["sched_at"] > t0 + 60
             )
 
-        wait_for(rescheduled)  # WORKFAIL + --retry-secs: SCHED_LATER 300
+        wait_for(rescheduled)  # WORKFAIL, retried 300 s later by the policy
         # --timeout: the job fails (a RUN_JOB caller gets "failed" for a
         # SCHED_LATER too) and its runner is killed and started again
         r = periodic("run", "rt", "slow1", address=addr)

@@ -57,6 +57,9 @@ def json_body(req: Request) -> dict[str, Any]:
 
 RouteTable = Mapping[tuple[str, bytes], Handler]
 
+# the feature modules import this one's names: imported once they exist
+from .http_retry import ROUTES as _retry_routes  # noqa: E402
+
 
 def _merge(*tables: RouteTable) -> dict[tuple[str, bytes], Handler]:
     routes: dict[tuple[str, bytes], Handler] = {}
@@ -72,6 +75,7 @@ def _merge(*tables: RouteTable) -> dict[tuple[str, bytes], Handler]:
 ROUTES: dict[tuple[str, bytes], Handler] = _merge(
     _cron.ROUTES,  # cron schedules
     _http_jobs.ROUTES,  # the job browser
+    _retry_routes,  # retry policies and the dead set
 )
 
 
