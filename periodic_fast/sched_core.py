@@ -65,7 +65,7 @@ from collections.abc import Callable, Iterable
 from heapq import heappop, heappush
 from itertools import chain
 from itertools import count as _counter
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from .codec import encode_job, encode_response
 from .constants import RESULT_FAILED, RESULT_REMOVED, STREAM_EOF
@@ -89,13 +89,13 @@ from .sched_model import (
 )
 from .sched_reap import Reaper
 from .sched_stats import SchedulerStats
+from .sched_waiters import WaiterTable
 from .sched_wire import DATA, JOB_ASSIGN, show, show_key
 from .store import RecordStore, Store, StoreSnapshot
 from .wheel import TimerWheel
 
 __all__ = ["SchedulerCore"]
 
-_WAITER_DEFAULT: Final = 60  # result-waiter expiry when the job timeout is 0
 
 # NamedTuple's generated __new__ costs ~400 ns; tuple.__new__ ~120 ns.
 _new = tuple.__new__
@@ -105,7 +105,7 @@ def _due_order(rec: JobRec) -> tuple[int, bytes]:
     return rec.sched_at, rec.name
 
 
-class SchedulerCore:
+class SchedulerCore(WaiterTable):
     """Job states, funcs, grab slots, dispatch, waiters and locks; no I/O.
 
     :param store: persistence driver (already loaded by the caller, who
@@ -843,57 +843,3 @@ class SchedulerCore:
         kind = "worker" if conn.worker else "client"
         lost = f", {len(running)} running job(s) back to pending" if running else ""
         stats.event(self._now, "disconnect", f"{kind} {conn.id} went away{lost}")
-
-    # -- waiters --------------------------------------------------------------
-
-    def _add_waiter(
-        self, key: bytes, conn: Conn, msgid: int, timeout: int, result: bool
-    ) -> bool:
-        """Add a RUN_JOB (``result``) or RECV_DATA waiter; False (nothing
-        added) when ``max_waiters`` or ``max_waiters_per_conn`` is reached."""
-        limit = self._max_conn_waiters
-        if limit and conn.n_waits >= limit:
-            return False
-        limit = self._max_waiters
-        if limit and self._n_waiters >= limit:
-            return False
-        w = self._waiters.get(key)
-        if w is None:
-            w = self._waiters[key] = Waiters()
-        (w.results if result else w.streams).append((conn, msgid))
-        self._n_waiters += 1
-        waits = conn.waits
-        waits[key] = waits.get(key, 0) + 1
-        conn.n_waits += 1
-        # every new waiter overwrites the expiry (protocol.md 4.7)
-        w.expiry = self._mono + (timeout if timeout > 0 else _WAITER_DEFAULT)
-        return True
-
-    def _pop_waiters(self, key: bytes) -> Waiters | None:
-        """The waiters of ``key``, forgotten (the job ended)."""
-        w = self._waiters.pop(key, None)
-        if w is not None:
-            for entries in (w.results, w.streams):
-                self._n_waiters -= len(entries)
-                for c, _ in entries:
-                    n = c.waits.pop(key, 0)
-                    c.n_waits -= n
-        return w
-
-    def _drop_waiters(self, conn: Conn) -> None:
-        """The connection is gone: its waiters go with it (protocol.md 4.8
-        allows it), so a closed client holds nothing."""
-        waiters = self._waiters
-        for key, n in conn.waits.items():
-            w = waiters.get(key)
-            if w is None:  # pragma: no cover - popped entries leave conn.waits
-                continue
-            w.results = [e for e in w.results if e[0] is not conn]
-            w.streams = [e for e in w.streams if e[0] is not conn]
-            self._n_waiters -= n
-            if not w.results and not w.streams:
-                del waiters[key]
-        conn.waits.clear()
-        conn.n_waits = 0
-        if not waiters:  # a dict keeps its peak size: let it go
-            self._waiters = {}
