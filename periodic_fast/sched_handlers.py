@@ -383,6 +383,7 @@ class CommandHandlers(SchedulerCore):
         rec = self._lookup(key)
         if rec is not None:
             self._funcs[rec.func].n_done += 1
+            self._series.done(rec.func, self._now)
         if self._waiters or self._hlocks:
             self._finish(key, rec, payload[end:])
         elif rec is not None:
@@ -399,6 +400,7 @@ class CommandHandlers(SchedulerCore):
         rec = self._lookup(key)
         if rec is not None:
             self._funcs[rec.func].n_fail += 1
+            self._series.failed(rec.func, self._now)
             self._stats.event(
                 self._now, "fail", f"{show_key(key)} failed (connection {conn.id})"
             )

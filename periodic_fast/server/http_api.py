@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from .http_series import ROUTES as SERIES_ROUTES
 from .http_wire import HttpError, Request, Response
 from .views import SchedulerView
 
@@ -67,7 +68,9 @@ def _merge(*tables: RouteTable) -> dict[tuple[str, bytes], Handler]:
 
 
 #: every feature route: (method, path) -> handler
-ROUTES: dict[tuple[str, bytes], Handler] = _merge()
+ROUTES: dict[tuple[str, bytes], Handler] = _merge(
+    SERIES_ROUTES,  # the dashboard's series (server/http_series)
+)
 
 
 def route_for(method: str, path: bytes) -> Handler | None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:  # pragma: no cover
     from ..auth import AuthRules
     from ..job import FuncStat, Job
+    from ..sched_series import SeriesSnapshot
     from ..scheduler import ConnInfo, FuncDetail, LockInfo, SchedulerStats
     from ..store import Store
 
@@ -120,6 +121,12 @@ class SchedulerView(SchedulerLike, Protocol):
     def connections(self) -> list[ConnInfo]: ...
 
     def locks(self) -> list[LockInfo]: ...
+
+    def series(
+        self, now: float, *, limit: int = 50, func: bytes | None = None
+    ) -> SeriesSnapshot:
+        """The dashboard's per-func minutes of the last hour."""
+        ...
 
     def submit(self, job: Job, now: float, mono: float | None = None) -> bool: ...
 
