@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from .http_series import ROUTES as SERIES_ROUTES
 from .http_wire import HttpError, Request, Response
+from .status_page import ROUTES as PAGE_ROUTES
 from .views import SchedulerView
 
 __all__ = ["ROUTES", "ApiContext", "Handler", "json_body", "route_for"]
@@ -70,6 +71,7 @@ def _merge(*tables: RouteTable) -> dict[tuple[str, bytes], Handler]:
 #: every feature route: (method, path) -> handler
 ROUTES: dict[tuple[str, bytes], Handler] = _merge(
     SERIES_ROUTES,  # the dashboard's series (server/http_series)
+    PAGE_ROUTES,  # the dashboard's script and style (server/status_page)
 )
 
 
