@@ -134,6 +134,58 @@ class AdminClient:
 
     # -- the job browser -------------------------------------------------------------
 
+    async def list_jobs(
+        self,
+        func: str,
+        *,
+        state: str = "all",
+        prefix: str | None = None,
+        due_from: int | None = None,
+        due_to: int | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """A page of ``func``'s jobs by name: ``{"jobs": [...], "next":
+        cursor or None}`` (pass ``next`` back as ``cursor``).  ``state``:
+        pending, running, locked, dead or all; ``due_from``/``due_to``:
+        epoch seconds, inclusive."""
+        query = {
+            "func": func,
+            "state": state,
+            "prefix": prefix,
+            "due_from": due_from,
+            "due_to": due_to,
+            "cursor": cursor,
+            "limit": limit,
+        }
+        answer: dict[str, Any] = await self.request("GET", "/api/jobs", query=query)
+        return answer
+
+    async def job(self, func: str, name: str) -> dict[str, Any]:
+        """One job in full (raises :class:`AdminError` 404 if unknown)."""
+        answer: dict[str, Any] = await self.request(
+            "GET", "/api/job", query={"func": func, "name": name}
+        )
+        return answer
+
+    async def run_now(self, func: str, name: str) -> None:
+        """Make a pending job due now (409 while it runs)."""
+        await self.request(
+            "POST", "/api/job/run-now", body={"func": func, "name": name}
+        )
+
+    async def reschedule(self, func: str, name: str, sched_at: int) -> None:
+        """Move a pending job to ``sched_at`` (epoch seconds)."""
+        await self.request(
+            "POST",
+            "/api/job/reschedule",
+            body={"func": func, "name": name, "sched_at": int(sched_at)},
+        )
+
+    async def delete_job(self, func: str, name: str) -> None:
+        """Delete a job as REMOVE_JOB does (its waiters get "removed")."""
+        await self.request("POST", "/api/job/delete", body={"func": func, "name": name})
+
     # -- dashboard series ----------------------------------------------------------
 
     async def series(

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .cli_browse import jobs_app
 from .cli_common import (
     CONTEXT_SETTINGS,
     ClientHostsOpt,
@@ -168,6 +169,8 @@ for _command in (
 ):
     app.command(_command.__name__)(_command)
 app.add_typer(config_app, name="config")
+# the job browser (issue 20): periodic jobs list/show/run-now/reschedule/delete
+app.add_typer(jobs_app, name="jobs")
 
 
 # global options of ``periodic`` that take a value (the next word)

@@ -380,6 +380,8 @@ class SchedulerCore:
                 rec = JobRec(jid, fs.name, name, workload, sched_at, count, timeout)
                 self._jobs.append(rec)
             fs.jobs.add(rec)
+            if fs.index is not None:  # the job browser's names (sched_index)
+                fs.index.add(rec)
             fs.n_submit += 1
             self._save_job(rec if self._keeps_recs else rec.job, PENDING)
             if sched_at > t:
@@ -565,6 +567,8 @@ class SchedulerCore:
         rec.state = DEAD
         rec.epoch = -1  # every assignment of it is stale now
         fs.jobs.pop(rec.name)
+        if fs.index is not None:
+            fs.index.discard(rec)
         self._jobs[rec.id] = None
         self._free.append(rec.id)
         if persist:
@@ -623,6 +627,7 @@ class SchedulerCore:
         self._retire(fs)
         self._reaper.detach(fs.jobs.values())  # type: ignore[arg-type]
         fs.jobs = NameTable()  # the list holds the records now
+        fs.index = None
         fs.ready = deque()
         self._stats.event(self._now, "drop", f"func {show(func)} dropped")
         return "dropped"

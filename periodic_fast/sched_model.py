@@ -17,6 +17,7 @@ from .job import JobState
 if TYPE_CHECKING:
     from .auth import Identity
     from .rec import JobRec, NameTable
+    from .sched_index import NameIndex
 
 __all__ = [
     "DEAD",
@@ -51,6 +52,7 @@ class Func:
     __slots__ = (
         "avail",
         "broadcast",
+        "index",
         "jobs",
         "n_done",
         "n_fail",
@@ -82,6 +84,9 @@ class Func:
         self.jobs = jobs
         self.n_running = 0
         self.n_locked = 0
+        # the job browser's ordered names, built on the first listing
+        # (sched_index); None: the hot paths skip it
+        self.index: NameIndex | None = None
 
 
 class Assign:

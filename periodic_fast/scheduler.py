@@ -37,7 +37,9 @@ from .constants import CONFIG_DEFAULTS, RESULT_EXPIRED, ClientType
 from .job import Job
 from .rec import JobRec as _JobRec  # noqa: F401 - tests check the twin switch
 from .rec import NameTable as _NameTable  # noqa: F401
+from .sched_browse import JobBrowser, JobDetail, JobPage
 from .sched_handlers import CommandHandlers
+from .sched_index import INDEX_IDLE
 from .sched_limits import (
     DEFAULT_MAX_FUNCS,
     DEFAULT_MAX_WAITERS,
@@ -172,6 +174,7 @@ class Scheduler(CommandHandlers):
             # built without ``mono`` (a custom server factory): the first
             # call that brings one moves the deadlines onto that clock
             self._unanchored = mono is None
+            self._browser = JobBrowser(self)  # the job browser (sched_browse)
             m = self._mono  # the sweeps run on the monotonic clock
             self._next_fast = m + _SWEEP_FAST
             self._next_locked = m + _SWEEP_LOCKED
@@ -363,6 +366,8 @@ class Scheduler(CommandHandlers):
             self._due_behind(t)
         if self._reaper.left:  # a dropped func's records: one slice per tick
             self._reaper.reap()
+        if self._browser.building:  # a browsed func's index: one slice per tick
+            self._browser.step()
 
         awaiting = self._awaiting
         while awaiting and awaiting[0].deadline <= mono:
@@ -424,8 +429,8 @@ class Scheduler(CommandHandlers):
 
         Never None in practice: the periodic sweeps are always scheduled.
         """
-        if self._reaper.left:
-            return self._mono  # at once: the next slice of a dropped func
+        if self._reaper.left or self._browser.building:
+            return self._mono  # at once: the next slice of a drop or an index
         best = min(self._next_fast, self._next_locked, self._next_slow)
         nd = self._wheel.next_due()
         behind = self._behind
@@ -476,6 +481,7 @@ class Scheduler(CommandHandlers):
         """Every 100 s: purge old lock entries; re-queue running jobs that no
         connection holds any more (a safety net; should not happen)."""
         self._lock_table.purge(self._mono - self._lock_timeout)
+        self._browser.expire(self._mono, INDEX_IDLE)  # unused browse indexes
         for fs in list(self._funcs.values()):
             if fs.n_running:
                 orphans = [r for r in fs.jobs if r.state == RUNNING and r.run <= 0]
@@ -666,3 +672,55 @@ class Scheduler(CommandHandlers):
         self._now = now
         self._mono = now if mono is None else mono
         return self._drop_func(func)
+
+    # -- the job browser (sched_browse; docs/jobs.md) --------------------------
+
+    def list_jobs(
+        self,
+        func: bytes,
+        state: str,
+        *,
+        prefix: bytes = b"",
+        due_from: int | None = None,
+        due_to: int | None = None,
+        after: bytes | None = None,
+        limit: int = 50,
+        mono: float | None = None,
+    ) -> JobPage | None:
+        """A page of ``func``'s jobs by name (:meth:`JobBrowser.list_jobs
+        <periodic_fast.sched_browse.JobBrowser.list_jobs>`); None while the
+        func's index builds (:meth:`when_indexed`)."""
+        return self._browser.list_jobs(
+            func,
+            state,
+            prefix=prefix,
+            due_from=due_from,
+            due_to=due_to,
+            after=after,
+            limit=limit,
+            mono=self._mono if mono is None else mono,
+        )
+
+    def when_indexed(self, func: bytes, callback: Callable[[], None]) -> bool:
+        """``callback()`` from a later tick once ``func``'s index is built;
+        False (nothing kept) when no build of it runs."""
+        return self._browser.when_indexed(func, callback)
+
+    def job_detail(self, func: bytes, name: bytes) -> JobDetail | None:
+        """The job ``(func, name)`` in full, or None."""
+        return self._browser.detail(func, name)
+
+    def reschedule(
+        self,
+        func: bytes,
+        name: bytes,
+        sched_at: int | None,
+        now: float,
+        mono: float | None = None,
+    ) -> Literal["ok", "unknown", "running"]:
+        """A pending or locked job becomes due at ``sched_at`` (None: now,
+        dispatched at once if a worker is free); a running one is left alone.
+        The caller waits for ``store.on_durable`` before it reports success."""
+        self._now = now
+        self._mono = now if mono is None else mono
+        return self._browser.reschedule(func, name, sched_at)

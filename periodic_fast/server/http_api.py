@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from . import http_jobs as _http_jobs
 from .http_series import ROUTES as SERIES_ROUTES
 from .http_wire import HttpError, Request, Response
 from .status_page import ROUTES as PAGE_ROUTES
@@ -72,6 +73,7 @@ def _merge(*tables: RouteTable) -> dict[tuple[str, bytes], Handler]:
 ROUTES: dict[tuple[str, bytes], Handler] = _merge(
     SERIES_ROUTES,  # the dashboard's series (server/http_series)
     PAGE_ROUTES,  # the dashboard's script and style (server/status_page)
+    _http_jobs.ROUTES,  # the job browser
 )
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:  # pragma: no cover
     from ..auth import AuthRules
     from ..job import FuncStat, Job
+    from ..sched_browse import JobDetail, JobPage
     from ..sched_series import SeriesSnapshot
     from ..scheduler import ConnInfo, FuncDetail, LockInfo, SchedulerStats
     from ..store import Store
@@ -137,6 +138,38 @@ class SchedulerView(SchedulerLike, Protocol):
     def drop_func(
         self, func: bytes, now: float, mono: float | None = None
     ) -> Literal["dropped", "busy", "unknown"]: ...
+
+    # the job browser (sched_browse; server/http_jobs)
+
+    def list_jobs(
+        self,
+        func: bytes,
+        state: str,
+        *,
+        prefix: bytes = b"",
+        due_from: int | None = None,
+        due_to: int | None = None,
+        after: bytes | None = None,
+        limit: int = 50,
+        mono: float | None = None,
+    ) -> JobPage | None:
+        """A page of a func's jobs by name; None while its index builds."""
+        ...
+
+    def when_indexed(self, func: bytes, callback: Callable[[], None]) -> bool:
+        """``callback()`` once the func's index is built (False: none builds)."""
+        ...
+
+    def job_detail(self, func: bytes, name: bytes) -> JobDetail | None: ...
+
+    def reschedule(
+        self,
+        func: bytes,
+        name: bytes,
+        sched_at: int | None,
+        now: float,
+        mono: float | None = None,
+    ) -> Literal["ok", "unknown", "running"]: ...
 
 
 class PeerView(Protocol):
