@@ -130,6 +130,72 @@ class AdminClient:
 
     # -- retry policies and the dead set -----------------------------------------
 
+    async def retry_policies(self) -> dict[str, Any]:
+        """``{"default": P, "funcs": {func: P}}`` (P: the five policy fields)."""
+        answer: dict[str, Any] = await self.request("GET", "/api/retry")
+        return answer
+
+    async def set_retry_policy(
+        self, func: str | None = None, *, preset: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Set ``func``'s policy (None: the server default) and return it.
+        Fields not given are kept from the policy in force, or taken from
+        ``preset`` (``"reference"``: retry after 1 s for ever; ``"default"``)."""
+        body: dict[str, Any] = dict(fields)
+        if func is not None:
+            body["func"] = func
+        if preset is not None:
+            body["preset"] = preset
+        answer = await self.request("POST", "/api/retry", body=body)
+        policy: dict[str, Any] = answer["policy"]
+        return policy
+
+    async def reset_retry_policy(self, func: str | None = None) -> None:
+        """``func`` follows the default again (None: the default goes back to
+        the operator's).  AdminError 404 when ``func`` has no policy."""
+        await self.request("DELETE", "/api/retry", query={"func": func})
+
+    async def dead_jobs(
+        self,
+        func: str | None = None,
+        *,
+        prefix: str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """A page of the dead set: ``{"jobs": [...], "next": cursor or None,
+        "total": n}``."""
+        query = {"func": func, "prefix": prefix, "cursor": cursor, "limit": limit}
+        answer: dict[str, Any] = await self.request("GET", "/api/dead", query=query)
+        return answer
+
+    async def retry_dead(
+        self, func: str | None = None, name: str | None = None
+    ) -> tuple[int, bool]:
+        """Dead jobs back to pending, due now: one (``func``, ``name``), a
+        func's (no name) or all (neither).  Returns ``(count, more)``: a bulk
+        call handles a bounded slice; call again while ``more``."""
+        return await self._dead_act("/api/dead/retry", func, name)
+
+    async def delete_dead(
+        self, func: str | None = None, name: str | None = None
+    ) -> tuple[int, bool]:
+        """Delete dead jobs, as :meth:`retry_dead` selects them."""
+        return await self._dead_act("/api/dead/delete", func, name)
+
+    async def _dead_act(
+        self, path: str, func: str | None, name: str | None
+    ) -> tuple[int, bool]:
+        body: dict[str, Any] = {}
+        if func is not None:
+            body["func"] = func
+        if name is not None:
+            body["name"] = name
+        else:
+            body["all"] = True
+        answer = await self.request("POST", path, body=body)
+        return int(answer["count"]), bool(answer.get("more"))
+
     # -- cron schedules ------------------------------------------------------------
 
     # -- the job browser -------------------------------------------------------------

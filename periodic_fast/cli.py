@@ -51,6 +51,7 @@ from .cli_jobs import (
     submit,
 )
 from .cli_keygen import keygen
+from .cli_retry import dead_app, retry_app
 from .cli_server import periodicd
 from .cli_worker import periodic_run, periodic_run_pipe, run
 
@@ -171,6 +172,9 @@ for _command in (
 app.add_typer(config_app, name="config")
 # the job browser (issue 20): periodic jobs list/show/run-now/reschedule/delete
 app.add_typer(jobs_app, name="jobs")
+# issue 20, retry policies and the dead set: periodic retry ..., periodic dead ...
+app.add_typer(retry_app, name="retry")
+app.add_typer(dead_app, name="dead")
 
 
 # global options of ``periodic`` that take a value (the next word)

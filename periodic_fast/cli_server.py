@@ -48,6 +48,7 @@ from .constants import (
     DEFAULT_MAX_REGISTRATION,
     DEFAULT_PEER_LOG_RATE,
 )
+from .retry import DEFAULT_MAX_DEAD, RetryPolicy, parse_policy_string
 from .sched_limits import (
     DEFAULT_MAX_FUNCS,
     DEFAULT_MAX_WAITERS,
@@ -241,6 +242,24 @@ MaxFuncsOpt = Annotated[
         min=0,
     ),
 ]
+RetryPolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--retry-policy",
+        help="Default retry policy: 'reference' (1 s, for ever), 'default', or "
+        "max_attempts=N,backoff=S,factor=F,cap=S,jitter=J (missing: the "
+        "built-in default's; docs/retries.md).  One set through the HTTP API "
+        "wins.",
+    ),
+]
+MaxDeadOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-dead",
+        help="Jobs kept in the dead set; the oldest is evicted beyond.",
+        min=1,
+    ),
+]
 MaxWaitersOpt = Annotated[
     int,
     typer.Option(
@@ -368,7 +387,18 @@ _CHECKS: dict[str, Check] = {
     "log": _choice("log", _LEVELS),
     "log-format": _choice("log-format", _LOG_FORMATS),
     "unix-mode": lambda v: _unix_mode(str(v)),
+    "retry-policy": lambda v: parse_policy_string(str(v)),
 }
+
+
+def _retry_policy(text: str | None) -> RetryPolicy | None:
+    """``--retry-policy``'s value; a bad one is a usage error."""
+    if text is None:
+        return None
+    try:
+        return parse_policy_string(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--retry-policy") from None
 
 
 def _load_config(ctx: typer.Context, value: str | None) -> str | None:
@@ -508,6 +538,7 @@ def _serve(
         DEFAULT_MAX_WAITERS,
         DEFAULT_MAX_WAITERS_PER_CONN,
     ),
+    retry: tuple[RetryPolicy | None, int] = (None, DEFAULT_MAX_DEAD),
     rsa: tuple[str | None, str, str, bool, bool] = (
         None,
         "public_keys.pem",
@@ -558,6 +589,8 @@ def _serve(
             max_funcs=limits[0],
             max_waiters=limits[1],
             max_waiters_per_conn=limits[2],
+            retry_policy=retry[0],
+            max_dead=retry[1],
             rsa_private_path=rsa[0],
             rsa_public_path=rsa[1],
             rsa_modes=rsa[2] or "Plain,RSA,AES",
@@ -670,6 +703,8 @@ def periodicd(
     max_funcs: MaxFuncsOpt = DEFAULT_MAX_FUNCS,
     max_waiters: MaxWaitersOpt = DEFAULT_MAX_WAITERS,
     max_waiters_per_conn: MaxWaitersPerConnOpt = DEFAULT_MAX_WAITERS_PER_CONN,
+    retry_policy: RetryPolicyOpt = None,
+    max_dead: MaxDeadOpt = DEFAULT_MAX_DEAD,
     rsa_private_path: RsaPrivateOpt = None,
     rsa_public_path: RsaPublicOpt = "public_keys.pem",
     rsa_mode: RsaModeOpt = "Plain,RSA,AES",
@@ -717,6 +752,7 @@ def periodicd(
         peer_log_rate=peer_log_rate,
         max_jobs_per_func=max_jobs_per_func,
         limits=(max_funcs, max_waiters, max_waiters_per_conn),
+        retry=(_retry_policy(retry_policy), max_dead),
         rsa=(rsa_private_path, rsa_public_path, rsa_mode, rsa_legacy, rsa_v1),
         http_writes=http_writes,
         no_http=no_http,

@@ -164,6 +164,7 @@ class SchedulerCore:
         self._afree: list[int] = []
         self._awaiting: deque[Assign] = deque()  # by assign-wait deadline
         self._waiters: dict[bytes, Waiters] = {}
+        self._attempts: dict[bytes, dict[bytes, Any]] = {}  # sched_retry: failures
         self._lock_table = LockTable(self._lookup, self._park, self._unpark)
         # bound once: job ends test ``_hlocks`` before calling into the table
         self._locks = self._lock_table.locks
@@ -402,6 +403,8 @@ class SchedulerCore:
             state = rec.state
             if state == RUNNING:
                 return  # ignored; the running instance continues
+            if self._attempts:  # a new submission: its failures start afresh
+                self._attempt_gone(rec)
             # latest version is what gets dispatched
             rec.workload = workload
             rec.sched_at = sched_at
@@ -571,6 +574,8 @@ class SchedulerCore:
             fs.index.discard(rec)
         self._jobs[rec.id] = None
         self._free.append(rec.id)
+        if self._attempts:
+            self._attempt_gone(rec)
         if persist:
             self._store.delete_job(fs.name, rec.name)
 
@@ -591,15 +596,31 @@ class SchedulerCore:
                     if c.alive:
                         c.send(encode_response(m, DATA, result))
 
-    def _fail(self, key: bytes, rec: JobRec | None) -> None:
-        """WORK_FAIL semantics (also timeouts and lost workers, 4.7-4.8)."""
+    def _fail(
+        self, key: bytes, rec: JobRec | None, why: str = "fail", by: Conn | None = None
+    ) -> None:
+        """WORK_FAIL semantics (also timeouts and lost workers, 4.7-4.8);
+        ``why`` and ``by`` (the worker) are recorded by :meth:`_failed`."""
         if self._hlocks and key in self._hlocks:
             self._lock_table.release_all(key, self._mono)
         w = self._waiters.get(key) if self._waiters else None
         if w is not None and w.results:
             self._finish(key, rec, RESULT_FAILED)
         elif rec is not None and rec.state == RUNNING:
-            self._requeue(rec, int(self._now) + 1, rec.count)
+            self._failed(rec, why, by)
+
+    def _failed(self, rec: JobRec, why: str, by: Conn | None) -> None:
+        """A running job failed: the reference retries it a second later
+        (sched_retry overrides this with the retry policies)."""
+        self._requeue(rec, int(self._now) + 1, rec.count)
+
+    def _attempt_gone(self, rec: JobRec) -> None:
+        """The job ended or was submitted again: forget its failures."""
+        per = self._attempts.get(rec.func)
+        if per is not None and per.pop(rec.name, None) is not None:
+            self._store.delete_extra("attempt", rec.func, rec.name)
+            if not per:
+                del self._attempts[rec.func]
 
     def _remove(self, key: bytes) -> bool:
         """REMOVE_JOB: end the job (waiters get "removed"); True if it existed."""
@@ -813,7 +834,7 @@ class SchedulerCore:
             if a.epoch == a.rec.epoch:
                 a.rec.run -= 1
                 rec = a.rec
-                self._fail(rec.key, rec if rec.state != DEAD else None)
+                self._fail(rec.key, rec if rec.state != DEAD else None, "lost", conn)
         stats = self._stats
         stats.disconnects += 1
         stats.lost += len(running)

@@ -404,7 +404,7 @@ class CommandHandlers(SchedulerCore):
             self._stats.event(
                 self._now, "fail", f"{show_key(key)} failed (connection {conn.id})"
             )
-        self._fail(key, rec)
+        self._fail(key, rec, "fail", conn)
         conn.send(encode_response(msgid, SUCCESS))
 
     def _h_sched_later(self, conn: Conn, msgid: int, payload: bytes) -> None:

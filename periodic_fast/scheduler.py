@@ -14,6 +14,8 @@ HTTP API's writes.  It is built from one concept per module:
 * :mod:`~periodic_fast.sched_core`: the job state machine and dispatch (the
   data layout is described there);
 * :mod:`~periodic_fast.sched_handlers`: one handler per request command;
+* :mod:`~periodic_fast.sched_retry`: retry policies, failure counts and the
+  dead set;
 * :mod:`~periodic_fast.sched_rules`: per-role dispatch tables (auth, limits,
   owned-job checks);
 * :mod:`~periodic_fast.sched_locks`: the named counting locks;
@@ -37,8 +39,8 @@ from .constants import CONFIG_DEFAULTS, RESULT_EXPIRED, ClientType
 from .job import Job
 from .rec import JobRec as _JobRec  # noqa: F401 - tests check the twin switch
 from .rec import NameTable as _NameTable  # noqa: F401
+from .retry import RetryPolicy
 from .sched_browse import JobBrowser, JobDetail, JobPage
-from .sched_handlers import CommandHandlers
 from .sched_index import INDEX_IDLE
 from .sched_limits import (
     DEFAULT_MAX_FUNCS,
@@ -49,6 +51,7 @@ from .sched_limits import (
     check_limit,
 )
 from .sched_model import LOCKED, PENDING, READY, RUNNING, Conn
+from .sched_retry import DEFAULT_MAX_DEAD, RetryScheduler
 from .sched_rules import ADMIN_COMMANDS, WORKER_COMMANDS, DispatchTables
 from .sched_series import SeriesSnapshot
 from .sched_stats import (
@@ -107,7 +110,7 @@ def _merged_config(
     return cfg
 
 
-class Scheduler(CommandHandlers):
+class Scheduler(RetryScheduler):
     """Job states, func registry, grab slots, locks and waiters; no I/O.
 
     :param store: persistence driver; loaded once here.  Running and locked
@@ -129,6 +132,10 @@ class Scheduler(CommandHandlers):
     :param max_waiters: RUN_JOB and RECV_DATA waiters at most, every
         connection together (NO_WORKER beyond); 0 = no limit.
     :param max_waiters_per_conn: the same, per connection; 0 = no limit.
+    :param retry_policy: the default retry policy (None: the built-in one;
+        docs/retries.md); one stored through the HTTP API wins.
+    :param max_dead: jobs kept in the dead set at most (oldest evicted).
+    :param retry_random: the retry jitter's random source (``() -> [0, 1)``).
 
     The limits and their defaults are listed in docs/security.md.
 
@@ -148,6 +155,9 @@ class Scheduler(CommandHandlers):
         max_waiters: int = DEFAULT_MAX_WAITERS,
         max_waiters_per_conn: int = DEFAULT_MAX_WAITERS_PER_CONN,
         mono: float | None = None,
+        retry_policy: RetryPolicy | None = None,
+        max_dead: int = DEFAULT_MAX_DEAD,
+        retry_random: Callable[[], float] | None = None,
     ) -> None:
         check_limit("max_jobs_per_func", max_jobs_per_func)
         check_limit("max_funcs", max_funcs)
@@ -158,7 +168,14 @@ class Scheduler(CommandHandlers):
         with gc_paused():
             snap = store.load()
             super().__init__(
-                store, now, _merged_config(snap.config, config), on_shutdown, mono
+                store,
+                now,
+                _merged_config(snap.config, config),
+                on_shutdown,
+                mono,
+                retry_policy=retry_policy,
+                max_dead=max_dead,
+                rng=retry_random,
             )
             self._auth = auth
             self._max_jobs = max_jobs_per_func
@@ -188,6 +205,7 @@ class Scheduler(CommandHandlers):
             # outer block ends.
             with gc_paused(freeze=big):
                 self._rebuild(snap, int(now))
+                self._load_failures(snap)  # sched_retry: policies, dead set
                 del snap, jobs  # not frozen: garbage once the records exist
 
     # -- connection life cycle ------------------------------------------------
@@ -394,12 +412,15 @@ class Scheduler(CommandHandlers):
                 rec.run -= 1
                 self._stats.timeouts += 1
                 self._series.failed(rec.func, now)
+                fs = self._funcs.get(rec.func)
+                if fs is not None:  # a timeout is a failure of the func
+                    fs.n_fail += 1
                 self._stats.event(
                     now,
                     "timeout",
                     f"{show_key(rec.key)} timed out on connection {a2.conn.id}",
                 )
-                self._fail(rec.key, rec)
+                self._fail(rec.key, rec, "timeout", a2.conn)
 
         if mono >= self._next_fast:
             self._next_fast = mono + _SWEEP_FAST
@@ -486,7 +507,7 @@ class Scheduler(CommandHandlers):
             if fs.n_running:
                 orphans = [r for r in fs.jobs if r.state == RUNNING and r.run <= 0]
                 for rec in orphans:
-                    self._fail(rec.key, rec)
+                    self._fail(rec.key, rec, "lost")
 
     # -- introspection --------------------------------------------------------
 
@@ -539,8 +560,9 @@ class Scheduler(CommandHandlers):
 
     def counters(self) -> dict[str, int]:
         """Monotonic totals since start: submit, done, fail, sched_later,
-        timeout, lost, removed, connects, disconnects."""
-        return self._stats.counters(self._totals())
+        timeout, lost, removed, connects, disconnects, and the retry
+        figures (:meth:`retry_counters`)."""
+        return {**self._stats.counters(self._totals()), **self.retry_counters()}
 
     def rates(self, now: float) -> dict[str, float]:
         """submit, done, fail and sched_later per minute over about the last

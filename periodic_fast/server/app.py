@@ -35,6 +35,7 @@ from ..auth import AuthFile
 from ..constants import DEFAULT_ADDRESS, DEFAULT_MAX_FRAME
 from ..errors import PeriodicError
 from ..job import Job, JobState
+from ..retry import DEFAULT_MAX_DEAD, RetryPolicy
 from ..sched_limits import (
     DEFAULT_MAX_FUNCS,
     DEFAULT_MAX_WAITERS,
@@ -170,6 +171,7 @@ def _default_factory(
     limits: Mapping[str, int] | None = None,
     mono_clock: Callable[[], float] = time.monotonic,
     load_progress: LoadProgress | None = None,
+    retry: tuple[RetryPolicy | None, int] = (None, DEFAULT_MAX_DEAD),
 ) -> SchedulerFactory:
     lim = {**_DEFAULT_LIMITS, **(limits or {})}
 
@@ -193,6 +195,8 @@ def _default_factory(
                 max_waiters=lim["max_waiters"],
                 max_waiters_per_conn=lim["max_waiters_per_conn"],
                 mono=mono_clock(),
+                retry_policy=retry[0],
+                max_dead=retry[1],
             )
 
     return factory
@@ -293,6 +297,9 @@ class Server:
         without an auth file (else only loopback and unix peers may).
     :param http_options: more :class:`~.http_app.HttpApp` keywords (``parser``,
         ``max_body``, ``read_timeout``, ``idle_timeout``, ...).
+    :param retry_policy: the default retry policy (None: the built-in one;
+        docs/retries.md; default scheduler only).
+    :param max_dead: jobs kept in the dead set at most (default scheduler only).
     :param load_progress: ``progress(jobs) -> jobs``, handed the stored jobs
         as the default scheduler loads them at start (the CLI's progress bar
         on a terminal).
@@ -331,6 +338,8 @@ class Server:
         http_writes: bool = False,
         http_options: Mapping[str, Any] | None = None,
         load_progress: LoadProgress | None = None,
+        retry_policy: RetryPolicy | None = None,
+        max_dead: int = DEFAULT_MAX_DEAD,
     ) -> None:
         if not addresses:
             raise ValueError("no listen address")
@@ -353,6 +362,12 @@ class Server:
             raise ValueError("limits must be >= 0")
         if scheduler_factory is not None and limits != _DEFAULT_LIMITS:
             raise ValueError("scheduler limits need the default scheduler")
+        if max_dead < 1:
+            raise ValueError("max_dead must be >= 1")
+        if scheduler_factory is not None and (
+            retry_policy is not None or max_dead != DEFAULT_MAX_DEAD
+        ):
+            raise ValueError("retry settings need the default scheduler")
         self._requested = [parse_address(a) for a in addresses]
         self._owned: list[Store] = []  # stores we opened and must close
         if mono_clock is None:
@@ -367,6 +382,7 @@ class Server:
             limits,
             mono_clock,
             load_progress,
+            (retry_policy, max_dead),
         )
         self._rsa = (rsa_private_path, rsa_public_path, rsa_modes, rsa_legacy, rsa_v1)
         self._http = http

@@ -58,6 +58,9 @@ def json_body(req: Request) -> dict[str, Any]:
 
 RouteTable = Mapping[tuple[str, bytes], Handler]
 
+# the feature modules import this one's names: imported once they exist
+from .http_retry import ROUTES as _retry_routes  # noqa: E402
+
 
 def _merge(*tables: RouteTable) -> dict[tuple[str, bytes], Handler]:
     routes: dict[tuple[str, bytes], Handler] = {}
@@ -74,6 +77,7 @@ ROUTES: dict[tuple[str, bytes], Handler] = _merge(
     SERIES_ROUTES,  # the dashboard's series (server/http_series)
     PAGE_ROUTES,  # the dashboard's script and style (server/status_page)
     _http_jobs.ROUTES,  # the job browser
+    _retry_routes,  # retry policies and the dead set
 )
 
 

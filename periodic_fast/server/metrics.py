@@ -201,7 +201,9 @@ class _Collector(Collector):
                 "periodic_jobs_done", "WORK_DONE received.", labels=["func"]
             ),
             "failed": CounterMetricFamily(
-                "periodic_jobs_failed", "WORK_FAIL received.", labels=["func"]
+                "periodic_jobs_failed",
+                "WORK_FAIL received, and run timeouts.",
+                labels=["func"],
             ),
             "sched_later": CounterMetricFamily(
                 "periodic_jobs_sched_later", "SCHED_LATER received.", labels=["func"]
@@ -222,6 +224,18 @@ class _Collector(Collector):
             ("disconnects", "periodic_connections_closed", "Closed connections."),
         ):
             yield CounterMetricFamily(name, doc, value=float(counters[key]))
+        # retry policies and the dead set (sched_retry; absent: a custom scheduler)
+        for key, name, doc in (
+            ("retried", "periodic_job_retries", "Retries scheduled after failures."),
+            ("dead", "periodic_jobs_dead", "Jobs moved to the dead set."),
+            ("dead_evicted", "periodic_dead_evicted", "Dead jobs evicted (bound)."),
+        ):
+            yield CounterMetricFamily(name, doc, value=float(counters.get(key, 0)))
+        yield GaugeMetricFamily(
+            "periodic_dead_jobs",
+            "Jobs in the dead set.",
+            value=float(counters.get("dead_jobs", 0)),
+        )
 
         yield _histogram(
             "periodic_job_lateness_seconds",

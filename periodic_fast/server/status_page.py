@@ -140,6 +140,29 @@ def overview(
         "connections_total": len(conns),
         "locks": locks,
         "events": events[:100],
+        "retry": _retry_overview(sched, funcs[:PAGE_ROWS]),
+    }
+
+
+def _retry_overview(
+    sched: SchedulerView, shown: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Retry policies (issue 20): the default, the per-func ones of the funcs
+    shown, the dead set's size (None: a scheduler without retry policies)."""
+    if not hasattr(sched, "retry_policies"):  # a custom scheduler factory
+        return None
+    default, own = sched.retry_policies()
+    names = {f["func"] for f in shown}
+    counters = sched.retry_counters()
+    return {
+        "default": default.to_dict(),
+        "funcs": {
+            text(f): p.to_dict() for f, p in sorted(own.items()) if text(f) in names
+        },
+        "funcs_total": len(own),
+        "dead_jobs": counters["dead_jobs"],
+        "retried": counters["retried"],
+        "dead": counters["dead"],
     }
 
 

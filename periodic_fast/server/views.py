@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..auth import AuthRules
     from ..job import FuncStat, Job
+    from ..retry import RetryPolicy
     from ..sched_browse import JobDetail, JobPage
+    from ..sched_retry import DeadJob
     from ..sched_series import SeriesSnapshot
     from ..scheduler import ConnInfo, FuncDetail, LockInfo, SchedulerStats
     from ..store import Store
@@ -170,6 +172,48 @@ class SchedulerView(SchedulerLike, Protocol):
         now: float,
         mono: float | None = None,
     ) -> Literal["ok", "unknown", "running"]: ...
+
+    # -- retry policies and the dead set (sched_retry) --
+
+    def retry_policies(self) -> tuple[RetryPolicy, dict[bytes, RetryPolicy]]: ...
+
+    def retry_policy(self, func: bytes) -> RetryPolicy: ...
+
+    def set_retry_policy(
+        self,
+        func: bytes | None,
+        policy: RetryPolicy | None,
+        now: float,
+        mono: float | None = None,
+    ) -> bool: ...
+
+    def retry_counters(self) -> dict[str, int]: ...
+
+    def job_failure(self, func: bytes, name: bytes) -> dict[str, Any] | None: ...
+
+    def dead_jobs(
+        self,
+        func: bytes | None = None,
+        prefix: bytes = b"",
+        cursor: tuple[bytes, bytes] | None = None,
+        limit: int = 50,
+    ) -> tuple[list[DeadJob], tuple[bytes, bytes] | None, int]: ...
+
+    def retry_dead(
+        self,
+        func: bytes | None,
+        name: bytes | None,
+        now: float,
+        mono: float | None = None,
+    ) -> tuple[int, bool]: ...
+
+    def delete_dead(
+        self,
+        func: bytes | None,
+        name: bytes | None,
+        now: float,
+        mono: float | None = None,
+    ) -> tuple[int, bool]: ...
 
 
 class PeerView(Protocol):

@@ -9,6 +9,10 @@ coalescing rules of both stores live here:
 * ``delete_func_jobs(f)`` forgets the batch's earlier changes to jobs of ``f``
   and is applied before the batch's job changes (which all came after it);
 * funcs and config values: the last write wins;
+* extras (``(kind, func, name)`` keys) follow the job rules: the last save or
+  delete of a key wins, and ``delete_func_extras(kind, f)`` forgets the
+  batch's earlier extras of ``(kind, f)`` and is applied before its later
+  extra writes;
 * running and locked are stored as pending.  Start-up turns every running
   and locked job back to pending (protocol.md 4.16), so on disk the three are
   the same; the dispatch of a job (pending -> running) and a lock wait then
@@ -18,8 +22,10 @@ coalescing rules of both stores live here:
 
 A commit applies, in this order: ``dropped`` (delete every job of those
 funcs), then ``jobs`` (its keys are unique, so their order does not matter),
-``funcs`` and ``config``.  :meth:`Batch.merge_newer` folds a later batch into
-a failed earlier one so the retry commits both with the same effect.
+``funcs`` and ``config``, then ``extras_dropped`` (delete every extra of
+those ``(kind, func)``) and ``extras`` (unique keys).
+:meth:`Batch.merge_newer` folds a later batch into a failed earlier one so
+the retry commits both with the same effect.
 Not thread-safe: the stores call it under their lock.
 """
 
@@ -45,7 +51,16 @@ _PENDING = int(JobState.PENDING)
 class Batch:
     """Net effect of a run of writes, plus the barriers registered after them."""
 
-    __slots__ = ("callbacks", "config", "dropped", "funcs", "jobs", "writes")
+    __slots__ = (
+        "callbacks",
+        "config",
+        "dropped",
+        "extras",
+        "extras_dropped",
+        "funcs",
+        "jobs",
+        "writes",
+    )
 
     def __init__(self) -> None:
         #: (func, name) -> (job, state) save | int state | None delete
@@ -55,6 +70,10 @@ class Batch:
         #: func -> True (save) / False (delete)
         self.funcs: dict[bytes, bool] = {}
         self.config: dict[str, int] = {}
+        #: (kind, func, name) -> value (save) | None (delete)
+        self.extras: dict[tuple[str, bytes, bytes], bytes | None] = {}
+        #: (kind, func) whose extras are all deleted before ``extras`` is applied
+        self.extras_dropped: set[tuple[str, bytes]] = set()
         self.callbacks: list[Callback] = []
         #: store calls folded into this batch (for metrics)
         self.writes = 0
@@ -116,6 +135,12 @@ class Batch:
                 self.jobs[key] = op
         self.funcs.update(newer.funcs)
         self.config.update(newer.config)
+        if newer.extras_dropped:
+            # like the func drops: before all of newer's extra writes
+            self._forget_extras_of(newer.extras_dropped)
+            self.extras_dropped |= newer.extras_dropped
+        if newer.extras:
+            self.extras.update(newer.extras)
         self.writes += newer.writes
         self.callbacks.extend(newer.callbacks)
 
@@ -133,3 +158,25 @@ class Batch:
         """Set one config value."""
         self.config[key] = int(value)
         self.writes += 1
+
+    def save_extra(self, kind: str, func: bytes, name: bytes, value: bytes) -> None:
+        """Insert or replace the extra ``(kind, func, name)``."""
+        self.extras[(kind, func, name)] = value
+        self.writes += 1
+
+    def delete_extra(self, kind: str, func: bytes, name: bytes) -> None:
+        """Delete one extra."""
+        self.extras[(kind, func, name)] = None
+        self.writes += 1
+
+    def delete_func_extras(self, kind: str, func: bytes) -> None:
+        """Delete every extra of ``kind`` of ``func`` (before this batch's
+        extra writes)."""
+        self._forget_extras_of({(kind, func)})
+        self.extras_dropped.add((kind, func))
+        self.writes += 1
+
+    def _forget_extras_of(self, groups: set[tuple[str, bytes]]) -> None:
+        extras = self.extras
+        for key in [k for k in extras if (k[0], k[1]) in groups]:
+            del extras[key]

@@ -6,8 +6,9 @@ a lock, and leave the I/O to a writer (a thread, or a loop on a thread) that
 commits one batch after the other (group commit).  Everything but the commit
 itself and the wake-up of the writer is the same for both and lives here:
 
-* the enqueueing write methods, :meth:`BatchWriter.on_durable`,
-  :meth:`BatchWriter.flush` and :meth:`BatchWriter.close` bookkeeping;
+* the enqueueing write methods (jobs, funcs, config and extras),
+  :meth:`BatchWriter.on_durable`, :meth:`BatchWriter.flush` and
+  :meth:`BatchWriter.close` bookkeeping;
 * the hand-over between loop and writer: :meth:`BatchWriter._take` picks the
   next batch (a failed one is merged in front of the new writes),
   :meth:`BatchWriter._settle` fires the batch's barriers and keeps a failed
@@ -146,6 +147,7 @@ class BatchWriter:
         self._commits += 1
         self._rows += len(batch.jobs) + len(batch.dropped)
         self._rows += len(batch.funcs) + len(batch.config)
+        self._rows += len(batch.extras) + len(batch.extras_dropped)
         self._commit_seconds += elapsed
         self._last_commit_seconds = elapsed
 
@@ -220,6 +222,28 @@ class BatchWriter:
         """Persist a config value (enqueued)."""
         with self._lock:
             self._pending.save_config(key, value)
+            if self._idle:
+                self._kick()
+
+    def save_extra(self, kind: str, func: bytes, name: bytes, value: bytes) -> None:
+        """Insert or replace the extra ``(kind, func, name)`` (enqueued)."""
+        with self._lock:
+            self._pending.save_extra(kind, func, name, value)
+            if self._idle:
+                self._kick()
+
+    def delete_extra(self, kind: str, func: bytes, name: bytes) -> None:
+        """Delete one extra (enqueued)."""
+        with self._lock:
+            self._pending.delete_extra(kind, func, name)
+            if self._idle:
+                self._kick()
+
+    def delete_func_extras(self, kind: str, func: bytes) -> None:
+        """Delete every extra of ``kind`` of ``func`` (enqueued; applied
+        before the later extra writes of the same batch)."""
+        with self._lock:
+            self._pending.delete_func_extras(kind, func)
             if self._idle:
                 self._kick()
 

@@ -13,8 +13,10 @@ loop-side API, barriers, retry bookkeeping and metrics
 (:class:`~periodic_fast.store._writer.BatchWriter`).  Each batch
 is one transaction.  Without a ``delete_func_jobs`` it is a single
 statement (data-modifying CTEs over ``unnest`` arrays: one round trip, one
-commit); the keys of its parts are disjoint, so their order inside the
-statement does not matter.
+commit; a batch with extras uses a variant with two more CTEs); the keys of
+its parts are disjoint, so their order inside the statement does not matter.
+A ``delete_func_extras`` goes first, in a statement of its own, as a func
+drop does.
 
 Durability: ``on_durable`` callbacks belong to the batch that is open when they
 are registered and fire, in order, after that batch's commit, with ``None`` or
@@ -32,7 +34,10 @@ Layout (``prefix`` is prepended to every table name so several deployments can
 share a database): ``jobs(func BYTEA, name BYTEA, workload BYTEA,
 sched_at BIGINT, count INTEGER, timeout INTEGER, state SMALLINT,
 PRIMARY KEY (func, name))``, ``funcs(func BYTEA PRIMARY KEY)``,
-``configs(name TEXT PRIMARY KEY, value BIGINT)``, and ``store_owner`` (one
+``configs(name TEXT PRIMARY KEY, value BIGINT)``, ``extras(kind TEXT,
+func BYTEA, name BYTEA, value BYTEA, PRIMARY KEY (kind, func, name))`` (the
+scheduler's job-feature data: retry policies, attempts, the dead set, cron
+schedules; created at open on older deployments), and ``store_owner`` (one
 row: the claim's epoch).  Times are 64-bit; there is no time index (the
 scheduler's wheel is rebuilt from a full read at start).
 
@@ -81,6 +86,8 @@ __all__ = [
 log = logging.getLogger("periodic_fast.store.postgres")
 
 _T = TypeVar("_T")
+#: ``StoreSnapshot.extras``: kind -> [(func, name, value), ...]
+_Extras = dict[str, list[tuple[bytes, bytes, bytes]]]
 _WRITER_PLANNER = {
     "enable_seqscan": "off",
     "enable_hashjoin": "off",
@@ -260,11 +267,22 @@ class PostgresStore(BatchWriter):
         self._t_jobs = f"{self.prefix}jobs"
         self._t_funcs = f"{self.prefix}funcs"
         self._t_configs = f"{self.prefix}configs"
+        self._t_extras = f"{self.prefix}extras"
         where = f"PostgreSQL store {_describe(kwargs)}"
         self._owner = PrefixOwner(
             self.prefix, f"{self.prefix}store_owner", where, lock_wait
         )
         self._sql_commit = self._commit_sql()
+        extras = self._t_extras
+        # the single statement with the batch's extras too ($17..$23)
+        self._sql_commit_x = (
+            self._sql_commit.removesuffix(" SELECT 1") + "," + _extras_ctes(extras, 17)
+        )
+        self._sql_extras = f"WITH{_extras_ctes(extras, 1)}"
+        self._sql_extras_drop = (
+            f"DELETE FROM {extras} e USING unnest($1::text[], $2::bytea[])"
+            " AS x(kind, func) WHERE e.kind = x.kind AND e.func = x.func"
+        )
 
         self._conn: asyncpg.Connection | None = None
         self._wloop = _new_loop()
@@ -385,6 +403,11 @@ class PostgresStore(BatchWriter):
                 f"CREATE TABLE IF NOT EXISTS {configs}"
                 " (name TEXT PRIMARY KEY, value BIGINT NOT NULL)"
             )
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._t_extras} (kind TEXT NOT NULL,"
+                " func BYTEA NOT NULL, name BYTEA NOT NULL, value BYTEA NOT NULL,"
+                " PRIMARY KEY (kind, func, name))"
+            )
             await conn.execute(self._owner.schema_sql())
         expected = {
             jobs: {
@@ -398,6 +421,12 @@ class PostgresStore(BatchWriter):
             },
             funcs: {"func": "bytea"},
             configs: {"name": "text", "value": "bigint"},
+            self._t_extras: {
+                "kind": "text",
+                "func": "bytea",
+                "name": "bytea",
+                "value": "bytea",
+            },
             self._owner.table: {"one": "boolean", "epoch": "bigint"},
         }
         rows = await conn.fetch(
@@ -476,11 +505,12 @@ class PostgresStore(BatchWriter):
 
     async def _commit(self, batch: _Batch) -> BaseException | None:
         chunks = _statement_args(batch)
+        extras = _extras_args(batch) if batch.extras else []
         started = time.perf_counter()
         while True:
             reused = self._conn is not None and not self._conn.is_closed()
             try:
-                await self._execute(chunks, batch.dropped)
+                await self._execute(batch, chunks, extras)
                 break
             except Exception as exc:  # every failure is reported and retried
                 live = self._conn
@@ -498,18 +528,29 @@ class PostgresStore(BatchWriter):
         return None
 
     async def _execute(
-        self, chunks: list[tuple[list[Any], ...]], dropped: set[bytes]
+        self,
+        batch: _Batch,
+        chunks: list[tuple[list[Any], ...]],
+        extras: list[tuple[list[Any], ...]],
     ) -> None:
         conn = await self._connection()
-        if dropped or len(chunks) > 1:
+        dropped, extras_dropped = batch.dropped, batch.extras_dropped
+        if dropped or extras_dropped or len(chunks) > 1 or len(extras) > 1:
             async with conn.transaction():
                 if dropped:
                     await conn.execute(
                         f"DELETE FROM {self._t_jobs} WHERE func = ANY($1::bytea[])",
                         list(dropped),
                     )
+                if extras_dropped:
+                    kinds, funcs = zip(*extras_dropped, strict=True)
+                    await conn.execute(self._sql_extras_drop, kinds, funcs)
                 for args in chunks:
                     await conn.execute(self._sql_commit, *args)
+                for args in extras:
+                    await conn.execute(self._sql_extras, *args)
+        elif extras:  # one statement with the extras
+            await conn.execute(self._sql_commit_x, *chunks[0], *extras[0])
         else:  # the usual case: one statement, its own transaction
             await conn.execute(self._sql_commit, *chunks[0])
 
@@ -523,17 +564,22 @@ class PostgresStore(BatchWriter):
         built from it).  The writer waits for the connection until the
         iterator is exhausted or closed."""
         self._check_open()
-        funcs, config = self._call(self._load_meta())
-        return StoreSnapshot(self._stream_jobs(), funcs, config)
+        funcs, config, extras = self._call(self._load_meta())
+        return StoreSnapshot(self._stream_jobs(), funcs, config, extras=extras)
 
-    async def _load_meta(self) -> tuple[list[bytes], dict[str, int]]:
+    async def _load_meta(self) -> tuple[list[bytes], dict[str, int], _Extras]:
         async with self._conn_lock:
             conn = await self._connection()
             funcs = [
                 r[0] for r in await conn.fetch(f"SELECT func FROM {self._t_funcs}")
             ]
             rows = await conn.fetch(f"SELECT name, value FROM {self._t_configs}")
-            return funcs, {r[0]: r[1] for r in rows}
+            extras: _Extras = {}
+            for kind, func, name, value in await conn.fetch(
+                f"SELECT kind, func, name, value FROM {self._t_extras}"
+            ):
+                extras.setdefault(kind, []).append((func, name, value))
+            return funcs, {r[0]: r[1] for r in rows}, extras
 
     def _stream_jobs(self) -> Iterator[tuple[Job, JobState]]:
         chunks = self._job_chunks()
@@ -615,6 +661,48 @@ def _statement_args(batch: _Batch) -> list[tuple[list[Any], ...]]:
             up_s.append(state)
             size += len(job.workload)
     chunks.append(args)
+    return chunks
+
+
+def _extras_ctes(table: str, first: int) -> str:
+    """The extras' delete and upsert CTEs, numbering their 7 array
+    parameters from ``$first`` (kind, func, name to delete; kind, func,
+    name, value to save: see :func:`_extras_args`)."""
+    p = [f"${first + i}" for i in range(7)]
+    return (
+        f" ed AS (DELETE FROM {table} e"
+        f" USING unnest({p[0]}::text[], {p[1]}::bytea[], {p[2]}::bytea[])"
+        " AS x(kind, func, name)"
+        " WHERE e.kind = x.kind AND e.func = x.func AND e.name = x.name),"
+        f" eu AS (INSERT INTO {table} (kind, func, name, value)"
+        f" SELECT * FROM unnest({p[3]}::text[], {p[4]}::bytea[], {p[5]}::bytea[],"
+        f" {p[6]}::bytea[])"
+        " ON CONFLICT (kind, func, name) DO UPDATE SET value = EXCLUDED.value)"
+        " SELECT 1"
+    )
+
+
+def _extras_args(batch: _Batch) -> list[tuple[list[Any], ...]]:
+    """The 7 array arguments of the extras' CTEs for ``batch``'s extras, in
+    chunks within the statement limits (a value may be tens of MiB)."""
+    chunks: list[tuple[list[Any], ...]] = []
+    args: tuple[list[Any], ...] = ()
+    rows = size = _CHUNK_ROWS  # start a chunk at the first row
+    for (kind, func, name), value in batch.extras.items():
+        if rows >= _CHUNK_ROWS or size >= _CHUNK_BYTES:
+            args = tuple([] for _ in range(7))
+            chunks.append(args)
+            rows = size = 0
+        rows += 1
+        size += len(func) + len(name)
+        if value is None:
+            target = args[:3]
+        else:
+            target = args[3:6]
+            args[6].append(value)
+            size += len(value)
+        for column, item in zip(target, (kind, func, name), strict=True):
+            column.append(item)
     return chunks
 
 

@@ -37,8 +37,12 @@ workload BLOB, sched_at INTEGER, count INTEGER, timeout INTEGER,
 state INTEGER, gen INTEGER, PRIMARY KEY(func, name)) WITHOUT ROWID``,
 ``funcs(func BLOB PRIMARY KEY) WITHOUT ROWID``,
 ``configs(name TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID``,
-``func_gens(func BLOB PRIMARY KEY, gen INTEGER) WITHOUT ROWID``.  No time
-index: the scheduler's wheel is rebuilt from one full scan at start-up.
+``func_gens(func BLOB PRIMARY KEY, gen INTEGER) WITHOUT ROWID``,
+``extras(kind TEXT, func BLOB, name BLOB, value BLOB, PRIMARY KEY(kind,
+func, name)) WITHOUT ROWID`` (the scheduler's job-feature data: retry
+policies, attempts, the dead set, cron schedules; written in the same
+batches as the jobs).  No time index: the scheduler's wheel is rebuilt from
+one full scan at start-up.
 
 Dropping a func's jobs is O(1) in the commit that acknowledges it: the drop
 bumps the func's generation in ``func_gens`` (one row), every job row carries
@@ -49,7 +53,9 @@ commits, so a drop of a million jobs never holds other peers' commits up for
 the seconds such a DELETE takes.  A crash before the drop commits keeps
 every job, one after it keeps none of them (the leftover rows are invisible
 and purged after the restart): all or nothing, as a client sees it.
-Layout 1 files (no generations) are upgraded in place when opened.
+Older layouts are upgraded in place when opened (``PRAGMA user_version``:
+layout 1 had no generations, layout 2 no ``extras`` table); a file of a newer
+layout than this release knows is refused.
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ log = logging.getLogger("periodic_fast.store")
 #: ``PRAGMA application_id`` of our files ("PfSt"): tells them from others
 APPLICATION_ID = 0x50665374
 #: ``PRAGMA user_version``: the layout version
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 #: rows of dropped generations deleted per purge transaction
 PURGE_SLICE = 2000
 
@@ -96,6 +102,10 @@ _SCHEMA = (
     " value INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS func_gens (func BLOB NOT NULL PRIMARY KEY,"
     " gen INTEGER NOT NULL) WITHOUT ROWID",
+    # layout 3; added to older files at open
+    "CREATE TABLE IF NOT EXISTS extras (kind TEXT NOT NULL, func BLOB NOT NULL,"
+    " name BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY (kind, func, name))"
+    " WITHOUT ROWID",
 )
 _SQL_UPGRADE_V1 = "ALTER TABLE jobs ADD COLUMN gen INTEGER NOT NULL DEFAULT 0"
 _SQL_DROP = "INSERT OR REPLACE INTO func_gens (func, gen) VALUES (?, ?)"
@@ -112,6 +122,11 @@ _SQL_STATE = "UPDATE jobs SET state = ? WHERE func = ? AND name = ?"
 _SQL_FUNC_ADD = "INSERT OR IGNORE INTO funcs (func) VALUES (?)"
 _SQL_FUNC_DEL = "DELETE FROM funcs WHERE func = ?"
 _SQL_CONFIG = "INSERT OR REPLACE INTO configs (name, value) VALUES (?, ?)"
+_SQL_EXTRA_DROP = "DELETE FROM extras WHERE kind = ? AND func = ?"
+_SQL_EXTRA_DEL = "DELETE FROM extras WHERE kind = ? AND func = ? AND name = ?"
+_SQL_EXTRA_SAVE = (
+    "INSERT OR REPLACE INTO extras (kind, func, name, value) VALUES (?, ?, ?, ?)"
+)
 
 
 class SqliteStoreError(OSError):
@@ -412,6 +427,8 @@ class SqliteStore(BatchWriter):
                         db.executemany(_SQL_FUNC_DEL, [(f,) for f, k in items if not k])
                     if batch.config:
                         db.executemany(_SQL_CONFIG, list(batch.config.items()))
+                    if batch.extras or batch.extras_dropped:
+                        _write_extras(db, batch)
                     db.execute("COMMIT")
                 except BaseException:
                     self._rollback(db)
@@ -483,8 +500,11 @@ class SqliteStore(BatchWriter):
                 db = self._db = self._open()
             funcs = [r[0] for r in db.execute("SELECT func FROM funcs")]
             config = dict(db.execute("SELECT name, value FROM configs").fetchall())
+            extras: dict[str, list[tuple[bytes, bytes, bytes]]] = {}
+            for kind, func, name, value in db.execute(_SQL_EXTRAS_ALL):
+                extras.setdefault(kind, []).append((func, name, value))
         rows = self._stream_rows()
-        return StoreSnapshot(_jobs_of(rows), funcs, config, rows)
+        return StoreSnapshot(_jobs_of(rows), funcs, config, rows, extras)
 
     def backup(self, target: str | os.PathLike[str]) -> None:
         """Write a consistent copy of the store to the SQLite file ``target``
@@ -514,6 +534,21 @@ class SqliteStore(BatchWriter):
 
 
 _LOAD_CHUNK = 8192  # rows per fetch while the jobs stream in
+_SQL_EXTRAS_ALL = "SELECT kind, func, name, value FROM extras"
+
+
+def _write_extras(db: sqlite3.Connection, batch: Batch) -> None:
+    """The batch's extras, in its transaction: the ``(kind, func)`` drops
+    first (the batch's extra writes all came after them), then the keys."""
+    if batch.extras_dropped:
+        db.executemany(_SQL_EXTRA_DROP, list(batch.extras_dropped))
+    dels = [key for key, value in batch.extras.items() if value is None]
+    if dels:
+        db.executemany(_SQL_EXTRA_DEL, dels)
+    saves = [(*key, value) for key, value in batch.extras.items() if value is not None]
+    if saves:
+        db.executemany(_SQL_EXTRA_SAVE, saves)
+
 
 # every distinct func, one index probe each (a skip-scan over the primary key)
 _SQL_JOB_FUNCS = (
