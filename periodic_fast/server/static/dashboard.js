@@ -64,6 +64,13 @@
     else if (a < 86400) t = Math.floor(a / 3600) + "h"; else t = Math.floor(a / 86400) + "d";
     return s >= 0 ? "in " + t : t + " ago";
   }
+  function dur(v) { // a policy's delay: 0.5 s, 30 s, 5m, 6h, 2d
+    if (v === null || v === undefined) return "-";
+    if (v < 60) return (Math.round(v * 100) / 100) + " s";
+    if (v < 3600) return +(v / 60).toFixed(1) + "m";
+    if (v < 86400) return +(v / 3600).toFixed(1) + "h";
+    return +(v / 86400).toFixed(1) + "d";
+  }
   function secs(v) { return v === null || v === undefined ? "-" : (v < 10 ? v.toFixed(2) : v.toFixed(0)) + " s"; }
 
   // -- the JSON API ----------------------------------------------------------
@@ -105,7 +112,7 @@
   function notice(box, what, err) {
     var msg, bad = true;
     if (err.status === 404) {
-      msg = what + " is not available on this server (" + err.message + ")."; bad = false;
+      msg = what + ": not available on this server (" + err.message + ")."; bad = false;
     } else if (err.status === 403) {
       msg = what + ": refused (" + err.message + ").";
     } else if (err.status === 401) {
@@ -264,7 +271,7 @@
         el("td", { "class": "name" }, el("a", { href: "#jobs", onclick: function (ev) { ev.preventDefault(); open(); }, text: j.name })),
         el("td", null, el("span", { "class": "state " + j.state, text: j.state })),
         el("td", { title: stamp(j.sched_at), text: relative(j.sched_at) || "-" }),
-        el("td", { text: j.count }), el("td", { text: j.timeout }), el("td", { text: j.attempts }),
+        el("td", { text: j.count }), el("td", { text: j.timeout ? j.timeout + " s" : "default" }), el("td", { text: j.attempts }),
         el("td", { text: j.args_size }),
         el("td", { "class": "actions" },
           el("button", { type: "button", "class": "small", "data-act": "run-now", onclick: function () { runNow(j.func, j.name); }, text: "run now" }), " ",
@@ -287,7 +294,7 @@
     var box = $("job-detail");
     return api("GET", "/api/job" + query({ func: func, name: name })).then(function (j) {
       var fields = [["func", j.func], ["name", j.name], ["state", j.state], ["due", stamp(j.sched_at) + " (" + relative(j.sched_at) + ")"],
-        ["count", j.count], ["timeout", j.timeout + " s"], ["attempts", j.attempts],
+        ["count", j.count], ["timeout", j.timeout ? j.timeout + " s" : "the server's default"], ["attempts", j.attempts],
         ["last failed", j.last_failed_at ? stamp(j.last_failed_at) : "-"], ["last worker", j.last_worker || "-"],
         ["cron", j.cron ? (typeof j.cron === "object" ? JSON.stringify(j.cron) : j.cron) : "-"], ["args", j.args_size + " bytes"]];
       var dl = el("dl", { id: "job-fields" });
@@ -366,7 +373,7 @@
   function policyRow(name, p) {
     return el("tr", { "data-func": name },
       el("td", { "class": "name", text: name }), el("td", { text: p.max_attempts === 0 ? "unlimited" : p.max_attempts }),
-      el("td", { text: p.backoff + " s" }), el("td", { text: "×" + p.factor }), el("td", { text: p.cap + " s" }),
+      el("td", { text: dur(p.backoff) }), el("td", { text: "×" + p.factor }), el("td", { text: dur(p.cap) }),
       el("td", { text: p.jitter }));
   }
   function loadRetry() {
