@@ -295,6 +295,19 @@ class AdminClient:
 
     # -- dashboard series ----------------------------------------------------------
 
+    async def series(
+        self, func: str | None = None, *, limit: int | None = None
+    ) -> dict[str, Any]:
+        """``GET /api/series``: per func, ``done``, ``failed``, ``late_avg``
+        and ``late_max`` per minute over the last hour (60 values, oldest
+        first; lateness None for a minute without an assignment) and
+        ``minute``, the Unix time of the newest minute.  ``func``: that func
+        only; ``limit``: the busiest funcs (server default 50)."""
+        answer: dict[str, Any] = await self.request(
+            "GET", "/api/series", query={"func": func, "limit": limit}
+        )
+        return answer
+
 
 async def _read_answer(
     conn: h11.Connection, reader: asyncio.StreamReader

@@ -88,6 +88,7 @@ from .sched_model import (
     Waiters,
 )
 from .sched_reap import Reaper
+from .sched_series import SeriesBook
 from .sched_stats import SchedulerStats
 from .sched_waiters import WaiterTable
 from .sched_wire import DATA, JOB_ASSIGN, show, show_key
@@ -180,6 +181,7 @@ class SchedulerCore(WaiterTable):
         self._crons = CronTab(store)  # cron schedules (sched_cron)
         self._late = self._stats.lateness  # bound once: hot paths
         self._runtime = self._stats.runtime
+        self._series = SeriesBook()  # the dashboard's last hour per func
 
     # -- start-up -------------------------------------------------------------
 
@@ -681,6 +683,7 @@ class SchedulerCore(WaiterTable):
             self._crons.drop_func(fs.name)
         self._store.delete_func_jobs(fs.name)
         self._store.delete_func(fs.name)
+        self._series.forget(fs.name)
         retired = self._stats.retired
         retired[0] += fs.n_submit
         retired[1] += fs.n_done
@@ -739,6 +742,7 @@ class SchedulerCore(WaiterTable):
             v = self._now - sched_at  # lateness: against the wall clock
             h.counts[bisect_left(h.bounds, v)] += 1
             h.sum += v
+            self._series.late(func, v, self._now)
         rec.run += 1
         wait = self._assign_wait
         if wait > 0:

@@ -383,6 +383,7 @@ class CommandHandlers(CronCore):
         rec = self._lookup(key)
         if rec is not None:
             self._funcs[rec.func].n_done += 1
+            self._series.done(rec.func, self._now)
             if self._crons and self._cron_done(rec):
                 rec = None  # a cron job: kept, due at its next fire
         if self._waiters or self._hlocks:
@@ -401,6 +402,7 @@ class CommandHandlers(CronCore):
         rec = self._lookup(key)
         if rec is not None:
             self._funcs[rec.func].n_fail += 1
+            self._series.failed(rec.func, self._now)
             self._stats.event(
                 self._now, "fail", f"{show_key(key)} failed (connection {conn.id})"
             )

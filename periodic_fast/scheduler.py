@@ -53,6 +53,7 @@ from .sched_limits import (
 from .sched_model import LOCKED, PENDING, READY, RUNNING, Conn
 from .sched_retry import DEFAULT_MAX_DEAD, RetryScheduler
 from .sched_rules import ADMIN_COMMANDS, WORKER_COMMANDS, DispatchTables
+from .sched_series import SeriesSnapshot
 from .sched_stats import (
     LATENESS_BUCKETS,
     RUNTIME_BUCKETS,
@@ -413,6 +414,7 @@ class Scheduler(RetryScheduler):
             if a2.epoch == rec.epoch:  # treated like WORK_FAIL (4.7)
                 rec.run -= 1
                 self._stats.timeouts += 1
+                self._series.failed(rec.func, now)
                 fs = self._funcs.get(rec.func)
                 if fs is not None:  # a timeout is a failure of the func
                     fs.n_fail += 1
@@ -626,6 +628,13 @@ class Scheduler(RetryScheduler):
         """Every named lock with its holders and its queue, by name (entry
         times in wall time)."""
         return self._lock_table.infos(self._now - self._mono)
+
+    def series(
+        self, now: float, *, limit: int = 50, func: bytes | None = None
+    ) -> SeriesSnapshot:
+        """Per-func done, failed and lateness per minute over the last hour
+        (the dashboard; :mod:`periodic_fast.sched_series`)."""
+        return self._series.snapshot(now, limit=limit, func=func)
 
     # -- writes from outside a connection (the HTTP API) ----------------------
 

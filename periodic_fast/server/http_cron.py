@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from ..cron import CronError, CronRefused, iso, next_fires
+from .http_ctx import ApiContext, Handler
+from .http_ctx import json_body as _json_body
 from .http_wire import (
     HttpError,
     Request,
@@ -26,41 +26,12 @@ from .http_wire import (
     json_response,
     text,
 )
-from .views import SchedulerView
 
 __all__ = ["ROUTES"]
 
 _NEXT_RUNS: Final = 5  # fire times listed per schedule
 _LIMIT: Final = 1000  # schedules listed by default
 _MAX_LIMIT: Final = 10_000
-
-
-class ApiContext(Protocol):
-    """What these routes use of the HTTP app (server/http_api's context;
-    restated here: http_api imports this module)."""
-
-    scheduler: SchedulerView
-    clock: Callable[[], float]
-    mono_clock: Callable[[], float]
-
-    def durable(self, ok: Response) -> Response | asyncio.Future[Response]: ...
-
-
-Handler = Callable[[ApiContext, Request], "Response | asyncio.Future[Response]"]
-
-
-def _json_body(req: Request) -> dict[str, Any]:
-    """The request's JSON object; HttpError(400/415) for anything else."""
-    ctype = (req.header(b"content-type") or b"").split(b";", 1)[0].strip().lower()
-    if ctype not in (b"application/json", b""):
-        raise HttpError(415, "send a JSON object (Content-Type: application/json)")
-    try:
-        obj = json.loads(req.body or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HttpError(400, f"bad JSON body: {exc}") from None
-    if not isinstance(obj, dict):
-        raise HttpError(400, "the JSON body must be an object")
-    return obj
 
 
 def _string(body: dict[str, Any], key: str, default: str | None = None) -> str:

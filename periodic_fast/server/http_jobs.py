@@ -20,9 +20,10 @@ import asyncio
 import base64
 import binascii
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from ..sched_browse import DEFAULT_LIMIT, MAX_LIMIT, STATES, JobRow
+from .http_ctx import ApiContext, Handler
 from .http_wire import (
     SUCCESS,
     HttpError,
@@ -33,7 +34,6 @@ from .http_wire import (
     json_response,
     text,
 )
-from .views import SchedulerView
 
 __all__ = ["INDEX_WAIT", "PREVIEW", "ROUTES", "decode_cursor", "encode_cursor"]
 
@@ -43,20 +43,6 @@ PREVIEW: Final = 256
 INDEX_WAIT: Final = 30.0
 
 _I64: Final = (-(1 << 63), (1 << 63) - 1)
-
-
-class ApiContext(Protocol):
-    """What these handlers use of the HTTP app: http_api's ``ApiContext``
-    (restated: http_api imports this module, so this one cannot import it)."""
-
-    scheduler: SchedulerView
-    clock: Callable[[], float]
-    mono_clock: Callable[[], float]
-
-    def durable(self, ok: Response) -> Response | asyncio.Future[Response]: ...
-
-
-Handler = Callable[[ApiContext, Request], "Response | asyncio.Future[Response]"]
 
 
 def encode_cursor(name: bytes) -> str:
@@ -227,7 +213,7 @@ def _wait_index(
     if not ctx.scheduler.when_indexed(func, ready):  # pragma: no cover
         return answer() or busy
     # the scheduler wants a tick at once: have the server re-arm its timer
-    on_input = getattr(getattr(ctx, "hub", None), "on_input", None)
+    on_input = ctx.hub.on_input
     if on_input is not None:
         on_input()
 

@@ -17,25 +17,21 @@ Funcs and names are JSON strings (UTF-8).  Writes answer once committed.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import json
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from ..retry import DEFAULT_POLICY, POLICY_FIELDS, REFERENCE_POLICY, RetryPolicy
+from .http_ctx import Answer, ApiContext, Handler, json_body
 from .http_wire import (
     HttpError,
     Request,
-    Response,
     error_response,
     form_fields,
     int_field,
     json_response,
     text,
 )
-from .views import SchedulerView
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..sched_retry import DeadJob
@@ -46,39 +42,6 @@ _LIMIT_DEFAULT: Final = 50
 _LIMIT_MAX: Final = 500
 _PREVIEW: Final = 200  # workload bytes shown in a listing
 _PRESETS: Final = {"reference": REFERENCE_POLICY, "default": DEFAULT_POLICY}
-
-Answer = Response | asyncio.Future[Response]
-
-
-class ApiContext(Protocol):
-    """What these routes use of the HTTP app (http_api.ApiContext's shape:
-    http_api imports this module, so it cannot be imported from here)."""
-
-    scheduler: SchedulerView
-    clock: Callable[[], float]
-    mono_clock: Callable[[], float]
-
-    def durable(self, ok: Response) -> Response | asyncio.Future[Response]: ...
-
-
-Handler = Callable[[ApiContext, Request], Answer]
-
-
-def json_body(req: Request) -> dict[str, Any]:
-    """The request's JSON object body ({} when empty); HttpError(400/415)
-    (as http_api.json_body)."""
-    if not req.body:
-        return {}
-    ctype = (req.header(b"content-type") or b"").split(b";", 1)[0].strip().lower()
-    if ctype not in (b"application/json", b""):
-        raise HttpError(415, "send a JSON object (Content-Type: application/json)")
-    try:
-        obj = json.loads(req.body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HttpError(400, f"bad JSON body: {exc}") from None
-    if not isinstance(obj, dict):
-        raise HttpError(400, "the JSON body must be an object")
-    return obj
 
 
 def encode_cursor(key: tuple[bytes, bytes]) -> str:

@@ -1,19 +1,26 @@
-"""The status page: a plain-dict view model and its Jinja2 templates.
+"""The status page (the dashboard): a plain-dict view model, its Jinja2
+templates and its script.
 
 :func:`overview` copies what the page shows out of the scheduler into plain
 dicts, lists and numbers (also the body of ``GET /api/overview``);
 :func:`render_page` and :func:`render_fragment` turn that dict into HTML
-with the templates in ``templates/`` (``status.html`` around
-``fragment.html``, which the page's script re-fetches).  Autoescaping is on:
-func names, job names and event messages come from peers.  The templates
+with the templates in ``templates/`` (``status.html.j2`` around
+``fragment.html.j2``, which the page's script re-fetches).  Autoescaping is
+on: func names, job names and event messages come from peers.  The templates
 are compiled once per process, on first use.
+
+The page's script and style sheet (``static/``) are served by :data:`ROUTES`
+at ``/ui/dashboard.js`` and ``/ui/dashboard.css``: the page loads nothing
+from elsewhere, so it works offline.  The script draws the charts
+(``/api/series``) and the job browser, dead set, retry policies and cron
+schedules from the JSON API (docs/dashboard.md).
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,14 +28,15 @@ import jinja2
 
 from .. import __version__
 from .._build import build_info
-from .http_wire import text
+from .http_wire import Request, Response, text
 from .views import PeerView, SchedulerView
 
-__all__ = ["PAGE_ROWS", "overview", "render_fragment", "render_page"]
+__all__ = ["PAGE_ROWS", "ROUTES", "overview", "render_fragment", "render_page"]
 
 #: Rows shown on the status page / returned by /api/overview, per table.
 PAGE_ROWS: Final = 500
 _TEMPLATES: Final = Path(__file__).with_name("templates")
+_STATIC: Final = Path(__file__).with_name("static")
 
 
 def overview(
@@ -166,14 +174,14 @@ def _lock_entry(entry: tuple[bytes, bytes, float], now: float) -> dict[str, Any]
 
 def render_page(ov: dict[str, Any], *, name: str, writes: bool) -> str:
     """The whole status page for the view model ``ov`` (:func:`overview`)."""
-    return _template("status.html").render(
+    return _template("status.html.j2").render(
         ov=ov, name=name, version=__version__, writes=writes
     )
 
 
 def render_fragment(ov: dict[str, Any]) -> str:
     """The live part of the page alone (``GET /ui/fragment``)."""
-    return _template("fragment.html").render(ov=ov)
+    return _template("fragment.html.j2").render(ov=ov)
 
 
 # -- templates and their filters ------------------------------------------------
@@ -233,3 +241,30 @@ def _environment() -> jinja2.Environment:
 @functools.cache
 def _template(name: str) -> jinja2.Template:
     return _environment().get_template(name)
+
+
+# -- the page's script and style sheet ---------------------------------------------
+
+_ASSETS: Final = {
+    b"/ui/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    b"/ui/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+}
+
+
+@functools.cache
+def _asset(path: bytes) -> Response:
+    """A file of ``static/`` (read once per process)."""
+    name, ctype = _ASSETS[path]
+    body = (_STATIC / name).read_bytes()
+    # revalidated on each load: a server upgrade must not leave an old script
+    return Response(200, body, ctype, headers=(("Cache-Control", "no-cache"),))
+
+
+def _serve_asset(ctx: object, req: Request) -> Response:
+    return _asset(req.path)
+
+
+#: the page's static files, as an http_api route table
+ROUTES: dict[tuple[str, bytes], Callable[[Any, Request], Response]] = {
+    ("GET", path): _serve_asset for path in _ASSETS
+}

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..sched_browse import JobDetail, JobPage
     from ..sched_crontab import CronInfo
     from ..sched_retry import DeadJob
+    from ..sched_series import SeriesSnapshot
     from ..scheduler import ConnInfo, FuncDetail, LockInfo, SchedulerStats
     from ..store import Store
 
@@ -124,6 +125,12 @@ class SchedulerView(SchedulerLike, Protocol):
     def connections(self) -> list[ConnInfo]: ...
 
     def locks(self) -> list[LockInfo]: ...
+
+    def series(
+        self, now: float, *, limit: int = 50, func: bytes | None = None
+    ) -> SeriesSnapshot:
+        """The dashboard's per-func minutes of the last hour."""
+        ...
 
     def submit(self, job: Job, now: float, mono: float | None = None) -> bool: ...
 
