@@ -102,23 +102,15 @@ class JobDetail(NamedTuple):
     cron: Any
 
 
-def _failure(raw: object) -> tuple[int, float | None, str | None]:
-    """(attempts, failed_at, worker) from the retry feature's answer: None,
-    a mapping with those keys, or an object with those attributes."""
+def _failure(raw: Mapping[str, Any] | None) -> tuple[int, float | None, str | None]:
+    """(attempts, last failure time, last worker) from the retry feature's
+    ``job_failure`` answer (sched_retry), or None: never failed."""
     if raw is None:
         return 0, None, None
-    if isinstance(raw, Mapping):
-        get = raw.get
-    else:
-
-        def get(key: str, default: Any = None) -> Any:
-            return getattr(raw, key, default)
-
-    attempts = get("attempts", 0)
-    failed_at = get("failed_at")
-    worker = get("worker")
+    failed_at = raw.get("last_failed_at")
+    worker = raw.get("last_worker")
     return (
-        int(attempts or 0),
+        int(raw.get("attempts") or 0),
         None if failed_at is None else float(failed_at),
         None if worker is None else str(worker),
     )

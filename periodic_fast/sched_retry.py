@@ -211,7 +211,14 @@ class RetryScheduler(CommandHandlers):
         """The job's retries are used up: from the live set to the dead set."""
         job = rec.job
         key = (job.func, job.name)
-        self._finish(rec.key, rec, RESULT_FAILED)  # deleted; streams get EOF
+        if self._crons and key in self._crons:
+            # a scheduled job keeps its schedule: this run goes to the dead
+            # set, the job waits for its next fire with its count reset
+            self._finish(rec.key, None, RESULT_FAILED)  # waiters, locks
+            self._attempt_gone(rec)
+            self._cron_done(rec)
+        else:
+            self._finish(rec.key, rec, RESULT_FAILED)  # deleted; streams get EOF
         self._dead.pop(key, None)  # a second death moves it to the end
         dead = self._dead[key] = DeadJob(job, failure)
         self._dead_sorted = None

@@ -328,19 +328,21 @@ def test_detail(h: Harness) -> None:
     assert h.s.job_detail(b"nofunc", b"j") is None
 
 
-def test_detail_reads_the_retry_and_cron_features_when_present(h: Harness) -> None:
-    _submit(h.s, b"j", T0 + 30)
-    h.s.job_failure = lambda func, name: {  # type: ignore[attr-defined]
-        "attempts": 3,
-        "failed_at": T0 - 5,
-        "worker": "w1",
-    }
-    h.s.job_cron = lambda func, name: {"cron": "* * * * *"}  # type: ignore[attr-defined]
+def test_detail_shows_the_failures_and_the_schedule(h: Harness) -> None:
+    """Details read the retry feature's failures and the cron schedule."""
+    _submit(h.s, b"j", T0)
+    w = h.worker(F, slots=[1])
+    assert assigns(w.take())
+    w.req(C.WORK_FAIL, F, b"j")
     d = h.s.job_detail(F, b"j")
     assert d is not None
-    assert (d.row.attempts, d.last_failed_at, d.last_worker) == (3, T0 - 5, "w1")
-    assert d.cron == {"cron": "* * * * *"}
-    assert _page(h.s).rows[0].attempts == 3
+    assert (d.row.attempts, d.last_failed_at) == (1, h.now)
+    assert d.last_worker is not None and d.cron is None
+    assert _page(h.s).rows[0].attempts == 1
+    h.s.add_cron(F, b"c", "*/5 * * * *", "UTC", "once", b"", 0, h.now)
+    c = h.s.job_detail(F, b"c")
+    assert c is not None
+    assert c.cron == {"cron": "*/5 * * * *", "tz": "UTC", "missed": "once"}
 
 
 def test_run_now_dispatches_at_once_and_reschedule_moves(h: Harness) -> None:

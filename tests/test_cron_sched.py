@@ -411,3 +411,29 @@ def test_dst_spring_forward_runs_once_at_the_first_minute_that_exists() -> None:
         "2026-03-30T02:30:00+02:00",
         "2026-03-31T02:30:00+02:00",
     ]
+
+
+def test_a_run_out_of_attempts_goes_dead_and_the_schedule_goes_on() -> None:
+    """max_attempts reached: the run is copied to the dead set, the job stays
+    scheduled at its next fire with its attempts forgotten."""
+    from periodic_fast.retry import RetryPolicy
+
+    h = harness()
+    h.s.set_retry_policy(F, RetryPolicy(max_attempts=1), h.now)
+    first = add(h)
+    w = h.worker(F, slots=[1])
+    h.advance(first - h.now)
+    assert assigns(w.take())
+    assert cmds(w.req(C.WORK_FAIL, F, N)) == [C.SUCCESS]
+    dead, _, total = h.s.dead_jobs(F, b"", None, 10)
+    assert [d.job.name for d in dead] == [N] and total == 1
+    j, state = job(h)
+    assert state == JobState.PENDING and j.sched_at == first + 300
+    assert h.s.job_failure(F, N) is not None  # the dead copy's failures
+    assert h.s.cron_count == 1
+    # the next fire runs it again, from attempt 1
+    w.grab(2)
+    h.advance(300)
+    assert assigns(w.take())
+    assert cmds(w.done(F, N)) == [C.SUCCESS]
+    assert job(h)[0].sched_at == first + 600

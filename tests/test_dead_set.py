@@ -267,6 +267,15 @@ async def test_admin_client_round_trip() -> None:
         assert d["worker"].startswith("conn ")
         page2 = await admin.dead_jobs("f", cursor=page["next"], limit=2)
         assert [d["name"] for d in page2["jobs"]] == ["j3"] and page2["next"] is None
+        # the job browser lists the same dead set, with its own cursors
+        listed = await admin.list_jobs("f", state="dead", limit=2)
+        assert [(j["name"], j["state"]) for j in listed["jobs"]] == [
+            ("j1", "dead"),
+            ("j2", "dead"),
+        ]
+        assert listed["jobs"][0]["attempts"] == 1 and listed["next"]
+        rest = await admin.list_jobs("f", state="dead", cursor=listed["next"])
+        assert [j["name"] for j in rest["jobs"]] == ["j3"] and rest["next"] is None
         assert await admin.retry_dead("f", "j1") == (1, False)
         assert await admin.delete_dead("f", "j2") == (1, False)
         with pytest.raises(AdminError) as err:

@@ -23,7 +23,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from ..sched_browse import DEFAULT_LIMIT, MAX_LIMIT, STATES, JobRow
+from ..sched_retry import DeadJob
 from .http_ctx import ApiContext, Handler
+from .http_retry import decode_cursor as decode_dead_cursor
+from .http_retry import encode_cursor as encode_dead_cursor
 from .http_wire import (
     SUCCESS,
     HttpError,
@@ -116,33 +119,32 @@ def row_json(row: JobRow) -> dict[str, Any]:
     }
 
 
-def _dead_row(d: Mapping[str, Any]) -> dict[str, Any]:
-    """The dead set's D object as a listing's S object."""
+def _dead_row(d: DeadJob) -> dict[str, Any]:
+    """A dead-set entry as a listing's S object."""
+    job = d.job
     return {
-        "func": d.get("func"),
-        "name": d.get("name"),
+        "func": text(job.func),
+        "name": text(job.name),
         "state": "dead",
-        "sched_at": d.get("sched_at"),
-        "count": d.get("count", 0),
-        "timeout": d.get("timeout", 0),
-        "attempts": d.get("attempts", 0),
-        "args_size": d.get("args_size", 0),
+        "sched_at": job.sched_at,
+        "count": job.count,
+        "timeout": job.timeout,
+        "attempts": d.failure.attempts,
+        "args_size": len(job.workload),
     }
 
 
 def _dead(
     ctx: ApiContext, func: bytes, prefix: bytes, cursor: bytes, limit: int
 ) -> Response:
-    """state=dead: the retry feature's dead set, when the scheduler has it."""
-    dead_jobs = getattr(ctx.scheduler, "dead_jobs", None)
-    if dead_jobs is None:
-        return json_response(200, {"jobs": [], "next": None})
-    page = dead_jobs(func, prefix, text(cursor) if cursor else None, limit)
+    """state=dead: a page of the dead set (sched_retry), with its cursors."""
+    after = decode_dead_cursor(cursor) if cursor else None
+    jobs, nxt, _ = ctx.scheduler.dead_jobs(func, prefix, after, limit)
     return json_response(
         200,
         {
-            "jobs": [_dead_row(d) for d in page.get("jobs", ())],
-            "next": page.get("next"),
+            "jobs": [_dead_row(d) for d in jobs],
+            "next": None if nxt is None else encode_dead_cursor(nxt),
         },
     )
 
