@@ -160,7 +160,9 @@ def run_now(
     func: Annotated[str, typer.Argument(metavar="FUNC")],
     name: Annotated[str, typer.Argument(metavar="NAME")],
 ) -> None:
-    """Make a pending job due now (dispatched at once to a free worker)."""
+    """Make a pending job due now.
+
+    A free worker gets it at once."""
     with_admin(ctx, lambda a: a.run_now(func, name))
     typer.echo("SUCCESS")
 
