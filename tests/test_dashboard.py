@@ -287,3 +287,42 @@ def test_dead_job_retried_from_the_page_runs(
     assert _http(proc, "GET", "/api/dead?func=flaky")[1]["total"] == 0
     series = _http(proc, "GET", "/api/series?func=flaky")[1]["funcs"]["flaky"]
     assert sum(series["done"]) == 1 and sum(series["failed"]) == 1
+
+
+# -- cron schedules (needs /api/cron) ------------------------------------------------
+
+
+def test_cron_schedules_show_their_next_runs(
+    proc: ServerProcess, browser: Browser
+) -> None:
+    """A schedule made through the API appears in the Retry & cron tab with
+    its expression, zone and next runs (the server's, not the page's)."""
+    _needs(proc, "/api/cron", "cron")
+    status, ans = _http(
+        proc,
+        "POST",
+        "/api/cron",
+        body={
+            "func": "report",
+            "name": "nightly",
+            "cron": "30 2 * * *",
+            "tz": "Europe/Paris",
+        },
+    )
+    assert status == 200, ans
+    _, listed = _http(proc, "GET", "/api/cron")
+    runs = listed["schedules"][0]["next_runs"]
+    browser.open(_base(proc) + "/ui#schedules")
+    browser.wait(
+        "!!document.querySelector('#cron tr[data-name=\"nightly\"]')", timeout=10
+    )
+    cells = browser.js(
+        "[...document.querySelectorAll('#cron tr[data-name=\"nightly\"] td')]"
+        ".map(td => td.textContent)"
+    )
+    assert cells[:5] == ["report", "nightly", "30 2 * * *", "Europe/Paris", "once"]
+    shown = browser.js(
+        "[...document.querySelectorAll('#cron tr[data-name=\"nightly\"] li')]"
+        ".map(li => li.textContent)"
+    )
+    assert shown == runs and all("02:30:00+0" in r for r in runs)
