@@ -26,6 +26,10 @@ FAST_TESTS=(
     # L2/L3: the stores (SQLite, and PostgreSQL through asyncpg), the scheduler
     tests/test_store.py tests/test_sqlite_store.py tests/test_postgres_store.py
     tests/test_scheduler.py tests/test_clock.py
+    # the job features beyond the protocol (zoneinfo and cron arithmetic vary
+    # with the interpreter): retries, cron, the job browser, the series
+    tests/test_retry_policy.py tests/test_cron.py tests/test_cron_sched.py
+    tests/test_browse.py tests/test_series.py tests/test_store_extras.py
     # L4: server, client and worker on asyncio and uvloop, HTTP, RSA/AES
     # (cryptography), and aio-periodic against the server on both loops
     tests/test_server.py tests/test_conformance.py tests/test_client_worker.py
