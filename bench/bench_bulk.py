@@ -138,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
                 a._request(Command.LOAD, encode_job_list(again), 600)
             )
             await asyncio.sleep(1.0)
+            out["load_done_at_sigterm"] = load.done()  # False: still running
             t = time.perf_counter()
             proc.send_signal(signal.SIGTERM)
             await asyncio.get_running_loop().run_in_executor(None, proc.wait)
             out["sigterm_exit_s"] = round(time.perf_counter() - t, 3)
-            out["load_done_at_sigterm"] = load.done()
             load.cancel()
 
     try:
