@@ -33,6 +33,8 @@ from .codec import (
 )
 from .constants import DEFAULT_MAX_FRAME, RESULT_FAILED
 from .errors import TrailingBytes, TruncatedPayload
+from .job import Job
+from .sched_bulk import BulkWork
 from .sched_cron import CronCore
 from .sched_limits import FuncRefused, bad_func_name
 from .sched_model import RUNNING, Conn, Handler
@@ -108,6 +110,28 @@ class CommandHandlers(CronCore):
         super().__init__(store, now, config, mono)
         self._on_shutdown = on_shutdown
         self._set_max_frame(DEFAULT_MAX_FRAME)
+        # big DUMP and LOAD requests, a slice per tick (sched_bulk)
+        self._bulk = BulkWork(
+            self._jobs,
+            self._funcs,
+            lambda: self._reaper.left,
+            self._table_for,
+            self._kill_for,
+            self._load_check,
+            self._load_one,
+            lambda conn, msgid: conn.send(encode_response(msgid, SUCCESS)),
+            lambda job: load_frame_size(job) > self._max_frame,
+            lambda conn, msgid, why: self._refuse(conn, msgid, "size", why),
+        )
+
+    def _table_for(self, conn: Conn) -> list[Handler]:
+        """``conn``'s dispatch table (the Scheduler builds them)."""
+        raise NotImplementedError  # pragma: no cover - Scheduler overrides it
+
+    def _kill_for(self, conn: Conn, why: str) -> None:
+        """Close ``conn`` for what it sent (logged, rate-limited)."""
+        self._refused("bulk", f"connection {conn.id} closed: {why}")
+        self._kill(conn)
 
     def _set_max_frame(self, max_frame: int) -> None:
         """Refuse jobs that would not fit a LOAD frame under ``max_frame``."""
@@ -242,16 +266,32 @@ class CommandHandlers(CronCore):
     def _h_dump(self, conn: Conn, msgid: int, payload: bytes) -> None:
         if payload:
             raise TrailingBytes("DUMP carries no payload")
+        if len(self._jobs) > self._bulk.dump_slice:  # a slice per tick
+            self._bulk.dump(conn, msgid)
+            return
         data = encode_job_list(self.jobs())
         conn.send(encode_response(msgid, DATA, data))
 
     def _h_load(self, conn: Conn, msgid: int, payload: bytes) -> None:
+        sized = len(payload) > self._job_cap  # a job that might not load back
+        if int.from_bytes(payload[:8], "big") > self._bulk.load_slice:
+            self._bulk.load(conn, msgid, payload, sized)  # a slice per tick
+            return
         jobs = decode_job_list(payload)
-        if len(payload) > self._job_cap:  # a job that might not load back
+        if sized:
             cap = self._max_frame
             if any(load_frame_size(job) > cap for job in jobs):
                 self._refuse(conn, msgid, "size", "LOAD of a job over the frame limit")
                 return
+        if self._load_check(conn, msgid, jobs):
+            for job in jobs:
+                self._submit(job)
+            conn.send(encode_response(msgid, SUCCESS))
+
+    def _load_check(self, conn: Conn, msgid: int, jobs: list[Job]) -> bool:
+        """A decoded LOAD: refused as a whole (NO_WORKER sent, False) when a
+        new func may not be created; else every func is created first
+        (protocol.md 3.2) and True."""
         funcs = self._funcs
         new = {job.func: None for job in jobs if job.func not in funcs}
         try:  # refused as a whole: every new func is checked first
@@ -261,12 +301,17 @@ class CommandHandlers(CronCore):
                 raise FuncRefused(f"LOAD of {len(new)} new funcs (max_funcs)", True)
         except FuncRefused as exc:
             self._refuse(conn, msgid, "func", str(exc))
-            return
-        for func in new:  # all funcs first (protocol.md 3.2)
+            return False
+        for func in new:
             self._func(func, check=False)
-        for job in jobs:
-            self._submit(job)
-        conn.send(encode_response(msgid, SUCCESS))
+        return True
+
+    def _load_one(self, job: Job) -> None:
+        """One job of a sliced LOAD: its func was checked and created at the
+        start, but another peer may have dropped it since."""
+        if job.func not in self._funcs:
+            self._func(job.func, check=False)
+        self._submit(job)
 
     def _h_shutdown(self, conn: Conn, msgid: int, payload: bytes) -> None:
         if payload:

@@ -50,7 +50,7 @@ from .sched_limits import (
     bad_func_name,
     check_limit,
 )
-from .sched_model import LOCKED, PENDING, READY, RUNNING, Conn
+from .sched_model import LOCKED, PENDING, READY, RUNNING, Conn, Handler
 from .sched_retry import DEFAULT_MAX_DEAD, RetryScheduler
 from .sched_rules import ADMIN_COMMANDS, WORKER_COMMANDS, DispatchTables
 from .sched_series import SeriesSnapshot
@@ -389,6 +389,8 @@ class Scheduler(RetryScheduler):
             self._reaper.reap()
         if self._browser.building:  # a browsed func's index: one slice per tick
             self._browser.step()
+        if self._bulk.busy:  # a big DUMP or LOAD: one slice per tick
+            self._bulk.step()
 
         awaiting = self._awaiting
         while awaiting and awaiting[0].deadline <= mono:
@@ -435,6 +437,9 @@ class Scheduler(RetryScheduler):
             self._next_slow = mono + _SWEEP_SLOW
             self._sweep_slow()
 
+    def _table_for(self, conn: Conn) -> list[Handler]:
+        return self._dispatch.for_conn(conn)
+
     def _anchor(self, mono: float) -> None:
         """The first monotonic time of a scheduler built without one: the
         sweeps and the (still empty) deadline wheel move onto its clock."""
@@ -453,8 +458,9 @@ class Scheduler(RetryScheduler):
 
         Never None in practice: the periodic sweeps are always scheduled.
         """
-        if self._reaper.left or self._browser.building:
-            return self._mono  # at once: the next slice of a drop or an index
+        if self._reaper.left or self._browser.building or self._bulk.busy:
+            return self._mono  # at once: the next slice of a drop, an index,
+            # a DUMP or a LOAD
         best = min(self._next_fast, self._next_locked, self._next_slow)
         nd = self._wheel.next_due()
         behind = self._behind

@@ -83,6 +83,7 @@ WRITE_LOW_WATER = 256 * 1024
 _MAGICS = (MAGIC_REQUEST, MAGIC_RESPONSE)
 _JOB_ASSIGN = int(Command.JOB_ASSIGN)
 _GRAB_JOB = int(Command.GRAB_JOB)
+_PING = int(Command.PING)
 _U32 = struct.Struct(">I")
 # pause/resume_reading may raise on transports that are closing (uvloop) or
 # that do not support it; neither matters to us.
@@ -366,8 +367,12 @@ class ServerProtocol(asyncio.Protocol):
             command = packet.command
             # GRAB_JOB confirms nothing stored (a grab slot, and maybe a
             # dispatch, which a crash turns back into a pending job): its
-            # output is free
-            self._grabbing = command == _GRAB_JOB
+            # output is free.  So is a PONG when none of this connection's
+            # output waits for a barrier (else it keeps its place behind those
+            # replies): it must not wait for a commit it does not need (17)
+            self._grabbing = command == _GRAB_JOB or (
+                command == _PING and not self._out and not self._held_turns
+            )
             try:
                 scheduler.handle(cid, msgid, command, packet.payload, now, mono)
             except ProtocolError as exc:
