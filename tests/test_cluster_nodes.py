@@ -233,6 +233,7 @@ async def test_three_nodes_failover_handover_and_join(
         moved = time.monotonic() - killed_at
         assert all(rec.runs[name] for name in victim_jobs)
         assert moved < max(due - time.time(), 0) + LEASE + 15
+        print(f"\nfailover: partitions moved {took:.2f} s after kill -9")
 
         # 3. SIGTERM of n1: n2 takes over at once (no lease to wait for)
         second = [f"b{i}" for i in range(150)]
@@ -247,6 +248,7 @@ async def test_three_nodes_failover_handover_and_join(
 
         handover = await _wait_for(n2_alone, LEASE + 10, "n2 to take everything")
         assert handover < LEASE, f"handover took {handover:.2f} s, not at once"
+        print(f"handover: n2 owned everything {handover:.2f} s after n1 exited")
         assert time.monotonic() - stopped < LEASE + 1
         await _wait_for(all_ran, 30, "the second batch to run")
 
@@ -262,7 +264,8 @@ async def test_three_nodes_failover_handover_and_join(
             owners = await _owners(db, prefix)
             return owners == Counter({"n2": 128, "n3": 128})
 
-        await _wait_for(shared, 6 * LEASE, "n3 to take its share")
+        joined = await _wait_for(shared, 6 * LEASE, "n3 to take its share")
+        print(f"join: n3 held its share {joined:.2f} s after it listened")
         third = [f"c{i}" for i in range(150)]
         await _submit(nodes[2:], rec, third, 0)
         await _wait_for(all_ran, 30, "the third batch to run")

@@ -60,7 +60,9 @@ def _names_in(part: int, n: int, tag: str = "j") -> Iterator[bytes]:
             yield name
 
 
-def test_part_column_load_partitions_and_backfill(pg: tuple[dict[str, Any], str]) -> None:
+def test_part_column_load_partitions_and_backfill(
+    pg: tuple[dict[str, Any], str],
+) -> None:
     from periodic_fast.store.postgres import PostgresStore
 
     connect, prefix = pg
@@ -72,7 +74,7 @@ def test_part_column_load_partitions_and_backfill(pg: tuple[dict[str, Any], str]
     try:
         assert list(node.load().jobs) == []  # jobs come per partition
         tick, safe = _tick(node)
-        assert sorted(tick.acquired) == list(range(P)) and sorted(safe) == list(range(P))
+        assert sorted(tick.acquired) == sorted(safe) == list(range(P))
         node.save_job(Job(b"f", b"new"), JobState.PENDING)
         node.flush()
         want = partition_of(b"f", b"new", P)
