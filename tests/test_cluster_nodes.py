@@ -291,3 +291,12 @@ async def test_three_nodes_failover_handover_and_join(
         for n in nodes:
             n.stop()
         await db.close()
+
+
+def test_cluster_needs_a_postgres_store(capsys: pytest.CaptureFixture[str]) -> None:
+    from periodic_fast.cli import periodicd_main_args
+
+    code = periodicd_main_args(["--cluster", "-p", ":memory:", "-H", "tcp://:0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--cluster" in err and "PostgreSQL" in err, err
