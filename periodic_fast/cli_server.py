@@ -305,6 +305,33 @@ HttpHostOpt = Annotated[
 ]
 
 
+# cluster mode (issue 18, docs/cluster.md)
+ClusterOpt = Annotated[
+    bool,
+    typer.Option(
+        "--cluster",
+        help="Run as one node of a cluster: every node on the same"
+        " -p postgres://... and prefix shares the jobs (docs/cluster.md).",
+    ),
+]
+LeaseTimeOpt = Annotated[
+    float,
+    typer.Option(
+        "--lease-time",
+        help="Cluster mode: seconds a node's partitions stay its own without"
+        " a heartbeat (a killed node's jobs move after about this long).",
+        min=0.5,
+    ),
+]
+NodeIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--node-id",
+        help="Cluster mode: this node's id, unique in the cluster"
+        " (default: host name/first listen address).",
+        show_default=False,
+    ),
+]
 PidfileOpt = Annotated[
     str | None,
     typer.Option(
@@ -550,6 +577,7 @@ def _serve(
     no_http: bool = False,
     http_hosts: list[str] | None = None,
     pidfile: str | None = None,
+    cluster: tuple[bool, float, str | None] = (False, 5.0, None),
 ) -> int:
     from ._build import fallback_warning  # noqa: PLC0415  # loads the twins
     from .server.app import Server, run  # noqa: PLC0415  # keep CLI start fast
@@ -570,6 +598,21 @@ def _serve(
         )
     store = path or _default_store(name)
     _check_driver(store)
+    cluster_options = None
+    if cluster[0]:
+        from .server.cluster_node import ClusterOptions  # noqa: PLC0415
+
+        if not store.removeprefix("cache+").startswith(("postgres:", "postgresql:")):
+            raise typer.BadParameter(
+                "needs a PostgreSQL store shared by every node"
+                f" (-p 'postgres://host/db?prefix=name_'), not {store!r};"
+                " see docs/cluster.md",
+                param_hint="--cluster",
+            )
+        lease = cluster[1]
+        cluster_options = ClusterOptions(
+            node=cluster[2], lease_time=lease, margin=min(1.0, lease / 5)
+        )
     try:
         server = Server(
             split_addresses(host),
@@ -599,7 +642,8 @@ def _serve(
             http=not no_http,
             http_writes=http_writes,
             http_options={"allowed_hosts": http_hosts} if http_hosts else None,
-            load_progress=_load_progress(),
+            load_progress=None if cluster_options else _load_progress(),
+            cluster=cluster_options,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--host") from None
@@ -714,6 +758,9 @@ def periodicd(
     no_http: NoHttpOpt = False,
     http_host: HttpHostOpt = None,
     pidfile: PidfileOpt = None,
+    cluster: ClusterOpt = False,
+    lease_time: LeaseTimeOpt = 5.0,
+    node_id: NodeIdOpt = None,
     config_file: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
     version: VersionOpt = False,
@@ -758,5 +805,6 @@ def periodicd(
         no_http=no_http,
         http_hosts=http_host,
         pidfile=pidfile,
+        cluster=(cluster, lease_time, node_id),
     )
     raise typer.Exit(code)

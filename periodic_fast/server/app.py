@@ -54,6 +54,7 @@ from .views import SchedulerView
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..store import Store, StoreSnapshot
+    from .cluster_node import ClusterNode, ClusterOptions
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -172,15 +173,15 @@ def _default_factory(
     mono_clock: Callable[[], float] = time.monotonic,
     load_progress: LoadProgress | None = None,
     retry: tuple[RetryPolicy | None, int] = (None, DEFAULT_MAX_DEAD),
+    opener: Callable[[str, str], Store] | None = None,
 ) -> SchedulerFactory:
     lim = {**_DEFAULT_LIMITS, **(limits or {})}
 
     def factory(now: float, on_shutdown: Callable[[], None]) -> SchedulerView:
         from ..scheduler import Scheduler  # noqa: PLC0415  # L3 loaded on start
-        from ..store import open_store  # noqa: PLC0415  # L2 loaded on start
 
         if isinstance(store, str):
-            opened = open_store(store, durability=durability)
+            opened = (opener or _open_store)(store, durability)
             owned.append(opened)
         else:  # a Store instance: the caller owns it
             opened = store
@@ -200,6 +201,12 @@ def _default_factory(
             )
 
     return factory
+
+
+def _open_store(uri: str, durability: str) -> Store:
+    from ..store import open_store  # noqa: PLC0415  # L2 loaded on start
+
+    return open_store(uri, durability=durability)
 
 
 @contextlib.contextmanager
@@ -229,6 +236,32 @@ def _watched_load(store: Store, progress: LoadProgress | None) -> Iterator[None]
         yield
     finally:
         del store.load
+
+
+def _cluster_opener(
+    cluster: ClusterOptions,
+    first: str,
+    factory: SchedulerFactory | None,
+    store: str | Store,
+) -> Callable[[str, str], Store]:
+    """The store opener of a cluster node (checked here: a clear error
+    before anything starts)."""
+    from .cluster_node import (  # noqa: PLC0415  # only in cluster mode
+        NEEDS_POSTGRES,
+        default_node_id,
+        open_cluster_store,
+    )
+
+    if factory is not None or not isinstance(store, str):
+        raise ValueError("cluster mode needs the default scheduler and a store URI")
+    if not store.removeprefix("cache+").startswith(("postgres:", "postgresql:")):
+        raise ValueError(f"{NEEDS_POSTGRES}; got {store!r}")
+    node = cluster.node or default_node_id(first)
+
+    def opener(uri: str, durability: str) -> Store:
+        return open_cluster_store(uri, durability, cluster, node)
+
+    return opener
 
 
 class Server:
@@ -303,6 +336,10 @@ class Server:
     :param load_progress: ``progress(jobs) -> jobs``, handed the stored jobs
         as the default scheduler loads them at start (the CLI's progress bar
         on a terminal).
+    :param cluster: run as a cluster node (docs/cluster.md): ``store`` must
+        be a ``postgres://`` URI shared by every node; the heartbeat
+        (:class:`~.cluster_node.ClusterNode`) loads the partitions this node
+        acquires, and :meth:`stop` hands them over.
     """
 
     def __init__(
@@ -340,6 +377,7 @@ class Server:
         load_progress: LoadProgress | None = None,
         retry_policy: RetryPolicy | None = None,
         max_dead: int = DEFAULT_MAX_DEAD,
+        cluster: ClusterOptions | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("no listen address")
@@ -373,6 +411,12 @@ class Server:
         if mono_clock is None:
             mono_clock = time.monotonic if clock is time.time else clock
         self._mono = mono_clock
+        # cluster mode (issue 18): the store opened as a node, a heartbeat
+        self._cluster = cluster
+        self._node: ClusterNode | None = None
+        opener = None
+        if cluster is not None:
+            opener = _cluster_opener(cluster, addresses[0], scheduler_factory, store)
         self._factory = scheduler_factory or _default_factory(
             store,
             durability,
@@ -383,6 +427,7 @@ class Server:
             mono_clock,
             load_progress,
             (retry_policy, max_dead),
+            opener,
         )
         self._rsa = (rsa_private_path, rsa_public_path, rsa_modes, rsa_legacy, rsa_v1)
         self._http = http
@@ -451,6 +496,18 @@ class Server:
                 self._auth = AuthFile(self._auth_path)  # malformed: no start
             scheduler = self._factory(self._clock(), self.request_stop)
             self._scheduler = scheduler
+            if self._cluster is not None:  # before any connection (install)
+                from .cluster_node import ClusterNode  # noqa: PLC0415
+
+                self._node = ClusterNode(
+                    self.name,
+                    scheduler,  # type: ignore[arg-type]
+                    scheduler.store,  # type: ignore[arg-type]
+                    clock=self._clock,
+                    mono=self._mono,
+                    wake=self.input_done,
+                )
+                self._node.start()
             if self._auth is not None:
                 scheduler.set_auth(self._auth.rules, self._clock(), self._mono())
             hub = Hub(
@@ -627,6 +684,8 @@ class Server:
                 await self._done.wait()
             return
         self._state = "stopping"
+        if self._node is not None:  # hand the partitions over first
+            await self._node.leave()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -25,8 +25,10 @@ refuse to start, and fences off a server that lost its claim:
   backend has not noticed yet): the store terminates that backend, which is
   its own, and takes the lock.
 
-Cluster mode (docs/cluster.md) will take the same lock in shared mode on each
-node, so a single server and a cluster refuse each other too.
+Cluster mode (docs/cluster.md) takes the same lock in shared mode on each
+node (:meth:`PrefixOwner.claim_shared`), so a single server and a cluster
+refuse each other too; the nodes fence each other by partition epochs
+instead (:mod:`periodic_fast.store.cluster`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ CLUSTER_HINT = (
 
 _KEY = "hashtext(current_schema() || '.' || $2::text)"
 _SQL_TRY = f"SELECT pg_try_advisory_lock($1::int4, {_KEY})"
+_SQL_TRY_SHARED = f"SELECT pg_try_advisory_lock_shared($1::int4, {_KEY})"
 _SQL_HOLDER = (
     "SELECT l.pid, coalesce(a.application_name, ''),"
     " coalesce(host(a.client_addr), 'local')"
@@ -146,6 +149,24 @@ class PrefixOwner:
             )
         elif await conn.fetchval(f"SELECT epoch FROM {self.table}") != self.epoch:
             self._fence(conn, None)
+        self.pid = conn.get_server_pid()
+
+    async def claim_shared(self, conn: asyncpg.Connection) -> None:
+        """Cluster mode: take the lock in shared mode on ``conn`` (every node
+        does, at open and after each reconnect), so no single-node server can
+        start on the cluster's prefix while a node lives, and no node while a
+        single-node server holds it.  Raises :class:`PrefixInUseError` after
+        ``lock_wait`` seconds."""
+        deadline = time.monotonic() + self.lock_wait
+        while not await conn.fetchval(_SQL_TRY_SHARED, NAMESPACE, self.prefix):
+            if time.monotonic() >= deadline:
+                holder = await conn.fetchrow(_SQL_HOLDER, NAMESPACE, self.prefix)
+                raise PrefixInUseError(
+                    f"{self.where}: prefix {self.prefix!r} is held by a single-node "
+                    f"server{_who(holder)}; stop it before starting cluster nodes "
+                    "on this prefix (--cluster, docs/cluster.md)"
+                )
+            await asyncio.sleep(0.05)
         self.pid = conn.get_server_pid()
 
     def _fence(self, conn: asyncpg.Connection, holder: asyncpg.Record | None) -> None:

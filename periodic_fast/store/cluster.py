@@ -1,8 +1,11 @@
 """Cluster coordination core: partitions owned under leases, fenced by epochs.
 
-The building block of cluster mode (docs/cluster.md; not wired into the
-server yet).  Several nodes on one PostgreSQL database and prefix split the
-job space into a fixed number of partitions (:func:`partition_of`, a hash of
+The building block of cluster mode (docs/cluster.md): the PostgreSQL store
+drives it in cluster mode (:mod:`periodic_fast.store._pg_cluster`), the
+server's heartbeat task applies its ticks (``server/cluster_node``).
+
+Several nodes on one PostgreSQL database and prefix split the job space
+into a fixed number of partitions (:func:`partition_of`, a hash of
 ``(func, name)``); each partition is owned by at most one live node under a
 lease, and every change of owner bumps the partition's epoch.  PostgreSQL is
 the only coordinator; its tables (``prefix`` prepended):
@@ -305,6 +308,11 @@ class Coordinator:
     def may_dispatch(self, part: int) -> bool:
         """True while this node's lease on ``part`` is safe by its own clock."""
         return self._safe_until.get(part, float("-inf")) > self._mono()
+
+    def safe_until(self) -> dict[int, float]:
+        """A copy of part -> the monotonic time until which this node may
+        dispatch it (for a caller on another thread than the ticks)."""
+        return dict(self._safe_until)
 
     def dispatchable(self) -> list[int]:
         """The partitions this node may dispatch now, sorted."""

@@ -46,6 +46,13 @@ advisory lock on its prefix for its life and refuses to open when another
 server holds it; after a reconnect it takes the lock again, and stops
 committing for good when another server had the prefix meanwhile
 (:mod:`periodic_fast.store._pg_owner`).
+
+Cluster mode (``cluster=`` a :class:`~periodic_fast.store.cluster.Coordinator`,
+docs/cluster.md): several stores share one prefix, the lock is taken shared,
+``jobs`` gets its ``part`` column filled and indexed, :meth:`PostgresStore.load`
+returns no jobs (the server loads partitions as it acquires them:
+:meth:`PostgresStore.load_partitions`), and every commit is fenced by the
+epochs of the partitions it touches (:mod:`periodic_fast.store._pg_cluster`).
 """
 
 from __future__ import annotations
@@ -53,11 +60,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import threading
 import time
-import urllib.parse
-from collections.abc import AsyncGenerator, Coroutine, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -67,13 +72,16 @@ from ..job import Job, JobState
 from ._batch import DELETE as _DELETE
 from ._batch import Batch as _Batch
 from ._contract import StoreSnapshot
+from ._pg_cluster import PgCluster
 from ._pg_owner import (
     OwnershipLostError,
     PostgresStoreError,
     PrefixInUseError,
     PrefixOwner,
 )
+from ._pg_uri import check_prefix, describe, parse_postgres_uri
 from ._writer import BatchWriter
+from .cluster import Coordinator, FencedOut, Tick
 
 __all__ = [
     "OwnershipLostError",
@@ -99,104 +107,6 @@ _LOAD_CHUNK = 8192  # rows per cursor fetch while the jobs stream in
 _CHUNK_ROWS = 200_000
 _CHUNK_BYTES = 64 << 20
 
-_PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
-_CONNINFO_RE = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
-# libpq conninfo keywords we understand -> asyncpg.connect keyword
-_CONNINFO_KEYS = {
-    "host": "host",
-    "hostaddr": "host",
-    "port": "port",
-    "dbname": "database",
-    "user": "user",
-    "password": "password",
-    "sslmode": "ssl",
-    "connect_timeout": "timeout",
-    "application_name": "application_name",
-    "prefix": "prefix",
-}
-
-
-def _check_prefix(prefix: str) -> str:
-    if prefix and not _PREFIX_RE.fullmatch(prefix):
-        raise ValueError(
-            f"table prefix {prefix!r}: use letters, digits and _ "
-            "(not starting with a digit, at most 40 characters)"
-        )
-    return prefix
-
-
-def _parse_conninfo(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    pos = 0
-    text = text.rstrip()
-    while pos < len(text):
-        m = _CONNINFO_RE.match(text, pos)
-        if m is None:
-            raise ValueError(f"bad conninfo near {text[pos:]!r} (expected key=value)")
-        key, value = m.group(1), m.group(2)
-        if value.startswith("'"):
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
-        if key not in _CONNINFO_KEYS:
-            known = ", ".join(sorted(_CONNINFO_KEYS))
-            raise ValueError(f"conninfo key {key!r} is not supported (known: {known})")
-        out[key] = value
-        pos = m.end()
-    return out
-
-
-def parse_postgres_uri(uri: str) -> tuple[dict[str, Any], str]:
-    """Split a store URI into ``asyncpg.connect`` keyword arguments and the
-    table prefix.
-
-    Accepted forms (``postgres://`` or ``postgresql://``):
-
-    * a URL: ``postgresql://user:pw@host:5432/db?sslmode=require&prefix=x_``;
-      a unix socket directory as the host, percent-encoded
-      (``postgresql://user@%2Frun%2Fpostgresql/db``) or as a ``host=``
-      parameter (``postgresql:///db?host=/run/postgresql``);
-    * a libpq key=value string, as the reference takes it:
-      ``postgres://host=/run/postgresql dbname=periodic user=me prefix='x_'``.
-
-    ``prefix`` (letters, digits, ``_``) is taken out before connecting.
-    Raises :class:`ValueError` for anything else.
-    """
-    scheme, sep, rest = uri.partition("://")
-    if not sep or scheme not in ("postgres", "postgresql"):
-        raise ValueError(f"not a postgres:// URI: {uri!r}")
-    if re.match(r"\s*[A-Za-z_]+\s*=", rest):
-        info = _parse_conninfo(rest)
-        prefix = info.pop("prefix", "")
-        kwargs: dict[str, Any] = {}
-        settings: dict[str, str] = {}
-        for key, value in info.items():
-            target = _CONNINFO_KEYS[key]
-            if target == "application_name":
-                settings["application_name"] = value
-            elif target == "timeout":
-                try:
-                    kwargs["timeout"] = float(value)
-                except ValueError:
-                    raise ValueError(
-                        f"connect_timeout {value!r} is not a number"
-                    ) from None
-            elif target == "host" and "host" in kwargs and key == "hostaddr":
-                continue  # host wins over hostaddr
-            else:
-                kwargs[target] = value
-        if settings:
-            kwargs["server_settings"] = settings
-        return kwargs, _check_prefix(prefix)
-    parts = urllib.parse.urlsplit(uri)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    prefixes = [v for k, v in query if k == "prefix"]
-    rest_query = urllib.parse.urlencode(
-        [(k, v) for k, v in query if k != "prefix"], safe="/"
-    )
-    dsn = urllib.parse.urlunsplit(
-        ("postgresql", parts.netloc, parts.path, rest_query, parts.fragment)
-    )
-    return {"dsn": dsn}, _check_prefix(prefixes[-1] if prefixes else "")
-
 
 class PostgresStore(BatchWriter):
     """:class:`~periodic_fast.store.Store` on PostgreSQL (see the module doc).
@@ -215,6 +125,8 @@ class PostgresStore(BatchWriter):
     :param lock_wait: how long (s) opening waits for a prefix held by another
         session (a predecessor whose backend is still exiting) before it
         refuses.
+    :param cluster: run as a cluster node with this coordinator (its prefix
+        must be the store's): see the module doc.
 
     Opening connects, creates the tables when missing and checks their layout
     (raises :class:`ValueError` for a table of another layout, e.g. the
@@ -237,10 +149,11 @@ class PostgresStore(BatchWriter):
         retry_max: float = 1.0,
         close_timeout: float = 30.0,
         lock_wait: float = 3.0,
+        cluster: Coordinator | None = None,
     ) -> None:
         if durability not in ("strict", "relaxed"):
             raise ValueError(f"durability {durability!r}: expected strict or relaxed")
-        self.prefix = _check_prefix(prefix)
+        self.prefix = check_prefix(prefix)
         super().__init__(
             "PostgreSQL",
             "",
@@ -268,11 +181,20 @@ class PostgresStore(BatchWriter):
         self._t_funcs = f"{self.prefix}funcs"
         self._t_configs = f"{self.prefix}configs"
         self._t_extras = f"{self.prefix}extras"
-        where = f"PostgreSQL store {_describe(kwargs)}"
+        where = f"PostgreSQL store {describe(kwargs)}"
         self._owner = PrefixOwner(
             self.prefix, f"{self.prefix}store_owner", where, lock_wait
         )
         self._sql_commit = self._commit_sql()
+        #: called from the writer thread with the partitions a fenced-out
+        #: commit found lost (cluster mode; the server unloads them)
+        self.on_fenced: Callable[[list[int]], None] | None = None
+        self._cluster: PgCluster | None = None
+        if cluster is not None:
+            if cluster.prefix != self.prefix:
+                raise ValueError("the coordinator's prefix must be the store's")
+            self._cluster = PgCluster(cluster, self._t_jobs, kwargs, self._owner)
+            self._sql_commit_part = self._commit_sql(part=True)
         extras = self._t_extras
         # the single statement with the batch's extras too ($17..$23)
         self._sql_commit_x = (
@@ -353,6 +275,8 @@ class PostgresStore(BatchWriter):
             task.cancel()  # idle, in a backoff sleep or in a failing commit
             with contextlib.suppress(BaseException):
                 await task
+        if self._cluster is not None:
+            await self._cluster.close()
         await self._drop_connection()
 
     # connection and schema -----------------------------------------------------
@@ -363,7 +287,13 @@ class PostgresStore(BatchWriter):
             if owner.fenced is not None:  # never take the lock again
                 raise owner.fenced
             conn = await asyncpg.connect(**self._connect_kwargs)
-            if owner.epoch is not None:  # a reconnect: claim the prefix again
+            if self._cluster is not None and owner.pid is not None:
+                try:  # a cluster node's reconnect: the shared lock again
+                    await owner.claim_shared(conn)
+                except BaseException:
+                    conn.terminate()
+                    raise
+            elif owner.epoch is not None:  # a reconnect: claim the prefix again
                 try:
                     await owner.claim(conn)
                 except BaseException:
@@ -409,6 +339,10 @@ class PostgresStore(BatchWriter):
                 " PRIMARY KEY (kind, func, name))"
             )
             await conn.execute(self._owner.schema_sql())
+            # cluster mode's partition of each row (NULL from a single node)
+            await conn.execute(
+                f"ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS part INTEGER"
+            )
         expected = {
             jobs: {
                 "func": "bytea",
@@ -447,10 +381,16 @@ class PostgresStore(BatchWriter):
                     f" need {columns}); is it the reference server's? "
                     "Choose another database or a table prefix (prefix=...)"
                 )
-        await self._owner.claim(conn)
+        if self._cluster is not None:
+            await self._cluster.open(conn)
+        else:
+            await self._owner.claim(conn)
 
-    def _commit_sql(self) -> str:
+    def _commit_sql(self, part: bool = False) -> str:
+        """The commit statement; with ``part`` (cluster mode) the saved rows'
+        partitions come as a 17th array."""
         jobs, funcs, configs = self._t_jobs, self._t_funcs, self._t_configs
+        cols, vals = (", part", ", $17::int4[]") if part else ("", "")
         # one statement, one implicit transaction; the CTEs touch disjoint keys
         return (
             "WITH"
@@ -458,9 +398,9 @@ class PostgresStore(BatchWriter):
             " USING unnest($1::bytea[], $2::bytea[]) AS x(func, name)"
             " WHERE j.func = x.func AND j.name = x.name),"
             f" u AS (INSERT INTO {jobs}"
-            " (func, name, workload, sched_at, count, timeout, state)"
+            f" (func, name, workload, sched_at, count, timeout, state{cols})"
             " SELECT * FROM unnest($3::bytea[], $4::bytea[], $5::bytea[],"
-            " $6::int8[], $7::int4[], $8::int4[], $9::int2[])"
+            f" $6::int8[], $7::int4[], $8::int4[], $9::int2[]{vals})"
             " ON CONFLICT (func, name) DO UPDATE SET workload = EXCLUDED.workload,"
             " sched_at = EXCLUDED.sched_at, count = EXCLUDED.count,"
             " timeout = EXCLUDED.timeout, state = EXCLUDED.state),"
@@ -512,6 +452,9 @@ class PostgresStore(BatchWriter):
             try:
                 await self._execute(batch, chunks, extras)
                 break
+            except FencedOut as exc:  # lost partitions: their writes go
+                self._fenced_out(batch, exc)
+                return self._failed(batch, exc)
             except Exception as exc:  # every failure is reported and retried
                 live = self._conn
                 lost = live is None or live.is_closed() or not _is_data_error(exc)
@@ -534,6 +477,10 @@ class PostgresStore(BatchWriter):
         extras: list[tuple[list[Any], ...]],
     ) -> None:
         conn = await self._connection()
+        if self._cluster is not None:
+            sql = (self._sql_commit_part, self._sql_extras, self._sql_extras_drop)
+            await self._cluster.execute(conn, batch, chunks, extras, sql)
+            return
         dropped, extras_dropped = batch.dropped, batch.extras_dropped
         if dropped or extras_dropped or len(chunks) > 1 or len(extras) > 1:
             async with conn.transaction():
@@ -554,6 +501,81 @@ class PostgresStore(BatchWriter):
         else:  # the usual case: one statement, its own transaction
             await conn.execute(self._sql_commit, *chunks[0])
 
+    def _fenced_out(self, batch: _Batch, exc: FencedOut) -> None:
+        """A commit refused by fencing: the lost partitions' writes leave the
+        batch (it is retried without them), the server hears of the loss."""
+        assert self._cluster is not None
+        dropped = self._cluster.drop_stale(batch, exc.parts)
+        log.warning(
+            "cluster node %s lost partitions %s: %d job write(s) for them dropped"
+            " (their new owner holds the jobs)",
+            self._cluster.coord.node,
+            exc.parts,
+            dropped,
+        )
+        hook = self.on_fenced
+        if hook is not None:
+            try:
+                hook(list(exc.parts))
+            except Exception:  # a broken hook must not stop the writer
+                log.exception("on_fenced hook failed")
+
+    # cluster mode (the server's loop) -----------------------------------------------
+    @property
+    def coordinator(self) -> Coordinator | None:
+        """The coordinator in cluster mode, else None.  Its state belongs to
+        the writer thread: read it through the methods below."""
+        return None if self._cluster is None else self._cluster.coord
+
+    def _pgc(self) -> PgCluster:
+        if self._cluster is None:
+            raise RuntimeError("not a cluster store (open it with cluster=)")
+        self._check_open()
+        return self._cluster
+
+    async def _on_writer(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Await ``coro`` run on the writer loop, from another loop."""
+        return await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(coro, self._wloop)
+        )
+
+    async def cluster_tick(self) -> tuple[Tick, dict[int, float]]:
+        """One heartbeat (:meth:`Coordinator.tick
+        <periodic_fast.store.cluster.Coordinator.tick>`) and each owned
+        partition's dispatch deadline on the monotonic clock."""
+        return await self._on_writer(self._pgc().tick())
+
+    async def cluster_release(self, parts: list[int]) -> None:
+        """Hand ``parts`` over; only once their writes are committed."""
+        await self._on_writer(self._pgc().release(parts))
+
+    async def cluster_leave(self) -> None:
+        """Release every partition and leave the cluster (after a flush)."""
+        await self._on_writer(self._pgc().leave())
+
+    async def partition_chunks(
+        self, parts: list[int]
+    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """The rows of ``parts`` (the tuples of :attr:`StoreSnapshot.rows
+        <periodic_fast.store.StoreSnapshot.rows>`) in chunks, fetched on the
+        writer loop as the caller (on its own loop) consumes them."""
+        chunks = self._pgc().part_chunks(parts)
+        try:
+            while (chunk := await self._on_writer(_next_chunk(chunks))) is not None:
+                yield chunk
+        finally:
+            await self._on_writer(chunks.aclose())
+
+    def load_partitions(self, parts: list[int]) -> Iterator[list[tuple[Any, ...]]]:
+        """The blocking form of :meth:`partition_chunks` (tests, tools):
+        the rows of ``parts`` in chunks, streamed like :meth:`load`'s."""
+        chunks = self._pgc().part_chunks(parts)
+        try:
+            while (chunk := self._call(_next_chunk(chunks))) is not None:
+                yield chunk
+        finally:
+            self._call(chunks.aclose())
+
     # Store API (event-loop thread) --------------------------------------------
     def load(self) -> StoreSnapshot:
         """Read every func and config value, and stream the jobs.
@@ -562,9 +584,18 @@ class PostgresStore(BatchWriter):
         chunks of ``_LOAD_CHUNK`` rows as the caller consumes it (one chunk
         in memory at a time, not a list of every job beside the records
         built from it).  The writer waits for the connection until the
-        iterator is exhausted or closed."""
+        iterator is exhausted or closed.
+
+        Cluster mode: no jobs (they come per partition, as the node acquires
+        them) and only the func-wide extras (retry policies; a job's extras
+        are not partitioned yet, docs/cluster.md)."""
         self._check_open()
         funcs, config, extras = self._call(self._load_meta())
+        if self._cluster is not None:
+            extras = {
+                kind: [e for e in rows if not e[1]] for kind, rows in extras.items()
+            }
+            return StoreSnapshot([], funcs, config, extras=extras)
         return StoreSnapshot(self._stream_jobs(), funcs, config, extras=extras)
 
     async def _load_meta(self) -> tuple[list[bytes], dict[str, int], _Extras]:
@@ -704,20 +735,6 @@ def _extras_args(batch: _Batch) -> list[tuple[list[Any], ...]]:
         for column, item in zip(target, (kind, func, name), strict=True):
             column.append(item)
     return chunks
-
-
-def _describe(connect: dict[str, Any]) -> str:
-    """Where ``connect`` points, without the password (for error messages)."""
-    dsn = connect.get("dsn")
-    if dsn:
-        parts = urllib.parse.urlsplit(str(dsn))
-        netloc = parts.netloc.rpartition("@")
-        user = netloc[0].partition(":")[0]
-        where = f"{user}@{netloc[2]}" if netloc[1] else netloc[2]
-        query = urllib.parse.unquote(parts.query)
-        return urllib.parse.urlunsplit((parts.scheme, where, parts.path, query, ""))
-    fields = ("host", "port", "database", "user")
-    return " ".join(f"{k}={connect[k]}" for k in fields if connect.get(k))
 
 
 def _is_data_error(exc: BaseException) -> bool:
