@@ -264,6 +264,26 @@ _REQUESTS = [
     b"DELETE /f HTTP/1.1\r\n" + H + ADMIN + b"\r\n",
     b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n",
     b"GET /x HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+    # the job-feature API (issue 20): reads, JSON writes, bad bodies
+    b"GET /api/jobs?func=f&state=all&prefix=a&limit=5 HTTP/1.1\r\n" + H + b"\r\n",
+    b"GET /api/job?func=f&name=a HTTP/1.1\r\n" + H + ADMIN + b"\r\n",
+    b"GET /api/dead?limit=2&cursor=Zg HTTP/1.1\r\n" + H + b"\r\n",
+    b"GET /api/cron HTTP/1.1\r\n" + H + b"\r\n",
+    b"GET /api/series?limit=3 HTTP/1.1\r\n" + H + b"\r\n",
+    b"GET /api/retry HTTP/1.1\r\n" + H + CLIENT + b"\r\n",
+    b"POST /api/retry HTTP/1.1\r\n" + H + b"Content-Type: application/json\r\n"
+    b"Content-Length: 35\r\n\r\n" + b'{"func":"f","max_attempts":2,"x":1}',
+    b"POST /api/cron HTTP/1.1\r\n" + H + b"Content-Type: application/json\r\n"
+    b"Content-Length: 44\r\n\r\n" + b'{"func":"f","name":"c","cron":"*/5 * * * *"}',
+    b"POST /api/job/run-now HTTP/1.1\r\n"
+    + H
+    + ADMIN
+    + b"Content-Type: application/json\r\nContent-Length: 24\r\n\r\n"
+    + b'{"func":"f","name":"a"}\n',
+    b"POST /api/dead/retry HTTP/1.1\r\n" + H + b"Content-Type: application/json\r\n"
+    b"Content-Length: 12\r\n\r\n" + b'{"all":true}',
+    b"DELETE /api/cron?func=f&name=c HTTP/1.1\r\n" + H + b"\r\n",
+    b"POST /api/nothing HTTP/1.1\r\n" + H + b"Content-Length: 6\r\n\r\nname=x",
 ]
 
 
