@@ -275,6 +275,10 @@ class SchedulerCore(WaiterTable):
             t if at is None else at,
         )
 
+    def has_func(self, func: bytes) -> bool:
+        """Whether ``func`` is known: O(1) (``func_stat`` scans its jobs)."""
+        return func in self._funcs
+
     def job(self, func: bytes, name: bytes) -> tuple[Job, JobState] | None:
         """The stored job ``(func, name)`` with its state, or None."""
         fs = self._funcs.get(func)

@@ -165,7 +165,7 @@ def list_jobs(ctx: ApiContext, req: Request) -> Response | asyncio.Future[Respon
         return _dead(ctx, func, prefix, raw_cursor, limit)
     after = decode_cursor(raw_cursor) if raw_cursor else None
     sched = ctx.scheduler
-    if sched.func_stat(func, ctx.clock()) is None:
+    if not sched.has_func(func):  # O(1): func_stat scans the func's jobs
         return error_response(404, f"unknown func {text(func)!r}")
 
     def page() -> Response | None:
@@ -207,7 +207,7 @@ def _wait_index(
     def ready() -> None:
         if fut.done():
             return
-        if ctx.scheduler.func_stat(func, ctx.clock()) is None:
+        if not ctx.scheduler.has_func(func):
             fut.set_result(error_response(404, f"unknown func {text(func)!r}"))
             return
         fut.set_result(answer() or busy)
