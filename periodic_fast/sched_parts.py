@@ -22,12 +22,14 @@ handed in; rows come from the caller, which reads them from the store):
 * :meth:`Partitions.install`: requests about a job of a partition that is
   not held (SUBMIT_JOB, RUN_JOB, REMOVE_JOB, RECV_DATA) go to the
   :attr:`Partitions.forward` hook (the server's forwarder sends them to the
-  owner), and LOAD and DROP_FUNC, which span partitions, to
-  :attr:`Partitions.span`.  Without a hook they are refused with NO_WORKER
-  and a rate-limited log line, as is the HTTP API's submit of a job not
-  held here.  A request that arrived from another node's forwarder
-  (:attr:`Partitions.peer` says so) is never forwarded again: a second hop
-  could loop while routes are stale; the origin retries instead.
+  owner), and LOAD, DROP_FUNC and DUMP, which span partitions, to
+  :attr:`Partitions.span` (without one, DUMP answers with the partitions
+  held here and the other two are refused).  Without a hook a request
+  about a job not held is refused with NO_WORKER and a rate-limited log
+  line, as is the HTTP API's submit of a job not held here.  A request
+  from another node's forwarder (:attr:`Partitions.peer` says so) is never
+  forwarded again: a second hop could loop while routes are stale; the
+  origin retries instead.
   Single-node schedulers never install it, so their hot paths are
   unchanged.
 
@@ -62,8 +64,9 @@ _JOB_COMMANDS = (
     int(Command.REMOVE_JOB),
     int(Command.RECV_DATA),
 )
-# requests spanning partitions: not in cluster mode until forwarding exists
-_SPANNING = (int(Command.LOAD), int(Command.DROP_FUNC))
+# requests spanning partitions: to the span hook (the forwarder); DUMP
+# answers with this node's partitions when there is none
+_SPANNING = (int(Command.LOAD), int(Command.DROP_FUNC), int(Command.DUMP))
 
 
 class Partitions:
@@ -301,7 +304,7 @@ class Partitions:
         return held_only
 
     def run_local(self, conn: Conn, msgid: int, command: int, payload: bytes) -> None:
-        """LOAD or DROP_FUNC handled here, for this node's partitions: a
+        """LOAD, DROP_FUNC or DUMP handled here, for this node's partitions: a
         DROP_FUNC drops the func's jobs of the partitions held here (the
         store deletes only their rows); a LOAD is refused with NO_WORKER
         unless every job's partition is ready here (the forwarder splits a
@@ -327,6 +330,9 @@ class Partitions:
         def spanning(conn: Conn, msgid: int, payload: bytes) -> None:
             if self.span is not None:
                 self.span(conn, msgid, command, payload)
+                return
+            if command == Command.DUMP:
+                self._local[command](conn, msgid, payload)
                 return
             s._refused("cluster", f"{what}: not available in cluster mode yet")
             conn.send(encode_response(msgid, NO_WORKER))

@@ -4,7 +4,8 @@ Three ``periodicd --cluster`` nodes on one throwaway PostgreSQL; every
 request goes to **one** node, which holds only about a third of the
 partitions, so the others' requests must be forwarded to their owners and
 the owners' replies relayed: SUBMIT_JOB, RUN_JOB (result and stream),
-REMOVE_JOB, LOAD (split by partition) and DROP_FUNC (every node).  Then a
+REMOVE_JOB, LOAD (split by partition), DUMP (gathered) and DROP_FUNC
+(every node).  Then a
 node is killed (kill -9) while the client keeps submitting through another:
 every submission is eventually acknowledged (forwarding waits for the new
 owner) and every acknowledged job runs.
@@ -136,6 +137,10 @@ async def test_one_node_answers_for_every_partition(
         )
         assert len(rows) == 60
         assert len(Counter(r[0] for r in rows)) == 3
+
+        # 4b. DUMP through n0: every node's partitions, joined
+        dumped = await client.dump()
+        assert {j.name for j in dumped if j.func == b"g"} == {j.name for j in loaded}
 
         # 5. DROP_FUNC through n0: every node drops its partitions' jobs
         assert await client.drop_func(b"g")

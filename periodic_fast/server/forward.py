@@ -29,7 +29,9 @@ answers after its commit), and no node ever writes another node's rows.
   NO_WORKER.  A RUN_JOB whose link is lost is sent again to the new owner
   (it waits for the same job: the handle is the same); a RECV_DATA stream
   whose link is lost ends with ``EOF``.
-* **Spanning requests.**  DROP_FUNC goes to every live node (each drops its
+* **Spanning requests.**  DUMP asks every live node for its partitions'
+  jobs and joins the lists (not one snapshot: a job that moves meanwhile
+  may be missing or twice).  DROP_FUNC goes to every live node (each drops its
   partitions' jobs); SUCCESS when every node answered SUCCESS.  LOAD is
   split by partition and each piece sent to its owner; SUCCESS when every
   piece was loaded (a failed LOAD may have loaded some pieces: LOAD is an
@@ -78,6 +80,7 @@ _RUN = int(Command.RUN_JOB)
 _RECV = int(Command.RECV_DATA)
 _LOAD = int(Command.LOAD)
 _DROP = int(Command.DROP_FUNC)
+_DUMP = int(Command.DUMP)
 _NO_WORKER = int(Command.NO_WORKER)
 _SUCCESS = int(Command.SUCCESS)
 _DATA = int(Command.DATA)
@@ -231,6 +234,11 @@ class Forwarder:
         if command == _LOAD:
             jobs = decode_job_list(payload)  # ProtocolError: dropped, as plain
             self._spawn(self._load(conn, msgid, jobs))
+        elif command == _DUMP:
+            if payload:  # as plain: a DUMP carries nothing (closes the conn)
+                self._parts.run_local(conn, msgid, command, payload)
+                return
+            self._spawn(self._dump(conn, msgid))
         else:
             self._spawn(self._drop(conn, msgid, payload))
 
@@ -397,6 +405,38 @@ class Forwarder:
         results = await asyncio.gather(*(one(a) for a in members)) if members else []
         ok = bool(members) and all(results)
         conn.send(encode_response(msgid, _SUCCESS if ok else _NO_WORKER))
+
+    async def _dump(self, conn: Conn, msgid: int) -> None:
+        """DUMP gathered from every live node (each its own partitions), the
+        job lists joined into one.  Not one snapshot: a job moving between
+        nodes meanwhile may be missing or twice (docs/cluster.md)."""
+        lists: dict[str, bytes] = {}
+
+        async def one(address: str) -> bool:
+            deadline = self._mono() + self.patience
+            while not self._closed:
+
+                def keep(cmd: int, data: bytes) -> None:
+                    if cmd == _DATA:
+                        lists[address] = data
+
+                first = await self._exchange(address, 0, _DUMP, b"", keep)
+                if first == _DATA:
+                    return True
+                if self._mono() >= deadline or address not in self._members():
+                    return address not in self._members()
+                await asyncio.sleep(0.1)
+            return False
+
+        members = self._members()
+        results = await asyncio.gather(*(one(a) for a in members))
+        if not members or not all(results):
+            self.gave_up += 1
+            conn.send(encode_response(msgid, _NO_WORKER))
+            return
+        count = sum(int.from_bytes(d[:8], "big") for d in lists.values())
+        body = b"".join(d[8:] for d in lists.values())
+        conn.send(encode_response(msgid, _DATA, count.to_bytes(8, "big") + body))
 
     # -- shutdown ---------------------------------------------------------------------
 
