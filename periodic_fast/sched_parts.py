@@ -20,12 +20,18 @@ handed in; rows come from the caller, which reads them from the store):
   tick by the scheduler's :class:`~periodic_fast.sched_reap.Reaper`.
   Nothing is written to the store: the rows stay as the new owner finds them.
 * :meth:`Partitions.install`: requests about a job of a partition that is
-  not held (SUBMIT_JOB, RUN_JOB, REMOVE_JOB, RECV_DATA, the HTTP API's
-  submit) are refused with NO_WORKER and a rate-limited log line, and
-  LOAD and DROP_FUNC, which span partitions, are refused in cluster mode.
-  This is the interim rule until forwarding is built: a client tries
-  another node.  Single-node schedulers never install it, so their hot
-  paths are unchanged.
+  not held (SUBMIT_JOB, RUN_JOB, REMOVE_JOB, RECV_DATA) go to the
+  :attr:`Partitions.forward` hook (the server's forwarder sends them to the
+  owner), and LOAD, DROP_FUNC and DUMP, which span partitions, to
+  :attr:`Partitions.span` (without one, DUMP answers with the partitions
+  held here and the other two are refused).  Without a hook a request
+  about a job not held is refused with NO_WORKER and a rate-limited log
+  line, as is the HTTP API's submit of a job not held here.  A request
+  from another node's forwarder (:attr:`Partitions.peer` says so) is never
+  forwarded again: a second hop could loop while routes are stale; the
+  origin retries instead.
+  Single-node schedulers never install it, so their hot paths are
+  unchanged.
 
 The partition of a job is :func:`~periodic_fast.store.cluster.partition_of`
 (the same CRC-32 rule, with the func's part of the checksum cached).
@@ -34,11 +40,12 @@ The partition of a job is :func:`~periodic_fast.store.cluster.partition_of`
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
-from .codec import encode_response
+from .codec import decode_job_list, encode_response
 from .constants import Command
+from .errors import ProtocolError
 from .job import Job
 from .rec import JobRec
 from .sched_model import IN_WHEEL, LOCKED, NOWHERE, PENDING, READY, RUNNING, Conn
@@ -57,8 +64,9 @@ _JOB_COMMANDS = (
     int(Command.REMOVE_JOB),
     int(Command.RECV_DATA),
 )
-# requests spanning partitions: not in cluster mode until forwarding exists
-_SPANNING = (int(Command.LOAD), int(Command.DROP_FUNC))
+# requests spanning partitions: to the span hook (the forwarder); DUMP
+# answers with this node's partitions when there is none
+_SPANNING = (int(Command.LOAD), int(Command.DROP_FUNC), int(Command.DUMP))
 
 
 class Partitions:
@@ -78,6 +86,16 @@ class Partitions:
         #: loaded: requests about its jobs are accepted
         self.ready: set[int] = set()
         self._crc: dict[bytes, int] = {}  # func -> CRC-32 of len(func) + func
+        #: ``(conn, msgid, command, payload, part)``: a request about a job
+        #: of a partition not ready here (the forwarder); None: refused
+        self.forward: Callable[[Conn, int, int, bytes, int], None] | None = None
+        #: ``(conn, msgid, command, payload)``: LOAD or DROP_FUNC (they
+        #: span partitions); None: refused
+        self.span: Callable[[Conn, int, int, bytes], None] | None = None
+        #: true for a connection of another node's forwarder (never
+        #: forwarded again)
+        self.peer: Callable[[Conn], bool] = lambda conn: False
+        self._local: dict[int, Handler] = {}  # LOAD, DROP_FUNC as plain
 
     def part(self, func: bytes, name: bytes) -> int:
         """The partition of job ``(func, name)``."""
@@ -230,6 +248,7 @@ class Partitions:
             for c in _JOB_COMMANDS:
                 table[c] = self._held_only(c, table[c])
             for c in _SPANNING:
+                self._local[c] = table[c]
                 table[c] = self._spanning(c)
             return table
 
@@ -268,8 +287,11 @@ class Partitions:
             except IndexError:  # malformed: the handler closes the connection
                 inner(conn, msgid, payload)
                 return
-            if part(func, name) in ready:
+            p = part(func, name)
+            if p in ready:
                 inner(conn, msgid, payload)
+            elif self.forward is not None and not self.peer(conn):
+                self.forward(conn, msgid, command, payload, p)
             else:
                 refuse(
                     conn,
@@ -281,11 +303,37 @@ class Partitions:
 
         return held_only
 
+    def run_local(self, conn: Conn, msgid: int, command: int, payload: bytes) -> None:
+        """LOAD, DROP_FUNC or DUMP handled here, for this node's partitions: a
+        DROP_FUNC drops the func's jobs of the partitions held here (the
+        store deletes only their rows); a LOAD is refused with NO_WORKER
+        unless every job's partition is ready here (the forwarder splits a
+        LOAD by partition and retries a refused piece)."""
+        if command == Command.LOAD:
+            try:
+                jobs = decode_job_list(payload)
+            except ProtocolError:
+                jobs = []  # malformed: the handler closes the connection
+            ready = self.ready
+            part = self.part
+            if any(part(j.func, j.name) not in ready for j in jobs):
+                self._s._refuse(
+                    conn, msgid, "cluster", "LOAD of jobs not held here (retried)"
+                )
+                return
+        self._local[command](conn, msgid, payload)
+
     def _spanning(self, command: int) -> Handler:
         what = Command(command).name
         s = self._s
 
         def spanning(conn: Conn, msgid: int, payload: bytes) -> None:
+            if self.span is not None:
+                self.span(conn, msgid, command, payload)
+                return
+            if command == Command.DUMP:
+                self._local[command](conn, msgid, payload)
+                return
             s._refused("cluster", f"{what}: not available in cluster mode yet")
             conn.send(encode_response(msgid, NO_WORKER))
 

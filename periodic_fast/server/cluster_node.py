@@ -19,6 +19,10 @@ server's loop:
   node can take it over;
 * a commit refused by fencing (``store.on_fenced``) unloads the partitions
   it names at once;
+* **forwarding** (:mod:`.forward`): :meth:`ClusterNode.publish` (once the
+  server listens) writes this node's address into its row and starts the
+  :class:`~.forward.Forwarder`; every heartbeat refreshes the routes (part
+  -> owner address) and the live members' addresses it reads;
 * :meth:`ClusterNode.leave` (SIGTERM, shutdown): stop dispatching
   everything, commit, release every partition and delete the node's row, so
   the others take over at their next tick instead of after a lease.
@@ -35,8 +39,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .._address import parse_address
 from ..sched_parts import Partitions
 from ..store.cluster import DEFAULT_PARTITIONS, Coordinator
+from .forward import Forwarder
 
 if TYPE_CHECKING:
     from ..scheduler import Scheduler
@@ -152,6 +158,12 @@ class ClusterNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._failures = 0
+        self._coord = coord
+        #: part -> the owner's address (other nodes' partitions), and the
+        #: live nodes' addresses, as the last heartbeat read them
+        self.routes: dict[int, str] = {}
+        self.members: dict[str, str | None] = {}
+        self.forwarder: Forwarder | None = None
         #: heartbeats run, partitions loaded / unloaded (for tests, metrics)
         self.ticks = 0
         self.loaded = 0
@@ -168,6 +180,35 @@ class ClusterNode:
 
         self._store.on_fenced = fenced
         self._task = loop.create_task(self._run())
+
+    def publish(self, address: str, max_frame: int) -> None:
+        """The server listens on ``address``: publish it (the next
+        heartbeat writes it) and start forwarding requests for partitions
+        held elsewhere.  A wildcard host (``0.0.0.0``, ``::``) is published
+        as this machine's name: the other nodes must be able to reach it."""
+        addr = parse_address(address)
+        if addr.scheme == "tcp" and addr.host in ("0.0.0.0", "::"):  # noqa: S104
+            address = f"tcp://{socket.getfqdn()}:{addr.port}"
+        # one str, set once; the writer thread reads it at its next tick
+        self._coord.address = address
+        fwd = Forwarder(
+            self.parts,
+            name=self.name,
+            route=self._route,
+            members=lambda: [a for a in self.members.values() if a],
+            patience=2 * self.lease_time + 1.0,
+            max_frame=max_frame,
+            mono=self._mono,
+        )
+        fwd.install()
+        self.forwarder = fwd
+
+    def _route(self, part: int) -> str | None:
+        """Where requests for ``part`` go: this node while it owns it (it is
+        loading), else its owner as the last heartbeat read it."""
+        if part in self._safe:
+            return self._coord.address
+        return self.routes.get(part)
 
     # -- the heartbeat ----------------------------------------------------------------
 
@@ -199,6 +240,8 @@ class ClusterNode:
             self._failures = 0
         self.ticks += 1
         self._safe = safe
+        self.routes = tick.routes
+        self.members = tick.addresses
         self._arm_expiry()
         parts = self.parts
         # lost, or forgotten by a fenced commit: out at once
@@ -309,6 +352,8 @@ class ClusterNode:
             with contextlib.suppress(BaseException):
                 await task
         self._unload(sorted(self.parts.held), "shutting down")
+        if self.forwarder is not None:
+            await self.forwarder.close()
         loading = self._loading
         if loading is not None and not loading.done():
             loading.cancel()

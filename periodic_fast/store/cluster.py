@@ -126,6 +126,11 @@ class Tick:
     excess: list[int] = field(default_factory=list)
     #: the live nodes, sorted
     nodes: list[str] = field(default_factory=list)
+    #: live node -> the listen address it published (None: not yet)
+    addresses: dict[str, str | None] = field(default_factory=dict)
+    #: part -> the address of its live owner, for partitions owned by
+    #: another live node that published one (forwarding routes)
+    routes: dict[int, str] = field(default_factory=dict)
 
 
 class Coordinator:
@@ -170,6 +175,9 @@ class Coordinator:
         )
         #: part -> epoch of every partition this node owns
         self.owned: dict[int, int] = {}
+        #: the listen address this node publishes in its row (the server
+        #: sets it once it listens; other nodes forward requests to it)
+        self.address: str | None = None
         self._safe_until: dict[int, float] = {}  # part -> monotonic deadline
 
     # schema and membership --------------------------------------------------------
@@ -195,6 +203,10 @@ class Coordinator:
                 " owner TEXT, epoch BIGINT NOT NULL DEFAULT 0,"
                 " lease_until TIMESTAMPTZ NOT NULL DEFAULT '-infinity')"
             )
+            # forwarding (issue 18): where a node listens; instant on older tables
+            await conn.execute(
+                f"ALTER TABLE {nodes} ADD COLUMN IF NOT EXISTS address TEXT"
+            )
             await conn.execute(
                 f"INSERT INTO {meta} (partitions) VALUES ($1) ON CONFLICT DO NOTHING",
                 self.partitions,
@@ -211,12 +223,13 @@ class Coordinator:
     async def join(self, conn: asyncpg.Connection) -> None:
         """Register this node as live (its first heartbeat)."""
         await conn.execute(
-            f"INSERT INTO {self._t[1]} (node, alive_until)"
-            " VALUES ($1, now() + make_interval(secs => $2))"
+            f"INSERT INTO {self._t[1]} (node, alive_until, address)"
+            " VALUES ($1, now() + make_interval(secs => $2), $3)"
             " ON CONFLICT (node) DO UPDATE SET alive_until = EXCLUDED.alive_until,"
-            " started = now()",
+            " started = now(), address = EXCLUDED.address",
             self.node,
             self.lease_time,
+            self.address,
         )
 
     # the heartbeat ----------------------------------------------------------------
@@ -229,11 +242,13 @@ class Coordinator:
         out = Tick()
         async with conn.transaction():
             await conn.execute(
-                f"INSERT INTO {nodes_t} (node, alive_until)"
-                " VALUES ($1, now() + make_interval(secs => $2))"
-                " ON CONFLICT (node) DO UPDATE SET alive_until = EXCLUDED.alive_until",
+                f"INSERT INTO {nodes_t} (node, alive_until, address)"
+                " VALUES ($1, now() + make_interval(secs => $2), $3)"
+                " ON CONFLICT (node) DO UPDATE SET alive_until = EXCLUDED.alive_until,"
+                f" address = COALESCE(EXCLUDED.address, {nodes_t}.address)",
                 self.node,
                 lease,
+                self.address,
             )
             held = sorted(self.owned)
             renewed = await conn.fetch(
@@ -249,13 +264,12 @@ class Coordinator:
             )
             kept = {r[0] for r in renewed}
             out.lost = [p for p in held if p not in kept]
-            out.nodes = [
-                r[0]
-                for r in await conn.fetch(
-                    f"SELECT node FROM {nodes_t}"
-                    " WHERE alive_until > now() ORDER BY node"
-                )
-            ]
+            live = await conn.fetch(
+                f"SELECT node, address FROM {nodes_t}"
+                " WHERE alive_until > now() ORDER BY node"
+            )
+            out.nodes = [r[0] for r in live]
+            out.addresses = {r[0]: r[1] for r in live}
             share = fair_shares(out.nodes, self.partitions).get(self.node, 0)
             want = share - len(kept)
             if want > 0:
@@ -273,6 +287,18 @@ class Coordinator:
                 out.acquired = {r[0]: r[1] for r in rows}
             elif want < 0:
                 out.excess = sorted(kept)[share:]
+            # where the other nodes' partitions are (forwarding), read after
+            # this tick's takeovers: a route is at most one tick old
+            out.routes = {
+                r[0]: r[1]
+                for r in await conn.fetch(
+                    f"SELECT p.part, n.address FROM {parts_t} p"
+                    f" JOIN {nodes_t} n ON n.node = p.owner"
+                    " WHERE p.lease_until > now() AND n.alive_until > now()"
+                    " AND p.owner <> $1 AND n.address IS NOT NULL",
+                    self.node,
+                )
+            }
         for part in out.lost:
             self._forget(part)
         safe = sent + lease - self.margin
