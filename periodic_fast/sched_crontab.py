@@ -11,14 +11,22 @@ clock is read here.
 
 from __future__ import annotations
 
+import json
 from typing import Final, Literal, NamedTuple
-
-import orjson
 
 from .cron import CronError, next_fire
 from .store import Store
 
 __all__ = ["KIND", "MAX_SCHEDULES", "MISSED", "CronEntry", "CronInfo", "CronTab"]
+
+
+def _dumps(obj: object) -> bytes:
+    """Compact JSON bytes.  The stdlib's, not orjson: on Python 3.10 orjson
+    imports uuid -> platform -> subprocess, and the scheduler layer imports
+    nothing of I/O (test_scheduler_stays_sans_io); these values are small
+    and written once per failure or schedule."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
 
 #: the store's extras kind of the schedules
 KIND: Final = "cron"
@@ -44,7 +52,7 @@ class CronEntry(NamedTuple):
 
     def encode(self) -> bytes:
         """The store value (the key holds func and name)."""
-        return orjson.dumps(
+        return _dumps(
             {
                 "cron": self.cron,
                 "tz": self.tz,
@@ -59,7 +67,7 @@ class CronEntry(NamedTuple):
     def decode(cls, func: bytes, name: bytes, value: bytes) -> CronEntry | None:
         """The entry stored as ``value``, or None when it cannot be read."""
         try:
-            obj = orjson.loads(value)
+            obj = json.loads(value)
             entry = cls(
                 func,
                 name,
@@ -70,7 +78,7 @@ class CronEntry(NamedTuple):
                 int(obj.get("timeout", 0)),
             )
             next_fire(entry.cron, entry.tz, 0)  # still valid (tz database)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
         return entry if entry.missed in MISSED else None
 

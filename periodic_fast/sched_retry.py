@@ -25,13 +25,12 @@ per call and say whether more are left, so a large set never holds the loop.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, NamedTuple
-
-import orjson
 
 from .constants import RESULT_FAILED
 from .job import Job
@@ -51,6 +50,15 @@ __all__ = [
     "Failure",
     "RetryScheduler",
 ]
+
+
+def _dumps(obj: object) -> bytes:
+    """Compact JSON bytes.  The stdlib's, not orjson: on Python 3.10 orjson
+    imports uuid -> platform -> subprocess, and the scheduler layer imports
+    nothing of I/O (test_scheduler_stays_sans_io); these values are small
+    and written once per failure or schedule."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
 
 log = logging.getLogger("periodic_fast.scheduler")
 
@@ -75,11 +83,11 @@ class Failure(NamedTuple):
     reason: str
 
     def encode(self) -> bytes:
-        return orjson.dumps(self._asdict())
+        return _dumps(self._asdict())
 
     @classmethod
     def decode(cls, raw: bytes) -> Failure:
-        d = orjson.loads(raw)
+        d = json.loads(raw)
         return cls(int(d["attempts"]), float(d["failed_at"]), d["worker"], d["reason"])
 
 
@@ -97,12 +105,12 @@ class DeadJob(NamedTuple):
             "timeout": job.timeout,
             **self.failure._asdict(),
         }
-        return orjson.dumps(head) + b"\n" + job.workload  # JSON holds no raw LF
+        return _dumps(head) + b"\n" + job.workload  # JSON holds no raw LF
 
     @classmethod
     def decode(cls, func: bytes, name: bytes, raw: bytes) -> DeadJob:
         head, _, workload = raw.partition(b"\n")
-        d = orjson.loads(head)
+        d = json.loads(head)
         job = Job(func, name, workload, int(d["sched_at"]), d["count"], d["timeout"])
         return cls(job, Failure.decode(head))
 
@@ -165,7 +173,7 @@ class RetryScheduler(CommandHandlers):
         extras = snap.extras or {}
         store = self._store
         for func, _, raw in extras.get(_POLICY, ()):
-            policy = RetryPolicy.from_dict(orjson.loads(raw))
+            policy = RetryPolicy.from_dict(json.loads(raw))
             if func:
                 self._policies[func] = policy
             else:
@@ -363,7 +371,7 @@ class RetryScheduler(CommandHandlers):
                 store.delete_extra(_POLICY, b"", b"")
             else:
                 self._default_policy = policy
-                store.save_extra(_POLICY, b"", b"", orjson.dumps(policy.to_dict()))
+                store.save_extra(_POLICY, b"", b"", _dumps(policy.to_dict()))
             what = "default"
         elif policy is None:
             if self._policies.pop(func, None) is None:
@@ -374,7 +382,7 @@ class RetryScheduler(CommandHandlers):
             if func not in self._policies and len(self._policies) >= MAX_POLICIES:
                 raise ValueError(f"{MAX_POLICIES} per-func policies exist (the limit)")
             self._policies[func] = policy
-            store.save_extra(_POLICY, func, b"", orjson.dumps(policy.to_dict()))
+            store.save_extra(_POLICY, func, b"", _dumps(policy.to_dict()))
             what = repr(func.decode("utf-8", "backslashreplace"))
         self._stats.event(
             now,
