@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 from .._address import parse_address
 from ..sched_parts import Partitions
 from ..store.cluster import DEFAULT_PARTITIONS, Coordinator
+from .cluster_view import ClusterView
 from .forward import Forwarder
 
 if TYPE_CHECKING:
@@ -163,6 +164,13 @@ class ClusterNode:
         #: live nodes' addresses, as the last heartbeat read them
         self.routes: dict[int, str] = {}
         self.members: dict[str, str | None] = {}
+        #: the cluster view (STATUS, pages, metrics over every live node):
+        #: live node -> alive until (Unix time) and -> its summary (JSON),
+        #: as the last heartbeat read them
+        self.alive: dict[str, float] = {}
+        self.summaries: dict[str, str] = {}
+        self.view = ClusterView(self, scheduler, clock)
+        self.view.install()
         self.forwarder: Forwarder | None = None
         #: heartbeats run, partitions loaded / unloaded (for tests, metrics)
         self.ticks = 0
@@ -203,6 +211,11 @@ class ClusterNode:
         fwd.install()
         self.forwarder = fwd
 
+    @property
+    def address(self) -> str | None:
+        """The address this node publishes (None before it listens)."""
+        return self._coord.address
+
     def _route(self, part: int) -> str | None:
         """Where requests for ``part`` go: this node while it owns it (it is
         loading), else its owner as the last heartbeat read it."""
@@ -232,6 +245,10 @@ class ClusterNode:
             await asyncio.sleep(max(0.0, sent + period - self._mono()))
 
     async def _beat(self) -> None:
+        try:  # this node's figures for the others' cluster view
+            self._coord.summary = self.view.summary(self._clock())
+        except Exception:  # never a reason to miss a renewal
+            log.exception("%s: cluster summary failed", self.name)
         tick, safe = await asyncio.wait_for(self._store.cluster_tick(), self.lease_time)
         if self._stopping:
             return
@@ -242,6 +259,8 @@ class ClusterNode:
         self._safe = safe
         self.routes = tick.routes
         self.members = tick.addresses
+        self.alive = tick.alive
+        self.summaries = tick.summaries
         self._arm_expiry()
         parts = self.parts
         # lost, or forgotten by a fenced commit: out at once

@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..auth import Role
 from ..job import FuncStat, Job
@@ -62,6 +62,9 @@ from .http_wire import (
 from .logbound import DEFAULT_PEER_LOG_RATE, Throttle, peer_text
 from .status_page import overview, render_fragment, render_page
 from .views import HubView, SchedulerView
+
+if TYPE_CHECKING:
+    from .cluster_view import ClusterView
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -174,6 +177,8 @@ class HttpApp:
         self.started = clock()
         self.connections: set[HttpConnection] = set()
         self._loop_thread = threading.get_ident()
+        #: cluster mode: every live node's figures (set by the server)
+        self.cluster: ClusterView | None = None
 
     @property
     def parser_name(self) -> str:
@@ -457,6 +462,7 @@ class HttpApp:
             started=self.started,
             ready=self.readiness()[0],
             http_connections=len(self.connections),
+            cluster=None if self.cluster is None else self.cluster.metrics(),
         )
         loop = self.loop
         out: asyncio.Future[Response] = loop.create_future()
@@ -516,9 +522,10 @@ class HttpApp:
 
     def overview(self) -> dict[str, Any]:
         """Everything the status page shows (also ``GET /api/overview``)."""
-        return overview(
+        now = self.clock()
+        ov = overview(
             self.scheduler,
-            self.clock(),
+            now,
             peers=self.hub.connections,
             name=self.name,
             addresses=self._addresses(),
@@ -527,6 +534,9 @@ class HttpApp:
             draining=not self._running(),
             http_connections=len(self.connections),
         )
+        if self.cluster is not None:  # every live node (the rest: this one)
+            ov["cluster"] = self.cluster.overview(now)
+        return ov
 
     def _page(self) -> Response:
         page = render_page(self.overview(), name=self.name, writes=self.writes)
