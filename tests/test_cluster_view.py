@@ -17,6 +17,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +246,16 @@ class HttpNode:
         with urllib.request.urlopen(self.url + path, timeout=10) as r:  # noqa: S310
             return bytes(r.read())
 
+    def send(self, method: str, path: str, **form: str) -> tuple[int, Any]:
+        """An HTTP write: (status, JSON body)."""
+        body = urllib.parse.urlencode(form).encode() if form else None
+        req = urllib.request.Request(self.url + path, body, method=method)  # noqa: S310
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
     def wait_listening(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
@@ -345,6 +357,94 @@ async def test_three_nodes_status_overview_metrics(
     finally:
         for c in clients:
             await c.close()
+        for n in nodes:
+            n.stop()
+        await db.close()
+
+
+async def test_http_writes_through_any_node(
+    pg: tuple[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """HTTP submit and remove of jobs held elsewhere are forwarded to their
+    owners (200 after the owner's commit); DELETE /FUNC drops on every node."""
+    import asyncpg
+
+    from periodic_fast.store.postgres import parse_postgres_uri
+    from periodic_fast.worker import Worker
+
+    uri, prefix = pg
+    connect, _ = parse_postgres_uri(uri)
+    db = await asyncpg.connect(**connect)
+    nodes = [HttpNode(uri, f"n{i}", tmp_path / f"n{i}.log") for i in range(3)]
+    worker: Worker | None = None
+    try:
+        for n in nodes:
+            n.wait_listening()
+
+        async def balanced() -> bool:
+            owners = await _owners(db, prefix)
+            return sorted(owners) == ["n0", "n1", "n2"] and sum(owners.values()) == 256
+
+        await _wait_for(balanced, 10 * LEASE, "three nodes sharing the partitions")
+        await asyncio.sleep(LEASE / 2)  # routes: one more tick everywhere
+
+        async def count(func: str) -> int:
+            n: int = await db.fetchval(
+                f"SELECT count(*) FROM {prefix}jobs WHERE func = $1", func.encode()
+            )
+            return n
+
+        due = str(int(time.time()) + 3600)
+        names = [f"h{i}" for i in range(60)]
+        for name in names:  # every submit through n0: two thirds forwarded
+            code, body = await asyncio.to_thread(
+                nodes[0].send, "POST", "/fh", name=name, sched_at=due, args="a"
+            )
+            assert (code, body) == (200, {"msg": "SUCCESS"}), (name, code, body)
+        assert await count("fh") == 60  # committed before the 200
+        owners = {
+            r[0]
+            for r in await db.fetch(
+                f"SELECT p.owner FROM {prefix}jobs j JOIN {prefix}cluster_parts p"
+                " ON p.part = j.part WHERE j.func = 'fh'::bytea"
+            )
+        }
+        assert owners == {"n0", "n1", "n2"}
+        for name in names[:20]:  # removes through n1
+            code, body = await asyncio.to_thread(
+                nodes[1].send, "POST", "/fh", name=name, act="remove"
+            )
+            assert code == 200, (name, code, body)
+        assert await count("fh") == 40
+
+        # a func with a worker (on n1) is not dropped (409), as on one server
+        worker = Worker(nodes[1].address)
+        await worker.add_func("fw", lambda job: b"ok")
+        await worker.start(1)
+        code, _ = await asyncio.to_thread(
+            nodes[2].send, "POST", "/fw", name="x", sched_at=due
+        )
+        assert code == 200
+
+        async def worker_seen() -> bool:
+            funcs = json.loads(await asyncio.to_thread(nodes[2].get, "/api/funcs"))
+            return bool(funcs.get("fw", {}).get("total_worker"))
+
+        await _wait_for(worker_seen, 6 * LEASE, "n1's worker in n2's view")
+        code, _ = await asyncio.to_thread(nodes[2].send, "DELETE", "/fw")
+        assert code == 409
+        assert await count("fw") == 1
+
+        # DELETE /FUNC through n2: every node drops its share
+        code, body = await asyncio.to_thread(nodes[2].send, "DELETE", "/fh")
+        assert (code, body) == (200, {"msg": "SUCCESS"}), body
+        assert await count("fh") == 0
+        code, _ = await asyncio.to_thread(nodes[2].send, "DELETE", "/nothing")
+        assert code == 404
+    finally:
+        if worker is not None:
+            await worker.close()
         for n in nodes:
             n.stop()
         await db.close()

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 from .._address import parse_address
 from ..sched_parts import Partitions
 from ..store.cluster import DEFAULT_PARTITIONS, Coordinator
+from .cluster_http import ClusterWrites
 from .cluster_view import ClusterView
 from .forward import Forwarder
 
@@ -210,6 +211,10 @@ class ClusterNode:
         )
         fwd.install()
         self.forwarder = fwd
+
+    def http_writes(self) -> ClusterWrites:
+        """The HTTP API's hook for jobs held on other nodes (forwarded)."""
+        return ClusterWrites(self.parts, lambda: self.forwarder, self.view)
 
     @property
     def address(self) -> str | None:

@@ -64,6 +64,7 @@ from .status_page import overview, render_fragment, render_page
 from .views import HubView, SchedulerView
 
 if TYPE_CHECKING:
+    from .cluster_http import ClusterWrites
     from .cluster_view import ClusterView
 
 __all__ = [
@@ -179,6 +180,8 @@ class HttpApp:
         self._loop_thread = threading.get_ident()
         #: cluster mode: every live node's figures (set by the server)
         self.cluster: ClusterView | None = None
+        #: cluster mode: writes of jobs held by other nodes (set by the server)
+        self.cluster_writes: ClusterWrites | None = None
 
     @property
     def parser_name(self) -> str:
@@ -362,7 +365,12 @@ class HttpApp:
         if len(func) > 255 or len(name) > 255:
             return error_response(400, "func and name must be at most 255 bytes")
         now, mono = self.clock(), self.mono_clock()
-        if form.get("act", b"").lower() == b"remove":
+        remove = form.get("act", b"").lower() == b"remove"
+        cw = self.cluster_writes
+        forward = cw is not None and not cw.held(func, name)  # held elsewhere
+        if remove:
+            if forward and cw is not None:
+                return cw.remove(func, name)
             if not self.scheduler.remove(func, name, now, mono):
                 return error_response(
                     404, f"job {text(func)}:{text(name)} does not exist"
@@ -371,6 +379,8 @@ class HttpApp:
         sched_at = int_field(form, "sched_at", -(1 << 63), (1 << 63) - 1)
         timeout = int_field(form, "timeout", 0, (1 << 31) - 1)
         job = Job(func, name, form.get("args", b""), sched_at, 0, timeout)
+        if forward and cw is not None:
+            return cw.submit(job)
         try:
             accepted = self.scheduler.submit(job, now, mono)
         except ValueError as exc:  # a func name the scheduler refuses
@@ -387,6 +397,8 @@ class HttpApp:
         func = path[1:]
         if not func:
             return error_response(400, "func is required")
+        if self.cluster_writes is not None:  # on every node
+            return self.cluster_writes.drop(func, self.clock())
         result = self.scheduler.drop_func(func, self.clock(), self.mono_clock())
         if result == "unknown":
             return error_response(404, f"unknown func {text(func)!r}")
