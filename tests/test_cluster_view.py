@@ -6,7 +6,9 @@ over a real scheduler and a stand-in for the node's heartbeat (its last
 tick's members and summaries); the last one runs three ``periodicd
 --cluster`` processes with HTTP on one throwaway PostgreSQL: STATUS through
 any node shows every func's cluster total, ``/api/overview`` lists every
-node, ``/metrics`` carries the ``node`` label.
+node, ``/metrics`` carries the ``node`` label, a CONFIG_SET on one node is
+in force on every node within a heartbeat; HTTP submit, remove and drop
+through any node reach the jobs' owners.
 """
 
 from __future__ import annotations
@@ -210,6 +212,38 @@ def test_summary_is_bounded_and_round_trips() -> None:
     assert parsed.funcs == back.funcs and parsed.at == T0
 
 
+def test_config_changes_stored_elsewhere_are_adopted() -> None:
+    """The heartbeat applies the stored config values that changed since it
+    last read them, and never undoes a value set here and not stored yet."""
+    from types import SimpleNamespace
+
+    from periodic_fast.server.cluster_node import ClusterNode
+    from periodic_fast.store.cluster import Coordinator
+
+    h = Harness()
+    store = SimpleNamespace(coordinator=Coordinator("a", partitions=4))
+    node = ClusterNode("n", h.s, store)  # type: ignore[arg-type]
+    stored = {"timeout": 600, "keepalive": 1200}
+
+    def get(key: str) -> int:
+        [p] = h.client().req(C.CONFIG_GET, key.encode())
+        return int.from_bytes(p.payload, "big")
+
+    node._adopt_configs(dict(stored))
+    assert get("timeout") == 600
+    assert h.s.set_config("timeout", 5)  # set here, its commit not read yet
+    node._adopt_configs(dict(stored))
+    assert get("timeout") == 5
+    stored["timeout"] = 30  # another node's CONFIG_SET, stored
+    stored["future-key"] = 1  # unknown here: ignored
+    node._adopt_configs(dict(stored))
+    assert get("timeout") == 30
+    assert any("(cluster)" in e.message for e in h.s.stats.events)
+    # adopted values are not written back (a late write could undo a newer
+    # one): this node's store still has only what was set here
+    assert h.store.load().config.get("timeout") == 5
+
+
 # -- three real nodes ------------------------------------------------------------------
 
 
@@ -354,6 +388,17 @@ async def test_three_nodes_status_overview_metrics(
         ]
         assert held and 80 <= float(held[0].split()[-1]) <= 90
         assert 'periodic_func_jobs{func="fa",node="n2"}' in metrics
+
+        # CONFIG_SET on one node: every node applies it within a heartbeat
+        for value in (77, 91):
+            assert await clients[1].config_set("timeout", value)
+
+            async def applied(value: int = value) -> bool:
+                got = [await c.config_get("timeout") for c in clients]
+                return got == [value] * 3
+
+            took = await _wait_for(applied, 4 * LEASE, "the config on every node")
+            assert took < 2 * LEASE, took  # a heartbeat is LEASE / 3
     finally:
         for c in clients:
             await c.close()

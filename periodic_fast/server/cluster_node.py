@@ -23,6 +23,13 @@ server's loop:
   server listens) writes this node's address into its row and starts the
   :class:`~.forward.Forwarder`; every heartbeat refreshes the routes (part
   -> owner address) and the live members' addresses it reads;
+* **the cluster view** (:mod:`.cluster_view`): each heartbeat first writes
+  this node's summary into its row and reads the live nodes' back (STATUS,
+  the status page and ``/metrics`` show every node); the HTTP API's writes
+  of jobs held elsewhere are forwarded (:meth:`ClusterNode.http_writes`);
+* **config**: each heartbeat also reads the shared config table and applies
+  the values another node changed since the previous read (not saved
+  again), so a CONFIG_SET is in force everywhere within a heartbeat;
 * :meth:`ClusterNode.leave` (SIGTERM, shutdown): stop dispatching
   everything, commit, release every partition and delete the node's row, so
   the others take over at their next tick instead of after a lease.
@@ -161,6 +168,7 @@ class ClusterNode:
         self._stopping = False
         self._failures = 0
         self._coord = coord
+        self._configs: dict[str, int] | None = None  # as last read (applied)
         #: part -> the owner's address (other nodes' partitions), and the
         #: live nodes' addresses, as the last heartbeat read them
         self.routes: dict[int, str] = {}
@@ -266,6 +274,8 @@ class ClusterNode:
         self.members = tick.addresses
         self.alive = tick.alive
         self.summaries = tick.summaries
+        if tick.configs is not None:
+            self._adopt_configs(tick.configs)
         self._arm_expiry()
         parts = self.parts
         # lost, or forgotten by a fenced commit: out at once
@@ -280,6 +290,22 @@ class ClusterNode:
         if todo and (loading is None or loading.done()):
             # its own task: a long load must not delay the next renewal
             self._loading = asyncio.get_running_loop().create_task(self._load(todo))
+
+    def _adopt_configs(self, stored: dict[str, int]) -> None:
+        """Apply the config values another node changed since the last
+        heartbeat (its CONFIG_SET is stored in the shared table).  Only a
+        stored value that changed is applied: one set here and not
+        committed yet is not undone by the older stored value."""
+        seen, self._configs = self._configs, stored
+        changed = False
+        for key, value in stored.items():
+            if seen is not None and seen.get(key) == value:
+                continue
+            if self._sched.adopt_config(key, value):
+                changed = True
+                log.info("%s: config %s = %d (from the cluster)", self.name, key, value)
+        if changed:
+            self._wake()  # the server's timer re-armed with the new values
 
     def _arm_expiry(self) -> None:
         """A timer at the earliest dispatch deadline of a held partition."""

@@ -12,8 +12,10 @@ the only coordinator; its tables (``prefix`` prepended):
 
 * ``cluster(one, partitions, created)``: one row, the partition count, fixed
   when the cluster is first created;
-* ``cluster_nodes(node, started, alive_until)``: the members; a node is live
-  while ``alive_until`` (database time) is in the future;
+* ``cluster_nodes(node, started, alive_until, address, summary)``: the
+  members; a node is live while ``alive_until`` (database time) is in the
+  future; ``address`` is where it listens, ``summary`` (JSONB) its figures
+  as of its last tick (``server/cluster_view``);
 * ``cluster_parts(part, owner, epoch, lease_until)``: who owns what.
 
 A :class:`Coordinator` is one node's view, driven by the caller on its own
@@ -136,6 +138,10 @@ class Tick:
     #: live node -> the summary (JSON text) its last heartbeat wrote, for
     #: the cluster view (``server/cluster_view``); absent: none written yet
     summaries: dict[str, str] = field(default_factory=dict)
+    #: the stored config values (the store's ``configs`` table), read after
+    #: the tick so every node applies a CONFIG_SET within a heartbeat; None
+    #: when not read (a coordinator without a store)
+    configs: dict[str, int] | None = None
 
 
 class Coordinator:
