@@ -342,6 +342,18 @@ class CommandHandlers(CronCore):
         self._stats.event(self._now, "config", f"{key} set to {value}")
         return True
 
+    def adopt_config(self, key: str, value: int) -> bool:
+        """Apply config ``key`` that another cluster node set and stored:
+        as :meth:`set_config` but not saved again (a late save could undo a
+        newer change); False, nothing done, for an unknown key or the
+        value already in force."""
+        if self._config.get(key, value) == value:
+            return False
+        self._config[key] = value
+        self._apply_config()
+        self._stats.event(self._now, "config", f"{key} set to {value} (cluster)")
+        return True
+
     # worker commands ---------------------------------------------------------
 
     # -- worker commands ------------------------------------------------------

@@ -542,7 +542,7 @@ class Server:
             if self._http and hub.secure is None:
                 from .http_app import HttpApp  # noqa: PLC0415  # loaded when used
 
-                hub.http = HttpApp(
+                http = HttpApp(
                     scheduler,
                     hub,
                     name=self.name,
@@ -553,6 +553,10 @@ class Server:
                     writes=self._http_writes,
                     **{"peer_log_rate": self._peer_log_rate, **self._http_options},
                 )
+                if self._node is not None:  # cluster mode: every node's figures
+                    http.cluster = self._node.view
+                    http.cluster_writes = self._node.http_writes()
+                hub.http = http
             for addr in self._requested:
                 await self._listen(loop, hub, addr)
             if self._node is not None:  # forwarding: the peers reach us here

@@ -23,6 +23,13 @@ server's loop:
   server listens) writes this node's address into its row and starts the
   :class:`~.forward.Forwarder`; every heartbeat refreshes the routes (part
   -> owner address) and the live members' addresses it reads;
+* **the cluster view** (:mod:`.cluster_view`): each heartbeat first writes
+  this node's summary into its row and reads the live nodes' back (STATUS,
+  the status page and ``/metrics`` show every node); the HTTP API's writes
+  of jobs held elsewhere are forwarded (:meth:`ClusterNode.http_writes`);
+* **config**: each heartbeat also reads the shared config table and applies
+  the values another node changed since the previous read (not saved
+  again), so a CONFIG_SET is in force everywhere within a heartbeat;
 * :meth:`ClusterNode.leave` (SIGTERM, shutdown): stop dispatching
   everything, commit, release every partition and delete the node's row, so
   the others take over at their next tick instead of after a lease.
@@ -42,6 +49,8 @@ from typing import TYPE_CHECKING
 from .._address import parse_address
 from ..sched_parts import Partitions
 from ..store.cluster import DEFAULT_PARTITIONS, Coordinator
+from .cluster_http import ClusterWrites
+from .cluster_view import ClusterView
 from .forward import Forwarder
 
 if TYPE_CHECKING:
@@ -159,10 +168,18 @@ class ClusterNode:
         self._stopping = False
         self._failures = 0
         self._coord = coord
+        self._configs: dict[str, int] | None = None  # as last read (applied)
         #: part -> the owner's address (other nodes' partitions), and the
         #: live nodes' addresses, as the last heartbeat read them
         self.routes: dict[int, str] = {}
         self.members: dict[str, str | None] = {}
+        #: the cluster view (STATUS, pages, metrics over every live node):
+        #: live node -> alive until (Unix time) and -> its summary (JSON),
+        #: as the last heartbeat read them
+        self.alive: dict[str, float] = {}
+        self.summaries: dict[str, str] = {}
+        self.view = ClusterView(self, scheduler, clock)
+        self.view.install()
         self.forwarder: Forwarder | None = None
         #: heartbeats run, partitions loaded / unloaded (for tests, metrics)
         self.ticks = 0
@@ -203,6 +220,15 @@ class ClusterNode:
         fwd.install()
         self.forwarder = fwd
 
+    def http_writes(self) -> ClusterWrites:
+        """The HTTP API's hook for jobs held on other nodes (forwarded)."""
+        return ClusterWrites(self.parts, lambda: self.forwarder, self.view)
+
+    @property
+    def address(self) -> str | None:
+        """The address this node publishes (None before it listens)."""
+        return self._coord.address
+
     def _route(self, part: int) -> str | None:
         """Where requests for ``part`` go: this node while it owns it (it is
         loading), else its owner as the last heartbeat read it."""
@@ -232,6 +258,10 @@ class ClusterNode:
             await asyncio.sleep(max(0.0, sent + period - self._mono()))
 
     async def _beat(self) -> None:
+        try:  # this node's figures for the others' cluster view
+            self._coord.summary = self.view.summary(self._clock())
+        except Exception:  # never a reason to miss a renewal
+            log.exception("%s: cluster summary failed", self.name)
         tick, safe = await asyncio.wait_for(self._store.cluster_tick(), self.lease_time)
         if self._stopping:
             return
@@ -242,6 +272,10 @@ class ClusterNode:
         self._safe = safe
         self.routes = tick.routes
         self.members = tick.addresses
+        self.alive = tick.alive
+        self.summaries = tick.summaries
+        if tick.configs is not None:
+            self._adopt_configs(tick.configs)
         self._arm_expiry()
         parts = self.parts
         # lost, or forgotten by a fenced commit: out at once
@@ -256,6 +290,22 @@ class ClusterNode:
         if todo and (loading is None or loading.done()):
             # its own task: a long load must not delay the next renewal
             self._loading = asyncio.get_running_loop().create_task(self._load(todo))
+
+    def _adopt_configs(self, stored: dict[str, int]) -> None:
+        """Apply the config values another node changed since the last
+        heartbeat (its CONFIG_SET is stored in the shared table).  Only a
+        stored value that changed is applied: one set here and not
+        committed yet is not undone by the older stored value."""
+        seen, self._configs = self._configs, stored
+        changed = False
+        for key, value in stored.items():
+            if seen is not None and seen.get(key) == value:
+                continue
+            if self._sched.adopt_config(key, value):
+                changed = True
+                log.info("%s: config %s = %d (from the cluster)", self.name, key, value)
+        if changed:
+            self._wake()  # the server's timer re-armed with the new values
 
     def _arm_expiry(self) -> None:
         """A timer at the earliest dispatch deadline of a held partition."""

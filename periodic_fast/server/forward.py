@@ -389,6 +389,12 @@ class Forwarder:
 
     async def _drop(self, conn: Conn, msgid: int, payload: bytes) -> None:
         """DROP_FUNC on every live node; SUCCESS when each answered SUCCESS."""
+        ok = await self.drop_everywhere(payload)
+        conn.send(encode_response(msgid, _SUCCESS if ok else _NO_WORKER))
+
+    async def drop_everywhere(self, payload: bytes) -> bool:
+        """DROP_FUNC (``payload``: its ``str8 func``) on every live node;
+        True when each answered SUCCESS (also the HTTP API's func drop)."""
 
         async def one(address: str) -> bool:
             deadline = self._mono() + self.patience
@@ -403,8 +409,7 @@ class Forwarder:
 
         members = self._members()
         results = await asyncio.gather(*(one(a) for a in members)) if members else []
-        ok = bool(members) and all(results)
-        conn.send(encode_response(msgid, _SUCCESS if ok else _NO_WORKER))
+        return bool(members) and all(results)
 
     async def _dump(self, conn: Conn, msgid: int) -> None:
         """DUMP gathered from every live node (each its own partitions), the
@@ -437,6 +442,22 @@ class Forwarder:
         count = sum(int.from_bytes(d[:8], "big") for d in lists.values())
         body = b"".join(d[8:] for d in lists.values())
         conn.send(encode_response(msgid, _DATA, count.to_bytes(8, "big") + body))
+
+    # -- for the HTTP API (server/cluster_http) ----------------------------------------
+
+    async def ask(self, command: int, payload: bytes, part: int) -> int | None:
+        """Send one request about a job of ``part`` to its owner, retried as
+        a forwarded one; the owner's reply command (SUCCESS after its
+        commit), or None when no owner answered within the patience."""
+        if self._closed:
+            return None
+        self.forwarded += 1
+        first = await self._until_answered(part, command, payload, _ignore)
+        if first is None:
+            self.gave_up += 1
+        else:
+            self.relayed += 1
+        return first
 
     # -- shutdown ---------------------------------------------------------------------
 

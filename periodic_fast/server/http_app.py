@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..auth import Role
 from ..job import FuncStat, Job
@@ -62,6 +62,10 @@ from .http_wire import (
 from .logbound import DEFAULT_PEER_LOG_RATE, Throttle, peer_text
 from .status_page import overview, render_fragment, render_page
 from .views import HubView, SchedulerView
+
+if TYPE_CHECKING:
+    from .cluster_http import ClusterWrites
+    from .cluster_view import ClusterView
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -174,6 +178,10 @@ class HttpApp:
         self.started = clock()
         self.connections: set[HttpConnection] = set()
         self._loop_thread = threading.get_ident()
+        #: cluster mode: every live node's figures (set by the server)
+        self.cluster: ClusterView | None = None
+        #: cluster mode: writes of jobs held by other nodes (set by the server)
+        self.cluster_writes: ClusterWrites | None = None
 
     @property
     def parser_name(self) -> str:
@@ -357,7 +365,12 @@ class HttpApp:
         if len(func) > 255 or len(name) > 255:
             return error_response(400, "func and name must be at most 255 bytes")
         now, mono = self.clock(), self.mono_clock()
-        if form.get("act", b"").lower() == b"remove":
+        remove = form.get("act", b"").lower() == b"remove"
+        cw = self.cluster_writes
+        forward = cw is not None and not cw.held(func, name)  # held elsewhere
+        if remove:
+            if forward and cw is not None:
+                return cw.remove(func, name)
             if not self.scheduler.remove(func, name, now, mono):
                 return error_response(
                     404, f"job {text(func)}:{text(name)} does not exist"
@@ -366,6 +379,8 @@ class HttpApp:
         sched_at = int_field(form, "sched_at", -(1 << 63), (1 << 63) - 1)
         timeout = int_field(form, "timeout", 0, (1 << 31) - 1)
         job = Job(func, name, form.get("args", b""), sched_at, 0, timeout)
+        if forward and cw is not None:
+            return cw.submit(job)
         try:
             accepted = self.scheduler.submit(job, now, mono)
         except ValueError as exc:  # a func name the scheduler refuses
@@ -382,6 +397,8 @@ class HttpApp:
         func = path[1:]
         if not func:
             return error_response(400, "func is required")
+        if self.cluster_writes is not None:  # on every node
+            return self.cluster_writes.drop(func, self.clock())
         result = self.scheduler.drop_func(func, self.clock(), self.mono_clock())
         if result == "unknown":
             return error_response(404, f"unknown func {text(func)!r}")
@@ -457,6 +474,7 @@ class HttpApp:
             started=self.started,
             ready=self.readiness()[0],
             http_connections=len(self.connections),
+            cluster=None if self.cluster is None else self.cluster.metrics(),
         )
         loop = self.loop
         out: asyncio.Future[Response] = loop.create_future()
@@ -516,9 +534,10 @@ class HttpApp:
 
     def overview(self) -> dict[str, Any]:
         """Everything the status page shows (also ``GET /api/overview``)."""
-        return overview(
+        now = self.clock()
+        ov = overview(
             self.scheduler,
-            self.clock(),
+            now,
             peers=self.hub.connections,
             name=self.name,
             addresses=self._addresses(),
@@ -527,6 +546,9 @@ class HttpApp:
             draining=not self._running(),
             http_connections=len(self.connections),
         )
+        if self.cluster is not None:  # every live node (the rest: this one)
+            ov["cluster"] = self.cluster.overview(now)
+        return ov
 
     def _page(self) -> Response:
         page = render_page(self.overview(), name=self.name, writes=self.writes)

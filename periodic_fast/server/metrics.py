@@ -30,6 +30,7 @@ from .views import SchedulerView
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..scheduler import FuncDetail
+    from .cluster_view import ClusterMetrics
 
 __all__ = ["CONTENT_TYPE", "Snapshot", "render", "snapshot"]
 
@@ -93,6 +94,7 @@ class Snapshot(NamedTuple):
     locks: int
     store: dict[str, float]  #: store.metrics()
     reaping: int = 0  #: records of dropped funcs not freed yet
+    cluster: ClusterMetrics | None = None  #: cluster mode (docs/cluster.md)
 
 
 def snapshot(
@@ -104,9 +106,11 @@ def snapshot(
     started: float,
     ready: bool,
     http_connections: int,
+    cluster: ClusterMetrics | None = None,
 ) -> Snapshot:
     """Copy the scheduler's figures (on the loop: it is not thread-safe);
-    the keywords describe the server and its HTTP side."""
+    the keywords describe the server and its HTTP side (``cluster``: a
+    cluster node's figures, :meth:`~.cluster_view.ClusterView.metrics`)."""
     stats = sched.stats
     conns = sched.connections()
     workers = sum(1 for c in conns if c.worker)
@@ -124,6 +128,7 @@ def snapshot(
         len(sched.locks()),
         dict(sched.store.metrics()),
         sched.reaping,
+        cluster,
     )
 
 
@@ -148,6 +153,20 @@ class _Collector(Collector):
         self._snap = snap
 
     def collect(self) -> Iterator[Metric]:
+        cluster = self._snap.cluster
+        if cluster is None:
+            yield from self._families()
+            return
+        # a cluster node: its figures are one node's share, so every sample
+        # carries the node id (sum over ``node`` for the cluster's)
+        node = cluster.node
+        for metric in (*self._families(), *_cluster_metrics(cluster)):
+            metric.samples = [
+                s._replace(labels={**s.labels, "node": node}) for s in metric.samples
+            ]
+            yield metric
+
+    def _families(self) -> Iterator[Metric]:
         snap = self._snap
         info = GaugeMetricFamily(
             "periodic_server_info",
@@ -283,6 +302,25 @@ class _Collector(Collector):
                 yield CounterMetricFamily(known[0], known[2], value=float(value))
             else:
                 yield GaugeMetricFamily(known[0], known[2], value=float(value))
+
+
+def _cluster_metrics(c: ClusterMetrics) -> Iterator[Metric]:
+    """A cluster node's membership gauges."""
+    yield GaugeMetricFamily(
+        "periodic_cluster_nodes",
+        "Live cluster nodes, as this node's last heartbeat read them.",
+        value=float(c.nodes),
+    )
+    yield GaugeMetricFamily(
+        "periodic_cluster_partitions_held",
+        "Partitions this node holds (loading or loaded).",
+        value=float(c.held),
+    )
+    yield GaugeMetricFamily(
+        "periodic_cluster_partitions",
+        "The cluster's partition count.",
+        value=float(c.partitions),
+    )
 
 
 def render(snap: Snapshot) -> bytes:

@@ -66,6 +66,7 @@ class PgCluster:
     ) -> None:
         self.coord = coord
         self._jobs = jobs
+        self._configs = f"{coord.prefix}configs"  # the store's config table
         self._connect = connect
         self._owner = owner
         self._conns: dict[str, asyncpg.Connection] = {}
@@ -184,6 +185,10 @@ class PgCluster:
         partition may be dispatched (a copy, for the server's thread)."""
         async with self._side("heartbeat") as conn:
             tick = await self.coord.tick(conn)
+            # config values are cluster-wide rows: every node applies a
+            # change one of them stored within a heartbeat (ClusterNode)
+            rows = await conn.fetch(f"SELECT name, value FROM {self._configs}")
+            tick.configs = {r[0]: int(r[1]) for r in rows}
         return tick, self.coord.safe_until()
 
     async def release(self, parts: list[int]) -> None:

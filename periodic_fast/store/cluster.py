@@ -12,8 +12,10 @@ the only coordinator; its tables (``prefix`` prepended):
 
 * ``cluster(one, partitions, created)``: one row, the partition count, fixed
   when the cluster is first created;
-* ``cluster_nodes(node, started, alive_until)``: the members; a node is live
-  while ``alive_until`` (database time) is in the future;
+* ``cluster_nodes(node, started, alive_until, address, summary)``: the
+  members; a node is live while ``alive_until`` (database time) is in the
+  future; ``address`` is where it listens, ``summary`` (JSONB) its figures
+  as of its last tick (``server/cluster_view``);
 * ``cluster_parts(part, owner, epoch, lease_until)``: who owns what.
 
 A :class:`Coordinator` is one node's view, driven by the caller on its own
@@ -131,6 +133,15 @@ class Tick:
     #: part -> the address of its live owner, for partitions owned by
     #: another live node that published one (forwarding routes)
     routes: dict[int, str] = field(default_factory=dict)
+    #: live node -> its ``alive_until`` (Unix time, the database's clock)
+    alive: dict[str, float] = field(default_factory=dict)
+    #: live node -> the summary (JSON text) its last heartbeat wrote, for
+    #: the cluster view (``server/cluster_view``); absent: none written yet
+    summaries: dict[str, str] = field(default_factory=dict)
+    #: the stored config values (the store's ``configs`` table), read after
+    #: the tick so every node applies a CONFIG_SET within a heartbeat; None
+    #: when not read (a coordinator without a store)
+    configs: dict[str, int] | None = None
 
 
 class Coordinator:
@@ -178,6 +189,9 @@ class Coordinator:
         #: the listen address this node publishes in its row (the server
         #: sets it once it listens; other nodes forward requests to it)
         self.address: str | None = None
+        #: this node's summary (JSON text), written by every :meth:`tick`
+        #: (the server sets it before each tick; None keeps the stored one)
+        self.summary: str | None = None
         self._safe_until: dict[int, float] = {}  # part -> monotonic deadline
 
     # schema and membership --------------------------------------------------------
@@ -206,6 +220,10 @@ class Coordinator:
             # forwarding (issue 18): where a node listens; instant on older tables
             await conn.execute(
                 f"ALTER TABLE {nodes} ADD COLUMN IF NOT EXISTS address TEXT"
+            )
+            # the cluster view (issue 18): each node's figures as of its tick
+            await conn.execute(
+                f"ALTER TABLE {nodes} ADD COLUMN IF NOT EXISTS summary JSONB"
             )
             await conn.execute(
                 f"INSERT INTO {meta} (partitions) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -242,13 +260,15 @@ class Coordinator:
         out = Tick()
         async with conn.transaction():
             await conn.execute(
-                f"INSERT INTO {nodes_t} (node, alive_until, address)"
-                " VALUES ($1, now() + make_interval(secs => $2), $3)"
+                f"INSERT INTO {nodes_t} (node, alive_until, address, summary)"
+                " VALUES ($1, now() + make_interval(secs => $2), $3, $4::jsonb)"
                 " ON CONFLICT (node) DO UPDATE SET alive_until = EXCLUDED.alive_until,"
-                f" address = COALESCE(EXCLUDED.address, {nodes_t}.address)",
+                f" address = COALESCE(EXCLUDED.address, {nodes_t}.address),"
+                f" summary = COALESCE(EXCLUDED.summary, {nodes_t}.summary)",
                 self.node,
                 lease,
                 self.address,
+                self.summary,
             )
             held = sorted(self.owned)
             renewed = await conn.fetch(
@@ -265,11 +285,13 @@ class Coordinator:
             kept = {r[0] for r in renewed}
             out.lost = [p for p in held if p not in kept]
             live = await conn.fetch(
-                f"SELECT node, address FROM {nodes_t}"
-                " WHERE alive_until > now() ORDER BY node"
+                "SELECT node, address, extract(epoch FROM alive_until),"
+                f" summary::text FROM {nodes_t} WHERE alive_until > now() ORDER BY node"
             )
             out.nodes = [r[0] for r in live]
             out.addresses = {r[0]: r[1] for r in live}
+            out.alive = {r[0]: float(r[2]) for r in live}
+            out.summaries = {r[0]: r[3] for r in live if r[3] is not None}
             share = fair_shares(out.nodes, self.partitions).get(self.node, 0)
             want = share - len(kept)
             if want > 0:
