@@ -35,12 +35,27 @@ ranges before (the wire format has the same ones).
 in the scheduler and in the memory store): the compiled twin is an
 open-addressing table of record pointers, this one wraps a dict.  Both keep
 lookups, inserts and deletions O(1) amortized whatever the order of the
-operations (deleting in iteration order included).
+operations (deleting in iteration order included).  :meth:`NameTable.reserve`
+pre-sizes the compiled table for a known number of records (a restart loads
+each func's rows in one go).
+
+Earliest pending time (STATUS): a :class:`NameTable` also keeps a min-heap of
+``(sched_at, name)`` entries, lazily invalidated.  :meth:`NameTable.add` and
+:meth:`NameTable.note` push one; an entry is *live* while the table's record
+of that name is pending (``state == 0``) with that ``sched_at``.
+:meth:`NameTable.earliest` drops dead entries from the top and reads the
+first live one: exact as long as every pending record has an entry, i.e. the
+owner calls ``note(rec)`` whenever a record of the table becomes pending
+again or gets another ``sched_at`` (the scheduler does in ``_place`` and
+``_repend_now``).  Leaving pending (dispatch, deletion) needs no call.  When
+the heap holds more than twice the records (plus 64) it is rebuilt from the
+pending records, so dead entries cost O(1) amortized per push.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from heapq import heapify, heappop, heappush
 
 from .job import Job
 
@@ -140,10 +155,21 @@ class JobRec:
 class NameTable:
     """Records keyed by their ``name``: at most one record per name."""
 
-    __slots__ = ("_d",)
+    __slots__ = ("_d", "_h", "visits")
 
     def __init__(self) -> None:
         self._d: dict[bytes, JobRec] = {}
+        # (sched_at, name) of pending records, lazily invalidated (earliest)
+        self._h: list[tuple[int, bytes]] = []
+        #: heap entries :meth:`earliest` examined (tests: its work per call)
+        self.visits = 0
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` records in all without growing (a hint: the
+        compiled twin sizes its array once; a dict cannot be pre-sized).
+        Raises ValueError for a negative ``n``."""
+        if n < 0:
+            raise ValueError(f"reserve: negative size {n}")
 
     def __len__(self) -> int:
         return len(self._d)
@@ -167,7 +193,42 @@ class NameTable:
         name = rec.name
         old = d.get(name)
         d[name] = rec
+        h = self._h
+        if len(h) > 2 * len(d) + 64:
+            self._rebuild_heap()
+        else:
+            heappush(h, (rec.sched_at, name))
         return old
+
+    def note(self, rec: JobRec) -> None:
+        """``rec`` (a record of this table) is pending again or has another
+        ``sched_at``: index it for :meth:`earliest`."""
+        h = self._h
+        if len(h) > 2 * len(self._d) + 64:
+            self._rebuild_heap()
+        else:
+            heappush(h, (rec.sched_at, rec.name))
+
+    def earliest(self) -> int | None:
+        """The smallest ``sched_at`` of the pending records (``state == 0``),
+        or None; exact given the :meth:`note` calls (module docstring).
+        O(log n) per dead entry dropped, amortized O(1) per push."""
+        h = self._h
+        d = self._d
+        while h:
+            self.visits += 1
+            at, name = h[0]
+            rec = d.get(name)
+            if rec is not None and rec.state == 0 and rec.sched_at == at:
+                return at
+            heappop(h)
+        return None
+
+    def _rebuild_heap(self) -> None:
+        """Drop the dead entries: one entry per pending record."""
+        h = [(r.sched_at, r.name) for r in self._d.values() if r.state == 0]
+        heapify(h)
+        self._h = h
 
     def pop(self, name: bytes) -> JobRec | None:
         """Remove and return the record named ``name``, or None."""
@@ -186,6 +247,7 @@ class NameTable:
     def clear(self) -> None:
         """Remove every record."""
         self._d.clear()
+        self._h = []
 
     def _probe_stats(self) -> tuple[int, int]:
         """``(longest_run, displacement)`` of the compiled twin's array: the
