@@ -434,7 +434,8 @@ cdef class NameTable:
             Py_INCREF(rec)
             self.slots[i] = ptr | (<uintptr_t>h & TAG)
             Py_DECREF(old)  # the table's reference; ``old`` keeps it alive
-            self._push(rec)
+            if old is not rec:  # the same one again (a store's save): noted
+                self._push(rec)
             return old
         if (self.used + 1) * 4 > self.size * 3:  # above 75%: grow to 50%
             self._resize(2 * (self.used + 1))

@@ -40,9 +40,10 @@ pre-sizes the compiled table for a known number of records (a restart loads
 each func's rows in one go).
 
 Earliest pending time (STATUS): a :class:`NameTable` also keeps a min-heap of
-``(sched_at, name)`` entries, lazily invalidated.  :meth:`NameTable.add` and
-:meth:`NameTable.note` push one; an entry is *live* while the table's record
-of that name is pending (``state == 0``) with that ``sched_at``.
+``(sched_at, name)`` entries, lazily invalidated.  :meth:`NameTable.add`
+(of a record not in the table yet) and :meth:`NameTable.note` push one; an
+entry is *live* while the table's record of that name is pending
+(``state == 0``) with that ``sched_at``.
 :meth:`NameTable.earliest` drops dead entries from the top and reads the
 first live one: exact as long as every pending record has an entry, i.e. the
 owner calls ``note(rec)`` whenever a record of the table becomes pending
@@ -193,6 +194,8 @@ class NameTable:
         name = rec.name
         old = d.get(name)
         d[name] = rec
+        if old is rec:  # the same one again (a store's save): noted already
+            return old
         h = self._h
         if len(h) > 2 * len(d) + 64:
             self._rebuild_heap()
