@@ -16,6 +16,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from periodic_fast.constants import Command as C
 from periodic_fast.job import Job
 from periodic_fast.sched_model import PENDING
@@ -121,9 +123,12 @@ def _check(h: Harness) -> None:
         assert st.sched_at == (int(h.now) if want is None else want), func
 
 
-def test_status_earliest_stays_exact_under_random_operations() -> None:
-    rnd = random.Random(11)
-    h = Harness(config={"assign-wait": 0})
+@pytest.mark.parametrize("wait", [0, 3])
+def test_status_earliest_stays_exact_under_random_operations(wait: int) -> None:
+    """With assign-wait 3, some assignments are never confirmed: their jobs
+    come back to pending (``_repend_now``) with their old ``sched_at``."""
+    rnd = random.Random(11 + wait)
+    h = Harness(config={"assign-wait": wait})
     workers = [h.worker(b"f"), h.worker(b"g")]
     running: list[tuple[Any, Job]] = []
     for _ in range(1500):
@@ -135,7 +140,12 @@ def test_status_earliest_stays_exact_under_random_operations() -> None:
             h.submit(func, name, sched_at=at, count=rnd.randrange(3))
         elif op < 0.5:
             w = rnd.choice(workers)
-            running += [(w, j) for _, j in assigns(w.grab(rnd.randrange(1, 99)))]
+            for msgid, job in assigns(w.grab(rnd.randrange(1, 99))):
+                if wait and rnd.random() < 0.5:
+                    continue  # never confirmed: pending again after 3 s
+                if wait:
+                    w.assigned(msgid)
+                running.append((w, job))
         elif op < 0.7 and running:
             w, job = running.pop(rnd.randrange(len(running)))
             kind = rnd.random()
