@@ -41,6 +41,7 @@ from periodic_fast.job import Job
 EPOCH_MASK = 0x7FFFFFFF
 
 cdef object _tuple_new = tuple.__new__
+cdef object _ZERO = 0
 
 
 @cython.no_gc
@@ -422,6 +423,48 @@ cdef class NameTable:
     def add(self, JobRec rec not None):
         """Insert ``rec``, replacing a record of the same name; returns the
         replaced record (None if there was none; ``rec`` if it was there)."""
+        return self._add(rec)
+
+    def fill(
+        self,
+        rows,
+        bytes func not None,
+        Py_ssize_t jid,
+        list recs not None,
+        long long t,
+        wheel_add,
+        list due not None,
+        list stale not None,
+    ):
+        """Start-up (see _rec_py): one record per row, in C."""
+        cdef tuple row
+        cdef JobRec rec
+        cdef object old, state
+        cdef long long when
+        for row in rows:
+            if len(row) != 6:
+                raise ValueError(f"fill: a row of {len(row)} fields, not 6")
+            rec = JobRec.__new__(
+                JobRec, jid, func, row[0], row[1], row[2], row[3], row[4]
+            )
+            old = self._add(rec)
+            if old is not None:  # a store should not hold duplicates
+                self._add(<JobRec>old)  # the first one stays
+                continue
+            recs.append(rec)
+            state = row[5]
+            if state is not _ZERO and state != 0:
+                stale.append(rec.name)
+            when = rec.sched_at
+            if when > t:
+                wheel_add(jid, when)
+                rec.where = 1
+            else:
+                due.append(jid)
+            jid += 1
+        return jid
+
+    cdef object _add(self, JobRec rec):
         cdef uintptr_t ptr = <uintptr_t><PyObject *>rec
         if ptr & TAG:  # pragma: no cover - CPython aligns objects to 16
             raise SystemError("NameTable: record not 16-byte aligned")

@@ -55,8 +55,9 @@ pending records, so dead entries cost O(1) amortized per push.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from heapq import heapify, heappop, heappush
+from typing import Any
 
 from .job import Job
 
@@ -202,6 +203,46 @@ class NameTable:
         else:
             heappush(h, (rec.sched_at, name))
         return old
+
+    def fill(
+        self,
+        rows: Iterable[tuple[Any, ...]],
+        func: bytes,
+        jid: int,
+        recs: list[JobRec | None],
+        t: int,
+        wheel_add: Callable[[int, int], None],
+        due: list[int],
+        stale: list[bytes],
+    ) -> int:
+        """Start-up (:mod:`periodic_fast.sched_load`): a record per row
+        ``(name, workload, sched_at, count, timeout, state)`` of ``func``,
+        ids from ``jid`` on, appended to ``recs``; a future one goes to
+        ``wheel_add(id, sched_at)`` (``where`` 1), a due one's id to ``due``,
+        the name of one not stored as pending (state != 0) to ``stale``.  A
+        second row of a name in the table is dropped.  Returns the next id.
+        The compiled twin runs the loop in C (a restart is mostly this)."""
+        add = self.add
+        append = recs.append
+        for row in rows:
+            if len(row) != 6:
+                raise ValueError(f"fill: a row of {len(row)} fields, not 6")
+            name, workload, when, count, timeout, state = row
+            rec = JobRec(jid, func, name, workload, when, count, timeout)
+            old = add(rec)
+            if old is not None:  # a store should not hold duplicates
+                add(old)  # the first one stays
+                continue
+            append(rec)
+            if state != 0:
+                stale.append(name)
+            if when > t:
+                wheel_add(jid, when)
+                rec.where = 1
+            else:
+                due.append(jid)
+            jid += 1
+        return jid
 
     def note(self, rec: JobRec) -> None:
         """``rec`` (a record of this table) is pending again or has another

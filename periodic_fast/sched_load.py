@@ -25,7 +25,7 @@ from operator import itemgetter
 from typing import Any
 
 from .rec import JobRec, NameTable
-from .sched_model import IN_WHEEL, PENDING, Func
+from .sched_model import PENDING, Func
 from .store import Store, StoreSnapshot
 
 __all__ = ["rebuild", "snapshot_groups"]
@@ -76,10 +76,8 @@ def rebuild(
     cleared before its first row, this scheduler's records replace them.
     A second row of one name is dropped (the first one stays)."""
     due: list[int] = []
+    stale: list[bytes] = []
     cleared: set[bytes] = set()
-    set_state = store.set_state
-    rec_new = JobRec
-    append = recs.append
     for func, count, chunks in snapshot_groups(snap):
         fs = funcs.get(func) or new_func(func)
         jobs: NameTable = fs.jobs
@@ -93,19 +91,9 @@ def rebuild(
         name_f = fs.name  # one func bytes object per func, not one per job
         jid = len(recs)
         for rows in chunks:
-            for name, workload, when, cnt, timeout, state in rows:
-                rec = rec_new(jid, name_f, name, workload, when, cnt, timeout)
-                old = jobs.add(rec)
-                if old is not None:  # a store should not hold duplicates
-                    jobs.add(old)  # the first one stays
-                    continue
-                append(rec)
-                if state != PENDING:  # protocol.md 4.16: all pending at start
-                    set_state(func, name, PENDING)
-                if when > t:
-                    wheel_add(jid, when)
-                    rec.where = IN_WHEEL
-                else:
-                    due.append(jid)
-                jid += 1
+            # the loop over the rows is the table's (in C when compiled)
+            jid = jobs.fill(rows, name_f, jid, recs, t, wheel_add, due, stale)
+        for name in stale:  # protocol.md 4.16: all pending at start
+            store.set_state(func, name, PENDING)
+        stale.clear()
     return due

@@ -440,3 +440,30 @@ def test_name_table_earliest_work_is_bounded(twin: Any) -> None:
         table.note(rec)
     assert table.earliest() == 9999
     assert table.visits < 200  # rebuilt on the way: no pile of dead entries
+
+
+def test_name_table_fill(twin: Any) -> None:
+    """The start-up loop: records, ids, wheel or due, stale states, and the
+    first of two rows of one name kept."""
+    table = twin.NameTable()
+    table.reserve(4)
+    recs: list[Any] = [None]  # id 0 taken: ids go on from jid
+    wheel: list[tuple[int, int]] = []
+    due: list[int] = []
+    stale: list[bytes] = []
+    rows = [
+        (b"a", b"wa", 50, 1, 2, 0),
+        (b"b", b"", 10, 0, 0, 1),  # stored running
+        (b"a", b"again", 99, 0, 0, 2),  # a duplicate: dropped
+        (b"c", b"", 20, -3, 7, 0),
+    ]
+    args = (1, recs, 20, lambda i, w: wheel.append((i, w)), due, stale)
+    assert table.fill(rows, b"f", *args) == 4
+    assert [r.name for r in recs[1:]] == [b"a", b"b", b"c"]
+    a = table.get(b"a")
+    assert a is recs[1] and a.job == Job(b"f", b"a", b"wa", 50, 1, 2)
+    assert (a.id, a.where, recs[2].where) == (1, 1, 0)
+    assert wheel == [(1, 50)] and due == [2, 3] and stale == [b"b"]
+    assert table.earliest() == 10
+    with pytest.raises(ValueError, match="5 fields"):
+        table.fill([(b"x", b"", 1, 0, 0)], b"f", *args)
