@@ -158,6 +158,8 @@ cdef inline uint64_t _next_mul() noexcept:
 # pointer's alignment bits (objects are 16-byte aligned): a probe skips
 # other names without loading their record and name (two cache misses).
 DEF TAG = 15
+# fill(): rows ahead whose home slot is prefetched
+DEF FILL_AHEAD = 8
 
 cdef inline PyObject *_rec_of(uintptr_t slot) noexcept:
     return <PyObject *>(slot & ~(<uintptr_t>TAG))
@@ -437,32 +439,62 @@ cdef class NameTable:
         list stale not None,
     ):
         """Start-up (see _rec_py): one record per row, in C."""
-        cdef tuple row
+        cdef list chunk
+        cdef object ahead
+        cdef Py_ssize_t k, n
+        if type(rows) is not list:
+            for row in rows:
+                jid = self._fill_one(row, func, jid, recs, t, wheel_add, due, stale)
+            return jid
+        chunk = <list>rows
+        n = len(chunk)
+        for k in range(n):
+            # each insert's home slot is a cache miss in a big table: hash
+            # the name of the row FILL_AHEAD on and prefetch its slot
+            if k + FILL_AHEAD < n:
+                ahead = chunk[k + FILL_AHEAD]
+                if type(ahead) is tuple and len(<tuple>ahead) == 6:
+                    ahead = (<tuple>ahead)[0]
+                    if type(ahead) is bytes:
+                        __builtin_prefetch(
+                            &self.slots[_home(hash(ahead), self.mul, self.size)]
+                        )
+            jid = self._fill_one(chunk[k], func, jid, recs, t, wheel_add, due, stale)
+        return jid
+
+    cdef Py_ssize_t _fill_one(
+        self,
+        object row_obj,
+        bytes func,
+        Py_ssize_t jid,
+        list recs,
+        long long t,
+        object wheel_add,
+        list due,
+        list stale,
+    ) except -1:
+        cdef tuple row = row_obj
         cdef JobRec rec
         cdef object old, state
         cdef long long when
-        for row in rows:
-            if len(row) != 6:
-                raise ValueError(f"fill: a row of {len(row)} fields, not 6")
-            rec = JobRec.__new__(
-                JobRec, jid, func, row[0], row[1], row[2], row[3], row[4]
-            )
-            old = self._add(rec)
-            if old is not None:  # a store should not hold duplicates
-                self._add(<JobRec>old)  # the first one stays
-                continue
-            recs.append(rec)
-            state = row[5]
-            if state is not _ZERO and state != 0:
-                stale.append(rec.name)
-            when = rec.sched_at
-            if when > t:
-                wheel_add(jid, when)
-                rec.where = 1
-            else:
-                due.append(jid)
-            jid += 1
-        return jid
+        if len(row) != 6:
+            raise ValueError(f"fill: a row of {len(row)} fields, not 6")
+        rec = JobRec.__new__(JobRec, jid, func, row[0], row[1], row[2], row[3], row[4])
+        old = self._add(rec)
+        if old is not None:  # a store should not hold duplicates
+            self._add(<JobRec>old)  # the first one stays
+            return jid
+        recs.append(rec)
+        state = row[5]
+        if state is not _ZERO and state != 0:
+            stale.append(rec.name)
+        when = rec.sched_at
+        if when > t:
+            wheel_add(jid, when)
+            rec.where = 1
+        else:
+            due.append(jid)
+        return jid + 1
 
     cdef object _add(self, JobRec rec):
         cdef uintptr_t ptr = <uintptr_t><PyObject *>rec
