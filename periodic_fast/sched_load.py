@@ -82,6 +82,8 @@ def rebuild(
         fs = funcs.get(func) or new_func(func)
         jobs: NameTable = fs.jobs
         if shared and func not in cleared:
+            # the store's table still holds the records the snapshot was made
+            # from (an earlier scheduler's, or the store's own)
             cleared.add(func)
             jobs.clear()
         if not jobs:
