@@ -307,6 +307,8 @@ cdef class NameTable:
         cdef Py_ssize_t i
         cdef JobRec rec
         cdef object name
+        if self.hlen > 2 * self.used + 64:  # records left without a push
+            self._heap_rebuild()
         while self.hlen:
             self.visits += 1
             name = <object>self.heap[0].name

@@ -49,8 +49,10 @@ first live one: exact as long as every pending record has an entry, i.e. the
 owner calls ``note(rec)`` whenever a record of the table becomes pending
 again or gets another ``sched_at`` (the scheduler does in ``_place`` and
 ``_repend_now``).  Leaving pending (dispatch, deletion) needs no call.  When
-the heap holds more than twice the records (plus 64) it is rebuilt from the
-pending records, so dead entries cost O(1) amortized per push.
+the heap holds more than twice the records (plus 64), at a push or a read,
+it is rebuilt from the pending records, so dead entries cost O(1) amortized
+per push and a read after mass deletions scans the (shrunk) table once
+instead of popping every dead entry.
 """
 
 from __future__ import annotations
@@ -257,8 +259,10 @@ class NameTable:
         """The smallest ``sched_at`` of the pending records (``state == 0``),
         or None; exact given the :meth:`note` calls (module docstring).
         O(log n) per dead entry dropped, amortized O(1) per push."""
-        h = self._h
         d = self._d
+        if len(self._h) > 2 * len(d) + 64:  # records left without a push
+            self._rebuild_heap()
+        h = self._h
         while h:
             self.visits += 1
             at, name = h[0]

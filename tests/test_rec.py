@@ -467,3 +467,16 @@ def test_name_table_fill(twin: Any) -> None:
     assert table.earliest() == 10
     with pytest.raises(ValueError, match="5 fields"):
         table.fill([(b"x", b"", 1, 0, 0)], b"f", *args)
+
+
+def test_name_table_earliest_after_mass_deletion(twin: Any) -> None:
+    """Records popped without any push: the next read rebuilds the heap from
+    the few records left instead of popping every dead entry."""
+    table = twin.NameTable()
+    for i in range(20_000):
+        table.add(twin.JobRec(i, b"f", b"%d" % i, b"", i))
+    for i in range(19_990):  # the earliest ones: their entries on top
+        table.pop(b"%d" % i)
+    before = table.visits
+    assert table.earliest() == 19_990
+    assert table.visits - before == 1
