@@ -211,3 +211,26 @@ def test_status_after_a_restart_on_the_memory_store() -> None:
     h2 = Harness(now=h.now, store=h.store)
     assert h2.status()[b"f"].sched_at == int(T0) + 20  # pending again
     _check(h2)
+
+
+def test_the_load_progress_bar_sees_every_job(tmp_path: Path) -> None:
+    """periodicd's start-up progress bar wraps ``jobs``: the scheduler must
+    read that stream then, not the store's groups."""
+    from periodic_fast.server.app import _watched_load
+
+    path = tmp_path / "s.db"
+    _fill(path)
+    seen = []
+
+    def progress(jobs: Any) -> Any:
+        for item in jobs:
+            seen.append(item)
+            yield item
+
+    store = SqliteStore(path)
+    try:
+        with _watched_load(store, progress):
+            s = Scheduler(store, T0 + 1)
+    finally:
+        store.close()
+    assert len(seen) == 3047 == sum(len(fs.jobs) for fs in s._funcs.values())
