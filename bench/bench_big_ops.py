@@ -5,6 +5,16 @@
     the server is started on it: seconds from exec to the first PONG, peak
     RSS (``VmHWM``) and the RSS once serving (after a STATUS and a short
     idle pause), and their ratio.
+``inproc``
+    In-process start-up on the ``--restart-db`` file (filled if missing):
+    CPU seconds of ``Scheduler(SqliteStore(path))`` in a fresh interpreter
+    running the code of ``--root``, then STATUS (median of 7 calls, ms);
+    ``--twin python`` runs the pure-Python twins.
+``status``
+    STATUS over ``--status-jobs`` future jobs in 10 funcs
+    (``Scheduler(MemoryStore)``, in-process, the code of ``--root``): median
+    of 7 calls in the steady state and of 7 calls each after dispatching 100
+    jobs (ms); ``--twin`` as above.
 ``drop``
     A SQLite store with ``--drop-jobs`` jobs of one func; while DROP_FUNC of
     that func runs (until the ``periodic_jobs_reaping`` gauge is 0; a server
@@ -164,6 +174,71 @@ def restart(tmp: Path, n: int, root: Path, db: str = "") -> dict[str, Any]:
     }
 
 
+_INPROC = """
+import gc, json, statistics, sys, time
+gc.disable()
+from periodic_fast.rec import IMPLEMENTATION
+from periodic_fast.scheduler import Scheduler
+from periodic_fast.store.sqlite import SqliteStore
+t = time.process_time()
+s = Scheduler(SqliteStore(sys.argv[1]), time.time())
+load = time.process_time() - t
+xs = []
+for _ in range(7):
+    t = time.perf_counter()
+    n = sum(st.jobs for st in s.status(time.time()))
+    xs.append(time.perf_counter() - t)
+print(json.dumps({"twin": IMPLEMENTATION, "jobs": n, "load_cpu_s": round(load, 2),
+    "status_ms": round(statistics.median(xs) * 1000, 3)}))
+"""
+
+_STATUS = """
+import gc, json, statistics, sys, time
+gc.disable()
+from periodic_fast.job import Job
+from periodic_fast.rec import IMPLEMENTATION
+from periodic_fast.scheduler import Scheduler
+from periodic_fast.codec import encode_payload
+from periodic_fast.constants import Command as C
+from periodic_fast.store.memory import MemoryStore
+n, now = int(sys.argv[1]), 1_700_000_000
+s = Scheduler(MemoryStore(), now, config={"assign-wait": 0})
+for i in range(n):
+    s._submit(Job(b"f%d" % (i % 10), b"j%09d" % i, b"", now + 10 + i // 10))
+def med():
+    xs = []
+    for _ in range(7):
+        t = time.perf_counter()
+        s.status(now)
+        xs.append(time.perf_counter() - t)
+    return round(statistics.median(xs) * 1000, 3)
+steady = med()
+sent = []
+s.connect(1, 2, None, sent.append, lambda: None, now)
+s.handle(1, 1, C.CAN_DO, encode_payload(C.CAN_DO, b"f0"), now)
+for m in range(100):
+    s.handle(1, 100 + m, C.GRAB_JOB, b"", now)
+s.tick(now + 10 + 100)  # 100 of f0's jobs due and dispatched
+print(json.dumps({"twin": IMPLEMENTATION, "jobs": n, "steady_ms": steady,
+    "after_100_dispatched_ms": med(), "frames_sent": len(sent)}))
+"""
+
+
+def inproc(code: str, arg: str, root: Path, twin: str) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONHASHSEED": "0"}
+    if twin == "python":
+        env["PERIODIC_FAST_NO_EXTENSIONS"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", code, arg],
+        env=env,
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {**json.loads(out.splitlines()[-1]), "load": _load()}
+
+
 async def _reaping(port: int) -> int | None:
     r, w = await asyncio.open_connection("127.0.0.1", port)
     w.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
@@ -252,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default="restart,drop")
     p.add_argument("--restart-jobs", type=int, default=1_000_000)
     p.add_argument("--drop-jobs", type=int, default=1_000_000)
+    p.add_argument("--status-jobs", type=int, default=1_000_000)
+    p.add_argument("--twin", choices=("cython", "python"), default="cython")
     p.add_argument("--root", default=str(ROOT), help="checkout the server runs")
     p.add_argument("--tmp", default="", help="directory for the database files")
     p.add_argument(
@@ -268,6 +345,14 @@ def main(argv: list[str] | None = None) -> int:
                 report["restart"] = restart(
                     tmp, args.restart_jobs, root, args.restart_db
                 )
+            elif name == "inproc":
+                path = Path(args.restart_db or tmp / "inproc.db")
+                if not path.exists():
+                    fill(path, args.restart_jobs, 10)
+                report[name] = inproc(_INPROC, str(path), root, args.twin)
+            elif name == "status":
+                arg = str(args.status_jobs)
+                report[name] = inproc(_STATUS, arg, root, args.twin)
             elif name == "drop":
                 report["drop"] = drop(tmp, args.drop_jobs, root)
             else:

@@ -12,14 +12,17 @@
 # are then spread evenly instead of packed into one probe run.  Ints assigned
 # out of a field's range raise OverflowError (the scheduler never does: ids
 # are dense, run counts are small, epochs wrap through repend(), job fields
-# are range-checked like the wire format).
+# are range-checked like the wire format).  The earliest-pending heap
+# (earliest/note, spec in _rec_py) is a C array of (sched_at, name) pairs, 16
+# bytes an entry, holding a reference to the name (not the record: a dead
+# record is not kept alive by its entry).
 
 from cpython.bytes cimport (
     PyBytes_AS_STRING,
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
-from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport uint64_t, uintptr_t
@@ -38,6 +41,7 @@ from periodic_fast.job import Job
 EPOCH_MASK = 0x7FFFFFFF
 
 cdef object _tuple_new = tuple.__new__
+cdef object _ZERO = 0
 
 
 @cython.no_gc
@@ -154,6 +158,8 @@ cdef inline uint64_t _next_mul() noexcept:
 # pointer's alignment bits (objects are 16-byte aligned): a probe skips
 # other names without loading their record and name (two cache misses).
 DEF TAG = 15
+# fill(): rows ahead whose home slot is prefetched
+DEF FILL_AHEAD = 8
 
 cdef inline PyObject *_rec_of(uintptr_t slot) noexcept:
     return <PyObject *>(slot & ~(<uintptr_t>TAG))
@@ -164,6 +170,11 @@ cdef inline Py_hash_t _name_hash(uintptr_t slot) except? -1:
     return hash((<JobRec>_rec_of(slot)).name)
 
 
+ctypedef struct Entry:  # an earliest-pending heap entry
+    long long at
+    PyObject *name  # a reference
+
+
 @cython.final
 cdef class NameTable:
     """Records keyed by their ``name``: at most one record per name."""
@@ -172,6 +183,10 @@ cdef class NameTable:
     cdef Py_ssize_t size
     cdef Py_ssize_t used
     cdef uint64_t mul  # the index multiplier of this array (_home)
+    cdef Entry *heap  # min-heap by ``at`` of (sched_at, name), lazily dead
+    cdef Py_ssize_t hlen
+    cdef Py_ssize_t hcap
+    cdef public Py_ssize_t visits  # heap entries earliest() examined
 
     def __cinit__(self):
         self.slots = <uintptr_t *>PyMem_Calloc(8, sizeof(uintptr_t))
@@ -182,12 +197,143 @@ cdef class NameTable:
 
     def __dealloc__(self):
         cdef Py_ssize_t i
+        self._heap_clear()
+        PyMem_Free(self.heap)
+        self.heap = NULL
         if self.slots != NULL:
             for i in range(self.size):
                 if self.slots[i]:
                     Py_DECREF(<object>_rec_of(self.slots[i]))
             PyMem_Free(self.slots)
             self.slots = NULL
+
+    # -- the earliest-pending heap ------------------------------------------
+
+    cdef void _heap_clear(self) noexcept:
+        cdef Py_ssize_t i
+        cdef Entry *heap = self.heap
+        cdef Py_ssize_t n = self.hlen
+        self.hlen = 0
+        for i in range(n):
+            Py_DECREF(<object>heap[i].name)
+
+    cdef int _heap_room(self, Py_ssize_t need) except -1:
+        cdef Py_ssize_t cap
+        cdef Entry *p
+        if need <= self.hcap:
+            return 0
+        cap = max(need, 2 * self.hcap, 8)
+        p = <Entry *>PyMem_Realloc(self.heap, cap * sizeof(Entry))
+        if p == NULL:
+            raise MemoryError()
+        self.heap = p
+        self.hcap = cap
+        return 0
+
+    cdef inline void _sift_up(self, Py_ssize_t i) noexcept:
+        cdef Entry *heap = self.heap
+        cdef Entry e = heap[i]
+        cdef Py_ssize_t parent
+        while i > 0:
+            parent = (i - 1) >> 1
+            if heap[parent].at <= e.at:
+                break
+            heap[i] = heap[parent]
+            i = parent
+        heap[i] = e
+
+    cdef void _sift_down(self, Py_ssize_t i) noexcept:
+        cdef Entry *heap = self.heap
+        cdef Py_ssize_t n = self.hlen
+        cdef Entry e = heap[i]
+        cdef Py_ssize_t child
+        while True:
+            child = 2 * i + 1
+            if child >= n:
+                break
+            if child + 1 < n and heap[child + 1].at < heap[child].at:
+                child += 1
+            if heap[child].at >= e.at:
+                break
+            heap[i] = heap[child]
+            i = child
+        heap[i] = e
+
+    cdef int _push(self, JobRec rec) except -1:
+        if self.hlen > 2 * self.used + 64:
+            return self._heap_rebuild()
+        self._heap_room(self.hlen + 1)
+        cdef Py_ssize_t i = self.hlen
+        Py_INCREF(rec.name)
+        self.heap[i].at = rec.sched_at
+        self.heap[i].name = <PyObject *>rec.name
+        self.hlen = i + 1
+        self._sift_up(i)
+        return 0
+
+    cdef int _heap_rebuild(self) except -1:
+        """One entry per pending record (drops the dead ones)."""
+        cdef Py_ssize_t i, n = 0
+        cdef JobRec rec
+        self._heap_clear()
+        for i in range(self.size):
+            if self.slots[i] and (<JobRec>_rec_of(self.slots[i])).state == 0:
+                n += 1
+        self._heap_room(n)
+        n = 0
+        for i in range(self.size):
+            if self.slots[i]:
+                rec = <JobRec>_rec_of(self.slots[i])
+                if rec.state == 0:
+                    Py_INCREF(rec.name)
+                    self.heap[n].at = rec.sched_at
+                    self.heap[n].name = <PyObject *>rec.name
+                    n += 1
+        self.hlen = n
+        i = n // 2 - 1
+        while i >= 0:
+            self._sift_down(i)
+            i -= 1
+        return 0
+
+    def note(self, JobRec rec not None):
+        """``rec`` (a record of this table) is pending again or has another
+        ``sched_at``: index it for :meth:`earliest`."""
+        self._push(rec)
+
+    def earliest(self):
+        """The smallest ``sched_at`` of the pending records (``state == 0``),
+        or None; exact given the :meth:`note` calls (see _rec_py)."""
+        cdef Py_ssize_t i
+        cdef JobRec rec
+        cdef object name
+        if self.hlen > 2 * self.used + 64:  # records left without a push
+            self._heap_rebuild()
+        while self.hlen:
+            self.visits += 1
+            name = <object>self.heap[0].name
+            i = self._find(<bytes>name)
+            if i >= 0:
+                rec = <JobRec>_rec_of(self.slots[i])
+                if rec.state == 0 and rec.sched_at == self.heap[0].at:
+                    return rec.sched_at
+            self.hlen -= 1
+            self.heap[0] = self.heap[self.hlen]
+            if self.hlen:
+                self._sift_down(0)
+            Py_DECREF(name)  # the heap's reference; ``name`` keeps it alive
+        return None
+
+    def reserve(self, Py_ssize_t n):
+        """Make room for ``n`` records in all: the array is sized once (2/3
+        full at ``n``) instead of growing 1.5x at a time, and the heap too.
+        Raises ValueError for a negative ``n``."""
+        if n < 0:
+            raise ValueError(f"reserve: negative size {n}")
+        cdef Py_ssize_t size = n + n // 2 + 1
+        if size > self.size and n * 4 > self.size * 3:
+            self._resize(size)
+        self._heap_room(n)
 
     def __len__(self):
         return self.used
@@ -281,6 +427,78 @@ cdef class NameTable:
     def add(self, JobRec rec not None):
         """Insert ``rec``, replacing a record of the same name; returns the
         replaced record (None if there was none; ``rec`` if it was there)."""
+        return self._add(rec)
+
+    def fill(
+        self,
+        rows,
+        bytes func not None,
+        Py_ssize_t jid,
+        list recs not None,
+        long long t,
+        wheel_add,
+        list due not None,
+        list stale not None,
+    ):
+        """Start-up (see _rec_py): one record per row, in C."""
+        cdef list chunk
+        cdef object ahead
+        cdef Py_ssize_t k, n
+        if type(rows) is not list:
+            for row in rows:
+                jid = self._fill_one(row, func, jid, recs, t, wheel_add, due, stale)
+            return jid
+        chunk = <list>rows
+        n = len(chunk)
+        for k in range(n):
+            # each insert's home slot is a cache miss in a big table: hash
+            # the name of the row FILL_AHEAD on and prefetch its slot
+            if k + FILL_AHEAD < n:
+                ahead = chunk[k + FILL_AHEAD]
+                if type(ahead) is tuple and len(<tuple>ahead) == 6:
+                    ahead = (<tuple>ahead)[0]
+                    if type(ahead) is bytes:
+                        __builtin_prefetch(
+                            &self.slots[_home(hash(ahead), self.mul, self.size)]
+                        )
+            jid = self._fill_one(chunk[k], func, jid, recs, t, wheel_add, due, stale)
+        return jid
+
+    cdef Py_ssize_t _fill_one(
+        self,
+        object row_obj,
+        bytes func,
+        Py_ssize_t jid,
+        list recs,
+        long long t,
+        object wheel_add,
+        list due,
+        list stale,
+    ) except -1:
+        cdef tuple row = row_obj
+        cdef JobRec rec
+        cdef object old, state
+        cdef long long when
+        if len(row) != 6:
+            raise ValueError(f"fill: a row of {len(row)} fields, not 6")
+        rec = JobRec.__new__(JobRec, jid, func, row[0], row[1], row[2], row[3], row[4])
+        old = self._add(rec)
+        if old is not None:  # a store should not hold duplicates
+            self._add(<JobRec>old)  # the first one stays
+            return jid
+        recs.append(rec)
+        state = row[5]
+        if state is not _ZERO and state != 0:
+            stale.append(rec.name)
+        when = rec.sched_at
+        if when > t:
+            wheel_add(jid, when)
+            rec.where = 1
+        else:
+            due.append(jid)
+        return jid + 1
+
+    cdef object _add(self, JobRec rec):
         cdef uintptr_t ptr = <uintptr_t><PyObject *>rec
         if ptr & TAG:  # pragma: no cover - CPython aligns objects to 16
             raise SystemError("NameTable: record not 16-byte aligned")
@@ -293,6 +511,8 @@ cdef class NameTable:
             Py_INCREF(rec)
             self.slots[i] = ptr | (<uintptr_t>h & TAG)
             Py_DECREF(old)  # the table's reference; ``old`` keeps it alive
+            if old is not rec:  # the same one again (a store's save): noted
+                self._push(rec)
             return old
         if (self.used + 1) * 4 > self.size * 3:  # above 75%: grow to 50%
             self._resize(2 * (self.used + 1))
@@ -300,6 +520,7 @@ cdef class NameTable:
         Py_INCREF(rec)
         self.slots[empty] = ptr | (<uintptr_t>h & TAG)
         self.used += 1
+        self._push(rec)
         return None
 
     def pop(self, bytes name not None):
@@ -374,6 +595,7 @@ cdef class NameTable:
         self.used = 0
         # a fresh index too: refilling from values() is then no slot-order fill
         self.mul = _next_mul()
+        self._heap_clear()
         for i in range(size):
             if old[i]:
                 Py_DECREF(<object>_rec_of(old[i]))

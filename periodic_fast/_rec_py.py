@@ -35,12 +35,31 @@ ranges before (the wire format has the same ones).
 in the scheduler and in the memory store): the compiled twin is an
 open-addressing table of record pointers, this one wraps a dict.  Both keep
 lookups, inserts and deletions O(1) amortized whatever the order of the
-operations (deleting in iteration order included).
+operations (deleting in iteration order included).  :meth:`NameTable.reserve`
+pre-sizes the compiled table for a known number of records (a restart loads
+each func's rows in one go).
+
+Earliest pending time (STATUS): a :class:`NameTable` also keeps a min-heap of
+``(sched_at, name)`` entries, lazily invalidated.  :meth:`NameTable.add`
+(of a record not in the table yet) and :meth:`NameTable.note` push one; an
+entry is *live* while the table's record of that name is pending
+(``state == 0``) with that ``sched_at``.
+:meth:`NameTable.earliest` drops dead entries from the top and reads the
+first live one: exact as long as every pending record has an entry, i.e. the
+owner calls ``note(rec)`` whenever a record of the table becomes pending
+again or gets another ``sched_at`` (the scheduler does in ``_place`` and
+``_repend_now``).  Leaving pending (dispatch, deletion) needs no call.  When
+the heap holds more than twice the records (plus 64), at a push or a read,
+it is rebuilt from the pending records, so dead entries cost O(1) amortized
+per push and a read after mass deletions scans the (shrunk) table once
+instead of popping every dead entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from heapq import heapify, heappop, heappush
+from typing import Any
 
 from .job import Job
 
@@ -140,10 +159,21 @@ class JobRec:
 class NameTable:
     """Records keyed by their ``name``: at most one record per name."""
 
-    __slots__ = ("_d",)
+    __slots__ = ("_d", "_h", "visits")
 
     def __init__(self) -> None:
         self._d: dict[bytes, JobRec] = {}
+        # (sched_at, name) of pending records, lazily invalidated (earliest)
+        self._h: list[tuple[int, bytes]] = []
+        #: heap entries :meth:`earliest` examined (tests: its work per call)
+        self.visits = 0
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` records in all without growing (a hint: the
+        compiled twin sizes its array once; a dict cannot be pre-sized).
+        Raises ValueError for a negative ``n``."""
+        if n < 0:
+            raise ValueError(f"reserve: negative size {n}")
 
     def __len__(self) -> int:
         return len(self._d)
@@ -167,7 +197,86 @@ class NameTable:
         name = rec.name
         old = d.get(name)
         d[name] = rec
+        if old is rec:  # the same one again (a store's save): noted already
+            return old
+        h = self._h
+        if len(h) > 2 * len(d) + 64:
+            self._rebuild_heap()
+        else:
+            heappush(h, (rec.sched_at, name))
         return old
+
+    def fill(
+        self,
+        rows: Iterable[tuple[Any, ...]],
+        func: bytes,
+        jid: int,
+        recs: list[JobRec | None],
+        t: int,
+        wheel_add: Callable[[int, int], None],
+        due: list[int],
+        stale: list[bytes],
+    ) -> int:
+        """Start-up (:mod:`periodic_fast.sched_load`): a record per row
+        ``(name, workload, sched_at, count, timeout, state)`` of ``func``,
+        ids from ``jid`` on, appended to ``recs``; a future one goes to
+        ``wheel_add(id, sched_at)`` (``where`` 1), a due one's id to ``due``,
+        the name of one not stored as pending (state != 0) to ``stale``.  A
+        second row of a name in the table is dropped.  Returns the next id.
+        The compiled twin runs the loop in C (a restart is mostly this)."""
+        add = self.add
+        append = recs.append
+        for row in rows:
+            if len(row) != 6:
+                raise ValueError(f"fill: a row of {len(row)} fields, not 6")
+            name, workload, when, count, timeout, state = row
+            rec = JobRec(jid, func, name, workload, when, count, timeout)
+            old = add(rec)
+            if old is not None:  # a store should not hold duplicates
+                add(old)  # the first one stays
+                continue
+            append(rec)
+            if state != 0:
+                stale.append(name)
+            if when > t:
+                wheel_add(jid, when)
+                rec.where = 1
+            else:
+                due.append(jid)
+            jid += 1
+        return jid
+
+    def note(self, rec: JobRec) -> None:
+        """``rec`` (a record of this table) is pending again or has another
+        ``sched_at``: index it for :meth:`earliest`."""
+        h = self._h
+        if len(h) > 2 * len(self._d) + 64:
+            self._rebuild_heap()
+        else:
+            heappush(h, (rec.sched_at, rec.name))
+
+    def earliest(self) -> int | None:
+        """The smallest ``sched_at`` of the pending records (``state == 0``),
+        or None; exact given the :meth:`note` calls (module docstring).
+        O(log n) per dead entry dropped, amortized O(1) per push."""
+        d = self._d
+        if len(self._h) > 2 * len(d) + 64:  # records left without a push
+            self._rebuild_heap()
+        h = self._h
+        while h:
+            self.visits += 1
+            at, name = h[0]
+            rec = d.get(name)
+            if rec is not None and rec.state == 0 and rec.sched_at == at:
+                return at
+            heappop(h)
+        return None
+
+    def _rebuild_heap(self) -> None:
+        """Drop the dead entries: one entry per pending record."""
+        h = [(r.sched_at, r.name) for r in self._d.values() if r.state == 0]
+        heapify(h)
+        self._h = h
 
     def pop(self, name: bytes) -> JobRec | None:
         """Remove and return the record named ``name``, or None."""
@@ -186,6 +295,7 @@ class NameTable:
     def clear(self) -> None:
         """Remove every record."""
         self._d.clear()
+        self._h = []
 
     def _probe_stats(self) -> tuple[int, int]:
         """``(longest_run, displacement)`` of the compiled twin's array: the

@@ -61,9 +61,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from heapq import heappop, heappush
-from itertools import chain
 from itertools import count as _counter
 from typing import Any, Literal
 
@@ -73,6 +72,7 @@ from .job import FuncStat, Job, JobState
 from .rec import JobRec, NameTable
 from .sched_crontab import CronTab
 from .sched_limits import FuncRefused, RefusalLog, bad_func_name
+from .sched_load import rebuild
 from .sched_locks import LockTable
 from .sched_model import (
     DEAD,
@@ -186,60 +186,27 @@ class SchedulerCore(WaiterTable):
     # -- start-up -------------------------------------------------------------
 
     def _rebuild(self, snap: StoreSnapshot, t: int) -> None:
-        """Start-up: index every stored job; future ones go into the wheel, due
-        ones into their func's ready queue in (sched_at, name) order; running
-        and locked jobs become pending (protocol.md 4.16).  One tight loop
-        (the new-job work of _submit inlined)."""
+        """Start-up: index every stored job (:func:`~periodic_fast.sched_load.
+        rebuild`); future ones go into the wheel, due ones into their func's
+        ready queue in (sched_at, name) order; running and locked jobs become
+        pending (protocol.md 4.16)."""
         for func in snap.funcs:
             self._func(func, persist=False, check=False)
-        store = self._store
-        funcs = self._funcs
-        recs = self._jobs
-        wheel_add = self._wheel.add
-        rec_new = JobRec
-        due: list[int] = []
-        last = b""
-        fs: Func | None = None
-        jobs = NameTable()
-        shared = self._name_table is not None
-        cleared: set[bytes] = set()
-        # plain rows when the store gives them (no Job and no generator step
-        # per job: a 10M-job start-up is mostly this loop)
-        rows: Iterable[tuple[Any, ...]] = (
-            chain.from_iterable(snap.rows)
-            if snap.rows is not None
-            else ((*job, state) for job, state in snap.jobs)
+        due = rebuild(
+            snap,
+            t,
+            funcs=self._funcs,
+            new_func=self._loaded_func,
+            recs=self._jobs,
+            wheel_add=self._wheel.add,
+            store=self._store,
+            shared=self._name_table is not None,
         )
-        for func, name, workload, when, count, timeout, state in rows:
-            if fs is None or func != last:
-                fs = funcs.get(func) or self._func(func, check=False)
-                jobs = fs.jobs
-                last = func
-                if shared and func not in cleared:
-                    # the store's table still holds the records the snapshot
-                    # was made from (of an earlier scheduler, or the store's
-                    # own): this scheduler's records replace them
-                    cleared.add(func)
-                    jobs.clear()
-                if not jobs:
-                    fs.name = func  # adopt the store's func bytes
-            # one func bytes object per func (fs.name), not one per job
-            jid = len(recs)
-            rec = rec_new(jid, fs.name, name, workload, when, count, timeout)
-            old = jobs.add(rec)
-            if old is not None:  # a store should not hold duplicates
-                jobs.add(old)  # the first one stays
-                continue
-            recs.append(rec)
-            if state != PENDING:  # protocol.md 4.16: all jobs pending at start
-                store.set_state(func, name, PENDING)
-            if when > t:
-                wheel_add(jid, when)
-                rec.where = IN_WHEEL
-            else:
-                due.append(jid)
         if due:
             self._make_ready(due)  # sorted by (sched_at, name) per func
+
+    def _loaded_func(self, func: bytes) -> Func:
+        return self._func(func, check=False)
 
     # -- config ---------------------------------------------------------------
 
@@ -265,7 +232,9 @@ class SchedulerCore(WaiterTable):
 
     @staticmethod
     def _stat(fs: Func, t: int) -> FuncStat:
-        at = fs.jobs.min_sched_at(PENDING)
+        # the table's earliest-pending heap (rec): O(1) in the steady state,
+        # kept exact by the note() calls of _place and _repend_now
+        at = fs.jobs.earliest()
         return FuncStat(
             fs.name,
             fs.workers,
@@ -424,7 +393,10 @@ class SchedulerCore(WaiterTable):
         self._place(rec, t)
 
     def _place(self, rec: JobRec, t: int) -> None:
-        """Put a pending job where it belongs: wheel (future) or ready (due)."""
+        """Put a pending job where it belongs: wheel (future) or ready (due).
+        Every way back to pending or to another ``sched_at`` comes here or
+        to :meth:`_repend_now`: both note it for STATUS (``earliest``)."""
+        self._funcs[rec.func].jobs.note(rec)
         when = rec.sched_at
         if when > t:
             if rec.where == READY:
@@ -545,6 +517,7 @@ class SchedulerCore(WaiterTable):
             fs.n_locked -= 1
         rec.state = PENDING
         rec.repend()  # new epoch: no assignment of it yet
+        fs.jobs.note(rec)  # STATUS: pending again (earliest)
         self._store.set_state(rec.func, rec.name, PENDING)
         self._to_ready(rec, front)
 

@@ -603,7 +603,7 @@ class Scheduler(RetryScheduler):
                     fs.n_ready,
                     fs.n_running,
                     fs.n_locked,
-                    fs.jobs.min_sched_at(PENDING),
+                    fs.jobs.earliest(),
                     oldest,
                     fs.n_submit,
                     fs.n_done,

@@ -361,3 +361,122 @@ def test_compiled_fields_are_range_checked() -> None:
         rec.name = b"m"  # the table key never changes
     with pytest.raises(TypeError):
         c.NameTable().add(object())
+
+
+def test_name_table_reserve(twin: Any) -> None:
+    table = twin.NameTable()
+    with pytest.raises(ValueError, match="negative"):
+        table.reserve(-1)
+    table.add(twin.JobRec(0, b"f", b"first"))
+    table.reserve(5000)  # with a record in it: kept
+    recs = [twin.JobRec(i, b"f", b"%d" % i, b"", i) for i in range(1, 5001)]
+    for rec in recs:
+        assert table.add(rec) is None
+    table.reserve(10)  # smaller than the table: nothing lost
+    assert len(table) == 5001 and table.get(b"first") is not None
+    assert all(table.get(r.name) is r for r in recs)
+    if twin is not _rec_py:  # sized once: probe runs stay short
+        assert table._probe_stats()[0] < 200
+
+
+def test_name_table_earliest_follows_notes(twin: Any) -> None:
+    """earliest() is the smallest sched_at of the pending records whatever
+    the mix of adds, pops, state and time changes (each re-pend or new time
+    noted, as the scheduler does)."""
+    table = twin.NameTable()
+    assert table.earliest() is None
+    rnd = random.Random(7)
+    live: dict[bytes, Any] = {}
+    for step in range(6000):
+        op = rnd.random()
+        name = b"%d" % rnd.randrange(400)
+        rec = live.get(name)
+        if op < 0.35 or rec is None:
+            rec = twin.JobRec(step, b"f", name, b"", rnd.randrange(-50, 1000))
+            table.add(rec)
+            live[name] = rec
+        elif op < 0.5:
+            table.pop(name)
+            del live[name]
+        elif op < 0.7:
+            rec.state = 1  # dispatched: no call needed
+        elif op < 0.85:
+            rec.state = 0  # pending again, at a new time: noted
+            rec.sched_at = rnd.randrange(-50, 1000)
+            table.note(rec)
+        else:
+            rec.state = 0  # pending again at its old time
+            table.note(rec)
+        want = [r.sched_at for r in live.values() if r.state == 0]
+        assert table.earliest() == (min(want) if want else None)
+        assert table.earliest() == table.min_sched_at(0)
+    table.clear()
+    assert table.earliest() is None
+
+
+def test_name_table_earliest_work_is_bounded(twin: Any) -> None:
+    """Dead entries are dropped once, and the heap stays within twice the
+    records (plus 64) however many times records are re-pended."""
+    for n in (100, 20_000):
+        table = twin.NameTable()
+        recs = [twin.JobRec(i, b"f", b"%d" % i, b"", 10 * i) for i in range(n)]
+        for rec in recs:
+            table.add(rec)
+        assert table.earliest() == 0
+        before = table.visits
+        for _ in range(10):
+            assert table.earliest() == 0
+        assert table.visits - before == 10  # one look each, any size
+        for rec in recs[:50]:  # the 50 earliest dispatched
+            rec.state = 1
+        before = table.visits
+        assert table.earliest() == 500
+        assert table.visits - before == 51  # 50 dead entries + the live one
+    table = twin.NameTable()
+    rec = twin.JobRec(0, b"f", b"x", b"", 5)
+    table.add(rec)
+    for t in range(10_000):  # re-pended at a later time each round
+        rec.sched_at = t
+        table.note(rec)
+    assert table.earliest() == 9999
+    assert table.visits < 200  # rebuilt on the way: no pile of dead entries
+
+
+def test_name_table_fill(twin: Any) -> None:
+    """The start-up loop: records, ids, wheel or due, stale states, and the
+    first of two rows of one name kept."""
+    table = twin.NameTable()
+    table.reserve(4)
+    recs: list[Any] = [None]  # id 0 taken: ids go on from jid
+    wheel: list[tuple[int, int]] = []
+    due: list[int] = []
+    stale: list[bytes] = []
+    rows = [
+        (b"a", b"wa", 50, 1, 2, 0),
+        (b"b", b"", 10, 0, 0, 1),  # stored running
+        (b"a", b"again", 99, 0, 0, 2),  # a duplicate: dropped
+        (b"c", b"", 20, -3, 7, 0),
+    ]
+    args = (1, recs, 20, lambda i, w: wheel.append((i, w)), due, stale)
+    assert table.fill(rows, b"f", *args) == 4
+    assert [r.name for r in recs[1:]] == [b"a", b"b", b"c"]
+    a = table.get(b"a")
+    assert a is recs[1] and a.job == Job(b"f", b"a", b"wa", 50, 1, 2)
+    assert (a.id, a.where, recs[2].where) == (1, 1, 0)
+    assert wheel == [(1, 50)] and due == [2, 3] and stale == [b"b"]
+    assert table.earliest() == 10
+    with pytest.raises(ValueError, match="5 fields"):
+        table.fill([(b"x", b"", 1, 0, 0)], b"f", *args)
+
+
+def test_name_table_earliest_after_mass_deletion(twin: Any) -> None:
+    """Records popped without any push: the next read rebuilds the heap from
+    the few records left instead of popping every dead entry."""
+    table = twin.NameTable()
+    for i in range(20_000):
+        table.add(twin.JobRec(i, b"f", b"%d" % i, b"", i))
+    for i in range(19_990):  # the earliest ones: their entries on top
+        table.pop(b"%d" % i)
+    before = table.visits
+    assert table.earliest() == 19_990
+    assert table.visits - before == 1

@@ -223,9 +223,10 @@ def _watched_load(store: Store, progress: LoadProgress | None) -> Iterator[None]
 
     def watched() -> StoreSnapshot:
         snap = load()
-        # the scheduler reads ``rows`` when a store offers them: hide them,
-        # so it consumes the watched job stream (only while a bar is shown)
-        return snap._replace(jobs=progress(snap.jobs), rows=None)
+        # the scheduler reads ``groups`` or ``rows`` when a store offers
+        # them: hide them, so it consumes the watched job stream (only while
+        # a bar is shown)
+        return snap._replace(jobs=progress(snap.jobs), rows=None, groups=None)
 
     try:
         store.load = watched  # type: ignore[method-assign]

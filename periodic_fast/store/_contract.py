@@ -91,6 +91,17 @@ class StoreSnapshot(NamedTuple):
     rows: Iterable[Iterable[tuple[Any, ...]]] | None = None
     #: extras by kind: ``kind -> [(func, name, value), ...]`` (None: none)
     extras: Mapping[str, list[tuple[bytes, bytes, bytes]]] | None = None
+    #: optional, the same one-pass stream grouped by func: ``(func, count,
+    #: chunks)`` per func, ``chunks`` an iterable of row lists ``(name,
+    #: workload, sched_at, count, timeout, state)`` (no func column: one
+    #: object less per row), ``count`` about how many rows follow, a sizing
+    #: hint (0: unknown; the scheduler sizes the func's table once with it;
+    #: SQLite's counts rows of dropped generations too).  Preferred over
+    #: ``rows`` and ``jobs`` when given; consume one of the three, and each
+    #: group's chunks before the next group
+    groups: Iterable[tuple[bytes, int, Iterable[Iterable[tuple[Any, ...]]]]] | None = (
+        None
+    )
 
 
 @runtime_checkable
