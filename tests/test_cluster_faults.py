@@ -270,9 +270,14 @@ async def test_frozen_longer_than_lease(
         assert frozen.proc.poll() is None  # it resumed and kept running
 
 
+@pytest.mark.parametrize(
+    "how", ["reset", pytest.param("silent", marks=pytest.mark.slow)]
+)
 async def test_cut_off_from_postgres(
-    pg_parts: tuple[Any, str, str], tmp_path: Path
+    pg_parts: tuple[Any, str, str], tmp_path: Path, how: str
 ) -> None:
+    """``reset``: every connection closed, new ones refused; ``silent``: a
+    blackhole (connections stay open, nothing gets through)."""
     cluster, prefix, _uri = pg_parts
     proxy = TcpProxy(f"{cluster.sockdir}/.s.PGSQL.{cluster.port}").start()
     via = (
@@ -284,9 +289,12 @@ async def test_cut_off_from_postgres(
             cut = b.node("n0")
             fault = Fault("cut", cut.address, cut.id, time.monotonic())
             b.faults.append(fault)
-            proxy.cut()
+            if how == "reset":
+                proxy.cut()
+            else:
+                proxy.blackhole()
             took = await b.balanced(["n1", "n2"], LEASE + 10)
-            print(f"\ncut: partitions moved {took:.2f} s after the cut")
+            print(f"\ncut ({how}): partitions moved {took:.2f} s after the cut")
             await asyncio.sleep(max(0.0, fault.t + 3 * LEASE - time.monotonic()))
             proxy.restore()
             fault.recovered = time.monotonic()
@@ -294,7 +302,7 @@ async def test_cut_off_from_postgres(
             print(f"cut: balanced again {back:.2f} s after the restore")
             await asyncio.sleep(1.0)
             await b.drain()
-            await b.verify("cut", rebalance_after=fault.recovered)
+            await b.verify(f"cut ({how})", rebalance_after=fault.recovered)
             assert cut.proc.poll() is None  # it reconnected and kept running
     finally:
         proxy.close()
