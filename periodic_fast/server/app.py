@@ -509,6 +509,9 @@ class Server:
                     wake=self.input_done,
                 )
                 self._node.start()
+                # input and timer ticks first unload partitions past their
+                # dispatch deadline (a loop resuming from a stall)
+                self._mono = self._node.guard(self._mono)
             if self._auth is not None:
                 scheduler.set_auth(self._auth.rules, self._clock(), self._mono())
             hub = Hub(

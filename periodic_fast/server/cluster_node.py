@@ -16,7 +16,10 @@ server's loop:
   deadline the last successful renewal gave it (sent + lease - margin on
   this node's monotonic clock); a timer unloads it then if no renewal came
   (PostgreSQL unreachable, the loop or the process paused), before any other
-  node can take it over;
+  node can take it over; and because a loop resuming from a stall (SIGSTOP,
+  a paused VM) runs pending input and earlier timers before that one, the
+  server reads its monotonic clock through :meth:`ClusterNode.guard`, which
+  unloads late partitions first (found by tests/test_cluster_faults.py);
 * a commit refused by fencing (``store.on_fenced``) unloads the partitions
   it names at once;
 * **forwarding** (:mod:`.forward`): :meth:`ClusterNode.publish` (once the
@@ -162,6 +165,7 @@ class ClusterNode:
         self._wake = wake
         self._safe: dict[int, float] = {}  # part -> dispatch deadline (mono)
         self._expiry: asyncio.TimerHandle | None = None
+        self._deadline = float("inf")  # the earliest held partition's
         self._task: asyncio.Task[None] | None = None
         self._loading: asyncio.Task[None] | None = None  # one load at a time
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -313,13 +317,31 @@ class ClusterNode:
             self._expiry.cancel()
             self._expiry = None
         held = [self._safe[p] for p in self.parts.held if p in self._safe]
+        self._deadline = min(held, default=float("inf"))
         if held and self._loop is not None:
-            delay = max(0.0, min(held) - self._mono())
+            delay = max(0.0, self._deadline - self._mono())
             self._expiry = self._loop.call_later(delay, self._expire)
+
+    def guard(self, clock: Callable[[], float]) -> Callable[[], float]:
+        """``clock`` (the server's monotonic clock), unloading the held
+        partitions whose dispatch deadline passed before it returns.  The
+        server reads it before handling input and before its timer's tick,
+        so nothing is dispatched past a deadline even when the loop runs
+        those before the expiry timer (after a stall, all are due at once).
+        One comparison per read."""
+
+        def guarded() -> float:
+            now = clock()
+            if now >= self._deadline:
+                self._expire()
+            return now
+
+        return guarded
 
     def _expire(self) -> None:
         """No renewal came in time: stop dispatching what ran out."""
         self._expiry = None
+        self._deadline = float("inf")  # re-armed below (no re-entry meanwhile)
         now = self._mono()
         late = [p for p in self.parts.held if self._safe.get(p, 0.0) <= now]
         if late:
@@ -344,11 +366,14 @@ class ClusterNode:
     async def _load(self, parts: list[int]) -> None:
         parts_set = self.parts
         parts_set.begin(parts)
+        self._arm_expiry()  # held now: covered even if no heartbeat follows
         n = 0
         try:
             async for chunk in self._store.partition_chunks(parts):
                 if self._stopping:
                     return
+                if self._mono() >= self._deadline:  # a stall mid-load
+                    self._expire()  # the late ones' rows are skipped
                 n += parts_set.load_rows(chunk, self._clock())
                 self._wake()
         except Exception as exc:  # retried by the next heartbeat

@@ -271,6 +271,7 @@ class Coordinator:
                 self.summary,
             )
             held = sorted(self.owned)
+            await self._lock(conn, held)
             renewed = await conn.fetch(
                 f"UPDATE {parts_t} p"
                 " SET lease_until = now() + make_interval(secs => $4)"
@@ -338,14 +339,30 @@ class Coordinator:
         epochs = [self.owned[p] for p in mine]
         for part in mine:
             self._forget(part)
-        await conn.execute(
-            f"UPDATE {self._t[2]} p SET owner = NULL, lease_until = '-infinity'"
-            " FROM unnest($2::int4[], $3::int8[]) AS x(part, epoch)"
-            " WHERE p.part = x.part AND p.epoch = x.epoch AND p.owner = $1",
-            self.node,
-            mine,
-            epochs,
-        )
+        async with conn.transaction():
+            await self._lock(conn, mine)
+            await conn.execute(
+                f"UPDATE {self._t[2]} p SET owner = NULL, lease_until = '-infinity'"
+                " FROM unnest($2::int4[], $3::int8[]) AS x(part, epoch)"
+                " WHERE p.part = x.part AND p.epoch = x.epoch AND p.owner = $1",
+                self.node,
+                mine,
+                epochs,
+            )
+
+    async def _lock(self, conn: asyncpg.Connection, parts: list[int]) -> None:
+        """Lock the rows of ``parts`` in part order before updating them.
+        An UPDATE locks rows in its plan's order, and the fenced commits on
+        the writer's connection lock theirs ``FOR SHARE`` in part order: two
+        orders would let PostgreSQL find a deadlock between a node's
+        heartbeat and its own commit, and fail one (found by
+        bench/bench_cluster.py; tests/test_cluster_faults.py)."""
+        if parts:
+            await conn.execute(
+                f"SELECT 1 FROM {self._t[2]} WHERE part = ANY($1::int4[])"
+                " ORDER BY part FOR NO KEY UPDATE",
+                parts,
+            )
 
     async def leave(self, conn: asyncpg.Connection) -> None:
         """Release every partition and leave the cluster (SIGTERM)."""
@@ -376,9 +393,9 @@ class Coordinator:
         (nothing committed) otherwise, and forgets the stale partitions."""
         wanted = sorted(set(parts))
         async with conn.transaction():
-            rows = await conn.fetch(
+            rows = await conn.fetch(  # in part order, as _lock (no deadlock)
                 f"SELECT part, owner, epoch FROM {self._t[2]}"
-                " WHERE part = ANY($1::int4[]) FOR SHARE",
+                " WHERE part = ANY($1::int4[]) ORDER BY part FOR SHARE",
                 wanted,
             )
             found = {r[0]: (r[1], r[2]) for r in rows}

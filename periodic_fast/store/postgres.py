@@ -173,6 +173,16 @@ class PostgresStore(BatchWriter):
         # changes on a table of 100 live rows in 3,400 pages), which grows
         # with the bloat.  Index nested loops only; load() turns seq scans on.
         settings.update(_WRITER_PLANNER)
+        if cluster is not None:
+            # a node frozen (or silently cut off) inside a fenced commit or a
+            # heartbeat keeps its partition rows locked, and the others'
+            # takeovers (SKIP LOCKED) pass those partitions by for as long:
+            # PostgreSQL ends such a session after one lease (the node's
+            # dispatch deadline has passed by then; nothing was committed)
+            settings.setdefault(
+                "idle_in_transaction_session_timeout",
+                str(max(1, round(cluster.lease_time * 1000))),
+            )
         kwargs["server_settings"] = settings
         kwargs.setdefault("timeout", connect_timeout)
         kwargs.setdefault("command_timeout", command_timeout)
