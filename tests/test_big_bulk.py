@@ -229,3 +229,22 @@ def test_job_end_agrees_with_the_codec() -> None:
         job = job._replace(count=count, timeout=timeout)
         data = encode_job_list([job, job])
         assert _job_end(data, 8) == 8 + (len(data) - 8) // 2
+
+
+def test_a_backlog_over_the_limit_closes_the_connection(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BACKLOG_MAX: requests pipelined behind a running LOAD wait up to the
+    limit; one more closes that connection, and no one else is affected."""
+    monkeypatch.setattr("periodic_fast.sched_bulk.BACKLOG_MAX", 3)
+    c = h.client()
+    assert c.raw(C.LOAD, encode_job_list(_jobs(N)), msgid=1) == []
+    for msgid in (2, 3, 4):  # queued behind the LOAD, up to the limit
+        assert c.raw(C.PING, b"", msgid=msgid) == []
+    assert c.close_calls == 0
+    assert c.raw(C.PING, b"", msgid=5) == []  # one over: closed
+    assert c.close_calls == 1
+    _run(h)
+    assert c.take() == []  # a closed connection is answered nothing
+    other = h.client()
+    assert cmds(other.req(C.PING)) == [C.PONG]
