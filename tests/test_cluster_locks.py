@@ -326,8 +326,14 @@ async def test_global_count_across_three_nodes(
         assert {rec.entered[n] for n in one} == {n.address for n in nodes}
         assert max_overlap(rec.spans[b"L1"]) == 1
         assert max_overlap(rec.spans[b"L2"]) <= 2
+        spans = sorted(rec.spans[b"L1"])
+        gaps = sorted(b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False))
         print(
-            f"\n{len(one) + len(two)} lock jobs on 3 nodes done in {took:.2f} s;"
+            f"\nL1 hand-over gaps (exit -> next enter): median"
+            f" {1000 * gaps[len(gaps) // 2]:.1f} ms, max {1000 * gaps[-1]:.1f} ms"
+        )
+        print(
+            f"{len(one) + len(two)} lock jobs on 3 nodes done in {took:.2f} s;"
             f" overlap L1 {max_overlap(rec.spans[b'L1'])},"
             f" L2 {max_overlap(rec.spans[b'L2'])}"
         )

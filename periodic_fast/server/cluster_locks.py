@@ -61,6 +61,7 @@ class ClusterLocks:
     :param scheduler: the node's scheduler.
     :param store: the cluster store.
     :param period: seconds between retry rounds (the heartbeat's).
+    :param clock: the wall clock handed to the scheduler.
     :param mono: the monotonic clock (the scheduler's lock entry times).
     :param wake: called after the scheduler changed outside a request.
     """
@@ -72,12 +73,15 @@ class ClusterLocks:
         store: PostgresStore,
         *,
         period: float,
+        clock: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
         # the scheduler's lock table (its seam for decisions made elsewhere)
         self._table: LockTable = scheduler._lock_table
+        self._sched = scheduler
+        self._clock = clock
         self._store = store
         self._pg = store.cluster_locks()
         self._period = period
@@ -126,7 +130,7 @@ class ClusterLocks:
         reply: Callable[[bool], None],
     ) -> None:
         granted = await self._outcome(fut, lock)
-        ok = self._table.decided(lock, count, key, granted, self._mono())
+        ok = self._table.decided(lock, count, key, granted, self._now())
         reply(ok)
         if not ok:
             self.refused += 1
@@ -196,7 +200,7 @@ class ClusterLocks:
             fut = self._run_pg(self._pg.acquire(lock, lk.max, func, name, False))
             if not await self._outcome(fut, lock):
                 return
-            if table.grant(lock, key, self._mono()):
+            if table.grant(lock, key, self._now()):
                 self.handed += 1
                 self._wake()  # pending again: dispatched
             else:  # no longer waiting here: give the slot back
@@ -230,6 +234,13 @@ class ClusterLocks:
             await asyncio.sleep(self._period)
 
     # -- plumbing ---------------------------------------------------------------------
+
+    def _now(self) -> float:
+        """Bring the scheduler's time up to now (a dispatch outside a request
+        stamps its assignment with it) and return the monotonic time."""
+        mono = self._mono()
+        self._sched.tick(self._clock(), mono)
+        return mono
 
     def _run_pg(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         return self._store.cluster_run(coro)

@@ -188,7 +188,13 @@ class ClusterNode:
         self.forwarder: Forwarder | None = None
         #: the global lock count (issue 18: a lock's count is cluster-wide)
         self.locks = ClusterLocks(
-            name, scheduler, store, period=self.lease_time / 3, mono=mono, wake=wake
+            name,
+            scheduler,
+            store,
+            period=self.lease_time / 3,
+            clock=clock,
+            mono=mono,
+            wake=wake,
         )
         #: heartbeats run, partitions loaded / unloaded (for tests, metrics)
         self.ticks = 0
