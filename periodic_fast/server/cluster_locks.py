@@ -41,6 +41,7 @@ from ..store.cluster import FencedOut
 if TYPE_CHECKING:
     from ..sched_locks import LockTable
     from ..scheduler import Scheduler
+    from ..store._pg_locks import PgLocks
     from ..store.postgres import PostgresStore
 
 __all__ = ["ClusterLocks"]
@@ -83,7 +84,7 @@ class ClusterLocks:
         self._sched = scheduler
         self._clock = clock
         self._store = store
-        self._pg = store.cluster_locks()
+        self._pg_locks: PgLocks | None = None  # the store's, from start()
         self._period = period
         self._mono = mono
         self._wake = wake
@@ -102,6 +103,7 @@ class ClusterLocks:
     def start(self) -> None:
         """Take over the scheduler's lock decisions; start the rounds."""
         self._loop = asyncio.get_running_loop()
+        self._pg_locks = self._store.cluster_locks()
         self._table.remote = self
         self._task = self._loop.create_task(self._run())
 
@@ -234,6 +236,13 @@ class ClusterLocks:
             await asyncio.sleep(self._period)
 
     # -- plumbing ---------------------------------------------------------------------
+
+    @property
+    def _pg(self) -> PgLocks:
+        pg = self._pg_locks
+        if pg is None:
+            raise RuntimeError("ClusterLocks.start() not called")
+        return pg
 
     def _now(self) -> float:
         """Bring the scheduler's time up to now (a dispatch outside a request
