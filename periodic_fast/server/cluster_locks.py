@@ -95,6 +95,8 @@ class ClusterLocks:
         self._again: set[bytes] = set()  # ... and must be tried once more
         self._unreleased: set[tuple[bytes, bytes]] = set()  # (lock, key)
         self._closed = False
+        self._listen_failures = 0
+        self._pg_failures = 0  # acquisitions failed in a row
         #: acquisitions asked, refused, slots handed to queued jobs (tests)
         self.asked = 0
         self.refused = 0
@@ -212,22 +214,42 @@ class ClusterLocks:
         """An acquisition's answer; refused when PostgreSQL failed (the job
         waits and is retried) or the partition was lost (it is unloaded)."""
         try:
-            return await fut
+            granted: bool = await fut
         except FencedOut:
             return False
         except Exception as exc:
-            log.warning(
-                "%s: lock %r: acquisition failed (retried): %r", self.name, lock, exc
-            )
+            self._pg_failures += 1
+            n = self._pg_failures
+            if n == 1 or n % 50 == 0:  # PostgreSQL away: not once per job
+                log.warning(
+                    "%s: lock %r: acquisition failed (%d in a row; retried): %r",
+                    self.name,
+                    lock,
+                    n,
+                    exc,
+                )
             return False
+        self._pg_failures = 0
+        return granted
 
     async def _run(self) -> None:
         """Every ``period``: listen, retry failed releases, retry queues."""
         while not self._closed:
             try:
                 await self._run_pg(self._pg.listen(self._heard))
-            except Exception as exc:
-                log.warning("%s: cannot listen for lock releases: %r", self.name, exc)
+                if self._listen_failures:
+                    log.info("%s: listening for lock releases again", self.name)
+                self._listen_failures = 0
+            except Exception as exc:  # retried next round; rounds still run
+                self._listen_failures += 1
+                n = self._listen_failures
+                if n == 1 or n % 50 == 0:
+                    log.warning(
+                        "%s: cannot listen for lock releases (%d in a row): %r",
+                        self.name,
+                        n,
+                        exc,
+                    )
             for lock, key in list(self._unreleased):
                 self._unreleased.discard((lock, key))
                 self.released(lock, key)

@@ -25,7 +25,8 @@ acquisition of the same lock, so no sweep is needed.
   ``{prefix}cluster_locks`` in the same transaction.
 * **Listen** (:meth:`PgLocks.listen`): a dedicated connection ``LISTEN``s on
   that channel and hands each lock name to a callback (on the writer loop's
-  thread); it is re-opened by the next call after it dropped.
+  thread); each call probes it and re-opens it when it dropped or went
+  silent (the caller calls it every retry round).
 
 Every coroutine runs on the store's writer loop (its thread), like
 :class:`~periodic_fast.store._pg_cluster.PgCluster`'s; the lock statements
@@ -35,6 +36,7 @@ heartbeat.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +47,8 @@ from ._pg_cluster import PgCluster
 from .cluster import partition_of
 
 __all__ = ["PgLocks", "lock_key"]
+
+_PROBE_TIMEOUT = 2.0  # s: the listening connection's liveness probe
 
 
 def lock_key(prefix: str, name: bytes) -> int:
@@ -153,11 +157,16 @@ class PgLocks:
         return gone is not None
 
     async def listen(self, on_notify: Callable[[bytes], None]) -> None:
-        """Make sure a connection ``LISTEN``s on the channel; each
-        notification's lock name goes to ``on_notify`` (writer thread)."""
+        """Make sure a connection ``LISTEN``s on the channel (an open one is
+        probed: a link gone silent is replaced); each notification's lock
+        name goes to ``on_notify`` (writer thread)."""
         conn = self._listener
         if conn is not None and not conn.is_closed():
-            return
+            try:  # a connection gone silent would never deliver: checked
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), _PROBE_TIMEOUT)
+                return
+            except Exception:
+                conn.terminate()
         self._listener = None
 
         def heard(_c: Any, _pid: int, _channel: str, payload: str) -> None:
