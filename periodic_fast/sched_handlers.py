@@ -521,9 +521,19 @@ class CommandHandlers(CronCore):
         lock, count, func, name = decode_payload(ACQUIRE, payload)
         ident = conn.auth  # with auth, only admins may widen a lock
         widen = ident is None or ident.role is Role.ADMIN
-        granted = self._lock_table.acquire(
-            lock, count, handle_key(func, name), self._mono, widen
-        )
+        key = handle_key(func, name)
+        granted = self._lock_table.acquire(lock, count, key, self._mono, widen)
+        if granted is None:  # cluster mode: the global count decides, later
+            remote = self._lock_table.remote
+            assert remote is not None
+
+            def reply(ok: bool) -> None:
+                if conn.alive:
+                    answer = _GRANTED if ok else _REFUSED
+                    conn.send(encode_response(msgid, ACQUIRED, answer))
+
+            remote.ask(lock, count, key, widen, reply)
+            return
         conn.send(encode_response(msgid, ACQUIRED, _GRANTED if granted else _REFUSED))
 
     def _h_release(self, conn: Conn, msgid: int, payload: bytes) -> None:

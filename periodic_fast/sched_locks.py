@@ -6,12 +6,21 @@ awaits) that job ends consult.  It does not own jobs: the scheduler hands it
 a ``lookup`` (handle -> running record), ``park`` (a refused running job
 becomes locked) and ``unpark`` (a locked job promoted to holder becomes
 pending again).  Time is passed in (sans-I/O).
+
+Cluster mode (docs/cluster.md "Locks"): a lock's count is global, decided
+by the server against PostgreSQL.  The server sets :attr:`LockTable.remote`
+(a :class:`LockRemote`); then an ACQUIRE this table cannot answer from its
+own holders returns None (the handler asks the remote, which answers later
+through :meth:`LockTable.decided`), a released slot goes to the remote
+instead of the local queue, and a queued job is handed the lock by
+:meth:`LockTable.grant` once the remote took a slot for it.  Without a
+remote nothing of this runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .sched_model import LOCKED, RUNNING
 from .sched_stats import LockInfo
@@ -19,7 +28,25 @@ from .sched_stats import LockInfo
 if TYPE_CHECKING:
     from .rec import JobRec
 
-__all__ = ["Lock", "LockTable"]
+__all__ = ["Lock", "LockRemote", "LockTable"]
+
+
+class LockRemote(Protocol):
+    """Where a cluster node's lock decisions are made (server side)."""
+
+    def ask(
+        self,
+        lock: bytes,
+        count: int,
+        key: bytes,
+        widen: bool,
+        reply: Callable[[bool], None],
+    ) -> None:
+        """Take a slot of ``lock`` for the running job ``key``; later call
+        :meth:`LockTable.decided` and ``reply`` with its answer."""
+
+    def released(self, lock: bytes, key: bytes) -> None:
+        """The job ``key`` gave its slot of ``lock`` back."""
 
 
 class Lock:
@@ -41,7 +68,7 @@ class LockTable:
     keep them bound (a hot path tests ``held`` before calling in).
     """
 
-    __slots__ = ("_lookup", "_park", "_unpark", "held", "locks")
+    __slots__ = ("_lookup", "_park", "_unpark", "held", "locks", "remote")
 
     def __init__(
         self,
@@ -54,12 +81,15 @@ class LockTable:
         self._unpark = unpark
         self.locks: dict[bytes, Lock] = {}
         self.held: dict[bytes, set[bytes]] = {}  # handle -> locks held/awaited
+        #: cluster mode: where the global count is decided (None: here)
+        self.remote: LockRemote | None = None
 
     def acquire(
         self, lock: bytes, count: int, key: bytes, now: float, widen: bool = True
-    ) -> bool:
+    ) -> bool | None:
         """ACQUIRE: True when granted; a refused running job is parked
-        (locked) in the lock's queue until it is handed the lock.
+        (locked) in the lock's queue until it is handed the lock.  None (only
+        with a :attr:`remote`): not decided here, ask the remote.
 
         A handle already queued on ``lock`` is refused whatever its state
         (docs/protocol.md 6.5), so a parked job cannot slip in by asking
@@ -75,6 +105,10 @@ class LockTable:
             return False
         if rec is None or rec.state != RUNNING:
             return True  # not running: granted, nothing recorded
+        if self.remote is not None:
+            if lk is not None and key in lk.holders:
+                return True  # handed the lock while parked, or asked again
+            return None  # the global count decides (the handler asks)
         if lk is None:
             lk = self.locks[lock] = Lock(lock, count)
             lk.holders[key] = now
@@ -103,7 +137,10 @@ class LockTable:
         if key in lk.holders:
             del lk.holders[key]
             self._unlink(key, lock)
-            self._handover(lk, now)
+            if self.remote is not None:  # the slot is global: given back there
+                self.remote.released(lock, key)
+            else:
+                self._handover(lk, now)
         elif key in lk.queue:
             del lk.queue[key]
             self._unlink(key, lock)
@@ -123,8 +160,70 @@ class LockTable:
                 for key in [k for k, since in entries.items() if since < cutoff]:
                     del entries[key]
                     self._unlink(key, name)
+                    if entries is lk.holders and self.remote is not None:
+                        self.remote.released(name, key)
             if not lk.holders and not lk.queue:
                 del self.locks[name]
+
+    # -- cluster mode: decisions made by the remote ------------------------------------
+
+    def decided(
+        self, lock: bytes, count: int, key: bytes, granted: bool, now: float
+    ) -> bool:
+        """The remote's answer to an ACQUIRE it was asked; returns the
+        answer for the worker.  Granted: the job holds the lock here too (a
+        job no longer running meanwhile gives the slot back and is answered
+        as any job not running: granted).  Refused: a running job is queued
+        and parked as when refused here."""
+        rec = self._lookup(key)
+        running = rec is not None and rec.state == RUNNING
+        lk = self.locks.get(lock)
+        if granted:
+            if not running:
+                if self.remote is not None and not (lk and key in lk.holders):
+                    self.remote.released(lock, key)
+                return True
+            if lk is None:
+                lk = self.locks[lock] = Lock(lock, count)
+            if key not in lk.holders:
+                lk.queue.pop(key, None)
+                lk.holders[key] = now
+                self.held.setdefault(key, set()).add(lock)
+            return True
+        if not running or rec is None:
+            return True  # ended or re-queued meanwhile: nothing to park
+        if lk is None:
+            lk = self.locks[lock] = Lock(lock, count)
+        if key in lk.holders:
+            return True
+        lk.queue[key] = now
+        self.held.setdefault(key, set()).add(lock)
+        self._park(rec)
+        return False
+
+    def grant(self, lock: bytes, key: bytes, now: float) -> bool:
+        """The remote took a slot for the queued job ``key``: it holds the
+        lock and, parked, becomes pending (dispatched again, its ACQUIRE is
+        then granted at once).  False when it is no longer queued or no
+        longer parked (it leaves the queue; the caller gives the slot back)."""
+        lk = self.locks.get(lock)
+        if lk is None or key not in lk.queue:
+            return False
+        del lk.queue[key]
+        rec = self._lookup(key)
+        if rec is None or rec.state != LOCKED:
+            self._unlink(key, lock)
+            if not lk.holders and not lk.queue:
+                del self.locks[lock]
+            return False
+        lk.holders[key] = now
+        self._unpark(rec)
+        return True
+
+    def waiting(self) -> list[tuple[bytes, int, list[bytes]]]:
+        """Every lock with queued jobs: ``(name, max, queue in FIFO order)``."""
+        locks = self.locks.values()
+        return [(lk.name, lk.max, list(lk.queue)) for lk in locks if lk.queue]
 
     def max_holders(self) -> int:
         """The largest ``max`` of any lock (0 with no locks)."""

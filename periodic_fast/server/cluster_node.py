@@ -53,6 +53,7 @@ from .._address import parse_address
 from ..sched_parts import Partitions
 from ..store.cluster import DEFAULT_PARTITIONS, Coordinator
 from .cluster_http import ClusterWrites
+from .cluster_locks import ClusterLocks
 from .cluster_view import ClusterView
 from .forward import Forwarder
 
@@ -185,6 +186,16 @@ class ClusterNode:
         self.view = ClusterView(self, scheduler, clock)
         self.view.install()
         self.forwarder: Forwarder | None = None
+        #: the global lock count (issue 18: a lock's count is cluster-wide)
+        self.locks = ClusterLocks(
+            name,
+            scheduler,
+            store,
+            period=self.lease_time / 3,
+            clock=clock,
+            mono=mono,
+            wake=wake,
+        )
         #: heartbeats run, partitions loaded / unloaded (for tests, metrics)
         self.ticks = 0
         self.loaded = 0
@@ -201,6 +212,7 @@ class ClusterNode:
 
         self._store.on_fenced = fenced
         self._task = loop.create_task(self._run())
+        self.locks.start()
 
     def publish(self, address: str, max_frame: int) -> None:
         """The server listens on ``address``: publish it (the next
@@ -439,6 +451,7 @@ class ClusterNode:
             await self._durable()
             await self._store.cluster_leave()
 
+        await self.locks.close()  # after the unload above gave its slots back
         try:
             await asyncio.wait_for(hand_over(), timeout)
             log.info("%s: left the cluster (partitions released)", self.name)

@@ -73,6 +73,7 @@ from ._batch import DELETE as _DELETE
 from ._batch import Batch as _Batch
 from ._contract import StoreSnapshot
 from ._pg_cluster import PgCluster
+from ._pg_locks import PgLocks
 from ._pg_owner import (
     OwnershipLostError,
     PostgresStoreError,
@@ -200,6 +201,7 @@ class PostgresStore(BatchWriter):
         #: commit found lost (cluster mode; the server unloads them)
         self.on_fenced: Callable[[list[int]], None] | None = None
         self._cluster: PgCluster | None = None
+        self._pg_locks: PgLocks | None = None  # cluster_locks(), made when used
         if cluster is not None:
             if cluster.prefix != self.prefix:
                 raise ValueError("the coordinator's prefix must be the store's")
@@ -285,6 +287,8 @@ class PostgresStore(BatchWriter):
             task.cancel()  # idle, in a backoff sleep or in a failing commit
             with contextlib.suppress(BaseException):
                 await task
+        if self._pg_locks is not None:
+            await self._pg_locks.close()
         if self._cluster is not None:
             await self._cluster.close()
         await self._drop_connection()
@@ -562,6 +566,18 @@ class PostgresStore(BatchWriter):
     async def cluster_leave(self) -> None:
         """Release every partition and leave the cluster (after a flush)."""
         await self._on_writer(self._pgc().leave())
+
+    def cluster_locks(self) -> PgLocks:
+        """The cluster's global locks (:mod:`._pg_locks`); their coroutines
+        run on the writer loop through :meth:`cluster_run`."""
+        if self._pg_locks is None:
+            self._pg_locks = PgLocks(self._pgc())
+        return self._pg_locks
+
+    def cluster_run(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
+        """Start ``coro`` on the writer loop now (so calls keep their order)
+        and return a future of the calling loop for its result."""
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._wloop))
 
     async def partition_chunks(
         self, parts: list[int]
