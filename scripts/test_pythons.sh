@@ -11,7 +11,7 @@
 # one or more files per layer and leaves out what is slow and does not depend
 # on the interpreter (the long parity, fuzz, restart, load, pipe-worker, most
 # interop and CLI tests run in the main suite): about 2-3 minutes a version on
-# 2 cores, the install included. An interpreter that
+# 2 cores, the install included; the versions run side by side. An interpreter that
 # is missing is skipped with a line saying so, except under CI=true, where it
 # fails. README.md (Test) says the same.
 set -euo pipefail
@@ -54,6 +54,18 @@ find_python() {
 }
 
 export PYTHONHASHSEED=0
+# The versions' tests run side by side (one pytest process each; the machine
+# has at least 2 cores), each into its own log, printed when all are done; the
+# installs run one after the other (they compile in the same source tree).
+run_tests() {
+    local v=$1 venv=.venv-py$1 start
+    start=$(date +%s)
+    "$venv/bin/python" -m pytest -q -m "not slow" "${FAST_TESTS[@]}" "${@:2}"
+    echo "== Python $v tests done in $(($(date +%s) - start)) s =="
+}
+pids=()
+logs=()
+versions=()
 for v in $PYTHONS; do
     if ! py=$(find_python "$v"); then
         if [ "${CI:-}" = true ]; then
@@ -64,11 +76,22 @@ for v in $PYTHONS; do
         continue
     fi
     venv=.venv-py$v
-    start=$(date +%s)
     echo "== fast suite on $("$py" -V) ($py): ${#FAST_TESTS[@]} test paths," \
         "Cython twins, -m 'not slow' =="
     [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
     "$venv/bin/python" -m pip install -q -e '.[test]'
-    "$venv/bin/python" -m pytest -q -m "not slow" "${FAST_TESTS[@]}" "$@"
-    echo "== Python $v done in $(($(date +%s) - start)) s (install and tests) =="
+    versions+=("$v")
 done
+for v in "${versions[@]}"; do
+    log=$(mktemp "${TMPDIR:-/tmp}/test-py$v.XXXXXX")
+    run_tests "$v" "$@" >"$log" 2>&1 &
+    pids+=($!)
+    logs+=("$log")
+done
+status=0
+for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || status=1
+    cat "${logs[$i]}"
+    rm -f "${logs[$i]}"
+done
+exit $status
