@@ -22,6 +22,11 @@ answers after its commit), and no node ever writes another node's rows.
   default): a node never forwards a request that came from a peer again (a
   second hop could bounce while routes are stale); it answers NO_WORKER and
   the origin retries.  With auth on, that identity must be in the auth file.
+  A node with the RSA/AES transport (``--rsa-private-path``) opens its links
+  through it too (:func:`link_keys`): the v2 handshake with this node's own
+  key pair (a cluster's nodes share one, and list its public key among the
+  allowed ones), AES when the node allows it; the peer identity registers
+  inside the encrypted stream.
 * **Retries.**  A refusal (NO_WORKER: the owner changed, or is loading), a
   lost link or an unknown owner is retried with a short back-off for up to
   ``patience`` seconds (default: one lease plus one second, the longest a
@@ -62,14 +67,16 @@ from ..codec import (
     encode_response,
 )
 from ..constants import DEFAULT_MAX_FRAME, ClientType, Command
-from ..errors import ProtocolError
+from ..errors import ClientError, ProtocolError
 
 if TYPE_CHECKING:
+    from .._rsa_client import ClientKeys
     from ..job import Job
     from ..sched_model import Conn
     from ..sched_parts import Partitions
+    from .secure import SecureConfig
 
-__all__ = ["PEER_NAME", "Forwarder"]
+__all__ = ["PEER_NAME", "Forwarder", "link_keys"]
 
 log = logging.getLogger("periodic_fast.server.forward")
 
@@ -95,6 +102,33 @@ FrameSink = Callable[[int, bytes], bool]
 def peer_token() -> bytes:
     """The forwarding links' token (``$PERIODIC_CLUSTER_TOKEN``, else ``-``)."""
     return os.environ.get("PERIODIC_CLUSTER_TOKEN", "-").encode()
+
+
+def link_keys(secure: SecureConfig) -> ClientKeys:
+    """The client keys of a node's forwarding links when it runs the RSA/AES
+    transport: its own private key, and its own public key as the peer's
+    (the nodes of a cluster share one key pair); AES when the node allows
+    it, else RSA, else Plain; the v2 handshake."""
+    from .._rsa_client import ClientKeys  # noqa: PLC0415  # needs cryptography
+    from .._rsa_common import RSAMode  # noqa: PLC0415
+
+    mode = next(
+        (m for m in (RSAMode.AES, RSAMode.RSA, RSAMode.Plain) if m in secure.modes),
+        RSAMode.AES,
+    )
+    if secure.keys.get(secure.fingerprint) is None:
+        log.warning(
+            "forwarding links authenticate with this node's own RSA key, which"
+            " is not among the allowed public keys (--rsa-public-path): the"
+            " peers will refuse them; list it there on every node"
+        )
+    return ClientKeys(
+        secure.private_key,
+        secure.private_key.public_key(),
+        mode=mode,
+        generation="v2",
+        server_key_path="(this node's own key: every node shares one key pair)",
+    )
 
 
 class _Link(asyncio.Protocol):
@@ -185,6 +219,7 @@ class Forwarder:
         pool: int = 2,
         max_frame: int = DEFAULT_MAX_FRAME,
         mono: Callable[[], float] = time.monotonic,
+        keys: ClientKeys | None = None,
     ) -> None:
         if pool < 1:
             raise ValueError("pool must be >= 1")
@@ -196,6 +231,7 @@ class Forwarder:
         self._pool = pool
         self._max_frame = max_frame
         self._mono = mono
+        self._keys = keys  # the RSA/AES transport of the links (None: plain)
         self._links: dict[tuple[str, int], _Link] = {}
         self._opening: dict[tuple[str, int], asyncio.Task[_Link]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -301,7 +337,9 @@ class Forwarder:
         before any reply."""
         try:
             link = await self._link(address, part)
-        except (OSError, ConnectionError, ValueError, asyncio.TimeoutError):
+        except (OSError, ValueError, asyncio.TimeoutError, ClientError) as exc:
+            # ClientError: an RSA handshake refused (retried like a refusal)
+            log.debug("forward link to %s: %r", address, exc)
             return None
         loop = asyncio.get_running_loop()
         first: asyncio.Future[int | None] = loop.create_future()
@@ -347,11 +385,17 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         addr = parse_address(address)
         link = _Link(address, self._max_frame)
+        outer: asyncio.Protocol = link
+        secure = None
+        if self._keys is not None:  # the handshake first; the link after it
+            outer = secure = self._keys.protocol(link, address)
         if addr.scheme == "tcp":
-            connect = loop.create_connection(lambda: link, addr.host, addr.port)
+            connect = loop.create_connection(lambda: outer, addr.host, addr.port)
         else:
-            connect = loop.create_unix_connection(lambda: link, addr.host)
+            connect = loop.create_unix_connection(lambda: outer, addr.host)
         await asyncio.wait_for(connect, self.patience)
+        if secure is not None:  # closes the connection when it fails
+            await secure.wait_ready(self.patience)
         try:
             await asyncio.wait_for(asyncio.shield(link.registered), self.patience)
         except BaseException:
