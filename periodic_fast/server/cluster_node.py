@@ -226,6 +226,7 @@ class ClusterNode:
             max_frame=max_frame,
             mono=self._mono,
             keys=None if secure is None else link_keys(secure),
+            snapshot=self._store.cluster_dump,  # DUMP: one read of the table
         )
         fwd.install()
         self.forwarder = fwd

@@ -34,13 +34,16 @@ answers after its commit), and no node ever writes another node's rows.
   NO_WORKER.  A RUN_JOB whose link is lost is sent again to the new owner
   (it waits for the same job: the handle is the same); a RECV_DATA stream
   whose link is lost ends with ``EOF``.
-* **Spanning requests.**  DUMP asks every live node for its partitions'
-  jobs and joins the lists (not one snapshot: a job that moves meanwhile
-  may be missing or twice).  DROP_FUNC goes to every live node (each drops its
-  partitions' jobs); SUCCESS when every node answered SUCCESS.  LOAD is
-  split by partition and each piece sent to its owner; SUCCESS when every
-  piece was loaded (a failed LOAD may have loaded some pieces: LOAD is an
-  upsert, so the client may send it again).
+* **Spanning requests.**  DUMP is answered from one repeatable-read read
+  of the jobs table (``snapshot``: the store's committed state, every
+  partition); without it, or when that read fails, every live node is
+  asked for its partitions' jobs and the lists are joined (not one
+  snapshot: a job that moves meanwhile may be missing or twice).
+  DROP_FUNC goes to every live node (each drops its partitions' jobs);
+  SUCCESS when every node answered SUCCESS.  LOAD is split by partition and
+  each piece sent to its owner; SUCCESS when every piece was loaded (a
+  failed LOAD may have loaded some pieces: LOAD is an upsert, so the client
+  may send it again).
 
 Layer L4 (server): asyncio, the codec and the scheduler-side
 :class:`~periodic_fast.sched_parts.Partitions`; the framing is the codec's,
@@ -54,7 +57,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .._address import parse_address
@@ -220,6 +223,7 @@ class Forwarder:
         max_frame: int = DEFAULT_MAX_FRAME,
         mono: Callable[[], float] = time.monotonic,
         keys: ClientKeys | None = None,
+        snapshot: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         if pool < 1:
             raise ValueError("pool must be >= 1")
@@ -232,6 +236,7 @@ class Forwarder:
         self._max_frame = max_frame
         self._mono = mono
         self._keys = keys  # the RSA/AES transport of the links (None: plain)
+        self._snapshot = snapshot  # DUMP from one read of the store
         self._links: dict[tuple[str, int], _Link] = {}
         self._opening: dict[tuple[str, int], asyncio.Task[_Link]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -456,6 +461,22 @@ class Forwarder:
         return bool(members) and all(results)
 
     async def _dump(self, conn: Conn, msgid: int) -> None:
+        """DUMP from one snapshot of the store; gathered when that fails."""
+        if self._snapshot is not None:
+            try:
+                data = await self._snapshot()
+            except Exception as exc:  # PostgreSQL away: the nodes' memory
+                log.warning(
+                    "%s: DUMP snapshot failed (%r); gathering it from every node",
+                    self.name,
+                    exc,
+                )
+            else:
+                conn.send(encode_response(msgid, _DATA, data))
+                return
+        await self._gather_dump(conn, msgid)
+
+    async def _gather_dump(self, conn: Conn, msgid: int) -> None:
         """DUMP gathered from every live node (each its own partitions), the
         job lists joined into one.  Not one snapshot: a job moving between
         nodes meanwhile may be missing or twice (docs/cluster.md)."""

@@ -38,6 +38,8 @@ from typing import Any
 
 import asyncpg
 
+from ..codec import encode_job_list
+from ..job import Job
 from ._batch import Batch
 from ._pg_owner import PrefixOwner
 from .cluster import Coordinator, Tick, partition_of
@@ -219,6 +221,23 @@ class PgCluster:
             )
             while rows := await cursor.fetch(_LOAD_CHUNK):
                 yield [tuple(r) for r in rows]
+
+    async def dump(self) -> bytes:
+        """Every job of the cluster as a DUMP job list, from one
+        repeatable-read snapshot of the jobs table (committed state, every
+        partition, whichever node holds it), on its own side connection."""
+        jobs: list[Job] = []
+        async with (
+            self._side("dump") as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            cursor = await conn.cursor(
+                "SELECT func, name, workload, sched_at, count, timeout"
+                f" FROM {self._jobs}"
+            )
+            while rows := await cursor.fetch(_LOAD_CHUNK):
+                jobs.extend(Job(*r) for r in rows)
+        return encode_job_list(jobs)
 
     async def close(self) -> None:
         """Close the side connections."""

@@ -563,6 +563,11 @@ class PostgresStore(BatchWriter):
         """Release every partition and leave the cluster (after a flush)."""
         await self._on_writer(self._pgc().leave())
 
+    async def cluster_dump(self) -> bytes:
+        """Every job of the cluster (all partitions) as a DUMP job list,
+        read in one repeatable-read snapshot (committed state)."""
+        return await self._on_writer(self._pgc().dump())
+
     async def partition_chunks(
         self, parts: list[int]
     ) -> AsyncIterator[list[tuple[Any, ...]]]:
