@@ -227,6 +227,13 @@ class Connection:
         """True while a connection is open."""
         return self._proto is not None and self._proto.transport is not None
 
+    @property
+    def reconnecting(self) -> bool:
+        """True while the background reconnect loop runs (the server went
+        away and has not answered again yet)."""
+        task = self._reconnect_task
+        return task is not None and not task.done() and not self.connected
+
     def _event(self) -> asyncio.Event:
         if self._connected_event is None:
             self._connected_event = asyncio.Event()

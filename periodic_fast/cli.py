@@ -125,7 +125,7 @@ def periodic(
         raise typer.Exit(periodicd_main_args([]))
     # read back by the sub-commands through cli_common.client_options
     ctx.obj = ClientOptions.of(
-        split_addresses(host)[0],
+        split_addresses(host),  # several: the first that answers
         client_name,
         client_token,
         rsa_private_path,

@@ -309,26 +309,36 @@ class ClientOptions:
     rsa_private_path: str | None = None
     rsa_public_path: str | None = None
     rsa_mode: str | None = None
+    #: every address given (several ``-H``, a comma list, ``$PERIODIC_PORT``
+    #: with several); ``address`` is the first; empty: ``address`` alone
+    addresses: tuple[str, ...] = ()
 
     @classmethod
     def of(
         cls,
-        address: str,
+        address: str | list[str],
         name: str | None,
         token: str | None,
         rsa_private_path: str | None,
         rsa_public_path: str | None,
         rsa_mode: str | None,
     ) -> ClientOptions:
-        """The options with empty strings turned into None."""
+        """The options with empty strings turned into None; ``address`` may
+        be the list of every address given (tried in order)."""
+        addresses = [address] if isinstance(address, str) else address
         return cls(
-            address,
+            addresses[0],
             name or None,
             token or None,
             rsa_private_path or None,
             rsa_public_path or None,
             rsa_mode or None,
+            tuple(addresses),
         )
+
+    def all_addresses(self) -> list[str]:
+        """The addresses to try, in order (the first that answers is used)."""
+        return list(self.addresses) or [self.address]
 
     def identity(self) -> tuple[str | None, str | None]:
         """``(name, token)``: both or neither, else one line and exit 1."""
@@ -394,32 +404,52 @@ def with_client(
     max_frame: int | None = None,
 ) -> _T:
     """Connect, run ``body(client)``, close; any error -> one line, exit 1.
-    ``max_frame`` raises the client's cap on a reply frame (DUMP)."""
+    ``max_frame`` raises the client's cap on a reply frame (DUMP).
+
+    With several addresses (nodes of one ``--cluster``, where any node
+    answers any request, or stand-bys) the first that accepts the
+    connection is used; a dead one is skipped.  Nothing is sent again after
+    a connection lost mid-request (the tool cannot know whether it landed:
+    one line, exit 1)."""
     from .client import Client, ClientError  # noqa: PLC0415  # CLI starts fast
-    from .errors import PeriodicError  # noqa: PLC0415
+    from .errors import NotConnected, PeriodicError  # noqa: PLC0415
 
     options = client_options(ctx)
     address = options.address
     try:
         name, token = options.identity()
-        client = Client(
-            address,
-            reconnect=False,
-            timeout=timeout,
-            name=name,
-            token=token,
-            rsa=rsa_config(options),
-            **({} if max_frame is None else {"max_frame": max_frame}),
-        )
+        rsa = rsa_config(options)
+        clients = [
+            Client(
+                a,
+                reconnect=False,
+                timeout=timeout,
+                name=name,
+                token=token,
+                rsa=rsa,
+                **({} if max_frame is None else {"max_frame": max_frame}),
+            )
+            for a in options.all_addresses()
+        ]
     except ValueError as exc:
         die(str(exc))
 
     async def main() -> _T:
-        try:
-            await client.connect()
-            return await body(client)
-        finally:
-            await client.close()
+        nonlocal address
+        refused: list[str] = []
+        for client in clients:
+            try:
+                await client.connect()
+            except NotConnected as exc:  # down: the next address
+                refused.append(str(exc))
+                await client.close()
+                continue
+            address = client.address
+            try:
+                return await body(client)
+            finally:
+                await client.close()
+        raise NotConnected("; ".join(refused))
 
     try:
         return asyncio.run(main())

@@ -437,14 +437,15 @@ def recv(
 def ping(ctx: typer.Context) -> None:
     """Print the round trip and exit 0 when the server answers."""
 
-    async def body(c: Client) -> float | None:
+    async def body(c: Client) -> tuple[float | None, str]:
         start = time.perf_counter()  # connected already: the PING alone
-        return time.perf_counter() - start if await c.ping() else None
+        ok = await c.ping()
+        return (time.perf_counter() - start if ok else None), c.address
 
-    took = with_client(ctx, body, timeout=5.0)
+    took, address = with_client(ctx, body, timeout=5.0)  # the one that answered
     if took is None:
         die("no PONG")
-    typer.echo(f"pong from {client_options(ctx).address} in {took * 1000:.1f} ms")
+    typer.echo(f"pong from {address} in {took * 1000:.1f} ms")
 
 
 def shutdown(ctx: typer.Context) -> None:

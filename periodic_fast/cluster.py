@@ -18,6 +18,12 @@ aio-periodic builds its ring with ``uhashring.HashRing(nodes, hash_fn="ketama")`
 (a ``str`` normally); we hash names given as bytes by their UTF-8 text, so
 ``b"x"`` and ``"x"`` route alike.
 
+Failover (``ClientCluster(..., failover=True)``, the default with
+``cluster=True`` for the nodes of one ``periodicd --cluster``): a request
+whose ring node is down goes to the next distinct node on the ring
+(:meth:`KetamaRing.get_nodes`), and one in flight when its connection
+dropped is sent again there when that is safe (see :class:`ClientCluster`).
+
 :class:`WorkerCluster` is the worker side: one :class:`~periodic_fast.worker.Worker`
 per server, every func registered on all of them, so whichever server a job
 was routed to finds a worker (aio-periodic's ``WorkerCluster``).
@@ -35,7 +41,7 @@ from typing import Any, TypeVar, overload
 from ._address import BytesLike
 from ._drain import SignalDrain
 from .client import Client, StreamCallback
-from .errors import ClientError, NotConnected
+from .errors import ClientError, ConnectionLost, NotConnected
 from .job import FuncStat
 from .worker import Handler, Worker
 
@@ -43,6 +49,7 @@ __all__ = ["ClientCluster", "KetamaRing", "WorkerCluster"]
 
 logger = logging.getLogger(__name__)
 _H = TypeVar("_H", bound=Callable[..., Any])
+_R = TypeVar("_R")
 
 
 class KetamaRing:
@@ -77,22 +84,79 @@ class KetamaRing:
             pos = 0
         return self._ring[self._keys[pos]]
 
+    def get_nodes(self, key: BytesLike) -> list[str]:
+        """Every node, in the order a walk round the ring from ``key``'s
+        point meets them: the owner first (failover order)."""
+        keys = self._keys
+        ring = self._ring
+        start = bisect.bisect_right(keys, self.hash_key(key))
+        out: list[str] = []
+        seen: set[str] = set()
+        want = len(set(self.nodes))
+        for i in range(len(keys)):
+            node = ring[keys[(start + i) % len(keys)]]
+            if node not in seen:
+                seen.add(node)
+                out.append(node)
+                if len(out) == want:
+                    break
+        return out
+
 
 class ClientCluster:
     """One :class:`Client` per server; jobs routed by name (see module doc).
 
     ``submit_job``, ``run_job``, ``remove_job`` and ``recv_job_data`` go to the
-    server owning the job name; ``drop_func`` and ``ping`` go to all;
-    ``status`` asks all and merges (workers, jobs, processing and locked summed,
-    earliest ``sched_at`` kept).
+    server owning the job name on the ring.
+
+    **Independent servers** (``cluster=False``, the default, aio-periodic's
+    model): each server has its own jobs; ``drop_func`` and ``ping`` go to
+    all; ``status`` asks all and merges (workers, jobs, processing and locked
+    summed, earliest ``sched_at`` kept).
+
+    **Nodes of one** ``periodicd --cluster`` (``cluster=True``): any node
+    answers any request (it forwards to the job's owner), so ``status``,
+    ``drop_func`` and ``ping`` ask one live node (its STATUS is already the
+    cluster's total) and failover is on by default.
+
+    **Failover** (``failover``, default: ``cluster``): a request whose ring
+    node is down (refused, reconnecting) goes to the next node on the ring
+    that is up; a request in flight when its connection dropped is sent
+    again to the next node when that is safe: SUBMIT_JOB (an upsert),
+    REMOVE_JOB, DROP_FUNC, STATUS and PING always, RUN_JOB only with
+    ``cluster=True`` (the same job, at least once, as the cluster's own
+    failover; on independent servers it would run a second job elsewhere,
+    so :class:`~periodic_fast.errors.ConnectionLost` is raised).  A
+    RECV_DATA stream fails over only before it starts.  On independent
+    servers failover moves a name to another server while its own is down:
+    the job is stored *there* (a later REMOVE routed to the recovered
+    server does not find it); that is the trade-off for accepting
+    submissions during an outage.  A down node is retried in the background
+    (the client's ``reconnect_delay``) and gets its names back once it
+    answers.
 
     :param addresses: server addresses; the ring is keyed on these strings,
         so give them exactly as the aio-periodic side does.
+    :param cluster: the addresses are nodes of one cluster (see above).
+    :param failover: route around down nodes (default: ``cluster``).
     :param client_kwargs: passed to every :class:`Client`.
     """
 
-    def __init__(self, addresses: Sequence[str], **client_kwargs: Any) -> None:
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        cluster: bool = False,
+        failover: bool | None = None,
+        **client_kwargs: Any,
+    ) -> None:
+        if not addresses:
+            raise ValueError("need at least one address")
+        if len(set(addresses)) != len(addresses):
+            raise ValueError("duplicate address")
         self.addresses = list(addresses)
+        self.cluster = cluster
+        self.failover = cluster if failover is None else failover
         self.ring = KetamaRing(self.addresses)
         self.clients = {a: Client(a, **client_kwargs) for a in self.addresses}
 
@@ -100,9 +164,42 @@ class ClientCluster:
         """The client of the server that owns job ``name``."""
         return self.clients[self.ring.get_node(name)]
 
+    def candidates(self, name: BytesLike | None) -> list[Client]:
+        """The clients a request about ``name`` tries, in order: the ring's
+        owner, then the next distinct nodes on the ring (``None``: the
+        addresses in the given order)."""
+        if name is None:
+            return list(self.clients.values())
+        return [self.clients[a] for a in self.ring.get_nodes(name)]
+
     async def connect(self) -> None:
-        """Connect to every server."""
-        await asyncio.gather(*(c.connect() for c in self.clients.values()))
+        """Connect to every server.  With failover, servers that cannot be
+        reached are retried in the background (their requests go to the
+        others meanwhile).
+
+        :raises NotConnected: a server (with failover: every server) cannot
+            be reached.
+        """
+        clients = list(self.clients.values())
+        if not self.failover:
+            await asyncio.gather(*(c.connect() for c in clients))
+            return
+        res = await asyncio.gather(
+            *(c.connect() for c in clients), return_exceptions=True
+        )
+        failed: list[BaseException] = []
+        for c, r in zip(clients, res, strict=True):
+            if isinstance(r, NotConnected):
+                logger.warning("%s: %s; retrying in the background", c.address, r)
+                _retry_later(c)
+                failed.append(r)
+            elif isinstance(r, BaseException):
+                raise r
+        if len(failed) == len(clients):
+            await self.close()
+            raise NotConnected(
+                "no server reachable: " + "; ".join(str(e) for e in failed)
+            )
 
     async def close(self) -> None:
         """Close every connection."""
@@ -115,11 +212,45 @@ class ClientCluster:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _routed(
+        self,
+        name: BytesLike | None,
+        call: Callable[[Client], Awaitable[_R]],
+        *,
+        resend: bool,
+    ) -> _R:
+        """``call`` on the owner of ``name``; with failover on the next live
+        node when the owner is down, and (``resend``) when the connection
+        dropped with the request in flight."""
+        if not self.failover:
+            return await call(self.get(name) if name is not None else self._first())
+        errors: list[str] = []
+        for client in self.candidates(name):
+            if client.reconnecting:  # known down: do not wait for it
+                errors.append(f"{client.address}: reconnecting")
+                continue
+            try:
+                return await call(client)
+            except NotConnected as exc:  # never sent
+                _retry_later(client)
+                errors.append(str(exc))
+            except ConnectionLost as exc:
+                if not resend:
+                    raise
+                logger.info("%s; sending the request to the next node", exc)
+                errors.append(str(exc))
+        raise NotConnected("no server reachable: " + "; ".join(errors))
+
+    def _first(self) -> Client:
+        return next(iter(self.clients.values()))
+
     async def submit_job(
         self, func: BytesLike, name: BytesLike, *args: Any, **kwargs: Any
     ) -> bool:
         """:meth:`Client.submit_job` on the owner of ``name``."""
-        return await self.get(name).submit_job(func, name, *args, **kwargs)
+        return await self._routed(
+            name, lambda c: c.submit_job(func, name, *args, **kwargs), resend=True
+        )
 
     async def run_job(
         self,
@@ -129,32 +260,52 @@ class ClientCluster:
         stream: StreamCallback | None = None,
         **kwargs: Any,
     ) -> bytes:
-        """:meth:`Client.run_job` on the owner of ``name``."""
-        return await self.get(name).run_job(func, name, *args, stream=stream, **kwargs)
+        """:meth:`Client.run_job` on the owner of ``name`` (sent again after a
+        lost connection only with ``cluster=True``: see the class doc)."""
+        return await self._routed(
+            name,
+            lambda c: c.run_job(func, name, *args, stream=stream, **kwargs),
+            resend=self.cluster,
+        )
 
     async def remove_job(self, func: BytesLike, name: BytesLike) -> bool:
         """:meth:`Client.remove_job` on the owner of ``name``."""
-        return await self.get(name).remove_job(func, name)
+        return await self._routed(name, lambda c: c.remove_job(func, name), resend=True)
 
     async def recv_job_data(
         self, func: BytesLike, name: BytesLike, timeout: float = 120
     ) -> AsyncIterator[bytes]:
-        """:meth:`Client.recv_job_data` on the owner of ``name``."""
-        async for chunk in self.get(name).recv_job_data(func, name, timeout):
+        """:meth:`Client.recv_job_data` on the owner of ``name`` (failover
+        before the stream starts only)."""
+        client = self.get(name)
+        if self.failover and client.reconnecting:
+            live = [c for c in self.candidates(name) if not c.reconnecting]
+            if not live:
+                raise NotConnected(f"no server reachable for {name!r}")
+            client = live[0]
+        async for chunk in client.recv_job_data(func, name, timeout):
             yield chunk
 
     async def drop_func(self, func: BytesLike) -> bool:
-        """Drop ``func`` on every server; True when all answered SUCCESS."""
+        """Drop ``func`` on every server (``cluster=True``: on one node, which
+        drops it on every node); True when all answered SUCCESS."""
+        if self.cluster:
+            return await self._routed(None, lambda c: c.drop_func(func), resend=True)
         res = await asyncio.gather(*(c.drop_func(func) for c in self.clients.values()))
         return all(res)
 
     async def ping(self) -> bool:
-        """True when every server answered."""
+        """True when every server (``cluster=True``: a live node) answered."""
+        if self.cluster:
+            return await self._routed(None, lambda c: c.ping(), resend=True)
         res = await asyncio.gather(*(c.ping() for c in self.clients.values()))
         return all(res)
 
     async def status(self) -> dict[str, FuncStat]:
-        """Merged per-func statistics of all servers."""
+        """Merged per-func statistics of all servers (``cluster=True``: one
+        live node's, which are the cluster's totals)."""
+        if self.cluster:
+            return await self._routed(None, lambda c: c.status(), resend=True)
         merged: dict[str, FuncStat] = {}
         for st in await asyncio.gather(*(c.status() for c in self.clients.values())):
             for func, s in st.items():
@@ -171,6 +322,13 @@ class ClientCluster:
                         min(m.sched_at, s.sched_at),
                     )
         return merged
+
+
+def _retry_later(client: Client) -> None:
+    """Let the client's background loop reconnect a down server (its
+    requests are routed elsewhere meanwhile)."""
+    if client.reconnect and not client.reconnecting:
+        client._start_reconnect()
 
 
 class WorkerCluster(SignalDrain):

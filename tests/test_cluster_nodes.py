@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,9 @@ def _free_port() -> int:
 class Node:
     """One ``periodicd --cluster`` process."""
 
-    def __init__(self, uri: str, node_id: str, log: Path) -> None:
+    def __init__(
+        self, uri: str, node_id: str, log: Path, extra: Sequence[str] = ()
+    ) -> None:
         self.id = node_id
         self.port = _free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
@@ -72,6 +75,7 @@ class Node:
             "--no-http",
             "--log",
             "info",
+            *extra,  # more periodicd options (e.g. the RSA transport)
         ]
         self._err = log.open("wb")
         self.proc = subprocess.Popen(argv, env=env, stderr=self._err)  # noqa: S603

@@ -564,7 +564,7 @@ class Server:
             for addr in self._requested:
                 await self._listen(loop, hub, addr)
             if self._node is not None:  # forwarding: the peers reach us here
-                self._node.publish(self._addresses[0], self._max_frame)
+                self._node.publish(self._addresses[0], self._max_frame, hub.secure)
         except BaseException:
             await self.stop()
             raise

@@ -55,11 +55,12 @@ from ..store.cluster import DEFAULT_PARTITIONS, Coordinator
 from .cluster_http import ClusterWrites
 from .cluster_locks import ClusterLocks
 from .cluster_view import ClusterView
-from .forward import Forwarder
+from .forward import Forwarder, link_keys
 
 if TYPE_CHECKING:
     from ..scheduler import Scheduler
     from ..store.postgres import PostgresStore
+    from .secure import SecureConfig
 
 __all__ = ["ClusterNode", "ClusterOptions", "open_cluster_store"]
 
@@ -214,11 +215,15 @@ class ClusterNode:
         self._task = loop.create_task(self._run())
         self.locks.start()
 
-    def publish(self, address: str, max_frame: int) -> None:
+    def publish(
+        self, address: str, max_frame: int, secure: SecureConfig | None = None
+    ) -> None:
         """The server listens on ``address``: publish it (the next
         heartbeat writes it) and start forwarding requests for partitions
         held elsewhere.  A wildcard host (``0.0.0.0``, ``::``) is published
-        as this machine's name: the other nodes must be able to reach it."""
+        as this machine's name: the other nodes must be able to reach it.
+        ``secure``: the node's RSA/AES transport, which its forwarding links
+        speak too (:func:`~periodic_fast.server.forward.link_keys`)."""
         addr = parse_address(address)
         if addr.scheme == "tcp" and addr.host in ("0.0.0.0", "::"):  # noqa: S104
             address = f"tcp://{socket.getfqdn()}:{addr.port}"
@@ -232,6 +237,8 @@ class ClusterNode:
             patience=2 * self.lease_time + 1.0,
             max_frame=max_frame,
             mono=self._mono,
+            keys=None if secure is None else link_keys(secure),
+            snapshot=self._store.cluster_dump,  # DUMP: one read of the table
         )
         fwd.install()
         self.forwarder = fwd

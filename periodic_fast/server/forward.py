@@ -22,6 +22,11 @@ answers after its commit), and no node ever writes another node's rows.
   default): a node never forwards a request that came from a peer again (a
   second hop could bounce while routes are stale); it answers NO_WORKER and
   the origin retries.  With auth on, that identity must be in the auth file.
+  A node with the RSA/AES transport (``--rsa-private-path``) opens its links
+  through it too (:func:`link_keys`): the v2 handshake with this node's own
+  key pair (a cluster's nodes share one, and list its public key among the
+  allowed ones), AES when the node allows it; the peer identity registers
+  inside the encrypted stream.
 * **Retries.**  A refusal (NO_WORKER: the owner changed, or is loading), a
   lost link or an unknown owner is retried with a short back-off for up to
   ``patience`` seconds (default: one lease plus one second, the longest a
@@ -29,13 +34,16 @@ answers after its commit), and no node ever writes another node's rows.
   NO_WORKER.  A RUN_JOB whose link is lost is sent again to the new owner
   (it waits for the same job: the handle is the same); a RECV_DATA stream
   whose link is lost ends with ``EOF``.
-* **Spanning requests.**  DUMP asks every live node for its partitions'
-  jobs and joins the lists (not one snapshot: a job that moves meanwhile
-  may be missing or twice).  DROP_FUNC goes to every live node (each drops its
-  partitions' jobs); SUCCESS when every node answered SUCCESS.  LOAD is
-  split by partition and each piece sent to its owner; SUCCESS when every
-  piece was loaded (a failed LOAD may have loaded some pieces: LOAD is an
-  upsert, so the client may send it again).
+* **Spanning requests.**  DUMP is answered from one repeatable-read read
+  of the jobs table (``snapshot``: the store's committed state, every
+  partition); without it, or when that read fails, every live node is
+  asked for its partitions' jobs and the lists are joined (not one
+  snapshot: a job that moves meanwhile may be missing or twice).
+  DROP_FUNC goes to every live node (each drops its partitions' jobs);
+  SUCCESS when every node answered SUCCESS.  LOAD is split by partition and
+  each piece sent to its owner; SUCCESS when every piece was loaded (a
+  failed LOAD may have loaded some pieces: LOAD is an upsert, so the client
+  may send it again).
 
 Layer L4 (server): asyncio, the codec and the scheduler-side
 :class:`~periodic_fast.sched_parts.Partitions`; the framing is the codec's,
@@ -49,7 +57,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .._address import parse_address
@@ -62,14 +70,16 @@ from ..codec import (
     encode_response,
 )
 from ..constants import DEFAULT_MAX_FRAME, ClientType, Command
-from ..errors import ProtocolError
+from ..errors import ClientError, ProtocolError
 
 if TYPE_CHECKING:
+    from .._rsa_client import ClientKeys
     from ..job import Job
     from ..sched_model import Conn
     from ..sched_parts import Partitions
+    from .secure import SecureConfig
 
-__all__ = ["PEER_NAME", "Forwarder"]
+__all__ = ["PEER_NAME", "Forwarder", "link_keys"]
 
 log = logging.getLogger("periodic_fast.server.forward")
 
@@ -95,6 +105,33 @@ FrameSink = Callable[[int, bytes], bool]
 def peer_token() -> bytes:
     """The forwarding links' token (``$PERIODIC_CLUSTER_TOKEN``, else ``-``)."""
     return os.environ.get("PERIODIC_CLUSTER_TOKEN", "-").encode()
+
+
+def link_keys(secure: SecureConfig) -> ClientKeys:
+    """The client keys of a node's forwarding links when it runs the RSA/AES
+    transport: its own private key, and its own public key as the peer's
+    (the nodes of a cluster share one key pair); AES when the node allows
+    it, else RSA, else Plain; the v2 handshake."""
+    from .._rsa_client import ClientKeys  # noqa: PLC0415  # needs cryptography
+    from .._rsa_common import RSAMode  # noqa: PLC0415
+
+    mode = next(
+        (m for m in (RSAMode.AES, RSAMode.RSA, RSAMode.Plain) if m in secure.modes),
+        RSAMode.AES,
+    )
+    if secure.keys.get(secure.fingerprint) is None:
+        log.warning(
+            "forwarding links authenticate with this node's own RSA key, which"
+            " is not among the allowed public keys (--rsa-public-path): the"
+            " peers will refuse them; list it there on every node"
+        )
+    return ClientKeys(
+        secure.private_key,
+        secure.private_key.public_key(),
+        mode=mode,
+        generation="v2",
+        server_key_path="(this node's own key: every node shares one key pair)",
+    )
 
 
 class _Link(asyncio.Protocol):
@@ -185,6 +222,8 @@ class Forwarder:
         pool: int = 2,
         max_frame: int = DEFAULT_MAX_FRAME,
         mono: Callable[[], float] = time.monotonic,
+        keys: ClientKeys | None = None,
+        snapshot: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         if pool < 1:
             raise ValueError("pool must be >= 1")
@@ -196,6 +235,8 @@ class Forwarder:
         self._pool = pool
         self._max_frame = max_frame
         self._mono = mono
+        self._keys = keys  # the RSA/AES transport of the links (None: plain)
+        self._snapshot = snapshot  # DUMP from one read of the store
         self._links: dict[tuple[str, int], _Link] = {}
         self._opening: dict[tuple[str, int], asyncio.Task[_Link]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -301,7 +342,9 @@ class Forwarder:
         before any reply."""
         try:
             link = await self._link(address, part)
-        except (OSError, ConnectionError, ValueError, asyncio.TimeoutError):
+        except (OSError, ValueError, asyncio.TimeoutError, ClientError) as exc:
+            # ClientError: an RSA handshake refused (retried like a refusal)
+            log.debug("forward link to %s: %r", address, exc)
             return None
         loop = asyncio.get_running_loop()
         first: asyncio.Future[int | None] = loop.create_future()
@@ -347,11 +390,17 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         addr = parse_address(address)
         link = _Link(address, self._max_frame)
+        outer: asyncio.Protocol = link
+        secure = None
+        if self._keys is not None:  # the handshake first; the link after it
+            outer = secure = self._keys.protocol(link, address)
         if addr.scheme == "tcp":
-            connect = loop.create_connection(lambda: link, addr.host, addr.port)
+            connect = loop.create_connection(lambda: outer, addr.host, addr.port)
         else:
-            connect = loop.create_unix_connection(lambda: link, addr.host)
+            connect = loop.create_unix_connection(lambda: outer, addr.host)
         await asyncio.wait_for(connect, self.patience)
+        if secure is not None:  # closes the connection when it fails
+            await secure.wait_ready(self.patience)
         try:
             await asyncio.wait_for(asyncio.shield(link.registered), self.patience)
         except BaseException:
@@ -412,6 +461,22 @@ class Forwarder:
         return bool(members) and all(results)
 
     async def _dump(self, conn: Conn, msgid: int) -> None:
+        """DUMP from one snapshot of the store; gathered when that fails."""
+        if self._snapshot is not None:
+            try:
+                data = await self._snapshot()
+            except Exception as exc:  # PostgreSQL away: the nodes' memory
+                log.warning(
+                    "%s: DUMP snapshot failed (%r); gathering it from every node",
+                    self.name,
+                    exc,
+                )
+            else:
+                conn.send(encode_response(msgid, _DATA, data))
+                return
+        await self._gather_dump(conn, msgid)
+
+    async def _gather_dump(self, conn: Conn, msgid: int) -> None:
         """DUMP gathered from every live node (each its own partitions), the
         job lists joined into one.  Not one snapshot: a job moving between
         nodes meanwhile may be missing or twice (docs/cluster.md)."""

@@ -38,6 +38,7 @@ from typing import Any
 
 import asyncpg
 
+from ..codec import encode_job_list
 from ._batch import Batch
 from ._pg_owner import PrefixOwner
 from .cluster import Coordinator, Tick, partition_of
@@ -219,6 +220,30 @@ class PgCluster:
             )
             while rows := await cursor.fetch(_LOAD_CHUNK):
                 yield [tuple(r) for r in rows]
+
+    async def dump(self) -> bytes:
+        """Every job of the cluster as a DUMP job list, from one
+        repeatable-read snapshot of the jobs table (committed state, every
+        partition, whichever node holds it), on its own side connection."""
+        # encoded a fetch at a time: this loop also runs the heartbeat and
+        # the commits, so no turn may encode a million jobs at once
+        count = 0
+        bodies: list[bytes] = []
+        async with (
+            self._side("dump") as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            cursor = await conn.cursor(
+                "SELECT func, name, workload, sched_at, count, timeout"
+                f" FROM {self._jobs}"
+            )
+            while rows := await cursor.fetch(_LOAD_CHUNK):
+                count += len(rows)
+                # a job list is its u64 count, then the jobs one after another
+                # records unpack as (func, name, workload, sched_at, count,
+                # timeout), as a Job does: no Job built per row
+                bodies.append(encode_job_list(rows)[8:])  # type: ignore[arg-type]
+        return count.to_bytes(8, "big") + b"".join(bodies)
 
     async def close(self) -> None:
         """Close the side connections."""

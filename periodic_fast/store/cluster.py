@@ -12,10 +12,12 @@ the only coordinator; its tables (``prefix`` prepended):
 
 * ``cluster(one, partitions, created)``: one row, the partition count, fixed
   when the cluster is first created;
-* ``cluster_nodes(node, started, alive_until, address, summary)``: the
-  members; a node is live while ``alive_until`` (database time) is in the
-  future; ``address`` is where it listens, ``summary`` (JSONB) its figures
-  as of its last tick (``server/cluster_view``);
+* ``cluster_nodes(node, started, alive_until, address, summary,
+  incarnation)``: the members; a node is live while ``alive_until``
+  (database time) is in the future; ``address`` is where it listens,
+  ``summary`` (JSONB) its figures as of its last tick
+  (``server/cluster_view``); ``incarnation`` names the process that holds
+  the id (:meth:`~Coordinator.join` refuses a second live one);
 * ``cluster_parts(part, owner, epoch, lease_until)``: who owns what.
 
 A :class:`Coordinator` is one node's view, driven by the caller on its own
@@ -49,8 +51,12 @@ step forward by more than ``margin`` during a lease (it may be slewed).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import re
+import secrets
+import socket
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -59,11 +65,13 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from ._batch import Batch
+from ._pg_owner import PostgresStoreError
 
 __all__ = [
     "DEFAULT_PARTITIONS",
     "Coordinator",
     "FencedOut",
+    "NodeIdInUseError",
     "Tick",
     "batch_partitions",
     "fair_shares",
@@ -74,6 +82,12 @@ __all__ = [
 #: partition is still cheap to load when it moves
 DEFAULT_PARTITIONS = 256
 _PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+
+
+class NodeIdInUseError(PostgresStoreError):
+    """Another live process holds this node id (raised by
+    :meth:`Coordinator.join` at the store's open, and by a tick of a node
+    whose id was taken over after its row expired)."""
 
 
 class FencedOut(RuntimeError):
@@ -193,6 +207,11 @@ class Coordinator:
         #: (the server sets it before each tick; None keeps the stored one)
         self.summary: str | None = None
         self._safe_until: dict[int, float] = {}  # part -> monotonic deadline
+        #: this process's claim on the node id (host, pid, random): a second
+        #: live process with the same id is refused at join
+        self.incarnation = (
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        )
 
     # schema and membership --------------------------------------------------------
     async def setup(self, conn: asyncpg.Connection) -> int:
@@ -225,6 +244,10 @@ class Coordinator:
             await conn.execute(
                 f"ALTER TABLE {nodes} ADD COLUMN IF NOT EXISTS summary JSONB"
             )
+            # duplicate node ids (issue 18): which process holds the id
+            await conn.execute(
+                f"ALTER TABLE {nodes} ADD COLUMN IF NOT EXISTS incarnation TEXT"
+            )
             await conn.execute(
                 f"INSERT INTO {meta} (partitions) VALUES ($1) ON CONFLICT DO NOTHING",
                 self.partitions,
@@ -239,16 +262,55 @@ class Coordinator:
         return count
 
     async def join(self, conn: asyncpg.Connection) -> None:
-        """Register this node as live (its first heartbeat)."""
-        await conn.execute(
-            f"INSERT INTO {self._t[1]} (node, alive_until, address)"
-            " VALUES ($1, now() + make_interval(secs => $2), $3)"
-            " ON CONFLICT (node) DO UPDATE SET alive_until = EXCLUDED.alive_until,"
-            " started = now(), address = EXCLUDED.address",
-            self.node,
-            self.lease_time,
-            self.address,
-        )
+        """Register this node as live (its first heartbeat).
+
+        The id's row may still be live, held by another incarnation: a
+        process with the same ``--node-id`` that is running (it keeps
+        renewing the row), or one that was killed (its row expires within
+        a lease).  Join waits and watches the row: renewed meanwhile, it is
+        a live duplicate and :class:`NodeIdInUseError` is raised (within
+        about a third of a lease); expired, this process takes the id over.
+
+        :raises NodeIdInUseError: a live node has this id.
+        """
+        nodes = self._t[1]
+        seen: float | None = None  # the other incarnation's alive_until
+        poll = min(0.2, self.lease_time / 10)
+        while True:
+            async with conn.transaction():
+                # two processes joining with one id at once: one at a time
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"{nodes}/{self.node}"
+                )
+                row = await conn.fetchrow(
+                    "SELECT incarnation, extract(epoch FROM alive_until),"
+                    f" alive_until > now() FROM {nodes} WHERE node = $1",
+                    self.node,
+                )
+                if row is None or not row[2] or row[0] == self.incarnation:
+                    await conn.execute(
+                        f"INSERT INTO {nodes} (node, alive_until, address, incarnation)"
+                        " VALUES ($1, now() + make_interval(secs => $2), $3, $4)"
+                        " ON CONFLICT (node) DO UPDATE SET"
+                        " alive_until = EXCLUDED.alive_until, started = now(),"
+                        " address = EXCLUDED.address,"
+                        " incarnation = EXCLUDED.incarnation",
+                        self.node,
+                        self.lease_time,
+                        self.address,
+                        self.incarnation,
+                    )
+                    return
+            until = float(row[1])
+            if seen is not None and until > seen:
+                raise NodeIdInUseError(
+                    f"node id {self.node!r} is in use by a live node (process"
+                    f" {row[0] or 'unknown'}): give each node its own --node-id"
+                    " (a restarted node may reuse its id once the old process"
+                    " is gone)"
+                )
+            seen = until
+            await asyncio.sleep(poll)
 
     # the heartbeat ----------------------------------------------------------------
     async def tick(self, conn: asyncpg.Connection) -> Tick:
@@ -259,17 +321,30 @@ class Coordinator:
         sent = self._mono()  # before the transaction, so before its now()
         out = Tick()
         async with conn.transaction():
-            await conn.execute(
-                f"INSERT INTO {nodes_t} (node, alive_until, address, summary)"
-                " VALUES ($1, now() + make_interval(secs => $2), $3, $4::jsonb)"
+            mine = await conn.fetchval(
+                f"INSERT INTO {nodes_t} (node, alive_until, address, summary,"
+                " incarnation)"
+                " VALUES ($1, now() + make_interval(secs => $2), $3, $4::jsonb, $5)"
                 " ON CONFLICT (node) DO UPDATE SET alive_until = EXCLUDED.alive_until,"
                 f" address = COALESCE(EXCLUDED.address, {nodes_t}.address),"
-                f" summary = COALESCE(EXCLUDED.summary, {nodes_t}.summary)",
+                f" summary = COALESCE(EXCLUDED.summary, {nodes_t}.summary)"
+                # another process took the id over after this one's row
+                # expired (it was frozen or cut off): renew nothing
+                f" WHERE {nodes_t}.incarnation IS NOT DISTINCT FROM"
+                " EXCLUDED.incarnation RETURNING true",
                 self.node,
                 lease,
                 self.address,
                 self.summary,
+                self.incarnation,
             )
+            if not mine:
+                raise NodeIdInUseError(
+                    f"node id {self.node!r} was taken over by another process"
+                    " while this one's row had expired: this node renews"
+                    " nothing and stops dispatching (give each node its own"
+                    " --node-id)"
+                )
             held = sorted(self.owned)
             await self._lock(conn, held)
             renewed = await conn.fetch(

@@ -579,6 +579,11 @@ class PostgresStore(BatchWriter):
         and return a future of the calling loop for its result."""
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._wloop))
 
+    async def cluster_dump(self) -> bytes:
+        """Every job of the cluster (all partitions) as a DUMP job list,
+        read in one repeatable-read snapshot (committed state)."""
+        return await self._on_writer(self._pgc().dump())
+
     async def partition_chunks(
         self, parts: list[int]
     ) -> AsyncIterator[list[tuple[Any, ...]]]:
