@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .._address import parse_address
+from ..sched_part_extras import add_crons, add_extras
 from ..sched_parts import Partitions
 from ..store.cluster import DEFAULT_PARTITIONS, Coordinator
 from .cluster_http import ClusterWrites
@@ -365,10 +366,18 @@ class ClusterNode:
 
     async def _load(self, parts: list[int]) -> None:
         parts_set = self.parts
-        parts_set.begin(parts)
-        self._arm_expiry()  # held now: covered even if no heartbeat follows
         n = 0
         try:
+            # the jobs' extras first: a job dispatched while the rest loads
+            # fails on with its count (sched_part_extras)
+            extras = await self._store.partition_extras(parts)
+            if self._stopping:
+                return
+            parts_set.begin(parts)
+            self._arm_expiry()  # held now: covered even if no heartbeat follows
+            crons = add_extras(
+                self._sched, parts_set.held, parts_set.part, extras, self._clock()
+            )
             async for chunk in self._store.partition_chunks(parts):
                 if self._stopping:
                     return
@@ -380,6 +389,9 @@ class ClusterNode:
             log.warning("%s: loading partitions failed: %r", self.name, exc)
             self._unload(parts, "load failed")
             return
+        add_crons(
+            self._sched, parts_set.held, parts_set.part, crons, parts, self._clock()
+        )
         parts_set.finish(parts)
         self.loaded += len(parts)
         log.info(
