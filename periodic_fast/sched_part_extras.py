@@ -19,16 +19,22 @@ the partition leaves, writing nothing in either case:
   their failure counts, dead jobs and schedules leave memory; the rows stay
   for the new owner.
 
+Retry policies are func-wide (a stored extra with an empty name), not
+partitioned: :class:`PolicySync` applies the ones another node stored, read
+by each heartbeat.
+
 Sans-I/O like the rest of the scheduler (times are handed in).  Layer L3.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .cron import CronError
 from .job import Job
+from .retry import RetryPolicy
 from .sched_crontab import KIND as CRON
 from .sched_crontab import CronEntry
 from .sched_limits import FuncRefused
@@ -38,7 +44,7 @@ from .sched_wire import handle_key, show
 if TYPE_CHECKING:
     from .scheduler import Scheduler
 
-__all__ = ["ExtraRow", "add_crons", "add_extras", "drop_extras"]
+__all__ = ["ExtraRow", "PolicySync", "add_crons", "add_extras", "drop_extras"]
 
 #: a stored extra: ``(kind, func, name, value)``
 ExtraRow = tuple[str, bytes, bytes, bytes]
@@ -157,3 +163,40 @@ def drop_extras(sched: Scheduler, gone: set[int], part: PartOf) -> None:
     crons = s._crons
     for key in [k for k in crons if part(*k) in gone]:
         del crons[key]  # dict.__delitem__: CronTab.forget would write
+
+
+class PolicySync:
+    """Retry policies set on another node (func-wide extras, shared by the
+    cluster): each heartbeat hands :meth:`adopt` the stored ones and the
+    changes since the previous read are applied, not written again (a late
+    write could undo a newer change; as the config values)."""
+
+    def __init__(self, sched: Scheduler) -> None:
+        self._s = sched
+        self._seen: dict[bytes, bytes] | None = None
+
+    def adopt(self, stored: dict[bytes, bytes]) -> list[bytes]:
+        """Apply what changed in ``stored`` (func -> policy JSON, ``b""``
+        the default); returns the funcs whose policy changed."""
+        s = self._s
+        seen, self._seen = self._seen, stored
+        changed: list[bytes] = []
+        for func, raw in stored.items():
+            if seen is not None and seen.get(func) == raw:
+                continue
+            try:
+                policy = RetryPolicy.from_dict(json.loads(raw))
+            except (ValueError, TypeError):  # unreadable: left as it is
+                continue
+            if func:
+                s._policies[func] = policy
+            else:
+                s._default_policy = policy
+            changed.append(func)
+        for func in () if seen is None else seen.keys() - stored.keys():
+            if func:  # reset elsewhere: the default again
+                s._policies.pop(func, None)
+            else:
+                s._default_policy = s._operator_policy
+            changed.append(func)
+        return changed

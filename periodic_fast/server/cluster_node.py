@@ -50,9 +50,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .._address import parse_address
-from ..sched_part_extras import add_crons, add_extras
+from ..sched_part_extras import PolicySync, add_crons, add_extras
 from ..sched_parts import Partitions
 from ..store.cluster import DEFAULT_PARTITIONS, Coordinator
+from .cluster_admin import ClusterAdmin
 from .cluster_http import ClusterWrites
 from .cluster_view import ClusterView
 from .forward import Forwarder
@@ -174,6 +175,7 @@ class ClusterNode:
         self._failures = 0
         self._coord = coord
         self._configs: dict[str, int] | None = None  # as last read (applied)
+        self._policies = PolicySync(scheduler)  # retry policies, likewise
         #: part -> the owner's address (other nodes' partitions), and the
         #: live nodes' addresses, as the last heartbeat read them
         self.routes: dict[int, str] = {}
@@ -229,6 +231,17 @@ class ClusterNode:
         """The HTTP API's hook for jobs held on other nodes (forwarded)."""
         return ClusterWrites(self.parts, lambda: self.forwarder, self.view)
 
+    def http_admin(self) -> ClusterAdmin:
+        """The HTTP API's hook for the dead set, cron and the job browser
+        across the cluster (:mod:`.cluster_admin`)."""
+        return ClusterAdmin(
+            self.parts,
+            self._route,
+            lambda: self.members,
+            self.node,
+            patience=2 * self.lease_time + 1.0,
+        )
+
     @property
     def address(self) -> str | None:
         """The address this node publishes (None before it listens)."""
@@ -281,6 +294,9 @@ class ClusterNode:
         self.summaries = tick.summaries
         if tick.configs is not None:
             self._adopt_configs(tick.configs)
+        if tick.policies is not None:
+            for func in self._policies.adopt(tick.policies):
+                log.info("%s: retry policy of %r from the cluster", self.name, func)
         self._arm_expiry()
         parts = self.parts
         # lost, or forgotten by a fenced commit: out at once

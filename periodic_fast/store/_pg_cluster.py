@@ -227,6 +227,12 @@ class PgCluster:
             # change one of them stored within a heartbeat (ClusterNode)
             rows = await conn.fetch(f"SELECT name, value FROM {self._configs}")
             tick.configs = {r[0]: int(r[1]) for r in rows}
+            # so are retry policies (func-wide extras, name empty)
+            rows = await conn.fetch(
+                f"SELECT func, value FROM {self._extras} WHERE kind = 'policy'"
+                " AND name = ''::bytea"
+            )
+            tick.policies = {r[0]: r[1] for r in rows}
         return tick, self.coord.safe_until()
 
     async def release(self, parts: list[int]) -> None:

@@ -151,6 +151,9 @@ class Tick:
     #: the tick so every node applies a CONFIG_SET within a heartbeat; None
     #: when not read (a coordinator without a store)
     configs: dict[str, int] | None = None
+    #: func -> its retry policy (JSON; ``b""``: the default), as stored in
+    #: the extras (func-wide, shared): every node adopts changes (None: not read)
+    policies: dict[bytes, bytes] | None = None
 
 
 class Coordinator:
