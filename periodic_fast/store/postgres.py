@@ -523,7 +523,7 @@ class PostgresStore(BatchWriter):
         assert self._cluster is not None
         dropped = self._cluster.drop_stale(batch, exc.parts)
         log.warning(
-            "cluster node %s lost partitions %s: %d job write(s) for them dropped"
+            "cluster node %s lost partitions %s: %d write(s) for them dropped"
             " (their new owner holds the jobs)",
             self._cluster.coord.node,
             exc.parts,

@@ -1,0 +1,357 @@
+"""A job's extras per partition in cluster mode (issue 18): retry attempts,
+the dead set and cron schedules travel with their job's partition, and the
+JSON API answers for the whole cluster through any node.
+
+The first test drives two cluster stores against a real PostgreSQL: the
+extras' ``part`` column (written, back-filled for a single server's rows),
+their per-partition read, and fencing (a lost partition's extras writes are
+refused with its job writes).  The second runs three ``periodicd --cluster``
+processes on one throwaway PostgreSQL (the helpers of test_cluster_nodes and
+test_cluster_view): a job failing past its attempts lands in the dead set
+and is listed through every node; retried through another node it runs; a
+cron schedule added through a node that does not own the job fires on its
+owner and is still in force after a kill -9 of that owner; a job's failure
+count goes on after a failover instead of restarting from 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from test_cluster_nodes import LEASE, _owners, _wait_for
+from test_cluster_nodes import pg as pg_nodes  # noqa: F401  # the fixture
+from test_cluster_store import P, _node, _tick
+from test_cluster_store import pg as pg_store  # noqa: F401  # the fixture
+from test_cluster_view import HttpNode
+
+from periodic_fast.admin import AdminClient, AdminError
+from periodic_fast.job import Job, JobState
+from periodic_fast.store.cluster import FencedOut, partition_of
+from periodic_fast.worker import Done, Fail, Worker, WorkerJob
+
+PARTS = 256  # a new cluster's count (periodicd's default)
+
+
+# -- the store ---------------------------------------------------------------------
+
+
+def _extras(store: Any, parts: list[int]) -> set[tuple[str, bytes, bytes]]:
+    async def go() -> list[tuple[str, bytes, bytes, bytes]]:
+        return await store.partition_extras(parts)
+
+    return {(k, f, n) for k, f, n, _ in asyncio.run(go())}
+
+
+def _names(part: int, n: int) -> list[bytes]:
+    out: list[bytes] = []
+    i = 0
+    while len(out) < n:
+        name = b"x%d" % i
+        i += 1
+        if partition_of(b"f", name, P) == part:
+            out.append(name)
+    return out
+
+
+def test_extras_are_partitioned_backfilled_and_fenced(
+    pg_store: tuple[dict[str, Any], str],  # noqa: F811
+) -> None:
+    from periodic_fast.store.postgres import PostgresStore
+
+    connect, prefix = pg_store
+    lost, kept = 0, 1
+    old = _names(kept, 2)
+    single = PostgresStore(connect, prefix=prefix)  # a single server's rows
+    for name in old:
+        single.save_job(Job(b"f", name), JobState.PENDING)
+        single.save_extra("attempt", b"f", name, b"{}")
+    single.save_extra("policy", b"f", b"", b"{}")  # func-wide: no partition
+    single.close()
+    a = _node(connect, prefix, "a")
+    b = None
+    try:
+        _tick(a)  # a holds everything
+        assert _extras(a, [kept]) == {("attempt", b"f", n) for n in old}  # filled
+        assert _extras(a, [p for p in range(P) if p != kept]) == set()
+        b = _node(connect, prefix, "b")
+
+        async def steal() -> None:
+            import asyncpg
+
+            conn = await asyncpg.connect(**connect)
+            try:
+                await conn.execute(
+                    f"UPDATE {prefix}cluster_parts SET owner = 'b', epoch = epoch + 1,"
+                    " lease_until = now() + interval '1 hour' WHERE part = $1",
+                    lost,
+                )
+            finally:
+                await conn.close()
+
+        asyncio.run(steal())
+        lost_names, kept_names = _names(lost, 2), _names(kept, 2)
+        # extras only (no job write): the fence still covers their partitions
+        for name in lost_names + kept_names:
+            a.save_extra("dead", b"f", name, b"{}\n")
+        fired = threading.Event()
+        errors: list[BaseException | None] = []
+
+        def barrier(error: BaseException | None) -> None:
+            errors.append(error)
+            fired.set()
+
+        a.on_durable(barrier)
+        assert fired.wait(10)
+        assert isinstance(errors[0], FencedOut) and errors[0].parts == [lost]
+        a.flush(10)  # the retry commits the kept partition's extras
+        got = _extras(a, [lost, kept])
+        assert {n for k, _, n in got if k == "dead"} == set(kept_names)
+        # the new owner reads what is its own (nothing of a's refused write)
+        assert _extras(b, [lost]) == set()
+        # a's func drop deletes only its own partitions' job extras (b's row
+        # stays)
+
+        async def b_writes() -> None:
+            import asyncpg
+
+            conn = await asyncpg.connect(**connect)
+            try:
+                await conn.execute(
+                    f"INSERT INTO {prefix}extras (kind, func, name, value, part)"
+                    " VALUES ('dead', 'f', $1, '', $2)",
+                    lost_names[0],
+                    lost,
+                )
+            finally:
+                await conn.close()
+
+        asyncio.run(b_writes())
+        a.delete_func_extras("dead", b"f")
+        a.flush(10)
+        assert {n for k, _, n in _extras(a, [lost, kept]) if k == "dead"} == {
+            lost_names[0]
+        }
+        # a node's start-up load: the func-wide extras only
+        loaded = {k: v for k, v in (a.load().extras or {}).items() if v}
+        assert loaded == {"policy": [(b"f", b"", b"{}")]}
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
+
+
+# -- three real nodes --------------------------------------------------------------
+
+
+class Outcomes:
+    """A worker handler per func: ``fail`` names fail, the rest are done;
+    every run recorded as (name, node address)."""
+
+    def __init__(self) -> None:
+        self.fail: set[str] = set()
+        self.runs: list[tuple[str, str]] = []
+
+    async def handler(self, job: WorkerJob) -> Any:
+        self.runs.append((job.name, job.worker.address))
+        return Fail() if job.name in self.fail else Done(b"ok")
+
+    def ran(self, name: str) -> int:
+        return sum(1 for n, _ in self.runs if n == name)
+
+
+async def _owned_by(db: Any, prefix: str, node: str, func: bytes, tag: str) -> str:
+    """A job name of ``func`` whose partition ``node`` owns now."""
+    rows = await db.fetch(
+        f"SELECT part FROM {prefix}cluster_parts WHERE owner = $1", node
+    )
+    mine = {r[0] for r in rows}
+    i = 0
+    while partition_of(func, f"{tag}{i}".encode(), PARTS) not in mine:
+        i += 1
+    return f"{tag}{i}"
+
+
+async def _attempts(db: Any, prefix: str, func: bytes, name: str) -> int:
+    raw = await db.fetchval(
+        f"SELECT value FROM {prefix}extras WHERE kind = 'attempt'"
+        " AND func = $1 AND name = $2",
+        func,
+        name.encode(),
+    )
+    return 0 if raw is None else int(json.loads(raw)["attempts"])
+
+
+async def test_three_nodes_dead_set_cron_and_attempts(
+    pg_nodes: tuple[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    import asyncpg
+
+    from periodic_fast.store.postgres import parse_postgres_uri
+
+    uri, prefix = pg_nodes
+    connect, _ = parse_postgres_uri(uri)
+    db = await asyncpg.connect(**connect)
+    nodes = [HttpNode(uri, f"n{i}", tmp_path / f"n{i}.log") for i in range(3)]
+    admins = [AdminClient(n.address, timeout=3 * LEASE + 10) for n in nodes]
+    out = Outcomes()
+    workers: list[Worker] = []
+    try:
+        for n in nodes:
+            n.wait_listening()
+
+        async def balanced() -> bool:
+            owners = await _owners(db, prefix)
+            return sorted(owners) == ["n0", "n1", "n2"] and sum(owners.values()) == 256
+
+        await _wait_for(balanced, 10 * LEASE, "three nodes sharing the partitions")
+        await asyncio.sleep(LEASE / 2)  # routes: one more tick everywhere
+        for n in nodes:  # a worker on every node (each hands out its own jobs)
+            w = Worker(n.address)
+            for func in ("fd", "fa", "fc"):
+                await w.add_func(func, out.handler)
+            await w.start(4)
+            workers.append(w)
+
+        # a retry policy set through n0 is in force on every node
+        await admins[0].set_retry_policy("fd", max_attempts=2, backoff=1, jitter=0)
+        await admins[0].set_retry_policy(
+            "fa", max_attempts=0, backoff=1, factor=1, jitter=0
+        )
+
+        async def policy_everywhere() -> bool:
+            for a in admins:
+                funcs = (await a.retry_policies())["funcs"]
+                if funcs.get("fd", {}).get("max_attempts") != 2 or "fa" not in funcs:
+                    return False
+            return True
+
+        await _wait_for(policy_everywhere, 4 * LEASE, "the policy on every node")
+
+        # -- the dead set: a job of n2 fails twice, listed through every node
+        dname = await _owned_by(db, prefix, "n2", b"fd", "d")
+        out.fail.add(dname)
+        code, _ = await asyncio.to_thread(
+            nodes[0].send, "POST", "/fd", name=dname, sched_at="0"
+        )
+        assert code == 200
+
+        async def listed_everywhere() -> bool:
+            for a in admins:
+                page = await a.dead_jobs("fd")
+                if [j["name"] for j in page["jobs"]] != [dname]:
+                    return False
+            return True
+
+        await _wait_for(listed_everywhere, 20, "the dead job listed by every node")
+        page = await admins[1].dead_jobs()
+        assert page["total"] == 1 and page["jobs"][0]["attempts"] == 2
+        assert out.ran(dname) == 2
+        # retried through n1 (not its owner): it runs, and works this time
+        out.fail.discard(dname)
+        assert await admins[1].retry_dead("fd", dname) == (1, False)
+
+        async def ran_again() -> bool:
+            return out.ran(dname) == 3 and (await admins[0].dead_jobs())["total"] == 0
+
+        await _wait_for(ran_again, 20, "the retried dead job's run")
+        with_err = None
+        try:
+            await admins[0].retry_dead("fd", dname)
+        except AdminError as exc:
+            with_err = exc
+        assert with_err is not None and with_err.status == 404
+
+        # -- cron: added through n0 for a job of n1, fired on n1
+        cname = await _owned_by(db, prefix, "n1", b"fc", "c")
+        await admins[0].add_cron("fc", cname, "* * * * *")
+        scheds = await admins[2].cron_schedules()
+        assert [(s["func"], s["name"]) for s in scheds] == [("fc", cname)]
+        first = scheds[0]["next_run"]
+        await admins[2].run_now("fc", cname)  # through n2: a fire now
+
+        async def fired(count: int) -> bool:
+            if out.ran(cname) < count:
+                return False
+            scheds = await admins[0].cron_schedules()
+            return bool(scheds) and scheds[0]["state"] == "pending"
+
+        await _wait_for(lambda: fired(1), 20, "the cron job's first run")
+        assert [a for n, a in out.runs if n == cname] == [nodes[1].address]
+        scheds = await admins[0].cron_schedules()
+        assert scheds[0]["next_run"] >= first  # back at its next fire
+
+        # -- a failing job of n1 counts its failures
+        aname = await _owned_by(db, prefix, "n1", b"fa", "a")
+        out.fail.add(aname)
+        code, _ = await asyncio.to_thread(
+            nodes[2].send, "POST", "/fa", name=aname, sched_at="0"
+        )
+        assert code == 200
+
+        async def failed_twice() -> bool:
+            return await _attempts(db, prefix, b"fa", aname) >= 2
+
+        await _wait_for(failed_twice, 30, "two failures of the job")
+
+        # -- kill -9 of n1: its partitions, schedules and counts move
+        ran_at_kill = out.ran(aname)
+        nodes[1].stop()
+        before = await _attempts(db, prefix, b"fa", aname)  # n1 writes no more
+        # n1 is still listed live until its lease runs out: a listing
+        # through n0 says which node did not answer
+        try:
+            await admins[0].dead_jobs()
+            silent = None
+        except AdminError as exc:
+            silent = exc
+        assert silent is not None and silent.status == 503
+        assert "n1" in silent.message, silent.message
+
+        async def n1_gone() -> bool:
+            owners = await _owners(db, prefix)
+            return "n1" not in owners and sum(owners.values()) == 256
+
+        await _wait_for(n1_gone, LEASE + 10, "n1's partitions taken over")
+        live = [admins[0], admins[2]]
+
+        async def schedule_back() -> bool:
+            try:
+                scheds = await live[1].cron_schedules()
+            except AdminError:  # n1 still counted live for a heartbeat
+                return False
+            return [(s["func"], s["name"]) for s in scheds] == [("fc", cname)]
+
+        await _wait_for(schedule_back, 4 * LEASE, "the schedule on its new owner")
+        runs = out.ran(cname)
+        await live[0].run_now("fc", cname)
+        await _wait_for(lambda: fired(runs + 1), 20, "the cron job's run after kill")
+        # still scheduled (a job without its schedule is deleted when done)
+        scheds = await live[1].cron_schedules()
+        assert scheds and scheds[0]["next_run"] > time.time()
+        job = await live[0].job("fc", cname)
+        assert job["cron"]["cron"] == "* * * * *"
+
+        async def counted_on() -> bool:
+            return await _attempts(db, prefix, b"fa", aname) > before
+
+        await _wait_for(counted_on, 30, "a failure counted by the new owner")
+        # restarted from 0 the count would be at most the failures seen
+        # since the kill; going on it is ahead by n1's (``before`` >= 2; at
+        # most one run in flight at the kill went uncounted)
+        now_count = await _attempts(db, prefix, b"fa", aname)
+        since = out.ran(aname) - ran_at_kill
+        assert now_count > since and now_count >= before + max(1, since - 1)
+        detail = await live[1].job("fa", aname)
+        assert detail["last_failed_at"] is not None
+    finally:
+        for w in workers:
+            await w.close()
+        for n in nodes:
+            n.stop()
+        await db.close()
