@@ -37,6 +37,97 @@ from periodic_fast.worker import Done, Fail, Worker, WorkerJob
 PARTS = 256  # a new cluster's count (periodicd's default)
 
 
+# -- the scheduler (sans-I/O) --------------------------------------------------------
+
+
+def _in(parts: Any, part: int, n: int, tag: str) -> list[bytes]:
+    out: list[bytes] = []
+    i = 0
+    while len(out) < n:
+        name = f"{tag}{i}".encode()
+        i += 1
+        if parts.part(b"f", name) == part:
+            out.append(name)
+    return out
+
+
+def test_a_partitions_extras_come_and_go_with_it() -> None:
+    from test_scheduler import T0, Harness
+
+    from periodic_fast.sched_crontab import CronEntry
+    from periodic_fast.sched_part_extras import add_crons, add_extras
+    from periodic_fast.sched_parts import Partitions
+    from periodic_fast.sched_retry import DeadJob, Failure
+
+    h = Harness()
+    parts = Partitions(h.s, 4)
+    mine, other = 1, 2
+    a_live, a_gone, dead, cron_live, cron_new = _in(parts, mine, 5, "m")
+    far = _in(parts, other, 1, "o")[0]
+    h.submit(b"f", a_live, sched_at=int(T0) + 600)
+    h.submit(b"f", cron_live, sched_at=int(T0) + 30)
+    fail = Failure(3, T0 - 5, None, "fail").encode()
+    entry = CronEntry(b"f", cron_live, "* * * * *", "UTC", "once", b"", 0)
+    rows = [
+        ("attempt", b"f", a_live, fail),
+        ("attempt", b"f", a_gone, fail),  # its job is gone: deleted later
+        ("attempt", b"f", far, fail),  # not held here: ignored
+        (
+            "dead",
+            b"f",
+            dead,
+            DeadJob(Job(b"f", dead), Failure(2, T0, None, "lost")).encode(),
+        ),
+        ("cron", b"f", cron_live, entry.encode()),
+        ("cron", b"f", cron_new, entry._replace(name=cron_new).encode()),
+    ]
+    parts.begin([mine])
+    crons = add_extras(h.s, parts.held, parts.part, rows, T0)
+    assert [r[2] for r in crons] == [cron_live, cron_new]
+    assert (h.s.job_failure(b"f", a_live) or {})["attempts"] == 3
+    assert h.s.job_failure(b"f", far) is None
+    assert [d.job.name for d in h.s.dead_jobs()[0]] == [dead]
+    assert h.s.cron_count == 0  # schedules only once the jobs are in
+    assert add_crons(h.s, parts.held, parts.part, crons, [mine], T0) == 2
+    parts.finish([mine])
+    assert {(i.func, i.name) for i in h.s.cron_schedules(None, T0)} == {
+        (b"f", cron_live),
+        (b"f", cron_new),  # its job re-submitted at the next fire
+    }
+    assert h.s.job_failure(b"f", a_gone) is None
+    extras = h.store.load().extras or {}
+    assert (b"f", a_gone) not in {(f, n) for f, n, _ in extras.get("attempt", [])}
+    # unloaded: every extra of the partition leaves memory, none is deleted
+    before = h.store.load().extras
+    parts.unload([mine], T0)
+    assert h.s.job_failure(b"f", a_live) is None
+    assert h.s.dead_count == 0 and h.s.cron_count == 0
+    assert h.store.load().extras == before
+
+
+def test_retry_policies_stored_elsewhere_are_adopted() -> None:
+    from test_scheduler import Harness
+
+    from periodic_fast.retry import RetryPolicy
+    from periodic_fast.sched_part_extras import PolicySync
+
+    h = Harness()
+    sync = PolicySync(h.s)
+    p2 = json.dumps(RetryPolicy(max_attempts=2).to_dict()).encode()
+    p9 = json.dumps(RetryPolicy(max_attempts=9).to_dict()).encode()
+    assert sorted(sync.adopt({b"f": p2, b"": p9})) == [b"", b"f"]
+    assert h.s.retry_policy(b"f").max_attempts == 2
+    assert h.s.retry_policy(b"g").max_attempts == 9  # the default
+    # set here, not stored yet: an unchanged stored value does not undo it
+    h.s.set_retry_policy(b"f", RetryPolicy(max_attempts=5), h.now)
+    assert sync.adopt({b"f": p2, b"": p9}) == []
+    assert h.s.retry_policy(b"f").max_attempts == 5
+    # reset elsewhere: the func follows the default, the default the operator's
+    assert sorted(sync.adopt({})) == [b"", b"f"]
+    assert h.s.retry_policy(b"f") == h.s.retry_policy(b"g") == RetryPolicy()
+    assert sync.adopt({b"f": b"not json"}) == []  # unreadable: left alone
+
+
 # -- the store ---------------------------------------------------------------------
 
 
@@ -235,31 +326,51 @@ async def test_three_nodes_dead_set_cron_and_attempts(
 
         # -- the dead set: a job of n2 fails twice, listed through every node
         dname = await _owned_by(db, prefix, "n2", b"fd", "d")
-        out.fail.add(dname)
-        code, _ = await asyncio.to_thread(
-            nodes[0].send, "POST", "/fd", name=dname, sched_at="0"
-        )
-        assert code == 200
+        others = [f"o{i}" for i in range(6)]  # on every node, by the hash
+        for name in [dname, *others]:
+            out.fail.add(name)
+            code, _ = await asyncio.to_thread(
+                nodes[0].send, "POST", "/fd", name=name, sched_at="0"
+            )
+            assert code == 200
+        every = sorted([dname, *others])
 
         async def listed_everywhere() -> bool:
             for a in admins:
                 page = await a.dead_jobs("fd")
-                if [j["name"] for j in page["jobs"]] != [dname]:
+                if [j["name"] for j in page["jobs"]] != every:
                     return False
             return True
 
-        await _wait_for(listed_everywhere, 20, "the dead job listed by every node")
+        await _wait_for(listed_everywhere, 20, "the dead jobs listed by every node")
         page = await admins[1].dead_jobs()
-        assert page["total"] == 1 and page["jobs"][0]["attempts"] == 2
+        assert page["total"] == 7 and {j["attempts"] for j in page["jobs"]} == {2}
         assert out.ran(dname) == 2
+        # pages of 3 through n2: every dead job once, in order
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await admins[2].dead_jobs(cursor=cursor, limit=3)
+            assert len(page["jobs"]) <= 3
+            seen += [j["name"] for j in page["jobs"]]
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert seen == every
+        # the job browser's dead listing too
+        listed = await admins[0].list_jobs("fd", state="dead", limit=100)
+        assert [j["name"] for j in listed["jobs"]] == every
         # retried through n1 (not its owner): it runs, and works this time
         out.fail.discard(dname)
         assert await admins[1].retry_dead("fd", dname) == (1, False)
 
         async def ran_again() -> bool:
-            return out.ran(dname) == 3 and (await admins[0].dead_jobs())["total"] == 0
+            return out.ran(dname) == 3 and (await admins[0].dead_jobs())["total"] == 6
 
         await _wait_for(ran_again, 20, "the retried dead job's run")
+        # a bulk delete goes to every node
+        assert await admins[1].delete_dead("fd") == (6, False)
+        assert (await admins[2].dead_jobs())["total"] == 0
         with_err = None
         try:
             await admins[0].retry_dead("fd", dname)
