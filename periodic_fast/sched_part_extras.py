@@ -63,13 +63,14 @@ def add_extras(
     now: float,
 ) -> list[ExtraRow]:
     """Add the failure counts and dead jobs of ``rows`` whose partition is
-    ``held``; returns the cron rows (for :func:`add_crons`, after the jobs).
+    ``held``; returns the rows :func:`add_crons` finishes once the jobs are
+    in (the schedules, and the failure counts to check against their jobs).
     A count already in memory is kept (it is newer)."""
     s = sched
     s._now = now
     attempts = s._attempts
     dead = s._dead
-    crons: list[ExtraRow] = []
+    later: list[ExtraRow] = []
     buried = False
     for kind, func, name, value in rows:
         if not name or part(func, name) not in held:
@@ -78,17 +79,18 @@ def add_extras(
             per = attempts.setdefault(func, {})
             if name not in per:
                 per[name] = Failure.decode(value)
+                later.append((kind, func, name, b""))
         elif kind == _DEAD:
             key = (func, name)
             if key not in dead:
                 dead[key] = DeadJob.decode(func, name, value)
                 buried = True
         elif kind == CRON:
-            crons.append((kind, func, name, value))
+            later.append((kind, func, name, value))
     if buried:
         s._dead_sorted = None
         s._evict()  # the bound holds per node
-    return crons
+    return later
 
 
 def add_crons(
@@ -96,21 +98,31 @@ def add_crons(
     held: set[int],
     part: PartOf,
     rows: Iterable[ExtraRow],
-    loaded: Iterable[int],
     now: float,
 ) -> int:
-    """Every job row of the ``loaded`` partitions is in: put their
-    schedules back (``rows`` from :func:`add_extras`) as the start-up does,
-    and delete the failure counts of their jobs that are gone.  Returns how
-    many schedules were added."""
+    """Every job row of the partitions is in: put their schedules back
+    (``rows`` from :func:`add_extras`) as the start-up does, and delete the
+    failure counts just added whose job is gone.  Returns how many
+    schedules were added."""
     s = sched
     s._now = now
     crons = s._crons
     store = s._store
+    funcs = s._funcs
+    attempts = s._attempts
     added = 0
-    for _, func, name, value in rows:
+    for kind, func, name, value in rows:
         if part(func, name) not in held:
             continue  # lost again meanwhile
+        if kind == _ATTEMPT:  # a count whose job is gone is stale
+            per = attempts.get(func)
+            fs = funcs.get(func)
+            if per and name in per and (fs is None or name not in fs.jobs):
+                del per[name]
+                if not per:
+                    del attempts[func]
+                store.delete_extra(_ATTEMPT, func, name)
+            continue
         entry = CronEntry.decode(func, name, value)
         if entry is None:  # unreadable (or its zone is gone): dropped
             store.delete_extra(CRON, func, name)
@@ -130,18 +142,6 @@ def add_crons(
             )
         except (FuncRefused, CronError):
             crons.forget(func, name)
-    done = set(loaded) & held
-    funcs = s._funcs
-    for func, per in list(s._attempts.items()):
-        fs = funcs.get(func)
-        stale = [
-            n for n in per if part(func, n) in done and (fs is None or n not in fs.jobs)
-        ]
-        for n in stale:
-            del per[n]
-            store.delete_extra(_ATTEMPT, func, n)
-        if not per:
-            del s._attempts[func]
     return added
 
 
