@@ -128,6 +128,21 @@ def test_retry_policies_stored_elsewhere_are_adopted() -> None:
     assert sync.adopt({b"f": b"not json"}) == []  # unreadable: left alone
 
 
+def test_batch_partitions_cover_a_jobs_extras() -> None:
+    from periodic_fast.store._batch import Batch
+    from periodic_fast.store.cluster import batch_partitions
+
+    batch = Batch()
+    batch.save_extra("attempt", b"f", b"a", b"{}")
+    batch.delete_extra("dead", b"g", b"b")
+    batch.save_extra("policy", b"f", b"", b"{}")  # func-wide: no partition
+    want = {partition_of(b"f", b"a", 64), partition_of(b"g", b"b", 64)}
+    assert batch_partitions(batch, 64) == want
+    batch.delete_func_extras("cron", b"f")  # the node's own partitions
+    assert batch_partitions(batch, 64, owned=[7]) == want | {7}
+    assert batch_partitions(batch, 64) == set(range(64))
+
+
 # -- the store ---------------------------------------------------------------------
 
 
