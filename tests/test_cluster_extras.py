@@ -395,6 +395,31 @@ async def test_three_nodes_dead_set_cron_and_attempts(
         # the job browser's dead listing too
         listed = await admins[0].list_jobs("fd", state="dead", limit=100)
         assert [j["name"] for j in listed["jobs"]] == every
+        # and its pending jobs, held on every node, paged through n1
+        due = str(int(time.time()) + 3600)
+        pending = sorted(f"p{i:02d}" for i in range(10))
+        for name in pending:
+            code, _ = await asyncio.to_thread(
+                nodes[2].send, "POST", "/fp", name=name, sched_at=due
+            )
+            assert code == 200
+        names: list[str] = []
+        cursor = None
+        while True:
+            got = await admins[1].list_jobs(
+                "fp", state="pending", cursor=cursor, limit=4
+            )
+            assert len(got["jobs"]) <= 4
+            names += [j["name"] for j in got["jobs"]]
+            if (cursor := got["next"]) is None:
+                break
+        assert names == pending
+        with_err = None
+        try:
+            await admins[1].list_jobs("nothing")
+        except AdminError as exc:
+            with_err = exc
+        assert with_err is not None and with_err.status == 404
         # retried through n1 (not its owner): it runs, and works this time
         out.fail.discard(dname)
         assert await admins[1].retry_dead("fd", dname) == (1, False)
