@@ -89,7 +89,7 @@ from .sched_model import (
 )
 from .sched_reap import Reaper
 from .sched_series import SeriesBook
-from .sched_stats import SchedulerStats
+from .sched_stats import SchedulerStats, StatusView
 from .sched_waiters import WaiterTable
 from .sched_wire import DATA, JOB_ASSIGN, show, show_key
 from .store import RecordStore, Store, StoreSnapshot
@@ -182,6 +182,9 @@ class SchedulerCore(WaiterTable):
         self._late = self._stats.lateness  # bound once: hot paths
         self._runtime = self._stats.runtime
         self._series = SeriesBook()  # the dashboard's last hour per func
+        #: cluster mode: STATUS and the HTTP func views answer from here (the
+        #: cluster's totals); None: this scheduler's own figures
+        self.status_view: StatusView | None = None
 
     # -- start-up -------------------------------------------------------------
 
@@ -221,12 +224,22 @@ class SchedulerCore(WaiterTable):
     # -- reads ----------------------------------------------------------------
 
     def status(self, now: float) -> list[FuncStat]:
-        """One :class:`FuncStat` per known func, sorted by func (protocol.md 2.4)."""
+        """One :class:`FuncStat` per known func, sorted by func (protocol.md
+        2.4); from :attr:`status_view` when one is set."""
+        if self.status_view is not None:
+            return self.status_view.status(now)
+        return self.local_status(now)
+
+    def local_status(self, now: float) -> list[FuncStat]:
+        """This scheduler's own STATUS lines (never the cluster's)."""
         t = int(now)
         return [self._stat(self._funcs[name], t) for name in sorted(self._funcs)]
 
     def func_stat(self, func: bytes, now: float) -> FuncStat | None:
-        """The STATUS line of one func, or None when it is unknown."""
+        """The STATUS line of one func, or None when it is unknown (from
+        :attr:`status_view` when one is set)."""
+        if self.status_view is not None:
+            return self.status_view.func_stat(func, now)
         fs = self._funcs.get(func)
         return None if fs is None else self._stat(fs, int(now))
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from .job import FuncStat
 
 __all__ = [
     "LATENESS_BUCKETS",
@@ -23,6 +26,7 @@ __all__ = [
     "Histogram",
     "LockInfo",
     "SchedulerStats",
+    "StatusView",
 ]
 
 #: Bucket upper bounds (seconds) of the lateness and run-time histograms.
@@ -34,6 +38,18 @@ RUNTIME_BUCKETS: Final = (
 )  # fmt: skip
 _EVENTS_KEPT: Final = 200
 _RATE_WINDOW: Final = 60.0  # per-minute rates look back this far
+
+
+class StatusView(Protocol):
+    """Where STATUS and the HTTP func views take their figures when they are
+    not the scheduler's own: a cluster node answers the cluster's totals
+    (``Scheduler.status_view``; docs/cluster.md "The cluster view")."""
+
+    def status(self, now: float) -> list[FuncStat]:
+        """Every func's STATUS line, sorted by func."""
+
+    def func_stat(self, func: bytes, now: float) -> FuncStat | None:
+        """One func's STATUS line, or None when no node knows it."""
 
 
 class Histogram:

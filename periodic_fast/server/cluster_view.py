@@ -138,12 +138,9 @@ class ClusterView:
         self._parsed: dict[str, tuple[str, NodeSummary | None]] = {}
 
     def install(self) -> None:
-        """Answer STATUS and the HTTP func views with the cluster's totals:
-        the scheduler's ``status`` and ``func_stat`` are shadowed on this
-        instance only (a single server never installs this)."""
-        s = self._sched
-        s.status = self.status  # type: ignore[method-assign]
-        s.func_stat = self.func_stat  # type: ignore[method-assign]
+        """Answer STATUS and the HTTP func views with the cluster's totals
+        (the scheduler's ``status_view``; a single server never sets it)."""
+        self._sched.status_view = self
 
     # -- this node ---------------------------------------------------------------------
 
