@@ -94,11 +94,11 @@ def test_one_worker_runs_both_servers_one_at_a_time(
 ) -> None:
     a, b = two
     script, log = _script(tmp_path, 0.3)
+    # jobs waiting on both servers before the worker comes: both offer at once
+    _submit(a, "wk1", "a1", "a2", "a3")
+    _submit(b, "wk1", "b1", "b2", "b3")
     w = _worker("-f", "wk1", "--exec", str(script), "--thread", "1", hosts=(a, b))
     try:
-        wait_for(lambda: workers(a, "wk1") == 1 and workers(b, "wk1") == 1)
-        _submit(a, "wk1", "a1", "a2", "a3")
-        _submit(b, "wk1", "b1", "b2", "b3")
         wait_for(lambda: _done(log, 6), timeout=60)
     finally:
         rc, err = _stop(w)
