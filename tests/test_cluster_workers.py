@@ -5,8 +5,10 @@ func on every server (a node of a ``--cluster``, or independent servers) and
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,10 @@ from exec_helpers import (
     workers,
 )
 
-from periodic_fast.testing import ServerProcess, free_port
+from periodic_fast.client import Client
+from periodic_fast.cluster import WorkerCluster
+from periodic_fast.testing import ServerProcess, free_port, running_server
+from periodic_fast.worker import WorkerJob
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -156,13 +161,17 @@ def test_a_server_down_at_start_is_picked_up_later(tmp_path: Path) -> None:
                 wait_for(lambda: workers(later, "wk3") == 1, timeout=30)
                 _submit(later, "wk3", "l1")
                 wait_for(lambda: _done(log, 2), timeout=30)
-                rc, err = _stop(w)
+            # that server gone again: the other one is still served
+            _submit(up.address, "wk3", "u2")
+            wait_for(lambda: _done(log, 3), timeout=30)
+            rc, err = _stop(w)
         finally:
             if w.poll() is None:
                 _stop(w)
     assert rc == 0, err
     assert f"{later} not reachable" in err and f"Connected to {later}" in err, err
-    assert set(_intervals(log)) == {"u1", "l1"}
+    assert f"Lost {later}" in err, err
+    assert set(_intervals(log)) == {"u1", "l1", "u2"}
 
 
 def test_pipe_worker_comma_list_serves_both(
@@ -191,3 +200,41 @@ def test_pipe_worker_comma_list_serves_both(
     finally:
         assert w.stop() == 0, w.err()
     assert "Pipe Worker started on 2 servers" in w.err()
+
+
+async def test_worker_cluster_shared_slots_bound_the_process() -> None:
+    # the library API under the tools: 3 slots for the process, 3 servers
+    # with 6 jobs each waiting; never more than 3 handlers at once, all done
+    async with (
+        running_server(unix=False) as s1,
+        running_server(unix=False) as s2,
+        running_server(unix=False) as s3,
+    ):
+        addrs = [s.addresses[0] for s in (s1, s2, s3)]
+        for i, a in enumerate(addrs):
+            async with Client(a) as c:
+                for j in range(6):
+                    assert await c.submit_job("sh", f"{i}-{j}", b"", int(time.time()))
+        now = peak = 0
+        ran: list[str] = []
+        cluster = WorkerCluster(addrs, shared_slots=True)
+
+        @cluster.func("sh")
+        async def handler(job: WorkerJob) -> bytes:
+            nonlocal now, peak
+            now += 1
+            peak = max(peak, now)
+            await asyncio.sleep(0.05)
+            now -= 1
+            ran.append(job.name)
+            return b""
+
+        await cluster.start(3)
+        try:
+            deadline = time.monotonic() + 30
+            while len(ran) < 18 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            await cluster.shutdown()
+        assert sorted(ran) == sorted(f"{i}-{j}" for i in range(3) for j in range(6))
+        assert peak == 3  # shared: 3 at once, not 3 per server
