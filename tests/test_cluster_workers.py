@@ -22,6 +22,13 @@ from exec_helpers import (
     wait_for,
     workers,
 )
+from test_cluster_nodes import (
+    LEASE,
+    Node,
+    _owners,
+    _wait_for,
+    pg,  # noqa: F401  # the fixture
+)
 
 from periodic_fast.client import Client
 from periodic_fast.cluster import WorkerCluster
@@ -238,3 +245,51 @@ async def test_worker_cluster_shared_slots_bound_the_process() -> None:
             await cluster.shutdown()
         assert sorted(ran) == sorted(f"{i}-{j}" for i in range(3) for j in range(6))
         assert peak == 3  # shared: 3 at once, not 3 per server
+
+
+async def test_one_exec_worker_runs_every_job_of_a_3_node_cluster(
+    pg: tuple[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    import asyncpg
+
+    from periodic_fast.store.postgres import parse_postgres_uri
+
+    uri, prefix = pg
+    connect, _ = parse_postgres_uri(uri)
+    db = await asyncpg.connect(**connect)
+    nodes = [Node(uri, f"w{i}", tmp_path / f"w{i}.log") for i in range(3)]
+    script, log = _script(tmp_path, 0)
+    w: subprocess.Popen[bytes] | None = None
+    try:
+        for n in nodes:
+            n.wait_listening()
+
+        async def balanced() -> bool:
+            owners = await _owners(db, prefix)
+            return sorted(owners) == ["w0", "w1", "w2"]
+
+        await _wait_for(balanced, 10 * LEASE, "three nodes sharing the partitions")
+        hosts = tuple(n.address for n in nodes)
+        w = _worker("-f", "cw", "--exec", str(script), "--thread", "2", hosts=hosts)
+        names = [f"c{i}" for i in range(60)]
+        async with Client(nodes[0].address, timeout=10) as c:  # forwarded
+            for name in names:
+                assert await c.submit_job("cw", name, b"", int(time.time()))
+
+        async def all_ran() -> bool:
+            return _done(log, len(names))
+
+        await _wait_for(all_ran, 60, "every job run")
+        rc, err = await asyncio.to_thread(_stop, w)
+        assert rc == 0, err
+        for n in nodes:
+            assert f"Connected to {n.address}" in err, err
+        runs = [ln.split()[0] for ln in log.read_text().splitlines() if " end " in ln]
+        assert sorted(runs) == sorted(names)  # each job once, from every node
+    finally:
+        if w is not None and w.poll() is None:
+            _stop(w)
+        for n in nodes:
+            n.stop()
+        await db.close()
