@@ -486,20 +486,22 @@ class WorkerCluster(SignalDrain):
         await self._check_started(res)
 
     async def _check_started(self, results: list[Any]) -> None:
-        failed: list[BaseException] = []
+        failed: list[tuple[str, Worker, BaseException]] = []
         for (address, w), r in zip(self.workers.items(), results, strict=True):
             if isinstance(r, NotConnected):
-                logger.warning("%s: %s; retrying in the background", address, r)
-                w._start_reconnect()
-                failed.append(r)
+                failed.append((address, w, r))
             elif isinstance(r, BaseException):
                 await self.close()
                 raise r
         if len(failed) == len(self.workers):
             await self.close()  # stops the background retries
             raise NotConnected(
-                "no server reachable: " + "; ".join(str(e) for e in failed)
+                "no server reachable: " + "; ".join(str(e) for _, _, e in failed)
             )
+        for address, w, r in failed:
+            if self._budget is None:  # shared_slots: the worker announces it
+                logger.warning("%s: %s; retrying in the background", address, r)
+            w._start_reconnect()
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Graceful drain of every worker at once (see
