@@ -49,6 +49,7 @@ from .errors import ProtocolError
 from .job import Job
 from .rec import JobRec
 from .sched_model import IN_WHEEL, LOCKED, NOWHERE, PENDING, READY, RUNNING, Conn
+from .sched_part_extras import drop_extras
 from .sched_wire import NO_WORKER, show
 
 if TYPE_CHECKING:
@@ -178,6 +179,7 @@ class Partitions:
         self.ready -= gone_parts
         s = self._s
         s._mono = mono
+        drop_extras(s, gone_parts, self.part)  # failures, dead, schedules
         count = self.count
         attempts = s._attempts
         gone: list[JobRec | None] = []

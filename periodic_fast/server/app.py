@@ -560,6 +560,7 @@ class Server:
                 if self._node is not None:  # cluster mode: every node's figures
                     http.cluster = self._node.view
                     http.cluster_writes = self._node.http_writes()
+                    http.cluster_admin = self._node.http_admin()
                 hub.http = http
             for addr in self._requested:
                 await self._listen(loop, hub, addr)

@@ -50,8 +50,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .._address import parse_address
+from ..sched_part_extras import ExtraRow, PolicySync, add_crons, add_extras
 from ..sched_parts import Partitions
 from ..store.cluster import DEFAULT_PARTITIONS, Coordinator
+from .cluster_admin import ClusterAdmin
 from .cluster_http import ClusterWrites
 from .cluster_locks import ClusterLocks
 from .cluster_view import ClusterView
@@ -65,6 +67,9 @@ if TYPE_CHECKING:
 __all__ = ["ClusterNode", "ClusterOptions", "open_cluster_store"]
 
 log = logging.getLogger("periodic_fast.server.cluster")
+
+#: a partition load's extras added per loop turn (decoding one costs 5-15 us)
+_EXTRAS_SLICE = 2048
 
 #: what ``--cluster`` without a PostgreSQL store is told
 NEEDS_POSTGRES = (
@@ -175,6 +180,7 @@ class ClusterNode:
         self._failures = 0
         self._coord = coord
         self._configs: dict[str, int] | None = None  # as last read (applied)
+        self._policies = PolicySync(scheduler)  # retry policies, likewise
         #: part -> the owner's address (other nodes' partitions), and the
         #: live nodes' addresses, as the last heartbeat read them
         self.routes: dict[int, str] = {}
@@ -247,6 +253,17 @@ class ClusterNode:
         """The HTTP API's hook for jobs held on other nodes (forwarded)."""
         return ClusterWrites(self.parts, lambda: self.forwarder, self.view)
 
+    def http_admin(self) -> ClusterAdmin:
+        """The HTTP API's hook for the dead set, cron and the job browser
+        across the cluster (:mod:`.cluster_admin`)."""
+        return ClusterAdmin(
+            self.parts,
+            self._route,
+            lambda: self.members,
+            self.node,
+            patience=2 * self.lease_time + 1.0,
+        )
+
     @property
     def address(self) -> str | None:
         """The address this node publishes (None before it listens)."""
@@ -299,6 +316,9 @@ class ClusterNode:
         self.summaries = tick.summaries
         if tick.configs is not None:
             self._adopt_configs(tick.configs)
+        if tick.policies is not None:
+            for func in self._policies.adopt(tick.policies):
+                log.info("%s: retry policy of %r from the cluster", self.name, func)
         self._arm_expiry()
         parts = self.parts
         # lost, or forgotten by a fenced commit: out at once
@@ -384,10 +404,25 @@ class ClusterNode:
 
     async def _load(self, parts: list[int]) -> None:
         parts_set = self.parts
-        parts_set.begin(parts)
-        self._arm_expiry()  # held now: covered even if no heartbeat follows
         n = 0
         try:
+            # the jobs' extras first: a job dispatched while the rest loads
+            # fails on with its count (sched_part_extras)
+            extras = await self._store.partition_extras(parts)
+            if self._stopping:
+                return
+            parts_set.begin(parts)
+            self._arm_expiry()  # held now: covered even if no heartbeat follows
+            crons: list[ExtraRow] = []
+            for i in range(0, len(extras), _EXTRAS_SLICE):  # a slice per turn
+                crons += add_extras(
+                    self._sched,
+                    parts_set.held,
+                    parts_set.part,
+                    extras[i : i + _EXTRAS_SLICE],
+                    self._clock(),
+                )
+                await asyncio.sleep(0)
             async for chunk in self._store.partition_chunks(parts):
                 if self._stopping:
                     return
@@ -399,6 +434,16 @@ class ClusterNode:
             log.warning("%s: loading partitions failed: %r", self.name, exc)
             self._unload(parts, "load failed")
             return
+        for i in range(0, len(crons), _EXTRAS_SLICE):  # schedules, after the jobs
+            if i:
+                await asyncio.sleep(0)
+            add_crons(
+                self._sched,
+                parts_set.held,
+                parts_set.part,
+                crons[i : i + _EXTRAS_SLICE],
+                self._clock(),
+            )
         parts_set.finish(parts)
         self.loaded += len(parts)
         log.info(

@@ -64,6 +64,7 @@ from .status_page import overview, render_fragment, render_page
 from .views import HubView, SchedulerView
 
 if TYPE_CHECKING:
+    from .cluster_admin import ClusterAdmin
     from .cluster_http import ClusterWrites
     from .cluster_view import ClusterView
 
@@ -182,6 +183,8 @@ class HttpApp:
         self.cluster: ClusterView | None = None
         #: cluster mode: writes of jobs held by other nodes (set by the server)
         self.cluster_writes: ClusterWrites | None = None
+        #: cluster mode: dead set, cron and job browser across the nodes
+        self.cluster_admin: ClusterAdmin | None = None
 
     @property
     def parser_name(self) -> str:
@@ -285,6 +288,9 @@ class HttpApp:
         path = req.path
         handler = route_for(method, path)
         if handler is not None:  # the job-feature API (http_api)
+            ca = self.cluster_admin  # cluster mode: every node's (cluster_admin)
+            if ca is not None and (answer := ca.handle(self, req)) is not None:
+                return answer
             return handler(self, req)
         if (
             method in ("POST", "DELETE")

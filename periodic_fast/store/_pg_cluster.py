@@ -41,7 +41,7 @@ import asyncpg
 from ..codec import encode_job_list
 from ._batch import Batch
 from ._pg_owner import PrefixOwner
-from .cluster import Coordinator, Tick, partition_of
+from .cluster import Coordinator, Tick, batch_partitions, partition_of
 
 __all__ = ["PgCluster"]
 
@@ -68,6 +68,7 @@ class PgCluster:
         self.coord = coord
         self._jobs = jobs
         self._configs = f"{coord.prefix}configs"  # the store's config table
+        self._extras = f"{coord.prefix}extras"  # the store's extras table
         self._connect = connect
         self._owner = owner
         self._conns: dict[str, asyncpg.Connection] = {}
@@ -75,6 +76,12 @@ class PgCluster:
         self.sql_drop = (
             f"DELETE FROM {jobs} WHERE func = ANY($1::bytea[])"
             " AND part = ANY($2::int4[])"
+        )
+        # a func's job extras (DROP_FUNC): this node's partitions only
+        self.sql_extras_drop = (
+            f"DELETE FROM {self._extras} e USING unnest($1::text[], $2::bytea[])"
+            " AS x(kind, func) WHERE e.kind = x.kind AND e.func = x.func"
+            " AND e.part = ANY($3::int4[])"
         )
 
     # schema ------------------------------------------------------------------------
@@ -88,6 +95,10 @@ class PgCluster:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", jobs)
             await conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {jobs}_part ON {jobs} (part)"
+            )
+            await conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {self._extras}_part"
+                f" ON {self._extras} (part)"
             )
         await self.coord.setup(conn)
         await self._backfill(conn)
@@ -114,6 +125,24 @@ class PgCluster:
                 names,
                 parts,
             )
+        extras = self._extras
+        # a job's extras (name not empty); func-wide ones keep part NULL
+        while rows := await conn.fetch(
+            f"SELECT kind, func, name FROM {extras} WHERE part IS NULL"
+            f" AND name <> ''::bytea LIMIT {_BACKFILL_ROWS}"
+        ):
+            cols = list(zip(*rows, strict=True))
+            parts = [
+                partition_of(f, n, count) for f, n in zip(cols[1], cols[2], strict=True)
+            ]
+            await conn.execute(
+                f"UPDATE {extras} e SET part = x.part"
+                " FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::int4[])"
+                " AS x(kind, func, name, part)"
+                " WHERE e.kind = x.kind AND e.func = x.func AND e.name = x.name",
+                *cols,
+                parts,
+            )
 
     # fenced commits ------------------------------------------------------------------
     async def execute(
@@ -122,44 +151,53 @@ class PgCluster:
         batch: Batch,
         chunks: list[tuple[list[Any], ...]],
         extras: list[tuple[list[Any], ...]],
-        sql: tuple[str, str, str],
+        sql: tuple[str, str],
     ) -> None:
         """Commit ``batch`` (its statement ``chunks`` and ``extras``
-        arguments) in one transaction fenced by its partitions; ``sql`` is the
-        store's (commit with parts, extras, extras drop) statements.  Raises
+        arguments) in one transaction fenced by its partitions (its job
+        keys' and its job extras'); ``sql`` is the store's (commit with
+        parts, extras with parts) statements.  Raises
         :class:`~periodic_fast.store.cluster.FencedOut` (nothing committed)
         when a partition was lost."""
         coord = self.coord
         count = coord.partitions
-        sql_commit, sql_extras, sql_extras_drop = sql
-        parts = {partition_of(f, n, count) for f, n in batch.jobs}
+        sql_commit, sql_extras = sql
+        parts = batch_partitions(batch, count, coord.owned)
         owned = sorted(coord.owned)
-        if batch.dropped:  # a func drop: this node's partitions only
-            parts.update(owned)
         async with coord.fenced(conn, parts):
             if batch.dropped:
                 await conn.execute(self.sql_drop, list(batch.dropped), owned)
             if batch.extras_dropped:
                 kinds, funcs = zip(*batch.extras_dropped, strict=True)
-                await conn.execute(sql_extras_drop, kinds, funcs)
+                await conn.execute(self.sql_extras_drop, kinds, funcs, owned)
             for args in chunks:  # args[2], args[3]: the saved rows' keys
                 saved = [
                     partition_of(f, n, count)
                     for f, n in zip(args[2], args[3], strict=True)
                 ]
                 await conn.execute(sql_commit, *args, saved)
-            for args in extras:
-                await conn.execute(sql_extras, *args)
+            for args in extras:  # args[4], args[5]: the saved extras' keys
+                saved_x = [
+                    partition_of(f, n, count) if n else None
+                    for f, n in zip(args[4], args[5], strict=True)
+                ]
+                await conn.execute(sql_extras, *args, saved_x)
 
     def drop_stale(self, batch: Batch, parts: Iterable[int]) -> int:
-        """Forget ``batch``'s job writes in the lost ``parts`` (their new
-        owner holds those jobs now); returns how many."""
+        """Forget ``batch``'s job writes and job extras in the lost ``parts``
+        (their new owner holds those jobs now); returns how many."""
         lost = set(parts)
         count = self.coord.partitions
         stale = [k for k in batch.jobs if partition_of(k[0], k[1], count) in lost]
         for key in stale:
             del batch.jobs[key]
-        return len(stale)
+        extras = batch.extras
+        stale_x = [
+            k for k in extras if k[2] and partition_of(k[1], k[2], count) in lost
+        ]
+        for xkey in stale_x:
+            del extras[xkey]
+        return len(stale) + len(stale_x)
 
     # side connections ----------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -190,6 +228,12 @@ class PgCluster:
             # change one of them stored within a heartbeat (ClusterNode)
             rows = await conn.fetch(f"SELECT name, value FROM {self._configs}")
             tick.configs = {r[0]: int(r[1]) for r in rows}
+            # so are retry policies (func-wide extras, name empty)
+            rows = await conn.fetch(
+                f"SELECT func, value FROM {self._extras} WHERE kind = 'policy'"
+                " AND name = ''::bytea"
+            )
+            tick.policies = {r[0]: r[1] for r in rows}
         return tick, self.coord.safe_until()
 
     async def release(self, parts: list[int]) -> None:
@@ -201,6 +245,21 @@ class PgCluster:
         """Release everything and leave the cluster (shutdown)."""
         async with self._side("heartbeat") as conn:
             await self.coord.leave(conn)
+
+    async def part_extras(
+        self, parts: Iterable[int]
+    ) -> list[tuple[str, bytes, bytes, bytes]]:
+        """The job extras ``(kind, func, name, value)`` of ``parts`` (on
+        the load connection).  Read before their jobs: only this node
+        writes them once it owns the partitions, and it writes nothing of
+        them before they are loaded."""
+        async with self._side("load") as conn:
+            rows = await conn.fetch(
+                f"SELECT kind, func, name, value FROM {self._extras}"
+                " WHERE part = ANY($1::int4[])",
+                sorted(set(parts)),
+            )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def part_chunks(
         self, parts: Iterable[int]

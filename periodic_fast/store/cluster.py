@@ -111,13 +111,22 @@ def partition_of(func: bytes, name: bytes, partitions: int) -> int:
     return zlib.crc32(name, crc) % partitions
 
 
-def batch_partitions(batch: Batch, partitions: int) -> set[int]:
+def batch_partitions(
+    batch: Batch, partitions: int, owned: Iterable[int] | None = None
+) -> set[int]:
     """The partitions a store batch touches, which its fenced commit checks:
-    those of its job keys, or every one when it drops a func's jobs.  Funcs
-    and config values are cluster-wide, not partitioned."""
-    if batch.dropped:
-        return set(range(partitions))
-    return {partition_of(func, name, partitions) for func, name in batch.jobs}
+    those of its job keys and of its job extras (a named extra: retry
+    attempts, dead jobs, cron schedules), plus, when it drops a func's jobs
+    or job extras, ``owned`` (the node's partitions, whose rows the drop
+    deletes; None: every partition).  Funcs, config values and func-wide
+    extras (empty name: retry policies) are cluster-wide, not partitioned."""
+    parts = {partition_of(func, name, partitions) for func, name in batch.jobs}
+    for _, func, name in batch.extras:
+        if name:
+            parts.add(partition_of(func, name, partitions))
+    if batch.dropped or batch.extras_dropped:
+        parts.update(range(partitions) if owned is None else owned)
+    return parts
 
 
 def fair_shares(nodes: Iterable[str], partitions: int) -> dict[str, int]:
@@ -156,6 +165,9 @@ class Tick:
     #: the tick so every node applies a CONFIG_SET within a heartbeat; None
     #: when not read (a coordinator without a store)
     configs: dict[str, int] | None = None
+    #: func -> its retry policy (JSON; ``b""``: the default), as stored in
+    #: the extras (func-wide, shared): every node adopts changes (None: not read)
+    policies: dict[bytes, bytes] | None = None
 
 
 class Coordinator:

@@ -208,6 +208,8 @@ class PostgresStore(BatchWriter):
             self._cluster = PgCluster(cluster, self._t_jobs, kwargs, self._owner)
             self._sql_commit_part = self._commit_sql(part=True)
         extras = self._t_extras
+        # cluster mode: the saved extras' partitions as an 8th array
+        self._sql_extras_part = f"WITH{_extras_ctes(extras, 1, part=True)}"
         # the single statement with the batch's extras too ($17..$23)
         self._sql_commit_x = (
             self._sql_commit.removesuffix(" SELECT 1") + "," + _extras_ctes(extras, 17)
@@ -357,6 +359,10 @@ class PostgresStore(BatchWriter):
             await conn.execute(
                 f"ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS part INTEGER"
             )
+            # a job's extras too (NULL for func-wide ones: retry policies)
+            await conn.execute(
+                f"ALTER TABLE {self._t_extras} ADD COLUMN IF NOT EXISTS part INTEGER"
+            )
         expected = {
             jobs: {
                 "func": "bytea",
@@ -492,7 +498,7 @@ class PostgresStore(BatchWriter):
     ) -> None:
         conn = await self._connection()
         if self._cluster is not None:
-            sql = (self._sql_commit_part, self._sql_extras, self._sql_extras_drop)
+            sql = (self._sql_commit_part, self._sql_extras_part)
             await self._cluster.execute(conn, batch, chunks, extras, sql)
             return
         dropped, extras_dropped = batch.dropped, batch.extras_dropped
@@ -521,7 +527,7 @@ class PostgresStore(BatchWriter):
         assert self._cluster is not None
         dropped = self._cluster.drop_stale(batch, exc.parts)
         log.warning(
-            "cluster node %s lost partitions %s: %d job write(s) for them dropped"
+            "cluster node %s lost partitions %s: %d write(s) for them dropped"
             " (their new owner holds the jobs)",
             self._cluster.coord.node,
             exc.parts,
@@ -584,6 +590,13 @@ class PostgresStore(BatchWriter):
         read in one repeatable-read snapshot (committed state)."""
         return await self._on_writer(self._pgc().dump())
 
+    async def partition_extras(
+        self, parts: list[int]
+    ) -> list[tuple[str, bytes, bytes, bytes]]:
+        """The job extras ``(kind, func, name, value)`` of ``parts`` (retry
+        attempts, dead jobs, cron schedules), read on the writer loop."""
+        return await self._on_writer(self._pgc().part_extras(parts))
+
     async def partition_chunks(
         self, parts: list[int]
     ) -> AsyncIterator[list[tuple[Any, ...]]]:
@@ -617,9 +630,9 @@ class PostgresStore(BatchWriter):
         built from it).  The writer waits for the connection until the
         iterator is exhausted or closed.
 
-        Cluster mode: no jobs (they come per partition, as the node acquires
-        them) and only the func-wide extras (retry policies; a job's extras
-        are not partitioned yet, docs/cluster.md)."""
+        Cluster mode: no jobs and only the func-wide extras (retry
+        policies): a job's extras come with its partition, as the node
+        acquires it (:meth:`partition_extras`, docs/cluster.md)."""
         self._check_open()
         funcs, config, extras = self._call(self._load_meta())
         if self._cluster is not None:
@@ -726,20 +739,26 @@ def _statement_args(batch: _Batch) -> list[tuple[list[Any], ...]]:
     return chunks
 
 
-def _extras_ctes(table: str, first: int) -> str:
+def _extras_ctes(table: str, first: int, part: bool = False) -> str:
     """The extras' delete and upsert CTEs, numbering their 7 array
     parameters from ``$first`` (kind, func, name to delete; kind, func,
-    name, value to save: see :func:`_extras_args`)."""
-    p = [f"${first + i}" for i in range(7)]
+    name, value to save: see :func:`_extras_args`); with ``part`` (cluster
+    mode) an 8th array holds the saved extras' partitions."""
+    p = [f"${first + i}" for i in range(8)]
+    cols, vals, upd = (
+        (", part", f", {p[7]}::int4[]", ", part = EXCLUDED.part")
+        if part
+        else ("", "", "")
+    )
     return (
         f" ed AS (DELETE FROM {table} e"
         f" USING unnest({p[0]}::text[], {p[1]}::bytea[], {p[2]}::bytea[])"
         " AS x(kind, func, name)"
         " WHERE e.kind = x.kind AND e.func = x.func AND e.name = x.name),"
-        f" eu AS (INSERT INTO {table} (kind, func, name, value)"
+        f" eu AS (INSERT INTO {table} (kind, func, name, value{cols})"
         f" SELECT * FROM unnest({p[3]}::text[], {p[4]}::bytea[], {p[5]}::bytea[],"
-        f" {p[6]}::bytea[])"
-        " ON CONFLICT (kind, func, name) DO UPDATE SET value = EXCLUDED.value)"
+        f" {p[6]}::bytea[]{vals})"
+        f" ON CONFLICT (kind, func, name) DO UPDATE SET value = EXCLUDED.value{upd})"
         " SELECT 1"
     )
 
