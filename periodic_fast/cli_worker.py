@@ -40,10 +40,10 @@ from .cli_common import (
     pick,
     read_workload,
     rsa_config,
+    split_addresses,
     usage_error,
     with_client,
 )
-from .constants import DEFAULT_ADDRESS
 
 __all__ = [
     "BroadcastOpt",
@@ -148,7 +148,10 @@ def run(
         ),
     ] = None,
     thread: Annotated[
-        int, typer.Option("--thread", "-n", help="Worker: concurrent jobs.", min=1)
+        int,
+        typer.Option(
+            "--thread", "-n", help="Worker: jobs at once (over all -H servers).", min=1
+        ),
     ] = 1,
     broadcast: BroadcastOpt = False,
     no_name: NoNameOpt = False,
@@ -251,15 +254,15 @@ def _exec_worker(
         token=token,
         rsa=rsa_config(client),
     )
+    # several addresses: func served on every one, --thread jobs at once in all
+    addresses = client.all_addresses()
     try:
         asyncio.run(
             run_pipe_worker(
-                client.address, func, command, options, ready_timeout=ready_timeout
+                addresses, func, command, options, ready_timeout=ready_timeout
             )
             if pipe
-            else run_exec_worker(
-                client.address, func, command, options, work_data=work_data
-            )
+            else run_exec_worker(addresses, func, command, options, work_data=work_data)
         )
     except ClientError as exc:
         die(str(exc))
@@ -271,10 +274,11 @@ def _exec_worker(
 
 def _hs_options(ctx: typer.Context) -> ClientOptions:
     """An HS tool's own -H / identity / RSA options (its parameters ``host``,
-    ``client_name``, ...), the global ones of ``periodic`` elsewhere."""
+    ``client_name``, ...), the global ones of ``periodic`` elsewhere.  ``-H``
+    (or ``$PERIODIC_PORT``) may be a comma list: the worker serves them all."""
     p = ctx.params
     return ClientOptions.of(
-        p["host"] or DEFAULT_ADDRESS,
+        split_addresses([p["host"]] if p["host"] else None),
         p["client_name"],
         p["client_token"],
         p["rsa_private_path"],
@@ -296,7 +300,12 @@ def periodic_run(
     host: HsHostOpt = None,
     thread: Annotated[
         int,
-        typer.Option("--thread", help="Concurrent jobs.", min=1, envvar=THREAD_ENV),
+        typer.Option(
+            "--thread",
+            help="Jobs at once (over all -H servers).",
+            min=1,
+            envvar=THREAD_ENV,
+        ),
     ] = 1,
     timeout: Annotated[
         int | None,

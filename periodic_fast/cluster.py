@@ -40,6 +40,7 @@ from typing import Any, TypeVar, overload
 
 from ._address import BytesLike
 from ._drain import SignalDrain
+from ._shared_slots import SharedSlotWorker, SlotBudget
 from .client import Client, StreamCallback
 from .errors import ClientError, ConnectionLost, NotConnected
 from .job import FuncStat
@@ -350,18 +351,43 @@ class WorkerCluster(SignalDrain):
     and gets the funcs and slots once it answers; :meth:`start` fails only
     when no server can be reached.
 
+    With ``shared_slots=True`` the ``size`` of :meth:`start` / ``work`` is
+    the number of jobs the whole cluster runs at once (the process's
+    capacity), shared over the servers: a job from any server takes one
+    (:mod:`periodic_fast._shared_slots`); ``announce`` then gets a line per
+    server connected, lost or retried.
+
     :param addresses: server addresses (as for :class:`ClientCluster`).
+    :param shared_slots: one budget of ``size`` jobs for every server.
+    :param announce: with ``shared_slots``, the per-server log lines.
     :param worker_kwargs: passed to every :class:`~periodic_fast.worker.Worker`
         (``name``/``token``, ``threads``, ``drain_timeout``, ...).
     """
 
-    def __init__(self, addresses: Sequence[str], **worker_kwargs: Any) -> None:
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        shared_slots: bool = False,
+        announce: Callable[[str], None] | None = None,
+        **worker_kwargs: Any,
+    ) -> None:
         if not addresses:
             raise ValueError("need at least one address")
         if len(set(addresses)) != len(addresses):
             raise ValueError("duplicate address")
         self.addresses = list(addresses)
-        self.workers = {a: Worker(a, **worker_kwargs) for a in self.addresses}
+        self._budget: SlotBudget | None = None
+        if shared_slots:
+            budget = self._budget = SlotBudget()
+            self.workers: dict[str, Worker] = {
+                a: SharedSlotWorker(
+                    a, budget=budget, announce=announce, **worker_kwargs
+                )
+                for a in self.addresses
+            }
+        else:
+            self.workers = {a: Worker(a, **worker_kwargs) for a in self.addresses}
         self._stopped: asyncio.Event | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
 
@@ -444,12 +470,15 @@ class WorkerCluster(SignalDrain):
 
     async def start(self, size: int = 1) -> None:
         """Offer ``size`` grab slots on every server and return (jobs run in
-        the background until :meth:`shutdown`).
+        the background until :meth:`shutdown`); with ``shared_slots`` at most
+        ``size`` jobs run at once over all servers.
 
         :raises NotConnected: no server could be reached.
         """
         if size < 1:
             raise ValueError("size must be >= 1")
+        if self._budget is not None:
+            self._budget.size = size
         self._stopped = asyncio.Event()
         res = await asyncio.gather(
             *(w.start(size) for w in self._each()), return_exceptions=True
@@ -457,20 +486,22 @@ class WorkerCluster(SignalDrain):
         await self._check_started(res)
 
     async def _check_started(self, results: list[Any]) -> None:
-        failed: list[BaseException] = []
+        failed: list[tuple[str, Worker, BaseException]] = []
         for (address, w), r in zip(self.workers.items(), results, strict=True):
             if isinstance(r, NotConnected):
-                logger.warning("%s: %s; retrying in the background", address, r)
-                w._start_reconnect()
-                failed.append(r)
+                failed.append((address, w, r))
             elif isinstance(r, BaseException):
                 await self.close()
                 raise r
         if len(failed) == len(self.workers):
             await self.close()  # stops the background retries
             raise NotConnected(
-                "no server reachable: " + "; ".join(str(e) for e in failed)
+                "no server reachable: " + "; ".join(str(e) for _, _, e in failed)
             )
+        for address, w, r in failed:
+            if self._budget is None:  # shared_slots: the worker announces it
+                logger.warning("%s: %s; retrying in the background", address, r)
+            w._start_reconnect()
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Graceful drain of every worker at once (see

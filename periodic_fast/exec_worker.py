@@ -78,6 +78,7 @@ __all__ = [
     "parse_output",
     "parse_size",
     "run_exec_worker",
+    "serve_func",
 ]
 
 logger = logging.getLogger(__name__)
@@ -435,6 +436,20 @@ def make_handler(
     return handler
 
 
+def _registered_handler(
+    handler: Callable[[WorkerJob], Awaitable[_Outcome]], options: WorkerOptions
+) -> Callable[[WorkerJob], Awaitable[Any]]:
+    """``handler``, run under ``options.lock_name`` when that is set."""
+    lock_name, lock_count = options.lock_name, options.lock_count
+    if not lock_name:
+        return handler
+
+    async def locked(job: WorkerJob) -> Any:
+        return await job.with_lock(lock_name, lock_count, lambda: handler(job))
+
+    return locked
+
+
 async def make_worker(
     address: str,
     func: str,
@@ -444,21 +459,75 @@ async def make_worker(
     """A :class:`Worker` for ``address`` with the identity and transport of
     ``options``, ``func`` registered (``broadcast``; under ``lock_name``
     when set) to ``handler``; not connected yet."""
-    lock_name, lock_count = options.lock_name, options.lock_count
-
-    async def locked(job: WorkerJob) -> Any:
-        assert lock_name is not None
-        return await job.with_lock(lock_name, lock_count, lambda: handler(job))
-
     worker = Worker(address, name=options.name, token=options.token, rsa=options.rsa)
     await worker.add_func(
-        func, locked if lock_name else handler, broadcast=options.broadcast
+        func, _registered_handler(handler, options), broadcast=options.broadcast
     )
     return worker
 
 
+def _addresses(address: str | Sequence[str]) -> list[str]:
+    addresses = [address] if isinstance(address, str) else list(address)
+    if not addresses:
+        raise ValueError("no server address")
+    if len(set(addresses)) != len(addresses):
+        raise ValueError(f"an address is given twice: {', '.join(addresses)}")
+    return addresses
+
+
+async def serve_func(
+    address: str | Sequence[str],
+    func: str,
+    handler: Callable[[WorkerJob], Awaitable[_Outcome]],
+    options: WorkerOptions,
+    started: str = "Worker started.",
+) -> None:
+    """Serve ``func`` with ``handler`` until SIGTERM/SIGINT/SIGHUP (graceful
+    drain of every connection), printing ``started`` once connected.
+
+    One address: one :class:`Worker` with ``options.threads`` slots.  Several
+    (the nodes of a ``periodicd --cluster``, or independent servers): a
+    :class:`~periodic_fast.cluster.WorkerCluster` registers ``func`` on every
+    one of them, each connection reconnecting on its own (a line on stderr
+    per server connected, lost or retried), and ``options.threads`` is the
+    number of jobs the process runs at once over all of them.
+
+    :raises periodic_fast.errors.NotConnected: no server can be reached.
+    :raises ValueError: no address, or one given twice.
+    """
+    addresses = _addresses(address)
+    if len(addresses) == 1:  # the plain worker: its slots are the budget
+        worker = await make_worker(addresses[0], func, handler, options)
+        await worker.connect()
+        print(started, file=sys.stderr, flush=True)
+        await worker.work(options.threads)
+        return
+    from ._shared_slots import stderr_line  # noqa: PLC0415
+    from .cluster import WorkerCluster  # noqa: PLC0415
+
+    cluster = WorkerCluster(
+        addresses,
+        shared_slots=True,
+        announce=stderr_line,
+        name=options.name,
+        token=options.token,
+        rsa=options.rsa,
+    )
+    await cluster.add_func(
+        func, _registered_handler(handler, options), broadcast=options.broadcast
+    )
+    await cluster.connect()
+    print(
+        f"{started[:-1]} on {len(addresses)} servers, at most {options.threads} "
+        "job(s) at once over all of them.",
+        file=sys.stderr,
+        flush=True,
+    )
+    await cluster.work(options.threads)
+
+
 async def run_exec_worker(
-    address: str,
+    address: str | Sequence[str],
     func: str,
     command: str | Sequence[str],
     options: WorkerOptions | None = None,
@@ -466,10 +535,12 @@ async def run_exec_worker(
     work_data: bool = False,
 ) -> None:
     """Serve ``func`` with ``command`` until SIGTERM/SIGINT (graceful drain).
+    ``address``: one server, or several (see :func:`serve_func`: ``func`` is
+    served on every one, ``options.threads`` jobs at once in all);
     ``options``: see :class:`WorkerOptions` (None: the defaults);
     ``work_data``: stream ``WORKDATA`` lines as they come (module doc).
 
-    :raises periodic_fast.errors.NotConnected: the first connect fails.
+    :raises periodic_fast.errors.NotConnected: no server can be reached.
     :raises ValueError: an empty command, or one that cannot start
         (:func:`check_command`).
     """
@@ -479,7 +550,4 @@ async def run_exec_worker(
         raise ValueError("empty command")
     check_command(argv[0])
     handler = make_handler(argv, opts, work_data=work_data)
-    worker = await make_worker(address, func, handler, opts)
-    await worker.connect()
-    print("Worker started.", file=sys.stderr, flush=True)
-    await worker.work(opts.threads)
+    await serve_func(address, func, handler, opts)

@@ -46,7 +46,7 @@ from typing import Any
 
 from ._lines import LineTooLong, read_lines
 from .errors import ClientError
-from .exec_worker import WorkerOptions, make_worker, terminate, watch_memory
+from .exec_worker import WorkerOptions, serve_func, terminate, watch_memory
 from .worker import Done, Fail, SchedLater, WorkerJob
 
 __all__ = ["PipeRunner", "RunnerPool", "make_pipe_handler", "run_pipe_worker"]
@@ -386,7 +386,7 @@ def make_pipe_handler(
 
 
 async def run_pipe_worker(
-    address: str,
+    address: str | Sequence[str],
     func: str,
     command: str | Sequence[str],
     options: WorkerOptions | None = None,
@@ -395,10 +395,13 @@ async def run_pipe_worker(
 ) -> None:
     """Serve ``func`` with ``options.threads`` runners of ``command`` until
     SIGTERM/SIGINT (graceful drain, then the runners are stopped).
-    ``options``: see :class:`~periodic_fast.exec_worker.WorkerOptions` (None:
-    the defaults); ``ready_timeout``: seconds a runner has for its ready line.
+    ``address``: one server, or several (``func`` served on every one; the
+    runners are shared: at most ``options.threads`` jobs at once in all, see
+    :func:`~periodic_fast.exec_worker.serve_func`); ``options``: see
+    :class:`~periodic_fast.exec_worker.WorkerOptions` (None: the defaults);
+    ``ready_timeout``: seconds a runner has for its ready line.
 
-    :raises periodic_fast.errors.NotConnected: the first connect fails.
+    :raises periodic_fast.errors.NotConnected: no server can be reached.
     :raises ValueError: an empty command.
     """
     opts = options if options is not None else WorkerOptions()
@@ -406,12 +409,11 @@ async def run_pipe_worker(
     pool = RunnerPool(
         argv, opts.threads, ready_timeout=ready_timeout, mem_limit=opts.mem_limit
     )
-    worker = await make_worker(address, func, make_pipe_handler(pool, opts), opts)
     pool.start()
     try:
-        await worker.connect()
-        print("Pipe Worker started.", file=sys.stderr, flush=True)
-        await worker.work(opts.threads)
+        await serve_func(
+            address, func, make_pipe_handler(pool, opts), opts, "Pipe Worker started."
+        )
     finally:
         await pool.close()
 
