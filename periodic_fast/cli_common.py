@@ -228,13 +228,15 @@ ClientTokenOpt = Annotated[
     ),
 ]
 
-# the same options on the HS tools' own command lines (periodic-run, -pipe)
+# the same options on the HS tools' own command lines (periodic-run, -pipe);
+# -H repeats (or takes a comma list): the worker serves every address
 HsHostOpt = Annotated[
-    str | None,
+    list[str] | None,
     typer.Option(
         "-H",
         "--host",
-        help=f"Server address (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS}).",
+        help=f"Server address, repeatable (default: ${ADDRESS_ENV}, else "
+        f"{DEFAULT_ADDRESS}).",
         show_default=False,
         envvar=ADDRESS_ENV,
         show_envvar=False,

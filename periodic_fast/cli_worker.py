@@ -278,7 +278,7 @@ def _hs_options(ctx: typer.Context) -> ClientOptions:
     (or ``$PERIODIC_PORT``) may be a comma list: the worker serves them all."""
     p = ctx.params
     return ClientOptions.of(
-        split_addresses([p["host"]] if p["host"] else None),
+        split_addresses(p["host"] or None),
         p["client_name"],
         p["client_token"],
         p["rsa_private_path"],

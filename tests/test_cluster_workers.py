@@ -181,15 +181,15 @@ def test_a_server_down_at_start_is_picked_up_later(tmp_path: Path) -> None:
     assert set(_intervals(log)) == {"u1", "l1", "u2"}
 
 
-def test_pipe_worker_comma_list_serves_both(
-    two: tuple[str, str], tmp_path: Path
+@pytest.mark.parametrize("form", ["comma list", "repeated -H"])
+def test_pipe_worker_serves_both(
+    two: tuple[str, str], tmp_path: Path, form: str
 ) -> None:
     a, b = two
-    hosts = f"{a},{b}"
+    hosts = ["-H", f"{a},{b}"] if form == "comma list" else ["-H", a, "-H", b]
     w = Script(
         "periodic_run_pipe_main",
-        "-H",
-        hosts,
+        *hosts,
         "--thread",
         "1",
         "wk4",
