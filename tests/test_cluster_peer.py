@@ -99,6 +99,51 @@ def test_peer_claim() -> None:
     assert peer_claim(_req(**{HEADER: "s3cr3t-value"}), None) is None  # no cluster
 
 
+class _Hook:
+    """A cluster node's HTTP hook, as far as the guard asks it."""
+
+    secret = b"the-cluster-secret"
+
+    def handle(self, ctx: Any, req: Request) -> None:
+        return None
+
+
+async def test_with_auth_a_peer_still_needs_the_clients_token(
+    tmp_path: Path,
+) -> None:
+    from test_auth_http import AUTH
+
+    from periodic_fast.testing import running_server
+
+    (tmp_path / "auth").write_bytes(AUTH)
+    async with running_server(auth_file=tmp_path / "auth", unix=False) as srv:
+        srv.hub.http.cluster_admin = _Hook()  # type: ignore[union-attr,assignment]
+        url = "http://" + srv.addresses[0][len("tcp://") :]
+        form = b"name=j"
+        peer = {
+            "Host": "rebound.example",
+            HEADER: _Hook.secret.decode(),
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+
+        def ask(method: str, path: str, token: str | None, **over: str) -> int:
+            headers = {**peer, **over}
+            if token is not None:
+                headers["Authorization"] = f"Bearer {token}"
+            body = form if method == "POST" else None
+            return _ask(url, method, path, body, headers)[0]
+
+        assert await asyncio.to_thread(ask, "GET", "/api/overview", None) == 401
+        assert await asyncio.to_thread(ask, "POST", "/secret", "web-tok") == 403
+        assert await asyncio.to_thread(ask, "POST", "/email", "web-tok") == 200
+        wrong = {HEADER: "nope"}
+        assert await asyncio.to_thread(ask, "GET", "/", "ops-tok", **wrong) == 403
+        plain = {HEADER: "1"}  # no claim: the Host check applies
+        assert await asyncio.to_thread(ask, "GET", "/", "ops-tok", **plain) == 403
+        right = {"Host": "127.0.0.1"}
+        assert await asyncio.to_thread(ask, "GET", "/", "ops-tok", **right) == 200
+
+
 # -- the coordinator ----------------------------------------------------------------
 
 
