@@ -299,17 +299,18 @@ async def _attempts(db: Any, prefix: str, func: bytes, name: str) -> int:
 
 @contextlib.asynccontextmanager
 async def _three_nodes(
-    uri: str, prefix: str, tmp_path: Path, out: Outcomes
+    uri: str, prefix: str, tmp_path: Path, out: Outcomes, publish: str | None = None
 ) -> AsyncIterator[tuple[Any, list[HttpNode], list[AdminClient]]]:
     """Three HTTP-enabled nodes sharing the partitions, a worker on each
-    for funcs fd, fa and fc (``out`` runs the jobs): ``(db, nodes, admins)``."""
+    for funcs fd, fa and fc (``out`` runs the jobs): ``(db, nodes, admins)``.
+    ``publish``: the host the nodes publish (see :class:`HttpNode`)."""
     import asyncpg
 
     from periodic_fast.store.postgres import parse_postgres_uri
 
     connect, _ = parse_postgres_uri(uri)
     db = await asyncpg.connect(**connect)
-    nodes = [HttpNode(uri, f"n{i}", tmp_path / f"n{i}.log") for i in range(3)]
+    nodes = [HttpNode(uri, f"n{i}", tmp_path / f"n{i}.log", publish) for i in range(3)]
     admins = [AdminClient(n.address, timeout=3 * LEASE + 10) for n in nodes]
     workers: list[Worker] = []
     try:

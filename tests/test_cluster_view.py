@@ -250,11 +250,18 @@ def test_config_changes_stored_elsewhere_are_adopted() -> None:
 class HttpNode:
     """One ``periodicd --cluster`` process with HTTP on its port."""
 
-    def __init__(self, uri: str, node_id: str, log: Path) -> None:
+    def __init__(
+        self, uri: str, node_id: str, log: Path, publish: str | None = None
+    ) -> None:
+        """``publish``: a host the node listens on first (so publishes for
+        the other nodes) besides 127.0.0.1, where the test talks to it."""
         self.id = node_id
         self.port = _free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.url = f"http://127.0.0.1:{self.port}"
+        hosts = [self.address]
+        if publish is not None:
+            hosts.insert(0, f"tcp://{publish}:{self.port}")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         argv = [
             sys.executable,
@@ -266,7 +273,7 @@ class HttpNode:
             "--lease-time",
             str(LEASE),
             "-H",
-            self.address,
+            ",".join(hosts),
             "-p",
             uri,
             "--log",

@@ -29,7 +29,11 @@ and :mod:`.http_jobs`:
 A node that does not answer within :data:`NODE_TIMEOUT` fails the request
 with 503 naming it (a listing or bulk call is never answered from part of
 the cluster).  Requests carrying :data:`LOCAL` (the ones a node sends) are
-answered from the node's own partitions, never sent on.
+answered from the node's own partitions, never sent on.  The header's value
+is the cluster's secret (:attr:`ClusterAdmin.secret`): the receiving node
+takes such a request as a peer's, past its Host check and its loopback
+rule for writes (:meth:`.http_app.HttpApp._authorize`), since the node that
+sent it applied its own to its client.
 
 Layer L4 (server).
 """
@@ -46,6 +50,7 @@ import h11
 from .._address import parse_address
 from .http_api import route_for
 from .http_ctx import json_body
+from .http_guard import PEER_HEADER
 from .http_jobs import encode_cursor as encode_name_cursor
 from .http_retry import encode_cursor as encode_dead_cursor
 from .http_wire import (
@@ -63,8 +68,9 @@ if TYPE_CHECKING:
 
 __all__ = ["LOCAL", "NODE_TIMEOUT", "ClusterAdmin"]
 
-#: the header of a request one node sends another: answer it locally
-LOCAL: Final = b"x-periodic-cluster"
+#: the header of a request one node sends another (its value: the
+#: cluster's secret): answer it locally
+LOCAL: Final = PEER_HEADER
 #: seconds one node's answer may take
 NODE_TIMEOUT: Final = 10.0
 _MAX_ANSWER: Final = 64 * 1024 * 1024
@@ -99,6 +105,9 @@ class ClusterAdmin:
     :param members: the live nodes' ``{node: address}`` (this one included).
     :param me: this node's id.
     :param patience: seconds a request about one job keeps trying.
+    :param secret: the cluster's secret (``store/cluster``), sent in
+        :data:`LOCAL` and expected there from the other nodes; None: the
+        cluster has none (``1`` is sent, as by earlier releases).
     """
 
     def __init__(
@@ -108,7 +117,10 @@ class ClusterAdmin:
         members: Callable[[], dict[str, str | None]],
         me: str,
         patience: float,
+        secret: str | None = None,
     ) -> None:
+        #: the cluster's secret as the header carries it (never logged)
+        self.secret = None if secret is None else secret.encode("ascii")
         self._parts = parts
         self._route = route
         self._members = members
@@ -180,7 +192,7 @@ class ClusterAdmin:
             if address is not None:
                 try:
                     status, body, ctype = await _exchange(
-                        address, req, min(NODE_TIMEOUT, self._patience)
+                        address, req, min(NODE_TIMEOUT, self._patience), self.secret
                     )
                     if status != 421:
                         return Response(status, body, ctype)
@@ -206,7 +218,9 @@ class ClusterAdmin:
             if not address:
                 raise NodeDown(node)
             try:
-                status, body, _ = await _exchange(address, req, NODE_TIMEOUT)
+                status, body, _ = await _exchange(
+                    address, req, NODE_TIMEOUT, self.secret
+                )
             except (OSError, TimeoutError, h11.ProtocolError):
                 raise NodeDown(node) from None
             return node, status, _json(body)
@@ -331,14 +345,17 @@ def _relay(node: str, status: int, doc: Any) -> Response:
 
 
 async def _exchange(
-    address: str, req: Request, timeout: float
+    address: str, req: Request, timeout: float, secret: bytes | None
 ) -> tuple[int, bytes, str]:
     """``req`` sent to the node at ``address`` (HTTP on its protocol port),
-    marked :data:`LOCAL`; its ``(status, body, content type)``."""
-    return await asyncio.wait_for(_exchange_once(address, req), timeout)
+    marked :data:`LOCAL` with ``secret``; its ``(status, body, content
+    type)``."""
+    return await asyncio.wait_for(_exchange_once(address, req, secret), timeout)
 
 
-async def _exchange_once(address: str, req: Request) -> tuple[int, bytes, str]:
+async def _exchange_once(
+    address: str, req: Request, secret: bytes | None
+) -> tuple[int, bytes, str]:
     addr = parse_address(address)
     if addr.scheme == "unix":
         reader, writer = await asyncio.open_unix_connection(addr.host)
@@ -354,7 +371,7 @@ async def _exchange_once(address: str, req: Request) -> tuple[int, bytes, str]:
             ("Content-Length", str(len(req.body))),
             ("Connection", "close"),
             ("Accept", "application/json"),
-            (LOCAL.decode(), "1"),
+            (LOCAL.decode(), "1" if secret is None else secret.decode("ascii")),
         ]
         for name in (b"authorization", b"content-type"):
             value = req.header(name)

@@ -262,6 +262,7 @@ class ClusterNode:
             lambda: self.members,
             self.node,
             patience=2 * self.lease_time + 1.0,
+            secret=self._coord.secret,  # HTTP requests between the nodes
         )
 
     @property

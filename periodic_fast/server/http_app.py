@@ -15,7 +15,8 @@ allowed as on the binary port (:func:`~.http_guard.writes_allowed`: auth
 on, the identity's rights; off, loopback and unix peers, others only with
 ``--http-writes``).
 :meth:`HttpApp._authorize` is the one place a request can be refused before
-routing (:mod:`.http_guard`: Host check, bearer tokens).
+routing (:mod:`.http_guard`: Host check, bearer tokens, a cluster peer's
+secret).
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ from ..job import FuncStat, Job
 from .http_api import route_for
 from .http_conn import HttpConnection
 from .http_guard import (
+    PEER_HEADER,
     PROBES,
     check_identity,
     host_allowed,
+    peer_claim,
     refuse_write,
     writes_allowed,
 )
@@ -241,12 +244,32 @@ class HttpApp:
         also needs ``Authorization: Bearer <token>`` of an identity whose
         role and funcs allow it, as a client connection would need on the
         binary side.
+
+        In cluster mode a request carrying the cluster's secret comes from
+        another node, which applied its own rules to its client: the Host
+        check and the write rule do not apply (the auth file's still does).
+        A wrong secret is refused.
         """
         rules = self.scheduler.auth
+        ca = self.cluster_admin  # cluster mode: it knows the cluster's secret
+        peer = peer_claim(req, None if ca is None else ca.secret)
+        if peer is False:
+            self.peer_log.warning(
+                "http-peer-secret",
+                "%s: refused %s %s: wrong cluster secret in %s",
+                conn.peer if conn is not None else "?",
+                req.method,
+                peer_text(req.target),
+                PEER_HEADER.decode(),
+            )
+            return error_response(
+                403, f"wrong cluster secret in the {PEER_HEADER.decode()} header"
+            )
         unix = conn is not None and conn.peer.startswith("unix")
         if (
             self.host_check
             and not unix
+            and not peer
             and not host_allowed(
                 req.header(b"host"), self.allowed_hosts, self._addresses
             )
@@ -259,8 +282,9 @@ class HttpApp:
             if refused is not None:
                 return refused
         if req.method in ("POST", "DELETE"):  # the binary port's rules
-            peer = conn.peer if conn is not None else None
-            allowed = writes_allowed(req, peer, rules is not None, self.writes)
+            address = conn.peer if conn is not None else None
+            writes = self.writes or peer is True  # a peer: its origin checked
+            allowed = writes_allowed(req, address, rules is not None, writes)
             return refuse_write(req, allowed)
         return None
 

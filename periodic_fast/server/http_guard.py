@@ -6,12 +6,15 @@ rebound DNS name; :func:`check_identity` applies the auth file's rules
 :func:`writes_allowed` gives HTTP writes the binary port's rules (auth on:
 the identity's rights; off: loopback and unix peers, others only with
 ``--http-writes``); :func:`refuse_write` applies that and refuses a
-browser's cross-site or cross-origin write.  Each answers with a refusal
+browser's cross-site or cross-origin write; :func:`peer_claim` tells a
+cluster node's request to another (it carries the cluster's secret in
+:data:`PEER_HEADER`) from a client's.  Each answers with a refusal
 (:class:`~.http_wire.Response`) or None; routing happens elsewhere.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections.abc import Callable, Iterable
 
@@ -19,17 +22,33 @@ from ..auth import AuthRules, Identity, Role
 from .http_wire import Request, Response, error_response, form_fields, text
 
 __all__ = [
+    "PEER_HEADER",
     "PROBES",
     "bearer_identity",
     "check_identity",
     "func_of",
     "host_allowed",
+    "peer_claim",
     "refuse_write",
     "writes_allowed",
 ]
 
 #: Paths anyone may ask for, auth or not: nothing secret there.
 PROBES = (b"/healthz", b"/readyz", b"/favicon.ico")
+#: The header of one cluster node's request to another: its value is the
+#: cluster's secret (``store/cluster``; docs/cluster.md)
+PEER_HEADER = b"x-periodic-cluster"
+
+
+def peer_claim(req: Request, secret: bytes | None) -> bool | None:
+    """Does ``req`` come from a node of this cluster?  None: it does not
+    say so (no :data:`PEER_HEADER`, or this server is no cluster node:
+    ``secret`` None); True: the header holds ``secret``; False: it holds
+    something else (refuse it).  Compared in constant time."""
+    claim = req.header(PEER_HEADER)
+    if claim is None or secret is None or claim == b"1":
+        return None  # "1": a node of an earlier release, which sent no secret
+    return hmac.compare_digest(claim.strip(), secret)
 
 
 def bearer_identity(rules: AuthRules, header: bytes | None) -> Identity | None:

@@ -10,8 +10,9 @@ into a fixed number of partitions (:func:`partition_of`, a hash of
 lease, and every change of owner bumps the partition's epoch.  PostgreSQL is
 the only coordinator; its tables (``prefix`` prepended):
 
-* ``cluster(one, partitions, created)``: one row, the partition count, fixed
-  when the cluster is first created;
+* ``cluster(one, partitions, created, secret)``: one row, the partition
+  count, fixed when the cluster is first created, and the cluster's secret
+  (random, set once: the nodes' HTTP requests to each other carry it);
 * ``cluster_nodes(node, started, alive_until, address, summary,
   incarnation)``: the members; a node is live while ``alive_until``
   (database time) is in the future; ``address`` is where it listens,
@@ -218,6 +219,9 @@ class Coordinator:
         #: this node's summary (JSON text), written by every :meth:`tick`
         #: (the server sets it before each tick; None keeps the stored one)
         self.summary: str | None = None
+        #: the cluster's secret (read by :meth:`setup`): a node's HTTP
+        #: request to another carries it (``server/cluster_admin``)
+        self.secret: str | None = None
         self._safe_until: dict[int, float] = {}  # part -> monotonic deadline
         #: this process's claim on the node id (host, pid, random): a second
         #: live process with the same id is refused at join
@@ -228,7 +232,8 @@ class Coordinator:
     # schema and membership --------------------------------------------------------
     async def setup(self, conn: asyncpg.Connection) -> int:
         """Create the tables and the partitions when missing; return the
-        cluster's partition count (fixed at creation) and adopt it."""
+        cluster's partition count (fixed at creation) and adopt it, and read
+        the cluster's secret into :attr:`secret` (made once, when missing)."""
         meta, nodes, parts = self._t
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", meta)
@@ -264,7 +269,16 @@ class Coordinator:
                 f"INSERT INTO {meta} (partitions) VALUES ($1) ON CONFLICT DO NOTHING",
                 self.partitions,
             )
+            # the peers' secret (issue 18): made once, kept across restarts
+            await conn.execute(
+                f"ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS secret TEXT"
+            )
+            await conn.execute(
+                f"UPDATE {meta} SET secret = $1 WHERE secret IS NULL",
+                secrets.token_urlsafe(32),
+            )
             count: int = await conn.fetchval(f"SELECT partitions FROM {meta}")
+            self.secret = await conn.fetchval(f"SELECT secret FROM {meta}")
             await conn.execute(
                 f"INSERT INTO {parts} (part) SELECT generate_series(0, $1 - 1)"
                 " ON CONFLICT DO NOTHING",
