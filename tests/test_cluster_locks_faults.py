@@ -40,7 +40,15 @@ import pytest
 from cluster_load import Fault, Load, Ownership
 from tcp_proxy import TcpProxy
 from test_cluster_faults import Bed, pg_parts  # noqa: F401  (pg_parts: a fixture)
-from test_cluster_locks import _spread_names, max_overlap
+from test_cluster_locks import (
+    _name_in,
+    _run,
+    _spread_names,
+    _store,
+    _tick,
+    max_overlap,
+    pgs,  # noqa: F401  (a fixture)
+)
 from test_cluster_nodes import LEASE, Node
 
 from periodic_fast.client import Client
@@ -237,6 +245,31 @@ async def _until(pred: Any, timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
+# -- the store: no slot under an expired lease ---------------------------------------
+
+
+def test_no_slot_taken_under_an_expired_lease(
+    pgs: tuple[dict[str, Any], str],  # noqa: F811
+) -> None:
+    """A node whose lease expired but whose partition nobody took yet (its
+    epoch unchanged, so the fence passes) takes no slot: the row would count
+    for nobody else.  Renewed, it takes it."""
+    connect, prefix = pgs
+    a = _store(connect, prefix, "a")  # lease 1 s
+    try:
+        _tick(a)
+        names = _name_in(set(a.coordinator.owned), "x")
+        j1, j2 = next(names), next(names)
+        la = a.cluster_locks()
+        assert _run(a, la.acquire(b"E", 2, b"f", j1, True)) is True
+        time.sleep(1.3)  # the lease expires; nobody else ticks
+        assert _run(a, la.acquire(b"E", 2, b"f", j2, True)) is False
+        _tick(a)  # renewed at the same epoch
+        assert _run(a, la.acquire(b"E", 2, b"f", j2, True)) is True
+    finally:
+        a.close()
+
+
 # -- the holder's node frozen or cut off -----------------------------------------------
 
 
@@ -288,7 +321,9 @@ async def test_holder_node_frozen_or_cut_off(
             lb.bed.faults.append(f)
 
             def moved_on() -> bool:
-                return any(s.node != victim.address and s.enter > t for s in lb.rec.stays)
+                return any(
+                    s.node != victim.address and s.enter > t for s in lb.rec.stays
+                )
 
             freed = await _until(moved_on, 6 * LEASE, "another node's holder")
             await asyncio.sleep(max(0.0, t + 2.5 * LEASE - time.monotonic()))
@@ -310,7 +345,9 @@ async def test_holder_node_frozen_or_cut_off(
             # n0 let nobody in between the fault and its next partition
             back = lb.bed.own.reacquired("n0", t)
             stale = [
-                s for s in lb.rec.stays if s.node == victim.address and t < s.enter < back
+                s
+                for s in lb.rec.stays
+                if s.node == victim.address and t < s.enter < back
             ]
             assert not stale, (stale, back - t, len(lb.bed.own.snaps))
             taken, dead = await lb.audited()
@@ -336,14 +373,14 @@ async def test_join_and_leave_while_jobs_hold_and_wait(
 ) -> None:
     """A lock of count 2 under constant demand from every node; n3 joins,
     then n0 leaves (SIGTERM)."""
-    async with lock_bed(pg_parts, tmp_path, hold=0.1) as lb:
+    async with lock_bed(pg_parts, tmp_path, hold=0.2) as lb:
         b = lb.bed
         live = ["n0", "n1", "n2"]
         names: set[str] = set()
         serial = itertools.count()
         stop = asyncio.Event()
 
-        async def feed() -> None:  # about 12 jobs/s, for a lock serving ~16/s
+        async def feed() -> None:  # ~20 jobs/s, more than the lock serves
             while not stop.is_set():
                 via = live[next(serial) % len(live)]
                 name = f"j{next(serial)}"
@@ -352,7 +389,7 @@ async def test_join_and_leave_while_jobs_hold_and_wait(
                     await lb.submit([name], b"R:2", via)
                 except Exception:
                     names.discard(name)  # the leaving node refused it
-                await asyncio.sleep(0.08)
+                await asyncio.sleep(0.05)
 
         feeder = asyncio.create_task(feed())
         try:
@@ -362,7 +399,9 @@ async def test_join_and_leave_while_jobs_hold_and_wait(
             joined = time.monotonic()
             n3 = await b.start_node("n3")
             await lb.workers.close()  # the workers serve every node, n3 too
-            lb.workers = WorkerCluster([n.address for n in b.nodes], reconnect_delay=0.2)
+            lb.workers = WorkerCluster(
+                [n.address for n in b.nodes], reconnect_delay=0.2
+            )
             await lb.workers.add_func(FUNC, lb.rec.handler)
             await lb.workers.start(8)
             lb.clients["n3"] = Client(n3.address, timeout=10)
@@ -392,6 +431,9 @@ async def test_join_and_leave_while_jobs_hold_and_wait(
         assert n3.address in ran_on, ran_on
         taken, dead = await lb.audited()
         assert not dead, dead
+        # jobs waited (refused, parked, dispatched again) on every node
+        parked = {a[-1][1] for a in lb.rec.assigned.values() if len(a) > 1}
+        assert len(parked) >= 3, parked
         print(
             f"\njoin + leave: {len(names)} jobs, {taken} slots taken, joined"
             f" {took:.2f} s, left {gone:.2f} s (at +{left - joined:.1f} s),"
@@ -407,33 +449,50 @@ async def test_fairness_across_nodes(
     pg_parts: tuple[Any, str, str],  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    """Count 1, 40 jobs per node submitted interleaved (every node has
-    waiters all along): record each node's waits (submission -> entry) and
-    how often consecutive holders are of different nodes."""
+    """Count 1 under constant contention: each node keeps ``DEPTH`` jobs of
+    its own partitions waiting (a new one submitted as one ends) for
+    ``SPAN`` s; record each node's entries and waits (submission ->
+    entry).  A starving node would get far fewer entries."""
+    depth, span = 4, 12.0
     async with lock_bed(pg_parts, tmp_path, hold=0.05) as lb:
-        per = {nid: await lb.names_on(nid, f"fair{nid}", 40) for nid in ("n0", "n1", "n2")}
+        ids = ("n0", "n1", "n2")
+        pool = {nid: iter(await lb.names_on(nid, f"fair{nid}", 400)) for nid in ids}
         submitted: dict[str, float] = {}
-        node_of = {x: nid for nid, names in per.items() for x in names}
-        for i in range(40):  # interleaved: every node has waiters all along
-            for nid in ("n0", "n1", "n2"):
-                name = per[nid][i]
-                submitted[name] = time.monotonic()
-                await lb.submit([name], b"F:1", nid)
-        await lb.all_done(set(submitted), timeout=90)
-        waits: dict[str, list[float]] = {}
-        first: dict[str, float] = {}
-        for s in sorted(lb.rec.stays, key=lambda s: s.enter):
-            nid = node_of[s.name]
-            waits.setdefault(nid, []).append(s.enter - submitted[s.name])
-            first.setdefault(nid, s.enter)
-        order = [node_of[s.name] for s in sorted(lb.rec.stays, key=lambda s: s.enter)]
+        node_of: dict[str, str] = {}
+        stop = asyncio.Event()
+
+        async def keep(nid: str) -> None:
+            mine: set[str] = set()
+            while not stop.is_set():
+                mine -= lb.rec.done
+                while len(mine) < depth:
+                    name = next(pool[nid])
+                    node_of[name] = nid
+                    submitted[name] = time.monotonic()
+                    mine.add(name)
+                    await lb.submit([name], b"F:1", nid)
+                await asyncio.sleep(0.01)
+
+        start = time.monotonic()
+        feeders = [asyncio.create_task(keep(nid)) for nid in ids]
+        await asyncio.sleep(span)
+        stop.set()
+        await asyncio.gather(*feeders)
+        await lb.all_done(set(submitted), timeout=60)
+        stays = sorted(
+            (s for s in lb.rec.stays if s.enter < start + span), key=lambda s: s.enter
+        )
+        waits: dict[str, list[float]] = {nid: [] for nid in ids}
+        for s in stays:
+            waits[node_of[s.name]].append(s.enter - submitted[s.name])
+        order = [node_of[s.name] for s in stays]
         switches = sum(1 for a, c in itertools.pairwise(order) if a != c)
-        for nid, w in sorted(waits.items()):
+        for nid, w in waits.items():
             print(
-                f"\n{nid}: wait median {statistics.median(w):.2f} s, max"
-                f" {max(w):.2f} s, first entry"
-                f" +{first[nid] - min(submitted.values()):.2f} s"
+                f"\n{nid}: {len(w)} entries, wait median"
+                f" {statistics.median(w) if w else float('nan'):.2f} s,"
+                f" max {max(w, default=float('nan')):.2f} s"
             )
-        print(f"node switches between consecutive holders: {switches} of {len(order) - 1}")
-        medians = [statistics.median(w) for w in waits.values()]
-        assert max(medians) < 3 * min(medians) + 1.0, waits
+        print(f"consecutive holders of different nodes: {switches} of {len(order) - 1}")
+        counts = [len(w) for w in waits.values()]
+        assert min(counts) > 0.3 * max(counts), waits  # generous: noisy
