@@ -597,8 +597,9 @@ class SchedulerCore(WaiterTable):
         ``why`` and ``by`` (the worker) are recorded by :meth:`_failed`."""
         if self._hlocks and key in self._hlocks:
             # cluster mode: a parked job keeps waiting when its (stopped)
-            # assignment's worker is lost or times out; released, it would
-            # stay locked and queued nowhere until the 60 s sweep
+            # assignment's worker is lost or times out (WORK_FAIL still
+            # releases); released, it would stay locked and queued nowhere
+            # until the 60 s sweep (docs/cluster.md "Locks")
             if not (
                 why != "fail"
                 and rec is not None

@@ -89,7 +89,9 @@ class LockTable:
     ) -> bool | None:
         """ACQUIRE: True when granted; a refused running job is parked
         (locked) in the lock's queue until it is handed the lock.  None (only
-        with a :attr:`remote`): not decided here, ask the remote.
+        with a :attr:`remote`): not decided here, ask the remote.  With a
+        remote, a job not running here is refused unless it holds the lock
+        here (it may be running on another node: docs/cluster.md "Locks").
 
         A handle already queued on ``lock`` is refused whatever its state
         (docs/protocol.md 6.5), so a parked job cannot slip in by asking
