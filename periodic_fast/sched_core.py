@@ -596,7 +596,17 @@ class SchedulerCore(WaiterTable):
         """WORK_FAIL semantics (also timeouts and lost workers, 4.7-4.8);
         ``why`` and ``by`` (the worker) are recorded by :meth:`_failed`."""
         if self._hlocks and key in self._hlocks:
-            self._lock_table.release_all(key, self._mono)
+            # cluster mode: a parked job keeps waiting when its (stopped)
+            # assignment's worker is lost or times out (WORK_FAIL still
+            # releases); released, it would stay locked and queued nowhere
+            # until the 60 s sweep (docs/cluster.md "Locks")
+            if not (
+                why != "fail"
+                and rec is not None
+                and rec.state == LOCKED
+                and self._lock_table.remote is not None
+            ):
+                self._lock_table.release_all(key, self._mono)
         w = self._waiters.get(key) if self._waiters else None
         if w is not None and w.results:
             self._finish(key, rec, RESULT_FAILED)

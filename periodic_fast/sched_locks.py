@@ -89,7 +89,9 @@ class LockTable:
     ) -> bool | None:
         """ACQUIRE: True when granted; a refused running job is parked
         (locked) in the lock's queue until it is handed the lock.  None (only
-        with a :attr:`remote`): not decided here, ask the remote.
+        with a :attr:`remote`): not decided here, ask the remote.  With a
+        remote, a job not running here is refused unless it holds the lock
+        here (it may be running on another node: docs/cluster.md "Locks").
 
         A handle already queued on ``lock`` is refused whatever its state
         (docs/protocol.md 6.5), so a parked job cannot slip in by asking
@@ -104,6 +106,11 @@ class LockTable:
                 self._park(rec)  # dispatched again: parked again
             return False
         if rec is None or rec.state != RUNNING:
+            if self.remote is not None:
+                # cluster mode: a job not running here may run on another
+                # node (this one lost its partition while the worker's
+                # ACQUIRE was on its way): refused unless it holds a slot
+                return lk is not None and key in lk.holders
             return True  # not running: granted, nothing recorded
         if self.remote is not None:
             if lk is not None and key in lk.holders:
@@ -172,17 +179,19 @@ class LockTable:
     ) -> bool:
         """The remote's answer to an ACQUIRE it was asked; returns the
         answer for the worker.  Granted: the job holds the lock here too (a
-        job no longer running meanwhile gives the slot back and is answered
-        as any job not running: granted).  Refused: a running job is queued
-        and parked as when refused here."""
+        job no longer running meanwhile gives the slot back and is refused,
+        as :meth:`acquire` refuses a job not running in cluster mode: its
+        partition may have moved on).  Refused: a running job is queued and
+        parked as when refused here."""
         rec = self._lookup(key)
         running = rec is not None and rec.state == RUNNING
         lk = self.locks.get(lock)
         if granted:
             if not running:
-                if self.remote is not None and not (lk and key in lk.holders):
+                holds = lk is not None and key in lk.holders
+                if self.remote is not None and not holds:
                     self.remote.released(lock, key)
-                return True
+                return holds
             if lk is None:
                 lk = self.locks[lock] = Lock(lock, count)
             if key not in lk.holders:
@@ -191,7 +200,7 @@ class LockTable:
                 self.held.setdefault(key, set()).add(lock)
             return True
         if not running or rec is None:
-            return True  # ended or re-queued meanwhile: nothing to park
+            return False  # ended, re-queued or unloaded meanwhile: not parked
         if lk is None:
             lk = self.locks[lock] = Lock(lock, count)
         if key in lk.holders:

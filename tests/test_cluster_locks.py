@@ -201,10 +201,14 @@ def test_lock_table_defers_to_the_remote() -> None:
     assert unparked == [kb] and table.waiting() == []
     recs[kb].state = RUNNING  # dispatched again: holds the lock
     assert table.acquire(b"L", 1, kb, 3.0) is True
-    # a job that ended while the remote decided gives the slot back
+    # a job that ended (or whose partition left) while the remote decided
+    # gives the slot back and is refused: it may run on another node now
     del recs[ka]
-    assert table.decided(b"M", 1, ka, True, 4.0) is True
+    assert table.decided(b"M", 1, ka, True, 4.0) is False
     assert remote.gone[-1] == (b"M", ka)
+    # a job not running here (a stale worker's ACQUIRE): refused, not asked
+    assert table.acquire(b"M", 1, ka, 5.0) is False
+    assert (b"M", ka) not in remote.asked
 
 
 # -- real processes ------------------------------------------------------------------

@@ -16,7 +16,9 @@ acquisition of the same lock, so no sweep is needed.
   at its epoch), serialised per lock name by ``pg_advisory_xact_lock``; the
   rows that no longer count are deleted, then a valid row of the same job
   means already granted, otherwise a row is inserted while fewer than the
-  lock's max rows exist.  The max is the largest ``cnt`` of the current
+  lock's max rows exist and this node's lease on the partition is live (the
+  fence checks the epoch only: a row taken under an expired lease would
+  count for nobody else).  The max is the largest ``cnt`` of the current
   rows, raised to the requested count when ``widen`` (the protocol's rule:
   the max only grows while the lock exists); with no rows the requested
   count sets it.
@@ -125,6 +127,14 @@ class PgLocks:
             if widen and count > limit:
                 limit = count
             if len(rows) >= limit:
+                return False
+            # the fence checks the epoch only; a row taken under a lease that
+            # already expired (a statement that reached PostgreSQL late)
+            # would not count for the others: not taken (retried later)
+            if not await conn.fetchval(
+                f"SELECT lease_until > now() FROM {self._parts_t} WHERE part = $1",
+                part,
+            ):
                 return False
             await conn.execute(
                 f"INSERT INTO {t} (name, func, job, part, node, epoch, cnt)"
