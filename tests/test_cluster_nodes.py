@@ -79,6 +79,8 @@ class Node:
         ]
         self._err = log.open("wb")
         self.proc = subprocess.Popen(argv, env=env, stderr=self._err)  # noqa: S603
+        _RECENT_LOGS.append(log)
+        del _RECENT_LOGS[:-4]
 
     def wait_listening(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -153,11 +155,28 @@ async def _owners(conn: Any, prefix: str) -> Counter[str]:
     return Counter(r[0] for r in rows)
 
 
+#: the logs of the last nodes started, shown when a wait times out
+_RECENT_LOGS: list[Path] = []
+
+
+def _log_tails(lines: int = 12) -> str:
+    out = []
+    for log in _RECENT_LOGS:
+        try:
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        out.append(f"--- {log.name} (last {lines} lines)\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
 async def _wait_for(pred: Any, timeout: float, what: str) -> float:
-    """Poll the async predicate; return the seconds it took."""
+    """Poll the async predicate; return the seconds it took (a timeout shows
+    the last lines of the recent nodes' logs)."""
     start = time.monotonic()
     while not await pred():
-        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        if time.monotonic() - start >= timeout:
+            pytest.fail(f"timed out waiting for {what}\n{_log_tails()}")
         await asyncio.sleep(0.1)
     return time.monotonic() - start
 
