@@ -21,7 +21,7 @@ from test_cluster_nodes import (
     LEASE,
     Node,
     _owners,
-    _wait_for,
+    _wait_balanced,
     pg,  # noqa: F401  # the fixture
 )
 
@@ -49,11 +49,7 @@ async def test_dump_is_one_read_of_the_table(
         for n in nodes:
             n.wait_listening()
 
-        async def balanced() -> bool:
-            owners = await _owners(db, prefix)
-            return sorted(owners) == ["n0", "n1"] and sum(owners.values()) == 256
-
-        await _wait_for(balanced, 10 * LEASE, "two nodes sharing the partitions")
+        await _wait_balanced(db, prefix, ["n0", "n1"])
         await asyncio.sleep(LEASE / 2)  # routes published
         clients = [Client(n.address, timeout=2 * LEASE + 10) for n in nodes]
         for c in clients:

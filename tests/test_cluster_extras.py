@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cluster_nodes import LEASE, _owners, _wait_for
+from test_cluster_nodes import LEASE, _owners, _wait_balanced, _wait_for
 from test_cluster_nodes import pg as pg_nodes  # noqa: F401  # the fixture
 from test_cluster_store import P, _node, _tick
 from test_cluster_store import pg as pg_store  # noqa: F401  # the fixture
@@ -317,11 +317,7 @@ async def _three_nodes(
         for n in nodes:
             n.wait_listening()
 
-        async def balanced() -> bool:
-            owners = await _owners(db, prefix)
-            return sorted(owners) == ["n0", "n1", "n2"] and sum(owners.values()) == 256
-
-        await _wait_for(balanced, 10 * LEASE, "three nodes sharing the partitions")
+        await _wait_balanced(db, prefix, ["n0", "n1", "n2"])
         await asyncio.sleep(LEASE / 2)  # routes: one more tick everywhere
         for n in nodes:  # a worker on every node (each hands out its own jobs)
             w = Worker(n.address)

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from pg_fixture import fresh_prefix, require_postgres, shared_cluster
-from test_cluster_nodes import LEASE, Node, _owners, _wait_for
+from test_cluster_nodes import LEASE, Node, _wait_balanced, _wait_for
 
 from periodic_fast.client import Client
 from periodic_fast.cluster import WorkerCluster
@@ -283,11 +283,7 @@ async def _start(uri: str, prefix: str, tmp: Path) -> tuple[list[Node], Any]:
     for n in nodes:
         n.wait_listening()
 
-    async def balanced() -> bool:
-        owners = await _owners(db, prefix)
-        return sorted(owners) == ["n0", "n1", "n2"] and sum(owners.values()) == 256
-
-    await _wait_for(balanced, 10 * LEASE, "three nodes sharing the partitions")
+    await _wait_balanced(db, prefix, ["n0", "n1", "n2"])
     return nodes, db
 
 

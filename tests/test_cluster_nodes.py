@@ -181,6 +181,21 @@ async def _wait_for(pred: Any, timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
+async def _wait_balanced(db: Any, prefix: str, ids: list[str]) -> float:
+    """Wait until exactly the nodes ``ids`` hold every partition (live
+    leases) between them; return the seconds it took."""
+
+    async def balanced() -> bool:
+        owners = await _owners(db, prefix)
+        return sorted(owners) == sorted(ids) and sum(owners.values()) == 256
+
+    n = len(ids)
+    what = (
+        f"{'two' if n == 2 else 'three' if n == 3 else n} nodes sharing the partitions"
+    )
+    return await _wait_for(balanced, 10 * LEASE, what)
+
+
 @pytest.fixture
 def pg() -> tuple[str, str]:
     require_postgres()
@@ -208,11 +223,7 @@ async def test_three_nodes_failover_handover_and_join(
         for n in nodes:
             n.wait_listening()
 
-        async def balanced() -> bool:
-            owners = await _owners(db, prefix)
-            return sorted(owners) == ["n0", "n1", "n2"] and sum(owners.values()) == 256
-
-        await _wait_for(balanced, 10 * LEASE, "three nodes sharing the partitions")
+        await _wait_balanced(db, prefix, ["n0", "n1", "n2"])
         addresses = [n.address for n in nodes]
         workers = WorkerCluster(addresses, reconnect_delay=0.2)
         await workers.add_func("f", rec.handler)

@@ -24,7 +24,7 @@ from test_cluster_nodes import (
     SLOTS,
     Node,
     Recorder,
-    _owners,
+    _wait_balanced,
     _wait_for,
     pg,  # noqa: F401  # the fixture
 )
@@ -76,11 +76,7 @@ async def test_rsa_nodes_forward_to_each_other(
         for n in nodes:
             n.wait_listening()
 
-        async def balanced() -> bool:
-            owners = await _owners(db, prefix)
-            return sorted(owners) == ["n0", "n1", "n2"] and sum(owners.values()) == 256
-
-        await _wait_for(balanced, 10 * LEASE, "three nodes sharing the partitions")
+        await _wait_balanced(db, prefix, ["n0", "n1", "n2"])
 
         async def published() -> bool:
             rows = await db.fetch(f"SELECT address FROM {prefix}cluster_nodes")

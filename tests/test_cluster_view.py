@@ -31,7 +31,7 @@ from test_cluster_nodes import (
     LEASE,
     ROOT,
     _free_port,
-    _owners,
+    _wait_balanced,
     _wait_for,
     pg,  # noqa: F401  # the fixture
 )
@@ -332,11 +332,7 @@ async def test_three_nodes_status_overview_metrics(
         for n in nodes:
             n.wait_listening()
 
-        async def balanced() -> bool:
-            owners = await _owners(db, prefix)
-            return sorted(owners) == ["n0", "n1", "n2"] and sum(owners.values()) == 256
-
-        await _wait_for(balanced, 10 * LEASE, "three nodes sharing the partitions")
+        await _wait_balanced(db, prefix, ["n0", "n1", "n2"])
         await asyncio.sleep(LEASE / 2)  # routes: one more tick everywhere
         clients = [Client(n.address, timeout=2 * LEASE + 10) for n in nodes]
         for c in clients:
@@ -434,11 +430,7 @@ async def test_http_writes_through_any_node(
         for n in nodes:
             n.wait_listening()
 
-        async def balanced() -> bool:
-            owners = await _owners(db, prefix)
-            return sorted(owners) == ["n0", "n1", "n2"] and sum(owners.values()) == 256
-
-        await _wait_for(balanced, 10 * LEASE, "three nodes sharing the partitions")
+        await _wait_balanced(db, prefix, ["n0", "n1", "n2"])
         await asyncio.sleep(LEASE / 2)  # routes: one more tick everywhere
 
         async def count(func: str) -> int:
