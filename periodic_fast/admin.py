@@ -22,9 +22,8 @@ import json
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import h11
-
 from ._address import parse_address, resolve_address
+from ._http_exchange import AnswerTooLarge, http_exchange
 from .errors import ClientError
 
 __all__ = ["AdminClient", "AdminError"]
@@ -91,34 +90,17 @@ class AdminClient:
         )
 
     async def _exchange(self, method: str, target: str, payload: bytes) -> Any:
-        addr = self.address
-        if addr.scheme == "unix":
-            reader, writer = await asyncio.open_unix_connection(addr.host)
-            host = "localhost"
-        else:
-            reader, writer = await asyncio.open_connection(addr.host, addr.port)
-            host = f"[{addr.host}]" if ":" in addr.host else addr.host
-            host = f"{host}:{addr.port}"
+        headers = [("Accept", "application/json")]
+        if payload:
+            headers.append(("Content-Type", "application/json"))
+        if self.token:
+            headers.append(("Authorization", f"Bearer {self.token}"))
         try:
-            conn = h11.Connection(h11.CLIENT)
-            headers = [
-                ("Host", host),
-                ("Content-Length", str(len(payload))),
-                ("Connection", "close"),
-                ("Accept", "application/json"),
-            ]
-            if payload:
-                headers.append(("Content-Type", "application/json"))
-            if self.token:
-                headers.append(("Authorization", f"Bearer {self.token}"))
-            out = conn.send(h11.Request(method=method, target=target, headers=headers))
-            out += conn.send(h11.Data(data=payload)) if payload else b""
-            out += conn.send(h11.EndOfMessage())
-            writer.write(out)
-            await writer.drain()
-            status, data = await _read_answer(conn, reader)
-        finally:
-            writer.close()
+            status, _, data = await http_exchange(
+                str(self.address), method, target, headers, payload, _MAX_ANSWER
+            )
+        except AnswerTooLarge as exc:
+            raise AdminError(exc.status, "answer too large") from None
         try:
             answer = json.loads(data) if data else None
         except ValueError:
@@ -307,24 +289,3 @@ class AdminClient:
             "GET", "/api/series", query={"func": func, "limit": limit}
         )
         return answer
-
-
-async def _read_answer(
-    conn: h11.Connection, reader: asyncio.StreamReader
-) -> tuple[int, bytes]:
-    status = 0
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            chunk = await reader.read(65536)
-            conn.receive_data(chunk)
-            continue
-        if isinstance(event, h11.Response):
-            status = event.status_code
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > _MAX_ANSWER:
-                raise AdminError(status, "answer too large")
-        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-            return status, bytes(body)

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import h11
 
-from .._address import parse_address
+from .._http_exchange import http_exchange
 from .http_api import route_for
 from .http_ctx import json_body
 from .http_guard import PEER_HEADER
@@ -356,48 +356,20 @@ async def _exchange(
 async def _exchange_once(
     address: str, req: Request, secret: bytes | None
 ) -> tuple[int, bytes, str]:
-    addr = parse_address(address)
-    if addr.scheme == "unix":
-        reader, writer = await asyncio.open_unix_connection(addr.host)
-        host = "localhost"
-    else:
-        reader, writer = await asyncio.open_connection(addr.host, addr.port)
-        host = f"[{addr.host}]" if ":" in addr.host else addr.host
-        host = f"{host}:{addr.port}"
-    try:
-        conn = h11.Connection(h11.CLIENT)
-        headers = [
-            ("Host", host),
-            ("Content-Length", str(len(req.body))),
-            ("Connection", "close"),
-            ("Accept", "application/json"),
-            (LOCAL.decode(), "1" if secret is None else secret.decode("ascii")),
-        ]
-        for name in (b"authorization", b"content-type"):
-            value = req.header(name)
-            if value is not None:
-                headers.append((name.decode(), value.decode("latin-1")))
-        method = "GET" if req.method == "HEAD" else req.method
-        out = conn.send(h11.Request(method=method, target=req.target, headers=headers))
-        out += conn.send(h11.Data(data=req.body)) if req.body else b""
-        out += conn.send(h11.EndOfMessage())
-        writer.write(out)
-        await writer.drain()
-        status, ctype, body = 0, "application/json", bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await reader.read(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-                for k, v in event.headers:
-                    if k == b"content-type":
-                        ctype = v.decode("latin-1")
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > _MAX_ANSWER:
-                    raise OSError("answer too large")
-            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                return status, bytes(body), ctype
-    finally:
-        writer.close()
+    headers = [
+        ("Accept", "application/json"),
+        (LOCAL.decode(), "1" if secret is None else secret.decode("ascii")),
+    ]
+    for name in (b"authorization", b"content-type"):
+        value = req.header(name)
+        if value is not None:
+            headers.append((name.decode(), value.decode("latin-1")))
+    method = "GET" if req.method == "HEAD" else req.method
+    status, answer_headers, body = await http_exchange(
+        address, method, req.target, headers, req.body, _MAX_ANSWER
+    )
+    ctype = "application/json"
+    for k, v in answer_headers:
+        if k == b"content-type":
+            ctype = v.decode("latin-1")
+    return status, body, ctype
